@@ -1,0 +1,124 @@
+//! The command line. Each subcommand's doc comment is its help.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+use crate::snapshot_id::SnapshotId;
+
+/// Keeps one stateful container alive on an EC2 Spot instance with its state safe in S3.
+///
+/// Exit codes: 0 ok, 1 unexpected failure, 2 usage, 3 config, 4 not found, 5 integrity,
+/// 6 S3 or disk I/O, 7 refused to protect data, 8 prune could not delete everything.
+#[derive(Debug, Parser)]
+#[command(name = "spotkeeper", version, max_term_width = 100)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "SPOTKEEPER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Snapshot the state directory now and make it `latest/`.
+    ///
+    /// Refuses to replace `latest/` when the local state does not descend from it (another
+    /// machine may be writing the same prefix) unless --force.
+    Snapshot(SnapshotArgs),
+    /// Restore `latest/` (or --snapshot ID) into the state directory or --to DIR.
+    ///
+    /// The archive is extracted into a staging directory, every checksum is verified, then it is
+    /// swapped in with renames: a failed restore changes nothing. A non-empty state directory is
+    /// refused unless --force, which first moves it to WORK_DIR/displaced/<time>/.
+    Restore(RestoreArgs),
+    /// List every snapshot, newest first.
+    List(ListArgs),
+    /// Download a snapshot and check its archive and every file against its manifest, without
+    /// extracting anything.
+    Verify(VerifyArgs),
+    /// Delete snapshots by the tiered retention policy in [retention], explaining every decision.
+    ///
+    /// Ages are measured from the newest complete snapshot, not from the clock; only the grace
+    /// period for incomplete snapshots uses the current time (or --now).
+    Prune(PruneArgs),
+    /// Validate the config file and print the effective configuration.
+    CheckConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Replace `latest/` even if the local state does not descend from it.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot to restore (default: `latest/`).
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<SnapshotId>,
+    /// Restore into DIR (empty or absent) instead of the state directory.
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Move a non-empty state directory aside to WORK_DIR/displaced/ and restore.
+    #[arg(long, conflicts_with = "to")]
+    pub force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The snapshot to verify (default: `latest/`).
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<SnapshotId>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Print the decisions without deleting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Evaluate as if at this time (RFC 3339). Only the grace period for incomplete snapshots uses it.
+    #[arg(long, value_name = "RFC3339")]
+    pub now: Option<DateTime<Utc>>,
+    /// Print the decisions as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn restore_force_conflicts_with_to() {
+        let result = Cli::try_parse_from(["spotkeeper", "restore", "--force", "--to", "/tmp/x"]);
+        assert!(result.is_err());
+    }
+}

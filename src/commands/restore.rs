@@ -1,0 +1,67 @@
+//! `spotkeeper restore`: restore `latest/` or a snapshot into the state directory or `--to DIR`.
+
+use chrono::Utc;
+
+use super::{CommandError, human_bytes, print_json};
+use crate::cli::RestoreArgs;
+use crate::config::Config;
+use crate::record::{self, LocalRecord};
+use crate::restore::{self, RestoreRequest};
+use crate::store::Store;
+
+pub async fn run(config: &Config, store: &Store, args: &RestoreArgs) -> Result<(), CommandError> {
+    let repository = config.repository_url();
+    let is_state_dir = args.to.is_none();
+    let local = record::load(&config.state.work_dir)?;
+    let origin = local.as_ref().map(|r| {
+        if r.repository == repository && r.state_dir == config.state.dir {
+            format!(
+                "local state that descends from snapshot {} (latest/ was {} then; it may hold newer changes)",
+                r.snapshot_id, r.latest_id
+            )
+        } else {
+            format!("local state last recorded against {} (snapshot {})", r.repository, r.snapshot_id)
+        }
+    });
+    let request = RestoreRequest {
+        snapshot: args.snapshot,
+        target: args.to.clone().unwrap_or_else(|| config.state.dir.clone()),
+        is_state_dir,
+        work_dir: config.state.work_dir.clone(),
+        force: args.force,
+        origin,
+        repository: repository.clone(),
+        now: Utc::now(),
+    };
+    let report = restore::restore(store, &request).await?;
+    if is_state_dir {
+        record::save(
+            &config.state.work_dir,
+            &LocalRecord {
+                repository,
+                state_dir: config.state.dir.clone(),
+                snapshot_id: report.id,
+                // Restoring an older snapshot on purpose is a rollback: the next snapshot may replace latest/.
+                latest_id: report.latest.unwrap_or(report.id),
+                updated_at: Utc::now(),
+            },
+        )?;
+    }
+    tracing::info!(snapshot_id = %report.id, target = %report.target.display(), files = report.files,
+        duration_ms = report.duration_ms, "restore complete");
+    if args.json {
+        return print_json(&report);
+    }
+    println!(
+        "restored {} into {}: {} files, {}, verified, {} ms",
+        report.id,
+        report.target.display(),
+        report.files,
+        human_bytes(report.bytes),
+        report.duration_ms
+    );
+    if let Some(displaced) = &report.displaced {
+        println!("previous local state kept at {}", displaced.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `spotkeeper snapshot`: snapshot the state directory now (without a daemon: no freeze).
+
+use chrono::Utc;
+
+use super::{CommandError, human_bytes, print_json};
+use crate::cli::SnapshotArgs;
+use crate::config::Config;
+use crate::exclude::Excludes;
+use crate::manifest::Host;
+use crate::record::{self, LocalRecord};
+use crate::snapshot::{self, DEFAULT_COMPRESSION_LEVEL, SnapshotRequest};
+use crate::store::Store;
+
+pub async fn run(config: &Config, store: &Store, args: &SnapshotArgs) -> Result<(), CommandError> {
+    let repository = config.repository_url();
+    let local = record::load(&config.state.work_dir)?;
+    let base = local
+        .as_ref()
+        .and_then(|r| r.base_for(&repository, &config.state.dir));
+    let excludes = Excludes::new(&config.state.dir, &config.state.exclude)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let request = SnapshotRequest {
+        source: config.state.dir.clone(),
+        excludes,
+        compression_level: DEFAULT_COMPRESSION_LEVEL,
+        host: Host {
+            hostname: snapshot::hostname(),
+            instance_id: None,
+        },
+        image: None,
+        base,
+        force: args.force,
+        now: Utc::now(),
+    };
+    let report = snapshot::take(store, request).await?;
+    record::save(
+        &config.state.work_dir,
+        &LocalRecord {
+            repository,
+            state_dir: config.state.dir.clone(),
+            snapshot_id: report.id,
+            latest_id: report.id,
+            updated_at: Utc::now(),
+        },
+    )?;
+    tracing::info!(snapshot_id = %report.id, files = report.files, archive_bytes = report.archive_bytes,
+        duration_ms = report.duration_ms, requests = report.requests, "snapshot complete");
+    if args.json {
+        print_json(&report)
+    } else {
+        println!(
+            "{}  {} files, {} -> {} archive, {} ms, {} S3 requests",
+            report.id,
+            report.files,
+            human_bytes(report.bytes),
+            human_bytes(report.archive_bytes),
+            report.duration_ms,
+            report.requests
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! `spotkeeper verify`: download a snapshot and check it against its manifest, extracting nothing.
+
+use serde::Serialize;
+
+use super::{CommandError, print_json};
+use crate::cli::VerifyArgs;
+use crate::config::Config;
+use crate::repository::{LATEST_ARCHIVE, RepositoryError};
+use crate::restore::{self, RestoreError};
+use crate::snapshot_id::SnapshotId;
+use crate::store::Store;
+
+#[derive(Debug, Serialize)]
+struct Verified {
+    id: SnapshotId,
+    ok: bool,
+    files: u64,
+    bytes: u64,
+    archive_bytes: u64,
+    archive_key: String,
+}
+
+pub async fn run(config: &Config, store: &Store, args: &VerifyArgs) -> Result<(), CommandError> {
+    let repository = config.repository_url();
+    let (manifest, _) = restore::resolve(store, args.snapshot, &repository).await?;
+    let mut candidates = vec![manifest.archive.key.clone()];
+    if args.snapshot.is_none() {
+        candidates.push(LATEST_ARCHIVE.to_string());
+    }
+    let mut found = None;
+    for key in &candidates {
+        if let Some(stream) = store.get_stream(key).await.map_err(RepositoryError::from)? {
+            found = Some((key.clone(), stream));
+            break;
+        }
+    }
+    let Some((key, stream)) = found else {
+        return Err(RestoreError::ArchiveMissing {
+            repository,
+            id: manifest.id,
+            keys: candidates.join(", "),
+        }
+        .into());
+    };
+    let full_key = store.url(&key);
+    let checked = restore::unpack_stream(stream, &manifest, None, full_key.clone()).await?;
+    let result = Verified {
+        id: manifest.id,
+        ok: true,
+        files: checked.files,
+        bytes: checked.bytes,
+        archive_bytes: checked.archive_bytes,
+        archive_key: full_key,
+    };
+    if args.json {
+        return print_json(&result);
+    }
+    println!(
+        "{} ok: archive {} and all {} files match the manifest",
+        result.id, result.archive_key, result.files
+    );
+    Ok(())
+}

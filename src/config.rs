@@ -1,0 +1,399 @@
+//! `/etc/spotkeeper/spotkeeper.toml`: parsed with unknown keys rejected, then validated into typed
+//! values. Every error names the file, the key and the bad value.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Weekday;
+use serde::{Deserialize, Serialize};
+
+use crate::duration;
+use crate::exclude::Excludes;
+use crate::retention::RetentionPolicy;
+
+/// Where the config is read from when neither `--config` nor `SPOTKEEPER_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/spotkeeper/spotkeeper.toml";
+/// The directory that is snapshotted and restored.
+pub const DEFAULT_STATE_DIR: &str = "/opt/openclaw/.openclaw";
+/// spotkeeper's own files: the local record, restore staging, displaced state.
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/spotkeeper";
+/// Never archived: the secrets file, locks, temp files, sockets, pid files, dependencies.
+pub const DEFAULT_EXCLUDES: [&str; 6] = ["/.env", "*.lock", "*.tmp", "*.sock", "*.pid", "node_modules/"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key} = {value:?} is not valid: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub state: StateConfig,
+    pub s3: S3Config,
+    #[serde(serialize_with = "serialize_policy")]
+    pub retention: RetentionPolicy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StateConfig {
+    /// The directory that is snapshotted and restored.
+    pub dir: PathBuf,
+    /// spotkeeper's own files; must be on the same filesystem as `dir` for atomic swaps.
+    pub work_dir: PathBuf,
+    /// gitignore-syntax patterns, relative to `dir`.
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Normalised: no leading or trailing `/`; empty means the bucket root.
+    pub prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    state: RawState,
+    s3: Option<RawS3>,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
+    work_dir: Option<PathBuf>,
+    exclude: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    bucket: Option<String>,
+    prefix: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_all_within: Option<String>,
+    daily_within: Option<String>,
+    weekly_within: Option<String>,
+    week_starts: Option<String>,
+    incomplete_grace: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let v = Validator { path };
+        let state = v.state(raw.state)?;
+        let s3 = v.s3(raw.s3)?;
+        let retention = v.retention(raw.retention)?;
+        Ok(Config {
+            state,
+            s3,
+            retention,
+        })
+    }
+
+    /// The effective configuration as TOML, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// `s3://bucket/prefix`, for messages and the local record.
+    pub fn repository_url(&self) -> String {
+        if self.s3.prefix.is_empty() {
+            format!("s3://{}", self.s3.bucket)
+        } else {
+            format!("s3://{}/{}", self.s3.bucket, self.s3.prefix)
+        }
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn state(&self, raw: RawState) -> Result<StateConfig, ConfigError> {
+        let dir = raw.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let work_dir = raw.work_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR));
+        self.absolute_clean("state.dir", &dir)?;
+        self.absolute_clean("state.work_dir", &work_dir)?;
+        if dir == Path::new("/") {
+            return Err(self.invalid("state.dir", "/", "the state directory cannot be the filesystem root"));
+        }
+        if work_dir.starts_with(&dir) || dir.starts_with(&work_dir) {
+            return Err(self.invalid(
+                "state.work_dir",
+                work_dir.display().to_string(),
+                format!("must not contain or lie inside state.dir ({})", dir.display()),
+            ));
+        }
+        let exclude = raw
+            .exclude
+            .unwrap_or_else(|| DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect());
+        if let Err(e) = Excludes::new(&dir, &exclude) {
+            return Err(self.invalid("state.exclude", e.pattern().to_string(), e.to_string()));
+        }
+        Ok(StateConfig {
+            dir,
+            work_dir,
+            exclude,
+        })
+    }
+
+    fn absolute_clean(&self, key: &'static str, path: &Path) -> Result<(), ConfigError> {
+        let shown = path.display().to_string();
+        if !path.is_absolute() {
+            return Err(self.invalid(key, shown, "must be an absolute path"));
+        }
+        if path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(self.invalid(key, shown, "must not contain `.` or `..`"));
+        }
+        Ok(())
+    }
+
+    fn s3(&self, raw: Option<RawS3>) -> Result<S3Config, ConfigError> {
+        let raw = raw.ok_or_else(|| self.invalid("s3", "", "the [s3] section with a bucket is required"))?;
+        let bucket = raw
+            .bucket
+            .ok_or_else(|| self.invalid("s3.bucket", "", "is required"))?;
+        if let Err(reason) = check_bucket_name(&bucket) {
+            return Err(self.invalid("s3.bucket", bucket, reason));
+        }
+        let prefix_text = raw.prefix.unwrap_or_default();
+        let prefix = prefix_text.trim_matches('/').to_string();
+        if prefix.split('/').any(|seg| seg == ".." || seg == ".")
+            || prefix.contains("//")
+            || prefix.chars().any(char::is_control)
+        {
+            return Err(self.invalid(
+                "s3.prefix",
+                prefix_text,
+                "segments must not be empty, `.` or `..`, and control characters are not allowed",
+            ));
+        }
+        if let Some(region) = &raw.region
+            && (region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(self.invalid("s3.region", region.clone(), "expected a region name such as us-east-1"));
+        }
+        if let Some(endpoint) = &raw.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(self.invalid(
+                "s3.endpoint",
+                endpoint.clone(),
+                "expected an http:// or https:// URL",
+            ));
+        }
+        Ok(S3Config {
+            bucket,
+            prefix,
+            region: raw.region,
+            endpoint: raw.endpoint,
+        })
+    }
+
+    fn duration(&self, key: &'static str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+        match text {
+            None => Ok(default),
+            Some(text) => duration::parse(&text).map_err(|e| self.invalid(key, text, e.to_string())),
+        }
+    }
+
+    fn retention(&self, raw: RawRetention) -> Result<RetentionPolicy, ConfigError> {
+        let defaults = RetentionPolicy::default();
+        let week_starts = match raw.week_starts {
+            None => defaults.week_starts,
+            Some(text) => text.parse::<Weekday>().map_err(|_| {
+                self.invalid(
+                    "retention.week_starts",
+                    text,
+                    "expected a day of the week such as \"friday\"",
+                )
+            })?,
+        };
+        let policy = RetentionPolicy {
+            keep_all_within: self.duration("retention.keep_all_within", raw.keep_all_within, defaults.keep_all_within)?,
+            daily_within: self.duration("retention.daily_within", raw.daily_within, defaults.daily_within)?,
+            weekly_within: self.duration("retention.weekly_within", raw.weekly_within, defaults.weekly_within)?,
+            week_starts,
+            incomplete_grace: self.duration(
+                "retention.incomplete_grace",
+                raw.incomplete_grace,
+                defaults.incomplete_grace,
+            )?,
+        };
+        policy.validate().map_err(|e| ConfigError::Parse {
+            path: self.path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(policy)
+    }
+}
+
+/// S3's bucket naming rules, so a typo fails here rather than as a signature error later.
+fn check_bucket_name(bucket: &str) -> Result<(), String> {
+    if !(3..=63).contains(&bucket.len()) {
+        return Err("must be 3 to 63 characters long".into());
+    }
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err("may contain only lowercase letters, digits, `-` and `.`".into());
+    }
+    let edge_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !edge_ok(bucket.bytes().next()) || !edge_ok(bucket.bytes().last()) {
+        return Err("must begin and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+fn weekday_name(day: Weekday) -> &'static str {
+    match day {
+        Weekday::Mon => "monday",
+        Weekday::Tue => "tuesday",
+        Weekday::Wed => "wednesday",
+        Weekday::Thu => "thursday",
+        Weekday::Fri => "friday",
+        Weekday::Sat => "saturday",
+        Weekday::Sun => "sunday",
+    }
+}
+
+fn serialize_policy<S: serde::Serializer>(policy: &RetentionPolicy, serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut s = serializer.serialize_struct("retention", 5)?;
+    s.serialize_field("keep_all_within", &duration::format(policy.keep_all_within))?;
+    s.serialize_field("daily_within", &duration::format(policy.daily_within))?;
+    s.serialize_field("weekly_within", &duration::format(policy.weekly_within))?;
+    s.serialize_field("week_starts", weekday_name(policy.week_starts))?;
+    s.serialize_field("incomplete_grace", &duration::format(policy.incomplete_grace))?;
+    s.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/spotkeeper/test.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn minimal_config_takes_the_defaults() {
+        let config = parse("[s3]\nbucket = \"openclaw-backup-dev\"\n").expect("valid");
+        assert_eq!(config.state.dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(config.state.work_dir, Path::new(DEFAULT_WORK_DIR));
+        assert_eq!(config.state.exclude, DEFAULT_EXCLUDES);
+        assert_eq!(config.s3.prefix, "");
+        assert_eq!(config.repository_url(), "s3://openclaw-backup-dev");
+        assert_eq!(config.retention.keep_all_within, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn prefix_is_normalised() {
+        let config = parse("[s3]\nbucket = \"b-1\"\nprefix = \"/lab/one/\"\n").expect("valid");
+        assert_eq!(config.s3.prefix, "lab/one");
+        assert_eq!(config.repository_url(), "s3://b-1/lab/one");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let msg = error("[s3]\nbucket = \"b-1\"\nbukket = \"x\"\n");
+        assert!(msg.contains("bukket"), "{msg}");
+        let msg = error("[s3]\nbucket = \"b-1\"\n[stat]\ndir = \"/x\"\n");
+        assert!(msg.contains("stat"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let cases = [
+            ("[s3]\nprefix = \"x\"\n", "s3.bucket"),
+            ("[state]\ndir = \"/x\"\n", "s3"),
+            ("[s3]\nbucket = \"Bad_Bucket\"\n", "\"Bad_Bucket\""),
+            ("[s3]\nbucket = \"b-1\"\nprefix = \"a/../b\"\n", "s3.prefix"),
+            ("[s3]\nbucket = \"b-1\"\nendpoint = \"127.0.0.1:9000\"\n", "\"127.0.0.1:9000\""),
+            ("[s3]\nbucket = \"b-1\"\n[state]\ndir = \"relative/dir\"\n", "state.dir"),
+            ("[s3]\nbucket = \"b-1\"\n[state]\ndir = \"/var/lib/spotkeeper/state\"\n", "state.work_dir"),
+            ("[s3]\nbucket = \"b-1\"\n[retention]\ndaily_within = \"7days\"\n", "\"7days\""),
+            ("[s3]\nbucket = \"b-1\"\n[retention]\nweek_starts = \"fri-day\"\n", "retention.week_starts"),
+            ("[s3]\nbucket = \"b-1\"\n[retention]\nkeep_all_within = \"8d\"\n", "retention.keep_all_within"),
+        ];
+        for (text, expected) in cases {
+            let msg = error(text);
+            assert!(msg.contains(expected), "{text:?}: {msg}");
+            assert!(msg.contains("/etc/spotkeeper/test.toml"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let config = parse(
+            "[state]\ndir = \"/srv/state\"\nwork_dir = \"/srv/spotkeeper\"\nexclude = [\"*.log\"]\n\
+             [s3]\nbucket = \"b-1\"\nprefix = \"lab\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             [retention]\nweekly_within = \"6w\"\n",
+        )
+        .expect("valid");
+        let rendered = config.to_toml();
+        let again = parse(&rendered).expect("rendered config parses");
+        assert_eq!(again.to_toml(), rendered);
+        assert!(rendered.contains("weekly_within = \"42d\""), "{rendered}");
+    }
+}

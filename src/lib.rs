@@ -1,0 +1,19 @@
+//! spotkeeper keeps one stateful container alive on an EC2 Spot instance with its state safe in
+//! S3. The binary's `main.rs` is a thin shell over this library.
+
+pub mod archive;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod duration;
+pub mod exclude;
+pub mod exit;
+pub mod manifest;
+pub mod record;
+pub mod repository;
+pub mod restore;
+pub mod retention;
+pub mod snapshot;
+pub mod snapshot_id;
+pub mod store;
+pub mod stream;

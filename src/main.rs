@@ -1,0 +1,39 @@
+//! The `spotkeeper` binary: parse the command line, start logging, run the command, map its
+//! error to a documented exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use spotkeeper::cli::Cli;
+use spotkeeper::{commands, exit};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs go to stderr (stdout is the command's output); `SPOTKEEPER_LOG` sets the filter.
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("SPOTKEEPER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,aws_sdk_s3=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

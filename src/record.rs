@@ -1,0 +1,109 @@
+//! The local record in `work_dir`: which snapshot the local state directory came from and what
+//! `latest/` was at that moment. It is how spotkeeper knows that local state descends from
+//! `latest/` (keep it) or not (never overwrite `latest/` with it, never restore over it silently).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot_id::SnapshotId;
+
+/// File name of the record inside `work_dir`.
+pub const RECORD_FILE: &str = "record.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot read local record {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("local record {path} is damaged ({source}); move it aside to continue, spotkeeper will then treat local state as of unknown origin")]
+    Decode { path: PathBuf, source: serde_json::Error },
+    #[error("cannot write local record {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// What the local state directory descends from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalRecord {
+    /// `s3://bucket/prefix` the ids refer to.
+    pub repository: String,
+    pub state_dir: PathBuf,
+    /// The snapshot the local content was last restored from or uploaded as.
+    pub snapshot_id: SnapshotId,
+    /// What `latest/` pointed to at that moment: the only `latest/` this state may replace.
+    pub latest_id: SnapshotId,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl LocalRecord {
+    /// The `latest/` id this state may replace, if the record is about this repository and dir.
+    pub fn base_for(&self, repository: &str, state_dir: &Path) -> Option<SnapshotId> {
+        (self.repository == repository && self.state_dir == state_dir).then_some(self.latest_id)
+    }
+}
+
+/// Reads the record, `None` when there is none yet.
+pub fn load(work_dir: &Path) -> Result<Option<LocalRecord>, RecordError> {
+    let path = work_dir.join(RECORD_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(RecordError::Read { path, source }),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| RecordError::Decode { path, source })
+}
+
+/// Writes the record durably: temp file, fsync, rename, fsync of the directory.
+pub fn save(work_dir: &Path, record: &LocalRecord) -> Result<(), RecordError> {
+    let path = work_dir.join(RECORD_FILE);
+    let write_error = |source| RecordError::Write {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(work_dir).map_err(write_error)?;
+    let temp = work_dir.join(format!(".{RECORD_FILE}.tmp"));
+    let body = serde_json::to_vec_pretty(record).map_err(|e| write_error(io::Error::other(e)))?;
+    let mut file = File::create(&temp).map_err(write_error)?;
+    file.write_all(&body).map_err(write_error)?;
+    file.sync_all().map_err(write_error)?;
+    fs::rename(&temp, &path).map_err(write_error)?;
+    File::open(work_dir).and_then(|d| d.sync_all()).map_err(write_error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_loads_and_scopes_to_repository_and_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(load(dir.path()).expect("no record is fine"), None);
+        let record = LocalRecord {
+            repository: "s3://b/lab".into(),
+            state_dir: PathBuf::from("/opt/openclaw/.openclaw"),
+            snapshot_id: "2026-02-27-14-00".parse().expect("id"),
+            latest_id: "2026-02-27-14-20".parse().expect("id"),
+            updated_at: Utc::now(),
+        };
+        save(dir.path(), &record).expect("saves");
+        let loaded = load(dir.path()).expect("loads").expect("present");
+        assert_eq!(loaded, record);
+        let base = loaded.base_for("s3://b/lab", Path::new("/opt/openclaw/.openclaw"));
+        assert_eq!(base.map(|id| id.to_string()).as_deref(), Some("2026-02-27-14-20"));
+        assert_eq!(loaded.base_for("s3://b/other", Path::new("/opt/openclaw/.openclaw")), None);
+        assert_eq!(loaded.base_for("s3://b/lab", Path::new("/srv/x")), None);
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(RECORD_FILE), b"{not json").expect("write");
+        let err = load(dir.path()).expect_err("damaged");
+        assert!(err.to_string().contains(RECORD_FILE), "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! The layout of a repository in S3 and the reads every command shares:
+//!
+//! ```text
+//! PREFIX/snapshots/<id>/state.tar.zst   the archive
+//! PREFIX/snapshots/<id>/manifest.json   written last: its presence marks the snapshot complete
+//! PREFIX/latest/state.tar.zst           copy of the newest complete snapshot's archive
+//! PREFIX/latest/manifest.json           its manifest, written after the archive: the pointer
+//! ```
+
+use std::collections::BTreeMap;
+
+use crate::manifest::{Manifest, ManifestError};
+use crate::snapshot_id::SnapshotId;
+use crate::store::{Store, StoreError};
+
+/// Folder of all snapshots.
+pub const SNAPSHOTS_DIR: &str = "snapshots/";
+/// The newest complete snapshot's manifest: the one object whose replacement switches `latest/`.
+pub const LATEST_MANIFEST: &str = "latest/manifest.json";
+/// A copy of the newest complete snapshot's archive, for recovery with standard tools.
+pub const LATEST_ARCHIVE: &str = "latest/state.tar.zst";
+const ARCHIVE_NAME: &str = "state.tar.zst";
+const MANIFEST_NAME: &str = "manifest.json";
+
+/// User metadata on a snapshot's manifest object, so `list` can show totals with a HEAD.
+pub const META_FILES: &str = "files";
+pub const META_BYTES: &str = "bytes";
+pub const META_CREATED_AT: &str = "created-at";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// `snapshots/<id>/state.tar.zst`
+pub fn archive_key(id: &SnapshotId) -> String {
+    format!("{SNAPSHOTS_DIR}{id}/{ARCHIVE_NAME}")
+}
+
+/// `snapshots/<id>/manifest.json`
+pub fn manifest_key(id: &SnapshotId) -> String {
+    format!("{SNAPSHOTS_DIR}{id}/{MANIFEST_NAME}")
+}
+
+/// One snapshot as seen in a listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub id: SnapshotId,
+    /// Its manifest exists.
+    pub complete: bool,
+    pub archive_bytes: Option<u64>,
+    /// Every key under `snapshots/<id>/`, relative to the prefix.
+    pub keys: Vec<String>,
+}
+
+/// A listing of `snapshots/` that succeeded to the last page.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Sorted oldest first.
+    pub snapshots: Vec<Listed>,
+    /// Keys under `snapshots/` that are not part of any snapshot id (left alone, reported).
+    pub foreign: Vec<String>,
+}
+
+/// Lists every snapshot. Only a listing that succeeded and found nothing means "no snapshot".
+pub async fn list(store: &Store) -> Result<Listing, RepositoryError> {
+    let objects = store.list(SNAPSHOTS_DIR).await?;
+    let mut by_id: BTreeMap<SnapshotId, Listed> = BTreeMap::new();
+    let mut foreign = Vec::new();
+    for object in objects {
+        let rest = object.key.strip_prefix(SNAPSHOTS_DIR).unwrap_or(&object.key);
+        let parsed = rest
+            .split_once('/')
+            .and_then(|(id, name)| id.parse::<SnapshotId>().ok().map(|id| (id, name)));
+        let Some((id, name)) = parsed else {
+            foreign.push(object.key);
+            continue;
+        };
+        let listed = by_id.entry(id).or_insert_with(|| Listed {
+            id,
+            complete: false,
+            archive_bytes: None,
+            keys: Vec::new(),
+        });
+        match name {
+            MANIFEST_NAME => listed.complete = true,
+            ARCHIVE_NAME => listed.archive_bytes = Some(object.size),
+            _ => {}
+        }
+        listed.keys.push(object.key);
+    }
+    Ok(Listing {
+        snapshots: by_id.into_values().collect(),
+        foreign,
+    })
+}
+
+/// Ids already used in the minute of `id`, complete or not: a new snapshot never reuses one.
+pub async fn ids_in_minute(store: &Store, id: &SnapshotId) -> Result<Vec<SnapshotId>, RepositoryError> {
+    let minute = SnapshotId::new(id.time(), 1).to_string();
+    let objects = store.list(&format!("{SNAPSHOTS_DIR}{minute}")).await?;
+    Ok(objects
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .strip_prefix(SNAPSHOTS_DIR)
+                .and_then(|rest| rest.split_once('/'))
+                .and_then(|(id, _)| id.parse().ok())
+        })
+        .collect())
+}
+
+/// `latest/`'s manifest and its ETag, `None` when the repository has no snapshot yet.
+pub async fn latest(store: &Store) -> Result<Option<(Manifest, Option<String>)>, RepositoryError> {
+    let Some((bytes, etag)) = store.get_bytes(LATEST_MANIFEST).await? else {
+        return Ok(None);
+    };
+    let key = store.full_key(LATEST_MANIFEST);
+    Ok(Some((Manifest::decode(&bytes, &key, None)?, etag)))
+}
+
+/// The manifest of snapshot `id`, `None` when it does not exist or is incomplete.
+pub async fn manifest(store: &Store, id: &SnapshotId) -> Result<Option<Manifest>, RepositoryError> {
+    let relative = manifest_key(id);
+    let Some((bytes, _)) = store.get_bytes(&relative).await? else {
+        return Ok(None);
+    };
+    let key = store.full_key(&relative);
+    Ok(Some(Manifest::decode(&bytes, &key, Some(*id))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let id: SnapshotId = "2026-02-27-14-00-2".parse().expect("id");
+        assert_eq!(archive_key(&id), "snapshots/2026-02-27-14-00-2/state.tar.zst");
+        assert_eq!(manifest_key(&id), "snapshots/2026-02-27-14-00-2/manifest.json");
+    }
+}

@@ -1,0 +1,389 @@
+//! Restoring a snapshot: extract into a staging directory on the target's filesystem, verify
+//! every checksum, make it durable, then swap it in with renames. A failed or interrupted restore
+//! leaves the target exactly as it was; local state is moved aside, never deleted.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio_util::io::SyncIoBridge;
+
+use crate::archive::{self, ArchiveError};
+use crate::manifest::Manifest;
+use crate::repository::{self, LATEST_ARCHIVE, RepositoryError};
+use crate::snapshot_id::SnapshotId;
+use crate::store::Store;
+
+/// Folder in `work_dir` where restores of the state directory are staged.
+pub const STAGING_DIR: &str = "staging";
+/// Folder in `work_dir` where replaced local state is kept.
+pub const DISPLACED_DIR: &str = "displaced";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("no snapshot in {repository}: latest/manifest.json does not exist (the listing succeeded; this is a new repository)")]
+    NoSnapshot { repository: String },
+    #[error("snapshot {id} does not exist in {repository}, or is incomplete (no manifest); `spotkeeper list` shows what exists")]
+    SnapshotNotFound { repository: String, id: SnapshotId },
+    #[error("the archive of snapshot {id} is missing from {repository} (looked for {keys})")]
+    ArchiveMissing {
+        repository: String,
+        id: SnapshotId,
+        keys: String,
+    },
+    #[error("download of {key} failed: {source}")]
+    Download { key: String, source: io::Error },
+    #[error("refusing to restore into {target}: {why}. Nothing was changed. {hint}")]
+    Refused { target: PathBuf, why: String, hint: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("restore task failed: {0}")]
+    Task(String),
+}
+
+/// Where a restore goes.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// A specific snapshot, or `latest/`.
+    pub snapshot: Option<SnapshotId>,
+    pub target: PathBuf,
+    /// True when `target` is the configured state directory (staging in `work_dir`, `--force` allowed).
+    pub is_state_dir: bool,
+    pub work_dir: PathBuf,
+    /// Move non-empty local state aside instead of refusing.
+    pub force: bool,
+    /// What the local state descends from, for the refusal message.
+    pub origin: Option<String>,
+    pub repository: String,
+    pub now: DateTime<Utc>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    pub id: SnapshotId,
+    /// What `latest/` was when restoring (the base for the local record).
+    pub latest: Option<SnapshotId>,
+    pub target: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    pub archive_bytes: u64,
+    pub duration_ms: u64,
+    /// Where the previous local state was moved, if anything was there.
+    pub displaced: Option<PathBuf>,
+}
+
+/// What is at a restore target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetState {
+    Absent,
+    Empty,
+    NonEmpty,
+}
+
+/// Looks at `target` without changing it.
+pub fn inspect(target: &Path) -> Result<TargetState, RestoreError> {
+    match fs::read_dir(target) {
+        Ok(mut entries) => Ok(if entries.next().is_some() {
+            TargetState::NonEmpty
+        } else {
+            TargetState::Empty
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TargetState::Absent),
+        Err(source) => Err(RestoreError::Io {
+            path: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Resolves the manifest to restore: `snapshot` or `latest/`. Also returns `latest/`'s id.
+pub async fn resolve(
+    store: &Store,
+    snapshot: Option<SnapshotId>,
+    repository: &str,
+) -> Result<(Manifest, Option<SnapshotId>), RestoreError> {
+    let latest = repository::latest(store).await?.map(|(m, _)| m);
+    let latest_id = latest.as_ref().map(|m| m.id);
+    let manifest = match snapshot {
+        Some(id) => repository::manifest(store, &id)
+            .await?
+            .ok_or_else(|| RestoreError::SnapshotNotFound {
+                repository: repository.to_string(),
+                id,
+            })?,
+        None => latest.ok_or_else(|| RestoreError::NoSnapshot {
+            repository: repository.to_string(),
+        })?,
+    };
+    Ok((manifest, latest_id))
+}
+
+/// Restores per `request`. See the module doc for the guarantees.
+pub async fn restore(store: &Store, request: &RestoreRequest) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let target_state = inspect(&request.target)?;
+    check_target(request, target_state)?;
+    let (manifest, latest) = resolve(store, request.snapshot, &request.repository).await?;
+    // Check again: the download may have taken a while, and the answer decides what is moved.
+    let staging = prepare_staging(request)?;
+    let result = download_and_unpack(store, &manifest, &staging, request.snapshot.is_none()).await;
+    let unpacked = match result {
+        Ok(unpacked) => unpacked,
+        Err(e) => {
+            remove_staging(&staging);
+            return Err(e);
+        }
+    };
+    if let Err(e) = sync_filesystem(&staging) {
+        remove_staging(&staging);
+        return Err(e);
+    }
+    let target_state = inspect(&request.target)?;
+    if let Err(e) = check_target(request, target_state) {
+        remove_staging(&staging);
+        return Err(e);
+    }
+    let displaced = swap_in(request, &staging, target_state)?;
+    Ok(RestoreReport {
+        id: manifest.id,
+        latest,
+        target: request.target.clone(),
+        files: unpacked.files,
+        bytes: unpacked.bytes,
+        archive_bytes: unpacked.archive_bytes,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        displaced,
+    })
+}
+
+fn check_target(request: &RestoreRequest, state: TargetState) -> Result<(), RestoreError> {
+    if state != TargetState::NonEmpty {
+        return Ok(());
+    }
+    if !request.is_state_dir {
+        return Err(RestoreError::Refused {
+            target: request.target.clone(),
+            why: "it is not empty".into(),
+            hint: "--to needs an empty or absent directory.".into(),
+        });
+    }
+    if request.force {
+        return Ok(());
+    }
+    let origin = request
+        .origin
+        .clone()
+        .unwrap_or_else(|| "local state of unknown origin (no local record)".into());
+    Err(RestoreError::Refused {
+        target: request.target.clone(),
+        why: format!("it holds {origin}"),
+        hint: format!(
+            "To keep it and replace it, run again with --force: it will be moved to {} first. \
+             To look at the snapshot without touching it, use --to DIR.",
+            request.work_dir.join(DISPLACED_DIR).display()
+        ),
+    })
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates an empty staging directory on the target's filesystem: in `work_dir/staging/` for
+/// the state directory (after checking it shares a filesystem with it), beside the target otherwise.
+fn prepare_staging(request: &RestoreRequest) -> Result<PathBuf, RestoreError> {
+    let parent = request
+        .target
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    fs::create_dir_all(&parent).map_err(io_error(&parent))?;
+    let staging_root = if request.is_state_dir {
+        let root = request.work_dir.join(STAGING_DIR);
+        fs::create_dir_all(&root).map_err(io_error(&root))?;
+        let root_dev = fs::metadata(&root).map_err(io_error(&root))?.dev();
+        let parent_dev = fs::metadata(&parent).map_err(io_error(&parent))?.dev();
+        if root_dev != parent_dev {
+            return Err(RestoreError::Refused {
+                target: request.target.clone(),
+                why: format!(
+                    "state.work_dir ({}) is on another filesystem, so the restore cannot be swapped in atomically",
+                    request.work_dir.display()
+                ),
+                hint: "Put state.work_dir on the same filesystem as state.dir.".into(),
+            });
+        }
+        // Leftovers of an interrupted restore: ours, never user data.
+        if let Ok(entries) = fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                remove_staging(&entry.path());
+            }
+        }
+        root
+    } else {
+        parent
+    };
+    let name = request
+        .target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into());
+    let staging = staging_root.join(format!(".{name}.spotkeeper-staging.{}", std::process::id()));
+    if staging.exists() {
+        remove_staging(&staging);
+    }
+    fs::create_dir(&staging).map_err(io_error(&staging))?;
+    Ok(staging)
+}
+
+fn remove_staging(staging: &Path) {
+    if let Err(e) = fs::remove_dir_all(staging)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %staging.display(), error = %e, "could not remove restore staging directory");
+    }
+}
+
+/// Streams the archive (the snapshot's own, else `latest/`'s copy when restoring latest) into
+/// the checker/extractor.
+async fn download_and_unpack(
+    store: &Store,
+    manifest: &Manifest,
+    staging: &Path,
+    from_latest: bool,
+) -> Result<archive::Unpacked, RestoreError> {
+    let mut candidates = vec![manifest.archive.key.clone()];
+    if from_latest {
+        candidates.push(LATEST_ARCHIVE.to_string());
+    }
+    let mut body = None;
+    for key in &candidates {
+        if let Some(stream) = store.get_stream(key).await.map_err(RepositoryError::from)? {
+            body = Some((key.clone(), stream));
+            break;
+        }
+    }
+    let Some((key, stream)) = body else {
+        return Err(RestoreError::ArchiveMissing {
+            repository: store.full_key(""),
+            id: manifest.id,
+            keys: candidates.join(", "),
+        });
+    };
+    unpack_stream(stream, manifest, Some(staging.to_path_buf()), store.url(&key)).await
+}
+
+/// Checks (and with `dest`, extracts) an archive body on a blocking thread. A read error of the
+/// body is reported as a download failure, not as a corrupt archive.
+pub async fn unpack_stream(
+    stream: aws_sdk_s3::primitives::ByteStream,
+    manifest: &Manifest,
+    dest: Option<PathBuf>,
+    key: String,
+) -> Result<archive::Unpacked, RestoreError> {
+    let manifest = manifest.clone();
+    let reader = SyncIoBridge::new(stream.into_async_read());
+    let network_error = Arc::new(Mutex::new(None));
+    let tracker = TrackingReader {
+        inner: reader,
+        error: Arc::clone(&network_error),
+    };
+    let source = key.clone();
+    let result = tokio::task::spawn_blocking(move || archive::unpack(tracker, &manifest, dest.as_deref(), &source))
+        .await
+        .map_err(|e| RestoreError::Task(e.to_string()))?;
+    match result {
+        Ok(unpacked) => Ok(unpacked),
+        Err(e) => {
+            let network = network_error.lock().ok().and_then(|mut slot| slot.take());
+            match network {
+                Some(source) => Err(RestoreError::Download { key, source }),
+                None => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Remembers the first read error of the network body.
+struct TrackingReader<R> {
+    inner: R,
+    error: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl<R: Read> Read for TrackingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if let Ok(mut slot) = self.error.lock()
+                && slot.is_none()
+            {
+                *slot = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+}
+
+/// Makes the staged files durable before they become the state: a power cut after the swap
+/// must not leave empty files that the local record says are a complete restore.
+fn sync_filesystem(staging: &Path) -> Result<(), RestoreError> {
+    let dir = fs::File::open(staging).map_err(io_error(staging))?;
+    rustix::fs::syncfs(&dir).map_err(|e| RestoreError::Io {
+        path: staging.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Puts the staged tree at the target. Existing content is exchanged atomically where the
+/// filesystem can, and kept in `displaced/` (state dir) or never touched (`--to`, which is empty).
+fn swap_in(request: &RestoreRequest, staging: &Path, state: TargetState) -> Result<Option<PathBuf>, RestoreError> {
+    let target = &request.target;
+    let displaced = match state {
+        TargetState::Absent => None,
+        TargetState::Empty => {
+            // An empty directory holds nothing to keep; remove it so the rename can land.
+            fs::remove_dir(target).map_err(io_error(target))?;
+            None
+        }
+        TargetState::NonEmpty => {
+            let stamp = request.now.format("%Y-%m-%dT%H-%M-%SZ").to_string();
+            let holder = request.work_dir.join(DISPLACED_DIR).join(stamp);
+            fs::create_dir_all(&holder).map_err(io_error(&holder))?;
+            let name = target.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "state".into());
+            let place = holder.join(name);
+            fs::rename(target, &place).map_err(io_error(target))?;
+            tracing::info!(from = %target.display(), to = %place.display(), "moved local state aside");
+            Some(place)
+        }
+    };
+    if let Err(source) = fs::rename(staging, target) {
+        // Put the previous state back where it was before reporting.
+        if let Some(place) = &displaced
+            && let Err(e) = fs::rename(place, target)
+        {
+            tracing::error!(from = %place.display(), to = %target.display(), error = %e,
+                "could not move the previous state back; it is safe where it is");
+        }
+        remove_staging(staging);
+        return Err(RestoreError::Io {
+            path: target.clone(),
+            source,
+        });
+    }
+    if let Some(parent) = target.parent() {
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(parent))?;
+    }
+    Ok(displaced)
+}

@@ -1,0 +1,285 @@
+//! Taking a snapshot: pack, compress, hash and upload in one streaming pass, write the manifest
+//! (which makes the snapshot complete), then move `latest/` to it, but only when the state
+//! descends from the current `latest/` (the lineage guard).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::archive::{self, ArchiveError, Packed};
+use crate::exclude::Excludes;
+use crate::manifest::{ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, Owner};
+use crate::repository::{self, LATEST_ARCHIVE, LATEST_MANIFEST, RepositoryError};
+use crate::snapshot_id::SnapshotId;
+use crate::store::{PutCondition, Store, StoreError};
+use crate::stream::ChunkWriter;
+
+/// zstd level when none is configured: fast, and about 3x on chat-like text.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// Upload parts queued between the packer and the uploader.
+const QUEUED_PARTS: usize = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error("cannot archive the state: {0}")]
+    Archive(#[from] ArchiveError),
+    #[error(
+        "refusing to replace latest/ in {repository}: it is snapshot {latest}, but this state {origin}. \
+         Another machine may be writing this prefix. Nothing was uploaded. If this machine is now the only \
+         writer, run `spotkeeper snapshot --force`; to look at latest/ first, run `spotkeeper restore --to DIR`"
+    )]
+    Diverged {
+        repository: String,
+        latest: SnapshotId,
+        origin: String,
+    },
+    #[error(
+        "snapshot {id} is complete in {repository}, but latest/ was replaced by another writer while it was \
+         uploading, so latest/ was left as that writer made it"
+    )]
+    LatestMoved { repository: String, id: SnapshotId },
+    #[error("snapshot task failed: {0}")]
+    Task(String),
+}
+
+/// What to snapshot and how.
+#[derive(Debug, Clone)]
+pub struct SnapshotRequest {
+    pub source: PathBuf,
+    pub excludes: Excludes,
+    pub compression_level: i32,
+    pub host: Host,
+    pub image: Option<ImageInfo>,
+    /// The `latest/` id the local state descends from (the local record), if known.
+    pub base: Option<SnapshotId>,
+    /// Replace `latest/` even when the state does not descend from it.
+    pub force: bool,
+    pub now: DateTime<Utc>,
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotReport {
+    pub id: SnapshotId,
+    pub parent: Option<SnapshotId>,
+    pub files: u64,
+    pub bytes: u64,
+    pub archive_bytes: u64,
+    pub duration_ms: u64,
+    /// HTTP requests sent to S3 for this snapshot, retries included.
+    pub requests: u64,
+    /// Paths that could not be archived (special files, non-UTF-8 names).
+    pub skipped: Vec<String>,
+    /// Files that changed size while being read (only without a freeze).
+    pub torn: Vec<String>,
+    #[serde(skip)]
+    pub manifest: Manifest,
+}
+
+/// May a state whose base is `base` replace `latest/`?
+pub fn check_lineage(latest: Option<SnapshotId>, base: Option<SnapshotId>, force: bool) -> Result<(), String> {
+    match (latest, base) {
+        (None, _) => Ok(()),
+        (Some(latest), Some(base)) if latest == base => Ok(()),
+        _ if force => Ok(()),
+        (Some(_), Some(base)) => Err(format!("descends from {base}")),
+        (Some(_), None) => Err("was not restored from or uploaded to this repository by this machine".into()),
+    }
+}
+
+/// Takes one snapshot of `request.source` into `store`, then updates `latest/`.
+pub async fn take(store: &Store, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
+    let started = Instant::now();
+    let requests_before = store.requests();
+    let latest = repository::latest(store).await?;
+    let latest_id = latest.as_ref().map(|(m, _)| m.id);
+    check_lineage(latest_id, request.base, request.force).map_err(|origin| SnapshotError::Diverged {
+        repository: repository_url(store),
+        latest: latest_id.unwrap_or(SnapshotId::new(request.now, 1)),
+        origin,
+    })?;
+    let taken = repository::ids_in_minute(store, &SnapshotId::new(request.now, 1)).await?;
+    let id = SnapshotId::first_free(request.now, &taken);
+    let archive_key = repository::archive_key(&id);
+
+    let (packed, archive_bytes, archive_sha256) = pack_and_upload(store, &request, &archive_key).await?;
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        id,
+        created_at: request.now,
+        parent: latest_id,
+        host: request.host.clone(),
+        archive: ArchiveInfo {
+            key: archive_key.clone(),
+            bytes: archive_bytes,
+            sha256: archive_sha256,
+            encoding: ARCHIVE_ENCODING.to_string(),
+        },
+        totals: packed.totals,
+        root: packed.root.unwrap_or(Owner {
+            mode: 0o700,
+            uid: 0,
+            gid: 0,
+        }),
+        files: packed.files,
+        skipped: packed.skipped.clone(),
+        image: request.image.clone(),
+    };
+    let body = Bytes::from(manifest.encode());
+    let metadata = [
+        (repository::META_FILES, manifest.totals.files.to_string()),
+        (repository::META_BYTES, manifest.totals.bytes.to_string()),
+        (repository::META_CREATED_AT, manifest.created_at.to_rfc3339()),
+    ];
+    // The manifest makes the snapshot complete; never overwrite a complete snapshot.
+    store
+        .put_bytes(
+            &repository::manifest_key(&id),
+            body.clone(),
+            "application/json",
+            &metadata,
+            PutCondition::Absent,
+        )
+        .await
+        .map_err(RepositoryError::from)?;
+
+    update_latest(store, &manifest, latest.and_then(|(_, etag)| etag), body).await?;
+
+    Ok(SnapshotReport {
+        id,
+        parent: latest_id,
+        files: manifest.totals.files,
+        bytes: manifest.totals.bytes,
+        archive_bytes,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        requests: store.requests() - requests_before,
+        skipped: packed.skipped.iter().map(|s| s.path.clone()).collect(),
+        torn: packed.torn,
+        manifest,
+    })
+}
+
+fn repository_url(store: &Store) -> String {
+    let prefix = store.full_key("");
+    format!("s3://{}/{}", store.bucket(), prefix.trim_end_matches('/'))
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Copies the archive to `latest/`, then replaces `latest/manifest.json` only if it is still the
+/// one this snapshot descends from (If-Match on its ETag, or If-None-Match when there was none).
+async fn update_latest(
+    store: &Store,
+    manifest: &Manifest,
+    latest_etag: Option<String>,
+    body: Bytes,
+) -> Result<(), SnapshotError> {
+    // Re-read the pointer just before touching latest/: a writer that moved it during our upload
+    // is caught here, before even the archive copy.
+    let current = repository::latest(store).await?;
+    let moved = match (&current, manifest.parent) {
+        (None, None) => false,
+        (Some((m, _)), Some(parent)) => m.id != parent,
+        _ => true,
+    };
+    if moved {
+        return Err(SnapshotError::LatestMoved {
+            repository: repository_url(store),
+            id: manifest.id,
+        });
+    }
+    store
+        .copy(&manifest.archive.key, LATEST_ARCHIVE)
+        .await
+        .map_err(RepositoryError::from)?;
+    let condition = match latest_etag {
+        Some(etag) => PutCondition::Matches(etag),
+        None => PutCondition::Absent,
+    };
+    match store
+        .put_bytes(LATEST_MANIFEST, body, "application/json", &[], condition)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(StoreError::PreconditionFailed { .. }) => Err(SnapshotError::LatestMoved {
+            repository: repository_url(store),
+            id: manifest.id,
+        }),
+        Err(e) => Err(RepositoryError::from(e).into()),
+    }
+}
+
+/// Runs the packer on a blocking thread and the uploader on this task, joined by a small
+/// channel of parts: memory stays at a few parts whatever the state's size.
+async fn pack_and_upload(
+    store: &Store,
+    request: &SnapshotRequest,
+    archive_key: &str,
+) -> Result<(Packed, u64, String), SnapshotError> {
+    let (sender, receiver) = mpsc::channel(QUEUED_PARTS);
+    let source = request.source.clone();
+    let excludes = request.excludes.clone();
+    let level = request.compression_level;
+    let packer = tokio::task::spawn_blocking(move || -> Result<(Packed, u64, String), ArchiveError> {
+        let writer = ChunkWriter::new(sender);
+        let mut encoder = zstd::stream::write::Encoder::new(writer, level).map_err(ArchiveError::Stream)?;
+        encoder.include_checksum(true).map_err(ArchiveError::Stream)?;
+        encoder.multithread(compression_workers()).map_err(ArchiveError::Stream)?;
+        let (packed, encoder) = archive::pack(&source, &excludes, encoder)?;
+        let writer = encoder.finish().map_err(ArchiveError::Stream)?;
+        let (bytes, sha256) = writer.finish().map_err(ArchiveError::Stream)?;
+        Ok((packed, bytes, sha256))
+    });
+    let upload = store.upload_stream(archive_key, "application/zstd", receiver);
+    let (packed, uploaded) = tokio::join!(packer, upload);
+    let packed = packed.map_err(|e| SnapshotError::Task(e.to_string()))?;
+    match (packed, uploaded) {
+        (Ok(result), Ok(())) => Ok(result),
+        // A broken pipe on our side means the uploader stopped: its error is the real one.
+        (Err(ArchiveError::Stream(e)), Err(upload)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(RepositoryError::from(upload).into())
+        }
+        (Err(pack), _) => Err(pack.into()),
+        (Ok(_), Err(upload)) => Err(RepositoryError::from(upload).into()),
+    }
+}
+
+/// zstd worker threads: all cores but one for the packer, at least one, at most four.
+fn compression_workers() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u32::try_from(cores.saturating_sub(1).clamp(1, 4)).unwrap_or(1)
+}
+
+/// This machine's name, for the manifest.
+pub fn hostname() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> SnapshotId {
+        text.parse().expect("valid id")
+    }
+
+    #[test]
+    fn lineage_allows_only_descendants_unless_forced() {
+        let latest = id("2026-02-27-14-00");
+        let older = id("2026-02-27-13-40");
+        assert!(check_lineage(None, None, false).is_ok());
+        assert!(check_lineage(None, Some(older), false).is_ok());
+        assert!(check_lineage(Some(latest), Some(latest), false).is_ok());
+        let err = check_lineage(Some(latest), Some(older), false).expect_err("diverged");
+        assert!(err.contains("2026-02-27-13-40"), "{err}");
+        assert!(check_lineage(Some(latest), None, false).is_err());
+        assert!(check_lineage(Some(latest), None, true).is_ok());
+        assert!(check_lineage(Some(latest), Some(older), true).is_ok());
+    }
+}

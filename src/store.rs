@@ -1,0 +1,646 @@
+//! S3 through the real SDK: small gets and puts, streaming multipart upload, server-side copy,
+//! complete listings, batched deletes. Keys passed in are relative to the configured prefix.
+//! Every error names the bucket and key; `is_transient` is the one place that decides what a
+//! retry can fix.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, Region, RuntimeComponents};
+use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::S3Config;
+
+/// Size of every multipart part but the last; S3's minimum is 5 MiB.
+pub const PART_SIZE: usize = 16 * 1024 * 1024;
+/// Parts uploaded at once. With the channel this bounds upload memory to a few parts.
+const PARTS_IN_FLIGHT: usize = 3;
+/// S3's limit for one DeleteObjects call.
+const DELETE_BATCH: usize = 1000;
+/// Attempts per request, counting the first; the SDK backs off exponentially between them.
+const MAX_ATTEMPTS: u32 = 5;
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot reach S3 to {op} s3://{bucket}/{key}: {message}")]
+    Unreachable {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("bucket {bucket:?} does not exist (while trying to {op} s3://{bucket}/{key})")]
+    NoSuchBucket {
+        op: &'static str,
+        bucket: String,
+        key: String,
+    },
+    #[error("access denied to {op} s3://{bucket}/{key}: {message}")]
+    AccessDenied {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("s3://{bucket}/{key} was changed by someone else (conditional {op} failed)")]
+    PreconditionFailed {
+        op: &'static str,
+        bucket: String,
+        key: String,
+    },
+    #[error("S3 failed to {op} s3://{bucket}/{key}: {message}")]
+    Service {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        message: String,
+        transient: bool,
+    },
+    #[error("upload of s3://{bucket}/{key} stopped: {reason}")]
+    UploadAborted {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// True when trying again later may succeed: the network, timeouts, throttling, 5xx.
+pub fn is_transient(error: &StoreError) -> bool {
+    match error {
+        StoreError::Unreachable { .. } => true,
+        StoreError::Service { transient, .. } => *transient,
+        StoreError::NoSuchBucket { .. }
+        | StoreError::AccessDenied { .. }
+        | StoreError::PreconditionFailed { .. }
+        | StoreError::UploadAborted { .. } => false,
+    }
+}
+
+/// Metadata of one listed object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    /// Relative to the prefix.
+    pub key: String,
+    pub size: u64,
+}
+
+/// One piece of a streamed upload. The uploader completes the object only after `End`, so a
+/// producer that fails midway can never leave a truncated object behind.
+#[derive(Debug)]
+pub enum Chunk {
+    Data(Bytes),
+    End,
+}
+
+/// Counts HTTP attempts, so commands and benchmarks can report what an operation cost.
+#[derive(Debug, Clone, Default)]
+struct RequestCounter(Arc<AtomicU64>);
+
+impl Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "RequestCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The bucket and prefix of one repository.
+#[derive(Debug, Clone)]
+pub struct Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    requests: RequestCounter,
+}
+
+impl Store {
+    /// Builds a client from the standard AWS environment plus the `[s3]` section. A custom
+    /// endpoint (config or `AWS_ENDPOINT_URL[_S3]`) implies path-style addressing.
+    pub async fn connect(config: &S3Config) -> Store {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_initial_backoff(INITIAL_BACKOFF),
+            )
+            .timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build());
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        let sdk_config = loader.load().await;
+        let requests = RequestCounter::default();
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config).interceptor(requests.clone());
+        if sdk_config.region().is_none() {
+            // Custom endpoints rarely care; AWS needs one and says so clearly on the first call.
+            builder = builder.region(Region::new("us-east-1"));
+        }
+        let endpoint = config
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .filter(|e| !e.is_empty());
+        if let Some(endpoint) = endpoint {
+            builder = builder.endpoint_url(endpoint).force_path_style(true);
+        }
+        Store {
+            client: Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            requests,
+        }
+    }
+
+    /// The bucket name, for messages.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// HTTP requests sent so far by this store, retries included.
+    pub fn requests(&self) -> u64 {
+        self.requests.0.load(Ordering::Relaxed)
+    }
+
+    /// The full key of `relative`.
+    pub fn full_key(&self, relative: &str) -> String {
+        if self.prefix.is_empty() {
+            relative.to_string()
+        } else {
+            format!("{}/{}", self.prefix, relative)
+        }
+    }
+
+    /// `s3://bucket/full-key` of `relative`, for messages.
+    pub fn url(&self, relative: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.full_key(relative))
+    }
+
+    fn relative_key<'a>(&self, full: &'a str) -> &'a str {
+        if self.prefix.is_empty() {
+            full
+        } else {
+            full.strip_prefix(&self.prefix)
+                .and_then(|k| k.strip_prefix('/'))
+                .unwrap_or(full)
+        }
+    }
+
+    fn error<E>(&self, op: &'static str, relative: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        classify(op, &self.bucket, &self.full_key(relative), err)
+    }
+
+    /// The whole object, or `None` when the key does not exist.
+    pub async fn get_bytes(&self, relative: &str) -> Result<Option<(Bytes, Option<String>)>, StoreError> {
+        let key = self.full_key(relative);
+        let output = match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
+            Ok(output) => output,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(err) => return Err(self.error("get", relative, err)),
+        };
+        let etag = output.e_tag().map(str::to_string);
+        let body = output.body.collect().await.map_err(|e| StoreError::Unreachable {
+            op: "read",
+            bucket: self.bucket.clone(),
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Some((body.into_bytes(), etag)))
+    }
+
+    /// A streaming body, or `None` when the key does not exist.
+    pub async fn get_stream(&self, relative: &str) -> Result<Option<ByteStream>, StoreError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(relative))
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(output.body)),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(err) => Err(self.error("get", relative, err)),
+        }
+    }
+
+    /// User metadata of an object, or `None` when it does not exist.
+    pub async fn head_metadata(
+        &self,
+        relative: &str,
+    ) -> Result<Option<std::collections::HashMap<String, String>>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(relative))
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(output.metadata.unwrap_or_default())),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(err) => Err(self.error("head", relative, err)),
+        }
+    }
+
+    /// Puts a small object. `condition` makes the write conditional (see [`PutCondition`]).
+    pub async fn put_bytes(
+        &self,
+        relative: &str,
+        body: Bytes,
+        content_type: &str,
+        metadata: &[(&str, String)],
+        condition: PutCondition,
+    ) -> Result<Option<String>, StoreError> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(relative))
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        for (name, value) in metadata {
+            request = request.metadata(*name, value);
+        }
+        request = match condition {
+            PutCondition::None => request,
+            PutCondition::Absent => request.if_none_match("*"),
+            PutCondition::Matches(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(output) => Ok(output.e_tag),
+            Err(err) => Err(self.error("put", relative, err)),
+        }
+    }
+
+    /// Uploads the chunks received on `chunks` as one object: a single PUT when they fit in one
+    /// part, otherwise a multipart upload with a few parts in flight. Completes only on `Chunk::End`;
+    /// on any failure the multipart upload is aborted.
+    pub async fn upload_stream(
+        &self,
+        relative: &str,
+        content_type: &str,
+        mut chunks: mpsc::Receiver<Chunk>,
+    ) -> Result<(), StoreError> {
+        let first = match chunks.recv().await {
+            Some(Chunk::Data(bytes)) => bytes,
+            Some(Chunk::End) => return self.put_stream_body(relative, content_type, Bytes::new()).await,
+            None => return Err(self.aborted(relative, "the archive writer stopped before any data")),
+        };
+        let second = match chunks.recv().await {
+            // Everything fit in one part: one PUT instead of three requests.
+            Some(Chunk::End) => return self.put_stream_body(relative, content_type, first).await,
+            Some(Chunk::Data(bytes)) => bytes,
+            None => return Err(self.aborted(relative, "the archive writer stopped midway")),
+        };
+        let key = self.full_key(relative);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| self.error("start multipart upload of", relative, e))?;
+        let upload_id = created
+            .upload_id
+            .ok_or_else(|| self.aborted(relative, "S3 returned no upload id"))?;
+        let result = self
+            .upload_parts(relative, &upload_id, first, second, &mut chunks)
+            .await;
+        match result {
+            Ok(parts) => {
+                let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(completed)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("complete multipart upload of", relative, e))?;
+                Ok(())
+            }
+            Err(err) => {
+                let abort = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                if let Err(abort_err) = abort {
+                    tracing::warn!(key = %key, error = %DisplayErrorContext(&abort_err),
+                        "could not abort multipart upload; the bucket's lifecycle rule will remove it");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn put_stream_body(&self, relative: &str, content_type: &str, body: Bytes) -> Result<(), StoreError> {
+        self.put_bytes(relative, body, content_type, &[], PutCondition::None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn upload_parts(
+        &self,
+        relative: &str,
+        upload_id: &str,
+        first: Bytes,
+        second: Bytes,
+        chunks: &mut mpsc::Receiver<Chunk>,
+    ) -> Result<Vec<CompletedPart>, StoreError> {
+        let mut in_flight: JoinSet<Result<CompletedPart, StoreError>> = JoinSet::new();
+        let mut done = Vec::new();
+        let mut next_part: i32 = 1;
+        let mut pending = vec![second, first];
+        loop {
+            let body = match pending.pop() {
+                Some(body) => body,
+                None => match chunks.recv().await {
+                    Some(Chunk::Data(body)) => body,
+                    Some(Chunk::End) => break,
+                    None => {
+                        in_flight.abort_all();
+                        return Err(self.aborted(relative, "the archive writer stopped midway"));
+                    }
+                },
+            };
+            while in_flight.len() >= PARTS_IN_FLIGHT {
+                done.push(self.joined(relative, in_flight.join_next().await)?);
+            }
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(self.full_key(relative))
+                .upload_id(upload_id)
+                .part_number(next_part)
+                .body(ByteStream::from(body));
+            let store = self.clone();
+            let part_number = next_part;
+            let relative = relative.to_string();
+            in_flight.spawn(async move {
+                let output = request
+                    .send()
+                    .await
+                    .map_err(|e| store.error("upload part of", &relative, e))?;
+                Ok(CompletedPart::builder()
+                    .part_number(part_number)
+                    .set_e_tag(output.e_tag)
+                    .build())
+            });
+            next_part += 1;
+        }
+        while let Some(joined) = in_flight.join_next().await {
+            done.push(self.joined(relative, Some(joined))?);
+        }
+        done.sort_by_key(|p| p.part_number());
+        Ok(done)
+    }
+
+    fn joined(
+        &self,
+        relative: &str,
+        joined: Option<Result<Result<CompletedPart, StoreError>, tokio::task::JoinError>>,
+    ) -> Result<CompletedPart, StoreError> {
+        match joined {
+            Some(Ok(result)) => result,
+            Some(Err(join_error)) => Err(self.aborted(relative, &format!("part upload task failed: {join_error}"))),
+            None => Err(self.aborted(relative, "no part upload in flight")),
+        }
+    }
+
+    fn aborted(&self, relative: &str, reason: &str) -> StoreError {
+        StoreError::UploadAborted {
+            bucket: self.bucket.clone(),
+            key: self.full_key(relative),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Server-side copy within the bucket (objects up to 5 GiB).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let source = format!("{}/{}", self.bucket, percent_encode_key(&self.full_key(from)));
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(to))
+            .copy_source(source)
+            .send()
+            .await
+            .map_err(|e| self.error("copy to", to, e))?;
+        Ok(())
+    }
+
+    /// Every object under `relative_prefix`, following continuation tokens to the end. An error
+    /// on any page fails the whole listing: a partial listing must never look like a complete one.
+    pub async fn list(&self, relative_prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let output = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.full_key(relative_prefix))
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.error("list", relative_prefix, e))?;
+            for object in output.contents() {
+                if let Some(key) = object.key() {
+                    objects.push(ObjectInfo {
+                        key: self.relative_key(key).to_string(),
+                        size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    });
+                }
+            }
+            match (output.is_truncated(), output.next_continuation_token) {
+                (Some(true), Some(next)) => token = Some(next),
+                (Some(true), None) => {
+                    return Err(StoreError::Service {
+                        op: "list",
+                        bucket: self.bucket.clone(),
+                        key: self.full_key(relative_prefix),
+                        message: "listing is truncated but S3 gave no continuation token".into(),
+                        transient: true,
+                    });
+                }
+                _ => return Ok(objects),
+            }
+        }
+    }
+
+    /// Deletes `keys` in order, in batches. Returns the keys S3 reported it could not delete,
+    /// each with S3's reason; a failed request is an error.
+    pub async fn delete(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        let mut failed = Vec::new();
+        for batch in keys.chunks(DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(self.full_key(k)).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.aborted(&batch[0], &e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| self.aborted(&batch[0], &e.to_string()))?;
+            let output = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.error("delete", &batch[0], e))?;
+            for error in output.errors() {
+                let key = error.key().map(|k| self.relative_key(k).to_string()).unwrap_or_default();
+                let reason = format!(
+                    "{}: {}",
+                    error.code().unwrap_or("error"),
+                    error.message().unwrap_or("no message")
+                );
+                failed.push((key, reason));
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// How a put may overwrite.
+#[derive(Debug, Clone)]
+pub enum PutCondition {
+    /// Unconditional.
+    None,
+    /// Only if the key does not exist yet (`If-None-Match: *`).
+    Absent,
+    /// Only if the current object has this ETag (`If-Match`).
+    Matches(String),
+}
+
+fn classify<E>(op: &'static str, bucket: &str, key: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let bucket = bucket.to_string();
+    let key = key.to_string();
+    let message = DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            return StoreError::Unreachable {
+                op,
+                bucket,
+                key,
+                message,
+            };
+        }
+        SdkError::ResponseError(_) => {
+            return StoreError::Service {
+                op,
+                bucket,
+                key,
+                message,
+                transient: true,
+            };
+        }
+        _ => {}
+    }
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    match (err.code(), status) {
+        (Some("NoSuchBucket"), _) => StoreError::NoSuchBucket { op, bucket, key },
+        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"), _) | (_, Some(403)) => {
+            StoreError::AccessDenied {
+                op,
+                bucket,
+                key,
+                message: err.message().unwrap_or(&message).to_string(),
+            }
+        }
+        (Some("PreconditionFailed"), _) | (_, Some(412)) => StoreError::PreconditionFailed { op, bucket, key },
+        (code, status) => StoreError::Service {
+            op,
+            bucket,
+            key,
+            message,
+            transient: status.is_some_and(|s| s >= 500 || s == 429)
+                || matches!(code, Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")),
+        },
+    }
+}
+
+/// CopySource is a URL path: keep `/` and unreserved characters, escape the rest.
+fn percent_encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_is_percent_encoded() {
+        assert_eq!(percent_encode_key("lab/snapshots/2026-02-27-14-00/state.tar.zst"), "lab/snapshots/2026-02-27-14-00/state.tar.zst");
+        assert_eq!(percent_encode_key("my lab/ü+x"), "my%20lab/%C3%BC%2Bx");
+    }
+
+    #[test]
+    fn only_network_and_server_faults_are_transient() {
+        let unreachable = StoreError::Unreachable {
+            op: "get",
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "connection refused".into(),
+        };
+        assert!(is_transient(&unreachable));
+        let denied = StoreError::AccessDenied {
+            op: "get",
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "denied".into(),
+        };
+        assert!(!is_transient(&denied));
+        assert!(!is_transient(&StoreError::NoSuchBucket {
+            op: "list",
+            bucket: "b".into(),
+            key: "".into()
+        }));
+    }
+}

@@ -175,7 +175,9 @@ impl<W: Write> Packer<'_, W> {
         self.builder
             .append_data(&mut header, rel, io::empty())
             .map_err(ArchiveError::Stream)?;
-        self.packed.files.push(entry_from(rel, EntryKind::Dir, meta, 0, None, None));
+        self.packed
+            .files
+            .push(entry_from(rel, EntryKind::Dir, meta, 0, None, None));
         self.packed.totals.dirs += 1;
         Ok(())
     }
@@ -380,7 +382,9 @@ pub fn unpack<R: Read>(
         extractor.entry(&mut entry)?;
     }
     if let Some(missing) = expected.keys().find(|p| !extractor.seen.contains(**p)) {
-        return Err(mismatch(format!("{missing:?} is in the manifest but not in the archive")));
+        return Err(mismatch(format!(
+            "{missing:?} is in the manifest but not in the archive"
+        )));
     }
     // Read the rest of the zstd frame and anything after it, so the hash covers every byte.
     let mut decoder = archive.into_inner();
@@ -513,7 +517,10 @@ impl Extractor<'_> {
         expected: &FileEntry,
         target: Option<&Path>,
     ) -> Result<(), ArchiveError> {
-        let size = entry.header().size().map_err(|e| self.mismatch(format!("{path:?}: {e}")))?;
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| self.mismatch(format!("{path:?}: {e}")))?;
         if size != expected.bytes {
             return Err(self.mismatch(format!(
                 "{path:?} has {size} bytes in the archive, the manifest says {}",
@@ -583,13 +590,15 @@ fn apply_metadata(dest: &Path, manifest: &Manifest) -> Result<(), ArchiveError> 
                 filetime::set_symlink_file_times(&path, mtime, mtime).map_err(|e| write_error(&path, e))?;
             }
             EntryKind::File | EntryKind::Dir => {
-                fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode)).map_err(|e| write_error(&path, e))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode))
+                    .map_err(|e| write_error(&path, e))?;
                 filetime::set_file_times(&path, mtime, mtime).map_err(|e| write_error(&path, e))?;
             }
         }
     }
     if as_root {
-        std::os::unix::fs::lchown(dest, Some(manifest.root.uid), Some(manifest.root.gid)).map_err(|e| write_error(dest, e))?;
+        std::os::unix::fs::lchown(dest, Some(manifest.root.uid), Some(manifest.root.gid))
+            .map_err(|e| write_error(dest, e))?;
     }
     fs::set_permissions(dest, fs::Permissions::from_mode(manifest.root.mode)).map_err(|e| write_error(dest, e))?;
     Ok(())

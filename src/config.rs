@@ -23,10 +23,7 @@ pub const DEFAULT_EXCLUDES: [&str; 6] = ["/.env", "*.lock", "*.tmp", "*.sock", "
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {key} = {value:?} is not valid: {reason}")]
@@ -125,11 +122,7 @@ impl Config {
         let state = v.state(raw.state)?;
         let s3 = v.s3(raw.s3)?;
         let retention = v.retention(raw.retention)?;
-        Ok(Config {
-            state,
-            s3,
-            retention,
-        })
+        Ok(Config { state, s3, retention })
     }
 
     /// The effective configuration as TOML, for `check-config`.
@@ -182,11 +175,7 @@ impl Validator<'_> {
         if let Err(e) = Excludes::new(&dir, &exclude) {
             return Err(self.invalid("state.exclude", e.pattern().to_string(), e.to_string()));
         }
-        Ok(StateConfig {
-            dir,
-            work_dir,
-            exclude,
-        })
+        Ok(StateConfig { dir, work_dir, exclude })
     }
 
     fn absolute_clean(&self, key: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -205,9 +194,7 @@ impl Validator<'_> {
 
     fn s3(&self, raw: Option<RawS3>) -> Result<S3Config, ConfigError> {
         let raw = raw.ok_or_else(|| self.invalid("s3", "", "the [s3] section with a bucket is required"))?;
-        let bucket = raw
-            .bucket
-            .ok_or_else(|| self.invalid("s3.bucket", "", "is required"))?;
+        let bucket = raw.bucket.ok_or_else(|| self.invalid("s3.bucket", "", "is required"))?;
         if let Err(reason) = check_bucket_name(&bucket) {
             return Err(self.invalid("s3.bucket", bucket, reason));
         }
@@ -231,11 +218,7 @@ impl Validator<'_> {
         if let Some(endpoint) = &raw.endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
-            return Err(self.invalid(
-                "s3.endpoint",
-                endpoint.clone(),
-                "expected an http:// or https:// URL",
-            ));
+            return Err(self.invalid("s3.endpoint", endpoint.clone(), "expected an http:// or https:// URL"));
         }
         Ok(S3Config {
             bucket,
@@ -265,7 +248,11 @@ impl Validator<'_> {
             })?,
         };
         let policy = RetentionPolicy {
-            keep_all_within: self.duration("retention.keep_all_within", raw.keep_all_within, defaults.keep_all_within)?,
+            keep_all_within: self.duration(
+                "retention.keep_all_within",
+                raw.keep_all_within,
+                defaults.keep_all_within,
+            )?,
             daily_within: self.duration("retention.daily_within", raw.daily_within, defaults.daily_within)?,
             weekly_within: self.duration("retention.weekly_within", raw.weekly_within, defaults.weekly_within)?,
             week_starts,
@@ -369,12 +356,27 @@ mod tests {
             ("[state]\ndir = \"/x\"\n", "s3"),
             ("[s3]\nbucket = \"Bad_Bucket\"\n", "\"Bad_Bucket\""),
             ("[s3]\nbucket = \"b-1\"\nprefix = \"a/../b\"\n", "s3.prefix"),
-            ("[s3]\nbucket = \"b-1\"\nendpoint = \"127.0.0.1:9000\"\n", "\"127.0.0.1:9000\""),
+            (
+                "[s3]\nbucket = \"b-1\"\nendpoint = \"127.0.0.1:9000\"\n",
+                "\"127.0.0.1:9000\"",
+            ),
             ("[s3]\nbucket = \"b-1\"\n[state]\ndir = \"relative/dir\"\n", "state.dir"),
-            ("[s3]\nbucket = \"b-1\"\n[state]\ndir = \"/var/lib/spotkeeper/state\"\n", "state.work_dir"),
-            ("[s3]\nbucket = \"b-1\"\n[retention]\ndaily_within = \"7days\"\n", "\"7days\""),
-            ("[s3]\nbucket = \"b-1\"\n[retention]\nweek_starts = \"fri-day\"\n", "retention.week_starts"),
-            ("[s3]\nbucket = \"b-1\"\n[retention]\nkeep_all_within = \"8d\"\n", "retention.keep_all_within"),
+            (
+                "[s3]\nbucket = \"b-1\"\n[state]\ndir = \"/var/lib/spotkeeper/state\"\n",
+                "state.work_dir",
+            ),
+            (
+                "[s3]\nbucket = \"b-1\"\n[retention]\ndaily_within = \"7days\"\n",
+                "\"7days\"",
+            ),
+            (
+                "[s3]\nbucket = \"b-1\"\n[retention]\nweek_starts = \"fri-day\"\n",
+                "retention.week_starts",
+            ),
+            (
+                "[s3]\nbucket = \"b-1\"\n[retention]\nkeep_all_within = \"8d\"\n",
+                "retention.keep_all_within",
+            ),
         ];
         for (text, expected) in cases {
             let msg = error(text);

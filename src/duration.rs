@@ -6,16 +6,16 @@ use std::time::Duration;
 const UNITS: [(char, u64); 5] = [('w', 604_800), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{text:?} is not a duration: expected a whole number and one unit of s, m, h, d, w (for example \"20m\" or \"7d\")")]
+#[error(
+    "{text:?} is not a duration: expected a whole number and one unit of s, m, h, d, w (for example \"20m\" or \"7d\")"
+)]
 pub struct ParseDurationError {
     text: String,
 }
 
 /// Parses `"<n><unit>"`; `"0s"` is allowed, validation of ranges is the caller's.
 pub fn parse(text: &str) -> Result<Duration, ParseDurationError> {
-    let err = || ParseDurationError {
-        text: text.to_string(),
-    };
+    let err = || ParseDurationError { text: text.to_string() };
     let trimmed = text.trim();
     let unit = trimmed.chars().last().ok_or_else(err)?;
     let seconds_per_unit = UNITS
@@ -61,7 +61,18 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_duration() {
-        for bad in ["", "20", "m", "-5m", "1.5h", "20 m", "20min", "5y", "99999999999999999999w", "１m"] {
+        for bad in [
+            "",
+            "20",
+            "m",
+            "-5m",
+            "1.5h",
+            "20 m",
+            "20min",
+            "5y",
+            "99999999999999999999w",
+            "１m",
+        ] {
             let err = parse(bad).expect_err(bad);
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }

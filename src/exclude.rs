@@ -43,9 +43,7 @@ impl Excludes {
 
     /// True when `relative` (a path under the root) or one of its parents is excluded.
     pub fn is_excluded(&self, relative: &Path, is_dir: bool) -> bool {
-        self.matcher
-            .matched_path_or_any_parents(relative, is_dir)
-            .is_ignore()
+        self.matcher.matched_path_or_any_parents(relative, is_dir).is_ignore()
     }
 }
 

@@ -17,12 +17,22 @@ pub const FORMAT_VERSION: u32 = 1;
 pub enum ManifestError {
     #[error("manifest {key} is not valid JSON for format {FORMAT_VERSION}: {source}")]
     Decode { key: String, source: serde_json::Error },
-    #[error("manifest {key} has format {found}; this spotkeeper reads format {FORMAT_VERSION} and older: upgrade spotkeeper")]
+    #[error(
+        "manifest {key} has format {found}; this spotkeeper reads format {FORMAT_VERSION} and older: upgrade spotkeeper"
+    )]
     UnsupportedFormat { key: String, found: u32 },
     #[error("manifest {key} is for snapshot {found}, expected {expected}")]
-    WrongId { key: String, expected: SnapshotId, found: SnapshotId },
+    WrongId {
+        key: String,
+        expected: SnapshotId,
+        found: SnapshotId,
+    },
     #[error("manifest {key}: entry {path:?} is unsafe: {reason}")]
-    UnsafeEntry { key: String, path: String, reason: &'static str },
+    UnsafeEntry {
+        key: String,
+        path: String,
+        reason: &'static str,
+    },
 }
 
 /// One snapshot's manifest.
@@ -339,7 +349,11 @@ mod tests {
 
     #[test]
     fn encodes_and_decodes_with_the_documented_field_names() {
-        let m = manifest(vec![entry("a", EntryKind::Dir), entry("a/b.txt", EntryKind::File), entry("a/l", EntryKind::Symlink)]);
+        let m = manifest(vec![
+            entry("a", EntryKind::Dir),
+            entry("a/b.txt", EntryKind::File),
+            entry("a/l", EntryKind::Symlink),
+        ]);
         let bytes = m.encode();
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(json["format"], 1);
@@ -414,7 +428,11 @@ mod tests {
 
     #[test]
     fn diff_reports_added_removed_and_changed() {
-        let old = vec![entry("a", EntryKind::File), entry("b", EntryKind::File), entry("c", EntryKind::File)];
+        let old = vec![
+            entry("a", EntryKind::File),
+            entry("b", EntryKind::File),
+            entry("c", EntryKind::File),
+        ];
         let mut changed = entry("b", EntryKind::File);
         changed.sha256 = Some("ffff".into());
         let new = vec![entry("a", EntryKind::File), changed, entry("d", EntryKind::File)];

@@ -18,7 +18,9 @@ pub const RECORD_FILE: &str = "record.json";
 pub enum RecordError {
     #[error("cannot read local record {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("local record {path} is damaged ({source}); move it aside to continue, spotkeeper will then treat local state as of unknown origin")]
+    #[error(
+        "local record {path} is damaged ({source}); move it aside to continue, spotkeeper will then treat local state as of unknown origin"
+    )]
     Decode { path: PathBuf, source: serde_json::Error },
     #[error("cannot write local record {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
@@ -95,7 +97,10 @@ mod tests {
         assert_eq!(loaded, record);
         let base = loaded.base_for("s3://b/lab", Path::new("/opt/openclaw/.openclaw"));
         assert_eq!(base.map(|id| id.to_string()).as_deref(), Some("2026-02-27-14-20"));
-        assert_eq!(loaded.base_for("s3://b/other", Path::new("/opt/openclaw/.openclaw")), None);
+        assert_eq!(
+            loaded.base_for("s3://b/other", Path::new("/opt/openclaw/.openclaw")),
+            None
+        );
         assert_eq!(loaded.base_for("s3://b/lab", Path::new("/srv/x")), None);
     }
 

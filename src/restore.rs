@@ -29,9 +29,13 @@ pub enum RestoreError {
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error("no snapshot in {repository}: latest/manifest.json does not exist (the listing succeeded; this is a new repository)")]
+    #[error(
+        "no snapshot in {repository}: latest/manifest.json does not exist (the listing succeeded; this is a new repository)"
+    )]
     NoSnapshot { repository: String },
-    #[error("snapshot {id} does not exist in {repository}, or is incomplete (no manifest); `spotkeeper list` shows what exists")]
+    #[error(
+        "snapshot {id} does not exist in {repository}, or is incomplete (no manifest); `spotkeeper list` shows what exists"
+    )]
     SnapshotNotFound { repository: String, id: SnapshotId },
     #[error("the archive of snapshot {id} is missing from {repository} (looked for {keys})")]
     ArchiveMissing {
@@ -359,7 +363,10 @@ fn swap_in(request: &RestoreRequest, staging: &Path, state: TargetState) -> Resu
             let stamp = request.now.format("%Y-%m-%dT%H-%M-%SZ").to_string();
             let holder = request.work_dir.join(DISPLACED_DIR).join(stamp);
             fs::create_dir_all(&holder).map_err(io_error(&holder))?;
-            let name = target.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "state".into());
+            let name = target
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| "state".into());
             let place = holder.join(name);
             fs::rename(target, &place).map_err(io_error(target))?;
             tracing::info!(from = %target.display(), to = %place.display(), "moved local state aside");

@@ -135,11 +135,7 @@ pub struct Decision {
 }
 
 /// Decides every snapshot's fate; one decision per input, newest first.
-pub fn plan(
-    snapshots: &[SnapshotSummary],
-    policy: &RetentionPolicy,
-    now: DateTime<Utc>,
-) -> Vec<Decision> {
+pub fn plan(snapshots: &[SnapshotSummary], policy: &RetentionPolicy, now: DateTime<Utc>) -> Vec<Decision> {
     let mut sorted = snapshots.to_vec();
     sorted.sort_by(newest_first);
     let verdicts = judge(&sorted, policy, now);
@@ -180,11 +176,7 @@ enum Class<'a> {
 }
 
 /// The action and reason for each of `sorted`, in the same order.
-fn judge(
-    sorted: &[SnapshotSummary],
-    policy: &RetentionPolicy,
-    now: DateTime<Utc>,
-) -> Vec<(Action, String)> {
+fn judge(sorted: &[SnapshotSummary], policy: &RetentionPolicy, now: DateTime<Utc>) -> Vec<(Action, String)> {
     let reference = reference(sorted, now);
     let classes: Vec<Class<'_>> = sorted
         .iter()
@@ -252,8 +244,7 @@ fn classify<'a>(
     if !snapshot.complete {
         return Class::Incomplete;
     }
-    let reference =
-        reference.expect("a complete snapshot that is not future-dated makes a reference exist");
+    let reference = reference.expect("a complete snapshot that is not future-dated makes a reference exist");
     if snapshot.id == *reference {
         return Class::Newest;
     }
@@ -310,11 +301,7 @@ fn earliest_per_group<'a>(
 }
 
 /// Keep if `id` is its day's earliest in the daily tier, else delete.
-fn daily_verdict(
-    id: &SnapshotId,
-    day: NaiveDate,
-    days: &BTreeMap<NaiveDate, &SnapshotId>,
-) -> (Action, String) {
+fn daily_verdict(id: &SnapshotId, day: NaiveDate, days: &BTreeMap<NaiveDate, &SnapshotId>) -> (Action, String) {
     match days.get(&day) {
         Some(kept) if *kept != id => (Action::Delete, format!("daily: {kept} kept for this day")),
         // The map was built from these very snapshots, so the day is there; if it were
@@ -324,30 +311,16 @@ fn daily_verdict(
 }
 
 /// Keep if `id` is its week's earliest in the weekly tier, else delete.
-fn weekly_verdict(
-    id: &SnapshotId,
-    week: NaiveDate,
-    weeks: &BTreeMap<NaiveDate, &SnapshotId>,
-) -> (Action, String) {
+fn weekly_verdict(id: &SnapshotId, week: NaiveDate, weeks: &BTreeMap<NaiveDate, &SnapshotId>) -> (Action, String) {
     match weeks.get(&week) {
-        Some(kept) if *kept != id => (
-            Action::Delete,
-            format!("weekly: {kept} kept for week starting {week}"),
-        ),
+        Some(kept) if *kept != id => (Action::Delete, format!("weekly: {kept} kept for week starting {week}")),
         // As for days: the week is there, and keeping is the safe side if not.
-        _ => (
-            Action::Keep,
-            format!("weekly: earliest of week starting {week}"),
-        ),
+        _ => (Action::Keep, format!("weekly: earliest of week starting {week}")),
     }
 }
 
 /// Keep an incomplete snapshot while its upload may still be running, by the clock.
-fn incomplete_verdict(
-    snapshot: &SnapshotSummary,
-    policy: &RetentionPolicy,
-    now: DateTime<Utc>,
-) -> (Action, String) {
+fn incomplete_verdict(snapshot: &SnapshotSummary, policy: &RetentionPolicy, now: DateTime<Utc>) -> (Action, String) {
     let grace = duration::format(policy.incomplete_grace);
     // Negative when the id is slightly ahead of `now` (within the tolerance): just started.
     let young = match now.signed_duration_since(snapshot.id.time()).to_std() {
@@ -360,10 +333,7 @@ fn incomplete_verdict(
             format!("incomplete: in progress or interrupted less than {grace} ago"),
         )
     } else {
-        (
-            Action::Delete,
-            format!("incomplete: no manifest, older than {grace}"),
-        )
+        (Action::Delete, format!("incomplete: no manifest, older than {grace}"))
     }
 }
 
@@ -412,10 +382,7 @@ mod tests {
             let incomplete = self.incomplete.iter().map(|s| (s, false));
             complete
                 .chain(incomplete)
-                .map(|(s, complete)| SnapshotSummary {
-                    id: id(s),
-                    complete,
-                })
+                .map(|(s, complete)| SnapshotSummary { id: id(s), complete })
                 .collect()
         }
     }
@@ -647,9 +614,7 @@ mod tests {
                 .collect();
             let expected: BTreeSet<SnapshotId> = case.kept.iter().map(|s| id(s)).collect();
             if kept != expected {
-                let show = |ids: Vec<&SnapshotId>| -> Vec<String> {
-                    ids.iter().map(ToString::to_string).collect()
-                };
+                let show = |ids: Vec<&SnapshotId>| -> Vec<String> { ids.iter().map(ToString::to_string).collect() };
                 failures.push(format!(
                     "{}: kept but not expected {:?}, expected but not kept {:?}",
                     case.name,
@@ -678,16 +643,9 @@ mod tests {
             .iter()
             .map(|s| (s, true))
             .chain(incomplete.iter().map(|s| (s, false)))
-            .map(|(s, complete)| SnapshotSummary {
-                id: id(s),
-                complete,
-            })
+            .map(|(s, complete)| SnapshotSummary { id: id(s), complete })
             .collect();
-        let decisions = plan(
-            &snapshots,
-            &RetentionPolicy::default(),
-            at("2026-02-27-14-05"),
-        );
+        let decisions = plan(&snapshots, &RetentionPolicy::default(), at("2026-02-27-14-05"));
         let got: Vec<(String, Action, String)> = decisions
             .into_iter()
             .map(|d| (d.id.to_string(), d.action, d.reason))
@@ -704,24 +662,15 @@ mod tests {
                 "2026-02-27-13-00",
                 "incomplete: in progress or interrupted less than 6h ago",
             ),
-            keep(
-                "2026-02-27-10-00",
-                "recent: within 1d of newest 2026-02-27-14-00",
-            ),
+            keep("2026-02-27-10-00", "recent: within 1d of newest 2026-02-27-14-00"),
             delete("2026-02-27-01-00", "incomplete: no manifest, older than 6h"),
-            delete(
-                "2026-02-21-00-00-2",
-                "daily: 2026-02-21-00-00 kept for this day",
-            ),
+            delete("2026-02-21-00-00-2", "daily: 2026-02-21-00-00 kept for this day"),
             keep("2026-02-21-00-00", "daily: earliest of 2026-02-21"),
             delete(
                 "2026-02-20-06-00",
                 "weekly: 2026-02-20-00-00 kept for week starting 2026-02-20",
             ),
-            keep(
-                "2026-02-20-00-00",
-                "weekly: earliest of week starting 2026-02-20",
-            ),
+            keep("2026-02-20-00-00", "weekly: earliest of week starting 2026-02-20"),
             delete(
                 "2026-01-20-00-00",
                 "expired: older than 30d before newest 2026-02-27-14-00",
@@ -747,10 +696,7 @@ mod tests {
         })
         .collect();
         let decisions = plan(&input, &RetentionPolicy::default(), at("2026-02-27-14-05"));
-        let got: Vec<(String, bool)> = decisions
-            .iter()
-            .map(|d| (d.id.to_string(), d.complete))
-            .collect();
+        let got: Vec<(String, bool)> = decisions.iter().map(|d| (d.id.to_string(), d.complete)).collect();
         let expected: Vec<(String, bool)> = [
             ("2026-02-27-14-00-2", false),
             ("2026-02-27-14-00", true),
@@ -801,7 +747,7 @@ mod tests {
         ));
     }
 
-        /// SplitMix64: a few lines of deterministic pseudo-randomness, no extra crate.
+    /// SplitMix64: a few lines of deterministic pseudo-randomness, no extra crate.
     struct Rng(u64);
 
     impl Rng {
@@ -857,10 +803,7 @@ mod tests {
         for _ in 0..rng.below(150) {
             let time = base + minutes(rng.below(60 * 24 * 60));
             let seq = if rng.chance(10) { 2 + rng.below(2) } else { 1 };
-            ids.insert(SnapshotId::new(
-                time,
-                u32::try_from(seq).expect("seq is tiny"),
-            ));
+            ids.insert(SnapshotId::new(time, u32::try_from(seq).expect("seq is tiny")));
         }
         let snapshots = ids
             .into_iter()
@@ -917,8 +860,7 @@ mod tests {
             }
         }
         for (day, ids) in &days {
-            let kept_that_day: Vec<&&SnapshotId> =
-                ids.iter().filter(|id| kept.contains(**id)).collect();
+            let kept_that_day: Vec<&&SnapshotId> = ids.iter().filter(|id| kept.contains(**id)).collect();
             if kept_that_day.len() != 1 || kept_that_day.first() != ids.iter().min().as_ref() {
                 return Err(format!("{day} kept {kept_that_day:?} of {ids:?}"));
             }
@@ -940,9 +882,6 @@ mod tests {
                 }
             }
         }
-        assert!(
-            days_checked > 500,
-            "only {days_checked} daily-tier days checked"
-        );
+        assert!(days_checked > 500, "only {days_checked} daily-tier days checked");
     }
 }

@@ -81,14 +81,24 @@ pub struct SnapshotReport {
     pub manifest: Manifest,
 }
 
-/// May a state whose base is `base` replace `latest/`?
-pub fn check_lineage(latest: Option<SnapshotId>, base: Option<SnapshotId>, force: bool) -> Result<(), String> {
-    match (latest, base) {
-        (None, _) => Ok(()),
-        (Some(latest), Some(base)) if latest == base => Ok(()),
+/// May a state whose base is `base` replace `latest/` (whose id, parent and hostname are given)?
+/// A `latest/` this very host wrote on top of `base` also counts: the process that wrote it died
+/// before it could update the local record.
+pub fn check_lineage(
+    latest: Option<(SnapshotId, Option<SnapshotId>, &str)>,
+    base: Option<SnapshotId>,
+    hostname: &str,
+    force: bool,
+) -> Result<(), String> {
+    let Some((latest_id, latest_parent, latest_host)) = latest else {
+        return Ok(());
+    };
+    match base {
         _ if force => Ok(()),
-        (Some(_), Some(base)) => Err(format!("descends from {base}")),
-        (Some(_), None) => Err("was not restored from or uploaded to this repository by this machine".into()),
+        Some(base) if base == latest_id => Ok(()),
+        Some(base) if latest_parent == Some(base) && latest_host == hostname => Ok(()),
+        Some(base) => Err(format!("descends from {base}")),
+        None => Err("was not restored from or uploaded to this repository by this machine".into()),
     }
 }
 
@@ -98,10 +108,13 @@ pub async fn take(store: &Store, request: SnapshotRequest) -> Result<SnapshotRep
     let requests_before = store.requests();
     let latest = repository::latest(store).await?;
     let latest_id = latest.as_ref().map(|(m, _)| m.id);
-    check_lineage(latest_id, request.base, request.force).map_err(|origin| SnapshotError::Diverged {
-        repository: repository_url(store),
-        latest: latest_id.unwrap_or(SnapshotId::new(request.now, 1)),
-        origin,
+    let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.hostname.as_str()));
+    check_lineage(latest_lineage, request.base, &request.host.hostname, request.force).map_err(|origin| {
+        SnapshotError::Diverged {
+            repository: repository_url(store),
+            latest: latest_id.unwrap_or(SnapshotId::new(request.now, 1)),
+            origin,
+        }
     })?;
     let taken = repository::ids_in_minute(store, &SnapshotId::new(request.now, 1)).await?;
     let id = SnapshotId::first_free(request.now, &taken);
@@ -229,7 +242,9 @@ async fn pack_and_upload(
         let writer = ChunkWriter::new(sender);
         let mut encoder = zstd::stream::write::Encoder::new(writer, level).map_err(ArchiveError::Stream)?;
         encoder.include_checksum(true).map_err(ArchiveError::Stream)?;
-        encoder.multithread(compression_workers()).map_err(ArchiveError::Stream)?;
+        encoder
+            .multithread(compression_workers())
+            .map_err(ArchiveError::Stream)?;
         let (packed, encoder) = archive::pack(&source, &excludes, encoder)?;
         let writer = encoder.finish().map_err(ArchiveError::Stream)?;
         let (bytes, sha256) = writer.finish().map_err(ArchiveError::Stream)?;
@@ -260,7 +275,6 @@ pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,13 +287,19 @@ mod tests {
     fn lineage_allows_only_descendants_unless_forced() {
         let latest = id("2026-02-27-14-00");
         let older = id("2026-02-27-13-40");
-        assert!(check_lineage(None, None, false).is_ok());
-        assert!(check_lineage(None, Some(older), false).is_ok());
-        assert!(check_lineage(Some(latest), Some(latest), false).is_ok());
-        let err = check_lineage(Some(latest), Some(older), false).expect_err("diverged");
+        let oldest = id("2026-02-27-13-20");
+        let written_here = Some((latest, Some(older), "host-a"));
+        assert!(check_lineage(None, None, "host-a", false).is_ok());
+        assert!(check_lineage(None, Some(older), "host-a", false).is_ok());
+        assert!(check_lineage(written_here, Some(latest), "host-b", false).is_ok());
+        // Our own snapshot whose record update was lost in a crash.
+        assert!(check_lineage(written_here, Some(older), "host-a", false).is_ok());
+        // The same shape from another host is a second writer.
+        let err = check_lineage(written_here, Some(older), "host-b", false).expect_err("diverged");
         assert!(err.contains("2026-02-27-13-40"), "{err}");
-        assert!(check_lineage(Some(latest), None, false).is_err());
-        assert!(check_lineage(Some(latest), None, true).is_ok());
-        assert!(check_lineage(Some(latest), Some(older), true).is_ok());
+        assert!(check_lineage(written_here, Some(oldest), "host-a", false).is_err());
+        assert!(check_lineage(written_here, None, "host-a", false).is_err());
+        assert!(check_lineage(written_here, None, "host-b", true).is_ok());
+        assert!(check_lineage(written_here, Some(oldest), "host-b", true).is_ok());
     }
 }

@@ -27,10 +27,7 @@ pub struct ParseIdError {
 impl SnapshotId {
     /// The id of the minute `time` falls in, with sequence `seq` (1 = no suffix).
     pub fn new(time: DateTime<Utc>, seq: u32) -> Self {
-        let minute = time
-            .with_second(0)
-            .and_then(|t| t.with_nanosecond(0))
-            .unwrap_or(time);
+        let minute = time.with_second(0).and_then(|t| t.with_nanosecond(0)).unwrap_or(time);
         SnapshotId {
             time: minute,
             seq: seq.max(1),
@@ -133,7 +130,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().expect("valid test time")
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .single()
+            .expect("valid test time")
     }
 
     #[test]

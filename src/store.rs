@@ -206,7 +206,12 @@ impl Store {
         }
     }
 
-    fn error<E>(&self, op: &'static str, relative: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+    fn error<E>(
+        &self,
+        op: &'static str,
+        relative: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -524,7 +529,10 @@ impl Store {
                 .await
                 .map_err(|e| self.error("delete", &batch[0], e))?;
             for error in output.errors() {
-                let key = error.key().map(|k| self.relative_key(k).to_string()).unwrap_or_default();
+                let key = error
+                    .key()
+                    .map(|k| self.relative_key(k).to_string())
+                    .unwrap_or_default();
                 let reason = format!(
                     "{}: {}",
                     error.code().unwrap_or("error"),
@@ -548,7 +556,12 @@ pub enum PutCondition {
     Matches(String),
 }
 
-fn classify<E>(op: &'static str, bucket: &str, key: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+fn classify<E>(
+    op: &'static str,
+    bucket: &str,
+    key: &str,
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -578,14 +591,13 @@ where
     let status = err.raw_response().map(|r| r.status().as_u16());
     match (err.code(), status) {
         (Some("NoSuchBucket"), _) => StoreError::NoSuchBucket { op, bucket, key },
-        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"), _) | (_, Some(403)) => {
-            StoreError::AccessDenied {
-                op,
-                bucket,
-                key,
-                message: err.message().unwrap_or(&message).to_string(),
-            }
-        }
+        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"), _)
+        | (_, Some(403)) => StoreError::AccessDenied {
+            op,
+            bucket,
+            key,
+            message: err.message().unwrap_or(&message).to_string(),
+        },
         (Some("PreconditionFailed"), _) | (_, Some(412)) => StoreError::PreconditionFailed { op, bucket, key },
         (code, status) => StoreError::Service {
             op,
@@ -593,7 +605,10 @@ where
             key,
             message,
             transient: status.is_some_and(|s| s >= 500 || s == 429)
-                || matches!(code, Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")),
+                || matches!(
+                    code,
+                    Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")
+                ),
         },
     }
 }
@@ -617,7 +632,10 @@ mod tests {
 
     #[test]
     fn copy_source_is_percent_encoded() {
-        assert_eq!(percent_encode_key("lab/snapshots/2026-02-27-14-00/state.tar.zst"), "lab/snapshots/2026-02-27-14-00/state.tar.zst");
+        assert_eq!(
+            percent_encode_key("lab/snapshots/2026-02-27-14-00/state.tar.zst"),
+            "lab/snapshots/2026-02-27-14-00/state.tar.zst"
+        );
         assert_eq!(percent_encode_key("my lab/ü+x"), "my%20lab/%C3%BC%2Bx");
     }
 

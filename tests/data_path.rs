@@ -14,7 +14,13 @@ use common::{S3Server, World, failure, noise, set_mtime, shape, write};
 fn build_state(root: &Path, small_files: usize) {
     for i in 0..small_files {
         let path = root.join(format!("agents/a{}/sessions/s{i}.jsonl", i % 7));
-        write(&path, format!("{{\"turn\":{i},\"text\":\"hello {i}\"}}\n").repeat(1 + i % 5).as_bytes(), 0o644);
+        write(
+            &path,
+            format!("{{\"turn\":{i},\"text\":\"hello {i}\"}}\n")
+                .repeat(1 + i % 5)
+                .as_bytes(),
+            0o644,
+        );
         set_mtime(&path, 1_772_000_000 + i as i64, (i as u32 * 7919) % 1_000_000_000);
     }
     write(&root.join("credentials/telegram.json"), b"{\"token\":\"t\"}", 0o600);
@@ -29,7 +35,11 @@ fn build_state(root: &Path, small_files: usize) {
     write(&root.join("gateway.lock"), b"1", 0o644);
     write(&root.join("tmp/x.tmp"), b"1", 0o644);
     write(&root.join("workspace/node_modules/pkg/index.js"), b"x", 0o644);
-    fs::set_permissions(root.join("empty/dir"), std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
+    fs::set_permissions(
+        root.join("empty/dir"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .expect("chmod");
     set_mtime(&root.join("empty/dir/deep"), 1_700_000_000, 123);
 }
 
@@ -44,9 +54,13 @@ fn sqlite_with_wal(path: &Path, rows: usize) -> rusqlite::Connection {
     fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
     let conn = rusqlite::Connection::open(path).expect("open sqlite");
     conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
-    conn.pragma_update(None, "wal_autocheckpoint", 0).expect("no checkpoint");
-    conn.execute("CREATE TABLE IF NOT EXISTS memory (id INTEGER PRIMARY KEY, text TEXT, embedding BLOB)", [])
-        .expect("create");
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .expect("no checkpoint");
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS memory (id INTEGER PRIMARY KEY, text TEXT, embedding BLOB)",
+        [],
+    )
+    .expect("create");
     for i in 0..rows {
         conn.execute(
             "INSERT INTO memory (text, embedding) VALUES (?1, ?2)",
@@ -72,7 +86,10 @@ fn round_trip_restores_the_state_exactly() {
     drop(big);
     // A live SQLite database in WAL mode: the connection stays open during the snapshot.
     let conn = sqlite_with_wal(&world.state.join("memory/main.sqlite"), 500);
-    assert!(world.state.join("memory/main.sqlite-wal").exists(), "the WAL holds the rows");
+    assert!(
+        world.state.join("memory/main.sqlite-wal").exists(),
+        "the WAL holds the rows"
+    );
 
     let report = world.json(&["snapshot", "--json"]);
     assert_eq!(report["files"].as_u64(), Some(2500 + 4 + 1 + 3), "{report}");
@@ -87,7 +104,10 @@ fn round_trip_restores_the_state_exactly() {
     // (Closing removed the -wal and -shm files the snapshot captured.)
     expected.retain(|k, _| !k.starts_with("memory"));
     let mut actual = shape(&restored);
-    assert!(actual.contains_key("memory/main.sqlite-wal"), "the live WAL was captured");
+    assert!(
+        actual.contains_key("memory/main.sqlite-wal"),
+        "the live WAL was captured"
+    );
     actual.retain(|k, _| !k.starts_with("memory"));
     assert_eq!(actual.len(), expected.len());
     for (path, want) in &expected {
@@ -116,7 +136,10 @@ fn restore_into_state_dir_refuses_non_empty_and_force_displaces() {
     let s3 = S3Server::start();
     let world = World::new(&s3, "refuse", "");
     build_state(&world.state, 20);
-    let snapshot_id = world.json(&["snapshot", "--json"])["id"].as_str().expect("id").to_string();
+    let snapshot_id = world.json(&["snapshot", "--json"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let before = shape(&world.state);
 
     // Another machine with local state of its own: refused, nothing changed.
@@ -125,14 +148,20 @@ fn restore_into_state_dir_refuses_non_empty_and_force_displaces() {
     let other_before = shape(&other.state);
     let (code, stderr) = failure(&other.run(&["restore"]));
     assert_eq!(code, 7, "{stderr}");
-    assert!(stderr.contains("--force") && stderr.contains("unknown origin"), "{stderr}");
+    assert!(
+        stderr.contains("--force") && stderr.contains("unknown origin"),
+        "{stderr}"
+    );
     assert_eq!(shape(&other.state), other_before);
 
     // --force keeps the local state in work_dir/displaced/ and restores.
     let out = other.ok(&["restore", "--force"]);
     assert!(out.contains(&snapshot_id), "{out}");
     assert_eq!(without_excluded(shape(&other.state)), without_excluded(before));
-    let displaced: Vec<_> = fs::read_dir(other.work.join("displaced")).expect("displaced").flatten().collect();
+    let displaced: Vec<_> = fs::read_dir(other.work.join("displaced"))
+        .expect("displaced")
+        .flatten()
+        .collect();
     assert_eq!(displaced.len(), 1);
     let kept = displaced[0].path().join("state/precious.txt");
     assert_eq!(fs::read(kept).expect("kept"), b"do not lose me");
@@ -163,7 +192,10 @@ fn a_second_writer_cannot_replace_latest() {
     let s3 = S3Server::start();
     let world = World::new(&s3, "lineage", "lab");
     build_state(&world.state, 5);
-    let first = world.json(&["snapshot", "--json"])["id"].as_str().expect("id").to_string();
+    let first = world.json(&["snapshot", "--json"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let latest_before = s3.object("lineage", "lab/latest/manifest.json");
 
     let other = world.sibling();
@@ -188,7 +220,12 @@ fn snapshots_in_one_minute_get_suffixes_and_list_shows_them_newest_first() {
     let world = World::new(&s3, "listing", "");
     build_state(&world.state, 3);
     let ids: Vec<String> = (0..3)
-        .map(|_| world.json(&["snapshot", "--json"])["id"].as_str().expect("id").to_string())
+        .map(|_| {
+            world.json(&["snapshot", "--json"])["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
         .collect();
     // An interrupted snapshot: archive without manifest.
     s3.put_object("listing", "snapshots/2020-01-01-00-00/state.tar.zst", b"partial");
@@ -203,11 +240,18 @@ fn snapshots_in_one_minute_get_suffixes_and_list_shows_them_newest_first() {
     parsed.sort();
     parsed.reverse();
     let expected: Vec<String> = parsed.iter().map(ToString::to_string).collect();
-    assert_eq!(&listed[..3], expected.iter().map(String::as_str).collect::<Vec<_>>().as_slice());
+    assert_eq!(
+        &listed[..3],
+        expected.iter().map(String::as_str).collect::<Vec<_>>().as_slice()
+    );
     assert_eq!(rows[3]["complete"], false);
     assert_eq!(rows[0]["complete"], true);
     assert_eq!(rows[0]["files"].as_u64(), Some(3 + 4));
-    assert!(rows[0]["created_at"].as_str().is_some_and(|t| t.ends_with('Z') || t.contains("+00:00")));
+    assert!(
+        rows[0]["created_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') || t.contains("+00:00"))
+    );
     assert!(rows[0]["archive_bytes"].as_u64().is_some());
     let human = world.ok(&["list"]);
     assert!(human.contains("latest") && human.contains("incomplete"), "{human}");
@@ -218,7 +262,10 @@ fn tampered_archive_fails_verify_and_restore_and_touches_nothing() {
     let s3 = S3Server::start();
     let world = World::new(&s3, "tamper", "lab");
     build_state(&world.state, 50);
-    let id = world.json(&["snapshot", "--json"])["id"].as_str().expect("id").to_string();
+    let id = world.json(&["snapshot", "--json"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let key = format!("lab/snapshots/{id}/state.tar.zst");
     let mut archive = s3.object("tamper", &key);
     let middle = archive.len() / 2;
@@ -254,7 +301,10 @@ fn a_manifest_that_lies_about_a_size_is_caught() {
     let s3 = S3Server::start();
     let world = World::new(&s3, "liar", "");
     build_state(&world.state, 5);
-    let id = world.json(&["snapshot", "--json"])["id"].as_str().expect("id").to_string();
+    let id = world.json(&["snapshot", "--json"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let key = format!("snapshots/{id}/manifest.json");
     let mut manifest: serde_json::Value = serde_json::from_slice(&s3.object("liar", &key)).expect("json");
     let files = manifest["files"].as_array_mut().expect("files");
@@ -279,7 +329,10 @@ fn no_snapshot_is_reported_as_such_and_unknown_ids_as_not_found() {
     let target = world.dir.path().join("t");
     let (code, stderr) = failure(&world.run(&["restore", "--to", target.to_str().expect("utf8")]));
     assert_eq!(code, 4, "{stderr}");
-    assert!(stderr.contains("no snapshot") && stderr.contains("s3://empty-bucket/lab"), "{stderr}");
+    assert!(
+        stderr.contains("no snapshot") && stderr.contains("s3://empty-bucket/lab"),
+        "{stderr}"
+    );
     let (code, stderr) = failure(&world.run(&["verify", "--snapshot", "2026-01-01-00-00"]));
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("2026-01-01-00-00"), "{stderr}");
@@ -289,14 +342,25 @@ fn no_snapshot_is_reported_as_such_and_unknown_ids_as_not_found() {
 #[test]
 fn unreachable_s3_is_an_error_never_an_empty_repository() {
     // A port nothing listens on: bind, read the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     let world = World::with_endpoint(&format!("http://127.0.0.1:{port}"), "b-unreachable", "");
     build_state(&world.state, 3);
     let target = world.dir.path().join("t");
-    for args in [vec!["restore", "--to", target.to_str().expect("utf8")], vec!["list"], vec!["snapshot"]] {
+    for args in [
+        vec!["restore", "--to", target.to_str().expect("utf8")],
+        vec!["list"],
+        vec!["snapshot"],
+    ] {
         let (code, stderr) = failure(&world.run(&args));
         assert_eq!(code, 6, "{args:?}: {stderr}");
-        assert!(stderr.contains("cannot reach S3") && stderr.contains("b-unreachable"), "{stderr}");
+        assert!(
+            stderr.contains("cannot reach S3") && stderr.contains("b-unreachable"),
+            "{stderr}"
+        );
         assert!(!stderr.contains("no snapshot"), "{stderr}");
     }
     assert!(!target.exists());
@@ -316,7 +380,10 @@ fn missing_bucket_and_wrong_credentials_are_named() {
     build_state(&denied.state, 2);
     let (code, stderr) = failure(&denied.run(&["snapshot"]));
     assert_eq!(code, 6, "{stderr}");
-    assert!(stderr.contains("access denied") && stderr.contains("s3://exists"), "{stderr}");
+    assert!(
+        stderr.contains("access denied") && stderr.contains("s3://exists"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("wrong-secret"), "credentials never appear in output");
     drop(world);
 }
@@ -342,7 +409,10 @@ fn bad_config_names_the_key_and_exits_3() {
     assert!(stderr.contains("s3.bucket"), "{stderr}");
     world.write_config("");
     let effective = world.ok(&["check-config"]);
-    assert!(effective.contains("bucket = \"config\"") && effective.contains("keep_all_within = \"1d\""), "{effective}");
+    assert!(
+        effective.contains("bucket = \"config\"") && effective.contains("keep_all_within = \"1d\""),
+        "{effective}"
+    );
 }
 
 #[test]
@@ -365,7 +435,11 @@ fn memory_stays_bounded_for_a_large_state() {
     let world = World::new(&s3, "large", "");
     // Incompressible: the archive is as large as the state.
     for i in 0..4 {
-        write(&world.state.join(format!("blob{i}.bin")), &noise(100 * 1024 * 1024, i + 1), 0o644);
+        write(
+            &world.state.join(format!("blob{i}.bin")),
+            &noise(100 * 1024 * 1024, i + 1),
+            0o644,
+        );
     }
     let mut child = world.command(&["snapshot"]).spawn().expect("spawn");
     let status_path = format!("/proc/{}/status", child.id());

@@ -44,7 +44,10 @@ pub async fn run(config: &Config, store: &Store, args: &ListArgs) -> Result<(), 
         println!("no snapshot in {}", config.repository_url());
         return Ok(());
     }
-    println!("{:<22} {:<10} {:>8} {:>12} {:>12}", "ID", "STATE", "FILES", "SIZE", "ARCHIVE");
+    println!(
+        "{:<22} {:<10} {:>8} {:>12} {:>12}",
+        "ID", "STATE", "FILES", "SIZE", "ARCHIVE"
+    );
     for row in rows {
         let state = match (row.complete, row.latest) {
             (true, true) => "latest",

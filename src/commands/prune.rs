@@ -48,7 +48,11 @@ pub async fn run(config: &Config, store: &Store, args: &PruneArgs) -> Result<(),
                 Action::Delete if outcome.error.is_some() => "FAILED",
                 Action::Delete => "deleted",
             };
-            println!("{action:<7} {:<20}  {}", outcome.decision.id.to_string(), outcome.decision.reason);
+            println!(
+                "{action:<7} {:<20}  {}",
+                outcome.decision.id.to_string(),
+                outcome.decision.reason
+            );
         }
         let deleting = outcomes.iter().filter(|o| o.decision.action == Action::Delete).count();
         let verb = if args.dry_run { "would delete" } else { "deleted" };
@@ -107,11 +111,19 @@ async fn delete(store: &Store, listing: &Listing, outcomes: &mut [Outcome]) -> R
         .filter(|s| s.complete)
         .map(|s| repository::manifest_key(&s.id))
         .collect();
-    let mut failures = store.delete(&manifests).await.map_err(repository::RepositoryError::from)?;
+    let mut failures = store
+        .delete(&manifests)
+        .await
+        .map_err(repository::RepositoryError::from)?;
     let rest: Vec<String> = doomed
         .iter()
         .filter(|s| !failures.iter().any(|(key, _)| *key == repository::manifest_key(&s.id)))
-        .flat_map(|s| s.keys.iter().filter(|k| **k != repository::manifest_key(&s.id)).cloned())
+        .flat_map(|s| {
+            s.keys
+                .iter()
+                .filter(|k| **k != repository::manifest_key(&s.id))
+                .cloned()
+        })
         .collect();
     failures.extend(store.delete(&rest).await.map_err(repository::RepositoryError::from)?);
     for (key, reason) in failures {

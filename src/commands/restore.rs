@@ -20,7 +20,10 @@ pub async fn run(config: &Config, store: &Store, args: &RestoreArgs) -> Result<(
                 r.snapshot_id, r.latest_id
             )
         } else {
-            format!("local state last recorded against {} (snapshot {})", r.repository, r.snapshot_id)
+            format!(
+                "local state last recorded against {} (snapshot {})",
+                r.repository, r.snapshot_id
+            )
         }
     });
     let request = RestoreRequest {

@@ -14,11 +14,9 @@ use crate::store::Store;
 pub async fn run(config: &Config, store: &Store, args: &SnapshotArgs) -> Result<(), CommandError> {
     let repository = config.repository_url();
     let local = record::load(&config.state.work_dir)?;
-    let base = local
-        .as_ref()
-        .and_then(|r| r.base_for(&repository, &config.state.dir));
-    let excludes = Excludes::new(&config.state.dir, &config.state.exclude)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let base = local.as_ref().and_then(|r| r.base_for(&repository, &config.state.dir));
+    let excludes =
+        Excludes::new(&config.state.dir, &config.state.exclude).map_err(|e| std::io::Error::other(e.to_string()))?;
     let request = SnapshotRequest {
         source: config.state.dir.clone(),
         excludes,

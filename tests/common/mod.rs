@@ -42,7 +42,9 @@ impl S3Server {
                 builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
                 let service = builder.build();
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
-                port_tx.send(listener.local_addr().expect("addr").port()).expect("send port");
+                port_tx
+                    .send(listener.local_addr().expect("addr").port())
+                    .expect("send port");
                 let mut shutdown_rx = shutdown_rx;
                 loop {
                     tokio::select! {
@@ -196,14 +198,19 @@ impl World {
 
     /// A second machine on the same repository: own state and work dirs.
     pub fn sibling(&self) -> World {
-        let other = World::with_endpoint(&self.endpoint, &self.bucket, &self.prefix);
-        other
+        World::with_endpoint(&self.endpoint, &self.bucket, &self.prefix)
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotkeeper"));
         cmd.arg("--config").arg(&self.config).args(args);
-        for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "SPOTKEEPER_CONFIG"] {
+        for var in [
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "SPOTKEEPER_CONFIG",
+        ] {
             cmd.env_remove(var);
         }
         cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
@@ -252,8 +259,15 @@ impl World {
 
 /// Exit code and stderr of a failed run.
 pub fn failure(out: &Output) -> (i32, String) {
-    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// What a tree looks like: path -> (kind, mode, mtime ns, content hash or link target).
@@ -270,7 +284,11 @@ fn walk_shape(root: &Path, dir: &Path, out: &mut TreeShape) {
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
-        let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+        let rel = path
+            .strip_prefix(root)
+            .expect("under root")
+            .to_string_lossy()
+            .into_owned();
         let meta = fs::symlink_metadata(&path).expect("metadata");
         let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         let mode = meta.permissions().mode() & 0o7777;

@@ -44,7 +44,8 @@ pub enum Command {
     /// Delete snapshots by the tiered retention policy in [retention], explaining every decision.
     ///
     /// Ages are measured from the newest complete snapshot, not from the clock; only the grace
-    /// period for incomplete snapshots uses the current time (or --now).
+    /// period for incomplete snapshots and the check for future-dated ids use the current time
+    /// (or --now).
     Prune(PruneArgs),
     /// Validate the config file and print the effective configuration.
     CheckConfig,
@@ -98,7 +99,8 @@ pub struct PruneArgs {
     /// Print the decisions without deleting anything.
     #[arg(long)]
     pub dry_run: bool,
-    /// Evaluate as if at this time (RFC 3339). Only the grace period for incomplete snapshots uses it.
+    /// Evaluate as if at this time (RFC 3339). Only the grace period for incomplete snapshots and
+    /// the future-dated check use it.
     #[arg(long, value_name = "RFC3339")]
     pub now: Option<DateTime<Utc>>,
     /// Print the decisions as JSON.

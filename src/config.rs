@@ -35,6 +35,28 @@ pub enum ConfigError {
     },
 }
 
+/// Where secrets are written, on tmpfs.
+pub const DEFAULT_ENV_FILE: &str = "/run/openclaw/.env";
+/// The daemon's control socket.
+pub const DEFAULT_SOCKET: &str = "/run/spotkeeper/control.sock";
+/// Snapshot every 20 minutes, at :00, :20 and :40 UTC.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(20 * 60);
+/// zstd level: fast, about 3x on chat-like text.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// The longest the container may stay frozen; past it the freeze is undone and the tick fails.
+pub const DEFAULT_FREEZE_CAP: Duration = Duration::from_secs(10);
+pub const DEFAULT_SECRETS_REFRESH: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_CONTAINER_NAME: &str = "openclaw";
+pub const DEFAULT_STATE_MOUNT: &str = "/home/node/.openclaw";
+pub const DEFAULT_ENV_MOUNT: &str = "/home/node/.openclaw/.env";
+/// OpenClaw drains on SIGTERM; Docker's default of 10 s kills it mid-drain.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// After this many failures within `restart_window`, stop restarting (crash loop).
+pub const DEFAULT_RESTART_LIMIT: u32 = 5;
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(10 * 60);
+
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -42,6 +64,78 @@ pub struct Config {
     pub s3: S3Config,
     #[serde(serialize_with = "serialize_policy")]
     pub retention: RetentionPolicy,
+    pub snapshot: SnapshotConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretsConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerConfig>,
+    pub daemon: DaemonConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotConfig {
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+    pub compression_level: i32,
+    #[serde(serialize_with = "serialize_duration")]
+    pub freeze_cap: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretsConfig {
+    /// Every parameter under this SSM path, recursive, decrypted.
+    pub ssm_path: String,
+    pub env_file: PathBuf,
+    #[serde(serialize_with = "serialize_duration")]
+    pub refresh: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// How the container is kept consistent while a snapshot copies its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Pause (cgroup freezer) while changed files are copied to the mirror.
+    Freeze,
+    /// Stop the container for the copy (slow; for apps that cannot be frozen).
+    Stop,
+    /// Copy while it runs (files may be torn).
+    None,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub state_mount: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_mount: Option<String>,
+    pub ports: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(serialize_with = "serialize_duration")]
+    pub stop_timeout: Duration,
+    pub consistency: Consistency,
+    #[serde(serialize_with = "serialize_duration")]
+    pub health_interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub start_timeout: Duration,
+    pub restart_limit: u32,
+    #[serde(serialize_with = "serialize_duration")]
+    pub restart_window: Duration,
+    /// Extra environment (not secrets: those go in the env file).
+    pub environment: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +167,56 @@ struct RawConfig {
     s3: Option<RawS3>,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    snapshot: RawSnapshot,
+    secrets: Option<RawSecrets>,
+    container: Option<RawContainer>,
+    #[serde(default)]
+    daemon: RawDaemon,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshot {
+    interval: Option<String>,
+    compression_level: Option<i32>,
+    freeze_cap: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    ssm_path: Option<String>,
+    env_file: Option<PathBuf>,
+    refresh: Option<String>,
+    endpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    name: Option<String>,
+    image: Option<String>,
+    command: Option<Vec<String>>,
+    state_mount: Option<String>,
+    env_mount: Option<String>,
+    ports: Option<Vec<String>>,
+    health_url: Option<String>,
+    user: Option<String>,
+    stop_timeout: Option<String>,
+    consistency: Option<Consistency>,
+    health_interval: Option<String>,
+    start_timeout: Option<String>,
+    restart_limit: Option<u32>,
+    restart_window: Option<String>,
+    environment: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    socket: Option<PathBuf>,
+    docker_host: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,7 +266,28 @@ impl Config {
         let state = v.state(raw.state)?;
         let s3 = v.s3(raw.s3)?;
         let retention = v.retention(raw.retention)?;
-        Ok(Config { state, s3, retention })
+        let snapshot = v.snapshot(raw.snapshot)?;
+        let secrets = raw.secrets.map(|r| v.secrets(r)).transpose()?;
+        let container = raw.container.map(|r| v.container(r)).transpose()?;
+        let daemon = v.daemon(raw.daemon)?;
+        if let Some(secrets) = &secrets
+            && secrets.env_file.starts_with(&state.dir)
+        {
+            return Err(v.invalid(
+                "secrets.env_file",
+                secrets.env_file.display().to_string(),
+                "must not be inside state.dir: secrets never go into snapshots",
+            ));
+        }
+        Ok(Config {
+            state,
+            s3,
+            retention,
+            snapshot,
+            secrets,
+            container,
+            daemon,
+        })
     }
 
     /// The effective configuration as TOML, for `check-config`.
@@ -268,6 +433,136 @@ impl Validator<'_> {
         })?;
         Ok(policy)
     }
+}
+
+impl Validator<'_> {
+    fn snapshot(&self, raw: RawSnapshot) -> Result<SnapshotConfig, ConfigError> {
+        let interval = self.duration("snapshot.interval", raw.interval, DEFAULT_INTERVAL)?;
+        if interval < Duration::from_secs(1) {
+            return Err(self.invalid("snapshot.interval", duration::format(interval), "must be at least 1s"));
+        }
+        let compression_level = raw.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
+        if !(1..=19).contains(&compression_level) {
+            return Err(self.invalid(
+                "snapshot.compression_level",
+                compression_level.to_string(),
+                "must be between 1 and 19",
+            ));
+        }
+        let freeze_cap = self.duration("snapshot.freeze_cap", raw.freeze_cap, DEFAULT_FREEZE_CAP)?;
+        if freeze_cap.is_zero() {
+            return Err(self.invalid("snapshot.freeze_cap", "0s", "must be longer than 0s"));
+        }
+        Ok(SnapshotConfig {
+            interval,
+            compression_level,
+            freeze_cap,
+        })
+    }
+
+    fn secrets(&self, raw: RawSecrets) -> Result<SecretsConfig, ConfigError> {
+        let ssm_path = raw
+            .ssm_path
+            .ok_or_else(|| self.invalid("secrets.ssm_path", "", "is required in [secrets]"))?;
+        if !ssm_path.starts_with('/') || ssm_path.contains("//") {
+            return Err(self.invalid("secrets.ssm_path", ssm_path, "must start with / (for example \"/openclaw/lab/\")"));
+        }
+        let env_file = raw.env_file.unwrap_or_else(|| PathBuf::from(DEFAULT_ENV_FILE));
+        self.absolute_clean("secrets.env_file", &env_file)?;
+        let refresh = self.duration("secrets.refresh", raw.refresh, DEFAULT_SECRETS_REFRESH)?;
+        if refresh < Duration::from_secs(1) {
+            return Err(self.invalid("secrets.refresh", duration::format(refresh), "must be at least 1s"));
+        }
+        if let Some(endpoint) = &raw.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(self.invalid("secrets.endpoint", endpoint.clone(), "expected an http:// or https:// URL"));
+        }
+        Ok(SecretsConfig {
+            ssm_path,
+            env_file,
+            refresh,
+            endpoint: raw.endpoint,
+        })
+    }
+
+    fn container(&self, raw: RawContainer) -> Result<ContainerConfig, ConfigError> {
+        let name = raw.name.unwrap_or_else(|| DEFAULT_CONTAINER_NAME.to_string());
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(self.invalid("container.name", name, "may contain only letters, digits, `_`, `.` and `-`"));
+        }
+        let image = raw
+            .image
+            .ok_or_else(|| self.invalid("container.image", "", "is required in [container]"))?;
+        if image.is_empty() || image.chars().any(char::is_whitespace) {
+            return Err(self.invalid("container.image", image, "expected an image reference such as repo/name:tag"));
+        }
+        let state_mount = raw.state_mount.unwrap_or_else(|| DEFAULT_STATE_MOUNT.to_string());
+        if !state_mount.starts_with('/') {
+            return Err(self.invalid("container.state_mount", state_mount, "must be an absolute path in the container"));
+        }
+        let env_mount = match raw.env_mount {
+            Some(m) if m.is_empty() => None,
+            Some(m) if !m.starts_with('/') => {
+                return Err(self.invalid("container.env_mount", m, "must be an absolute path in the container"));
+            }
+            Some(m) => Some(m),
+            None => Some(DEFAULT_ENV_MOUNT.to_string()),
+        };
+        let ports = raw.ports.unwrap_or_default();
+        for port in &ports {
+            if let Err(reason) = crate::ports::parse(port) {
+                return Err(self.invalid("container.ports", port.clone(), reason));
+            }
+        }
+        if let Some(url) = &raw.health_url
+            && !url.starts_with("http://")
+        {
+            return Err(self.invalid("container.health_url", url.clone(), "expected an http:// URL"));
+        }
+        let restart_limit = raw.restart_limit.unwrap_or(DEFAULT_RESTART_LIMIT);
+        if restart_limit == 0 {
+            return Err(self.invalid("container.restart_limit", "0", "must be at least 1"));
+        }
+        let environment = raw.environment.unwrap_or_default();
+        if let Some(key) = environment.keys().find(|k| !crate::secrets::is_env_name(k)) {
+            return Err(self.invalid("container.environment", key.clone(), "not a valid environment variable name"));
+        }
+        Ok(ContainerConfig {
+            name,
+            image,
+            command: raw.command.unwrap_or_default(),
+            state_mount,
+            env_mount,
+            ports,
+            health_url: raw.health_url,
+            user: raw.user,
+            stop_timeout: self.duration("container.stop_timeout", raw.stop_timeout, DEFAULT_STOP_TIMEOUT)?,
+            consistency: raw.consistency.unwrap_or(Consistency::Freeze),
+            health_interval: self.duration("container.health_interval", raw.health_interval, DEFAULT_HEALTH_INTERVAL)?,
+            start_timeout: self.duration("container.start_timeout", raw.start_timeout, DEFAULT_START_TIMEOUT)?,
+            restart_limit,
+            restart_window: self.duration("container.restart_window", raw.restart_window, DEFAULT_RESTART_WINDOW)?,
+            environment,
+        })
+    }
+
+    fn daemon(&self, raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
+        let socket = raw.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        self.absolute_clean("daemon.socket", &socket)?;
+        Ok(DaemonConfig {
+            socket,
+            docker_host: raw.docker_host,
+        })
+    }
+}
+
+fn serialize_duration<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&duration::format(*value))
 }
 
 /// S3's bucket naming rules, so a typo fails here rather than as a signature error later.

@@ -48,7 +48,8 @@ pub struct Manifest {
     pub totals: Totals,
     /// Mode and owner of the state directory itself.
     pub root: Owner,
-    /// Every directory, file and symlink, sorted by path; parents before children.
+    /// Every directory, file and symlink in walk order: each directory's entries sorted by name,
+    /// a directory before its contents.
     pub files: Vec<FileEntry>,
     /// Paths the walk met but could not archive (sockets, fifos, devices, non-UTF-8 names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -29,10 +29,17 @@ pub enum RestoreError {
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error(
-        "no snapshot in {repository}: latest/manifest.json does not exist (the listing succeeded; this is a new repository)"
-    )]
+    #[error("no snapshot in {repository}: there is no latest/ and the listing of snapshots/ found no complete snapshot")]
     NoSnapshot { repository: String },
+    #[error(
+        "{repository} has no latest/manifest.json but holds {count} complete snapshot(s), the newest {newest}; \
+         refusing to guess: restore one with --snapshot ID"
+    )]
+    LatestMissing {
+        repository: String,
+        newest: SnapshotId,
+        count: usize,
+    },
     #[error(
         "snapshot {id} does not exist in {repository}, or is incomplete (no manifest); `spotkeeper list` shows what exists"
     )]
@@ -115,20 +122,41 @@ pub async fn resolve(
     snapshot: Option<SnapshotId>,
     repository: &str,
 ) -> Result<(Manifest, Option<SnapshotId>), RestoreError> {
-    let latest = repository::latest(store).await?.map(|(m, _)| m);
-    let latest_id = latest.as_ref().map(|m| m.id);
-    let manifest = match snapshot {
-        Some(id) => repository::manifest(store, &id)
+    if let Some(id) = snapshot {
+        let manifest = repository::manifest(store, &id)
             .await?
             .ok_or_else(|| RestoreError::SnapshotNotFound {
                 repository: repository.to_string(),
                 id,
-            })?,
-        None => latest.ok_or_else(|| RestoreError::NoSnapshot {
+            })?;
+        // latest/ only informs the local record: a damaged one must not block a named snapshot.
+        let latest = match repository::latest(store).await {
+            Ok(latest) => latest.map(|(m, _)| m.id),
+            Err(RepositoryError::Manifest(e)) => {
+                tracing::warn!(error = %e, "ignoring an unreadable latest/manifest.json");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        return Ok((manifest, latest));
+    }
+    if let Some((manifest, _)) = repository::latest(store).await? {
+        let id = manifest.id;
+        return Ok((manifest, Some(id)));
+    }
+    // No latest/: only a listing that succeeded and found no complete snapshot means "none".
+    let listing = repository::list(store).await?;
+    let complete: Vec<SnapshotId> = listing.snapshots.iter().filter(|s| s.complete).map(|s| s.id).collect();
+    match complete.last() {
+        Some(newest) => Err(RestoreError::LatestMissing {
             repository: repository.to_string(),
-        })?,
-    };
-    Ok((manifest, latest_id))
+            newest: *newest,
+            count: complete.len(),
+        }),
+        None => Err(RestoreError::NoSnapshot {
+            repository: repository.to_string(),
+        }),
+    }
 }
 
 /// Restores per `request`. See the module doc for the guarantees.
@@ -137,7 +165,6 @@ pub async fn restore(store: &Store, request: &RestoreRequest) -> Result<RestoreR
     let target_state = inspect(&request.target)?;
     check_target(request, target_state)?;
     let (manifest, latest) = resolve(store, request.snapshot, &request.repository).await?;
-    // Check again: the download may have taken a while, and the answer decides what is moved.
     let staging = prepare_staging(request)?;
     let result = download_and_unpack(store, &manifest, &staging, request.snapshot.is_none()).await;
     let unpacked = match result {
@@ -151,6 +178,7 @@ pub async fn restore(store: &Store, request: &RestoreRequest) -> Result<RestoreR
         remove_staging(&staging);
         return Err(e);
     }
+    // Look again: the download may have taken a while, and the answer decides what is moved.
     let target_state = inspect(&request.target)?;
     if let Err(e) = check_target(request, target_state) {
         remove_staging(&staging);
@@ -281,7 +309,7 @@ async fn download_and_unpack(
     }
     let Some((key, stream)) = body else {
         return Err(RestoreError::ArchiveMissing {
-            repository: store.full_key(""),
+            repository: store.url("").trim_end_matches('/').to_string(),
             id: manifest.id,
             keys: candidates.join(", "),
         });
@@ -393,4 +421,55 @@ fn swap_in(request: &RestoreRequest, staging: &Path, state: TargetState) -> Resu
             .map_err(io_error(parent))?;
     }
     Ok(displaced)
+}
+
+/// What the daemon does with the local state at boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootAction {
+    /// Nothing local, a snapshot in S3: restore it.
+    Restore,
+    /// Nothing local and a listing that found no snapshot: a genuinely new repository.
+    StartFresh,
+    /// Local state that is the same as or newer than `latest/`, or no `latest/` to compare with.
+    KeepLocal,
+    /// Local state that does not descend from `latest/`: move it aside, then restore.
+    DisplaceAndRestore,
+}
+
+/// The boot decision (DESIGN.md, "Restore decision"). `latest` is `latest/`'s id from a read
+/// that succeeded; `descends` is whether the local state descends from it, as the lineage guard
+/// decides (`snapshot::check_lineage`). An S3 error never reaches this function: the caller
+/// retries until it has an answer.
+pub fn boot_action(local: TargetState, latest: Option<SnapshotId>, descends: bool) -> BootAction {
+    match (local, latest) {
+        (TargetState::Absent | TargetState::Empty, Some(_)) => BootAction::Restore,
+        (TargetState::Absent | TargetState::Empty, None) => BootAction::StartFresh,
+        (TargetState::NonEmpty, None) => BootAction::KeepLocal,
+        (TargetState::NonEmpty, Some(_)) if descends => BootAction::KeepLocal,
+        (TargetState::NonEmpty, Some(_)) => BootAction::DisplaceAndRestore,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_never_restores_over_state_that_descends_from_latest() {
+        let latest: SnapshotId = "2026-02-27-14-00".parse().expect("id");
+        use BootAction::*;
+        use TargetState::*;
+        let cases = [
+            (Absent, Some(latest), false, Restore),
+            (Empty, Some(latest), true, Restore),
+            (Empty, None, false, StartFresh),
+            (Absent, None, true, StartFresh),
+            (NonEmpty, None, false, KeepLocal),
+            (NonEmpty, Some(latest), true, KeepLocal),
+            (NonEmpty, Some(latest), false, DisplaceAndRestore),
+        ];
+        for (local, latest, descends, expected) in cases {
+            assert_eq!(boot_action(local, latest, descends), expected, "{local:?} {latest:?} {descends}");
+        }
+    }
 }

@@ -17,8 +17,6 @@ use crate::snapshot_id::SnapshotId;
 use crate::store::{PutCondition, Store, StoreError};
 use crate::stream::ChunkWriter;
 
-/// zstd level when none is configured: fast, and about 3x on chat-like text.
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 /// Upload parts queued between the packer and the uploader.
 const QUEUED_PARTS: usize = 1;
 

@@ -304,6 +304,7 @@ impl Store {
     /// Uploads the chunks received on `chunks` as one object: a single PUT when they fit in one
     /// part, otherwise a multipart upload with a few parts in flight. Completes only on `Chunk::End`;
     /// on any failure the multipart upload is aborted.
+    /// The object must not exist yet (`If-None-Match: *` on the PUT or the completion).
     pub async fn upload_stream(
         &self,
         relative: &str,
@@ -346,6 +347,7 @@ impl Store {
                     .key(&key)
                     .upload_id(&upload_id)
                     .multipart_upload(completed)
+                    .if_none_match("*")
                     .send()
                     .await
                     .map_err(|e| self.error("complete multipart upload of", relative, e))?;
@@ -370,7 +372,7 @@ impl Store {
     }
 
     async fn put_stream_body(&self, relative: &str, content_type: &str, body: Bytes) -> Result<(), StoreError> {
-        self.put_bytes(relative, body, content_type, &[], PutCondition::None)
+        self.put_bytes(relative, body, content_type, &[], PutCondition::Absent)
             .await
             .map(|_| ())
     }

@@ -56,7 +56,7 @@ impl CommandError {
                 RestoreError::NoSnapshot { .. }
                 | RestoreError::SnapshotNotFound { .. }
                 | RestoreError::ArchiveMissing { .. } => exit::NOT_FOUND,
-                RestoreError::Refused { .. } => exit::REFUSED,
+                RestoreError::Refused { .. } | RestoreError::LatestMissing { .. } => exit::REFUSED,
                 RestoreError::Task(_) => exit::FAILURE,
             },
             CommandError::Record(_) | CommandError::Output(_) => exit::IO,

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::exclude::Excludes;
 use crate::manifest::Host;
 use crate::record::{self, LocalRecord};
-use crate::snapshot::{self, DEFAULT_COMPRESSION_LEVEL, SnapshotRequest};
+use crate::snapshot::{self, SnapshotRequest};
 use crate::store::Store;
 
 pub async fn run(config: &Config, store: &Store, args: &SnapshotArgs) -> Result<(), CommandError> {
@@ -16,11 +16,14 @@ pub async fn run(config: &Config, store: &Store, args: &SnapshotArgs) -> Result<
     let local = record::load(&config.state.work_dir)?;
     let base = local.as_ref().and_then(|r| r.base_for(&repository, &config.state.dir));
     let excludes =
-        Excludes::new(&config.state.dir, &config.state.exclude).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Excludes::new(&config.state.dir, &config.state.exclude).map_err(|e| crate::config::ConfigError::Parse {
+            path: config.state.dir.clone(),
+            message: e.to_string(),
+        })?;
     let request = SnapshotRequest {
         source: config.state.dir.clone(),
         excludes,
-        compression_level: DEFAULT_COMPRESSION_LEVEL,
+        compression_level: config.snapshot.compression_level,
         host: Host {
             hostname: snapshot::hostname(),
             instance_id: None,

@@ -25,6 +25,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon (started by spotkeeper.service): restore if needed, hydrate secrets, run and
+    /// supervise the container, snapshot on schedule, prune daily, final snapshot on stop.
+    Run,
+    /// Show what the running daemon is doing: phase, container, last and next snapshot, last prune.
+    Status(StatusArgs),
     /// Snapshot the state directory now and make it `latest/`.
     ///
     /// Refuses to replace `latest/` when the local state does not descend from it (another
@@ -49,6 +54,13 @@ pub enum Command {
     Prune(PruneArgs),
     /// Validate the config file and print the effective configuration.
     CheckConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -129,6 +129,8 @@ pub struct ContainerConfig {
     pub restart_window: Duration,
     /// Extra environment (not secrets: those go in the env file).
     pub environment: std::collections::BTreeMap<String, String>,
+    /// Docker log driver; journald puts the container's logs next to spotkeeper's.
+    pub log_driver: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -210,6 +212,7 @@ struct RawContainer {
     restart_limit: Option<u32>,
     restart_window: Option<String>,
     environment: Option<std::collections::BTreeMap<String, String>>,
+    log_driver: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -465,7 +468,11 @@ impl Validator<'_> {
             .ssm_path
             .ok_or_else(|| self.invalid("secrets.ssm_path", "", "is required in [secrets]"))?;
         if !ssm_path.starts_with('/') || ssm_path.contains("//") {
-            return Err(self.invalid("secrets.ssm_path", ssm_path, "must start with / (for example \"/openclaw/lab/\")"));
+            return Err(self.invalid(
+                "secrets.ssm_path",
+                ssm_path,
+                "must start with / (for example \"/openclaw/lab/\")",
+            ));
         }
         let env_file = raw.env_file.unwrap_or_else(|| PathBuf::from(DEFAULT_ENV_FILE));
         self.absolute_clean("secrets.env_file", &env_file)?;
@@ -476,7 +483,11 @@ impl Validator<'_> {
         if let Some(endpoint) = &raw.endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
-            return Err(self.invalid("secrets.endpoint", endpoint.clone(), "expected an http:// or https:// URL"));
+            return Err(self.invalid(
+                "secrets.endpoint",
+                endpoint.clone(),
+                "expected an http:// or https:// URL",
+            ));
         }
         Ok(SecretsConfig {
             ssm_path,
@@ -493,17 +504,29 @@ impl Validator<'_> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         {
-            return Err(self.invalid("container.name", name, "may contain only letters, digits, `_`, `.` and `-`"));
+            return Err(self.invalid(
+                "container.name",
+                name,
+                "may contain only letters, digits, `_`, `.` and `-`",
+            ));
         }
         let image = raw
             .image
             .ok_or_else(|| self.invalid("container.image", "", "is required in [container]"))?;
         if image.is_empty() || image.chars().any(char::is_whitespace) {
-            return Err(self.invalid("container.image", image, "expected an image reference such as repo/name:tag"));
+            return Err(self.invalid(
+                "container.image",
+                image,
+                "expected an image reference such as repo/name:tag",
+            ));
         }
         let state_mount = raw.state_mount.unwrap_or_else(|| DEFAULT_STATE_MOUNT.to_string());
         if !state_mount.starts_with('/') {
-            return Err(self.invalid("container.state_mount", state_mount, "must be an absolute path in the container"));
+            return Err(self.invalid(
+                "container.state_mount",
+                state_mount,
+                "must be an absolute path in the container",
+            ));
         }
         let env_mount = match raw.env_mount {
             Some(m) if m.is_empty() => None,
@@ -530,7 +553,11 @@ impl Validator<'_> {
         }
         let environment = raw.environment.unwrap_or_default();
         if let Some(key) = environment.keys().find(|k| !crate::secrets::is_env_name(k)) {
-            return Err(self.invalid("container.environment", key.clone(), "not a valid environment variable name"));
+            return Err(self.invalid(
+                "container.environment",
+                key.clone(),
+                "not a valid environment variable name",
+            ));
         }
         Ok(ContainerConfig {
             name,
@@ -543,11 +570,16 @@ impl Validator<'_> {
             user: raw.user,
             stop_timeout: self.duration("container.stop_timeout", raw.stop_timeout, DEFAULT_STOP_TIMEOUT)?,
             consistency: raw.consistency.unwrap_or(Consistency::Freeze),
-            health_interval: self.duration("container.health_interval", raw.health_interval, DEFAULT_HEALTH_INTERVAL)?,
+            health_interval: self.duration(
+                "container.health_interval",
+                raw.health_interval,
+                DEFAULT_HEALTH_INTERVAL,
+            )?,
             start_timeout: self.duration("container.start_timeout", raw.start_timeout, DEFAULT_START_TIMEOUT)?,
             restart_limit,
             restart_window: self.duration("container.restart_window", raw.restart_window, DEFAULT_RESTART_WINDOW)?,
             environment,
+            log_driver: raw.log_driver.unwrap_or_else(|| "journald".to_string()),
         })
     }
 

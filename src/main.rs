@@ -27,13 +27,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr (stdout is the command's output); `SPOTKEEPER_LOG` sets the filter.
+/// Logs go to the journal with structured fields when stderr is the journal, else to stderr
+/// (stdout is the command's output). `SPOTKEEPER_LOG` sets the filter.
 fn init_logging() {
-    let filter = EnvFilter::try_from_env("SPOTKEEPER_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,aws_sdk_s3=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_from_env("SPOTKEEPER_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,aws_sdk_s3=warn,aws_sdk_ssm=warn")
+    });
+    let registry = tracing_subscriber::registry().with(filter);
+    if spotkeeper::systemd::stderr_is_journal()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        registry
+            .with(journald.with_syslog_identifier("spotkeeper".into()))
+            .init();
+        return;
+    }
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .init();
 }

@@ -26,7 +26,12 @@ pub fn parse(text: &str) -> Result<PortMapping, &'static str> {
         Some(_) => return Err("protocol must be tcp or udp"),
         None => (text, "tcp"),
     };
-    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or("ports must be numbers from 1 to 65535");
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or("ports must be numbers from 1 to 65535")
+    };
     // An IPv6 host address is bracketed: [::1]:8080:80
     let (host_ip, ports) = if let Some(stripped) = rest.strip_prefix('[') {
         let (ip, after) = stripped.split_once("]:").ok_or("unterminated [ in IPv6 address")?;
@@ -64,10 +69,16 @@ mod tests {
     #[test]
     fn parses_the_docker_forms() {
         let m = parse("127.0.0.1:18789:18789").expect("valid");
-        assert_eq!((m.host_ip.as_str(), m.host_port, m.container_port, m.protocol), ("127.0.0.1", 18789, 18789, "tcp"));
+        assert_eq!(
+            (m.host_ip.as_str(), m.host_port, m.container_port, m.protocol),
+            ("127.0.0.1", 18789, 18789, "tcp")
+        );
         assert_eq!(m.container_key(), "18789/tcp");
         let m = parse("8080:80/udp").expect("valid");
-        assert_eq!((m.host_ip.as_str(), m.host_port, m.container_port, m.protocol), ("", 8080, 80, "udp"));
+        assert_eq!(
+            (m.host_ip.as_str(), m.host_port, m.container_port, m.protocol),
+            ("", 8080, 80, "udp")
+        );
         let m = parse("[::1]:8080:80").expect("valid");
         assert_eq!(m.host_ip, "::1");
         assert_eq!(parse("443").expect("valid").host_port, 443);
@@ -75,7 +86,16 @@ mod tests {
 
     #[test]
     fn rejects_what_docker_would_reject() {
-        for bad in ["", "0", "70000", "a:b", "1.2.3:80:80", "127.0.0.1:80:80/sctp", "1:2:3:4", "[::1:80:80"] {
+        for bad in [
+            "",
+            "0",
+            "70000",
+            "a:b",
+            "1.2.3:80:80",
+            "127.0.0.1:80:80/sctp",
+            "1:2:3:4",
+            "[::1:80:80",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

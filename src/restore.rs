@@ -29,7 +29,9 @@ pub enum RestoreError {
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error("no snapshot in {repository}: there is no latest/ and the listing of snapshots/ found no complete snapshot")]
+    #[error(
+        "no snapshot in {repository}: there is no latest/ and the listing of snapshots/ found no complete snapshot"
+    )]
     NoSnapshot { repository: String },
     #[error(
         "{repository} has no latest/manifest.json but holds {count} complete snapshot(s), the newest {newest}; \
@@ -469,7 +471,11 @@ mod tests {
             (NonEmpty, Some(latest), false, DisplaceAndRestore),
         ];
         for (local, latest, descends, expected) in cases {
-            assert_eq!(boot_action(local, latest, descends), expected, "{local:?} {latest:?} {descends}");
+            assert_eq!(
+                boot_action(local, latest, descends),
+                expected,
+                "{local:?} {latest:?} {descends}"
+            );
         }
     }
 }

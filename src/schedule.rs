@@ -43,16 +43,31 @@ mod tests {
         assert_eq!(next_tick(at(10, 0, 1), TWENTY), at(10, 20, 0));
         assert_eq!(next_tick(at(10, 19, 59), TWENTY), at(10, 20, 0));
         assert_eq!(next_tick(at(10, 40, 0), TWENTY), at(11, 0, 0));
-        assert_eq!(next_tick(at(23, 50, 0), TWENTY), Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).single().expect("valid"));
-        assert_eq!(next_tick(at(10, 7, 0), Duration::from_secs(86_400)), Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).single().expect("valid"));
+        assert_eq!(
+            next_tick(at(23, 50, 0), TWENTY),
+            Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).single().expect("valid")
+        );
+        assert_eq!(
+            next_tick(at(10, 7, 0), Duration::from_secs(86_400)),
+            Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).single().expect("valid")
+        );
         assert_eq!(next_tick(at(10, 0, 3), Duration::from_secs(5)), at(10, 0, 5));
     }
 
     #[test]
     fn naps_are_capped_so_suspends_are_noticed() {
-        assert_eq!(nap(at(10, 0, 0), at(10, 20, 0), Duration::from_secs(30)), Duration::from_secs(30));
-        assert_eq!(nap(at(10, 19, 50), at(10, 20, 0), Duration::from_secs(30)), Duration::from_secs(10));
-        assert_eq!(nap(at(10, 21, 0), at(10, 20, 0), Duration::from_secs(30)), Duration::ZERO);
+        assert_eq!(
+            nap(at(10, 0, 0), at(10, 20, 0), Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            nap(at(10, 19, 50), at(10, 20, 0), Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            nap(at(10, 21, 0), at(10, 20, 0), Duration::from_secs(30)),
+            Duration::ZERO
+        );
     }
 
     #[test]

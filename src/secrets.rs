@@ -17,7 +17,11 @@ use crate::config::SecretsConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
     #[error("cannot read SSM parameters under {path}: {message}")]
-    Ssm { path: String, message: String, transient: bool },
+    Ssm {
+        path: String,
+        message: String,
+        transient: bool,
+    },
     #[error("SSM parameter {name} cannot be an environment variable: {reason}")]
     BadName { name: String, reason: &'static str },
     #[error("SSM parameters {first} and {second} both map to {key}")]
@@ -174,11 +178,17 @@ pub fn write_env_file(path: &Path, secrets: &Secrets) -> Result<bool, SecretsErr
     }
     let dir = path.parent().unwrap_or(Path::new("/"));
     if !dir.exists() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(write_error)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(write_error)?;
     }
     let temp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let _ = fs::remove_file(&temp);
     let mut file = OpenOptions::new()
@@ -188,7 +198,8 @@ pub fn write_env_file(path: &Path, secrets: &Secrets) -> Result<bool, SecretsErr
         .open(&temp)
         .map_err(write_error)?;
     // The mode given to open() is masked by the umask; make sure.
-    file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(write_error)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(write_error)?;
     file.write_all(text.as_bytes()).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     fs::rename(&temp, path).map_err(write_error)?;
@@ -206,8 +217,11 @@ mod tests {
 
     #[test]
     fn keys_are_the_last_path_segment_and_must_be_env_names() {
-        let s = Secrets::from_parameters(params(&[("/openclaw/lab/API_KEY", "a"), ("/openclaw/lab/telegram/BOT_TOKEN", "b")]))
-            .expect("valid");
+        let s = Secrets::from_parameters(params(&[
+            ("/openclaw/lab/API_KEY", "a"),
+            ("/openclaw/lab/telegram/BOT_TOKEN", "b"),
+        ]))
+        .expect("valid");
         assert_eq!(s.keys(), ["API_KEY", "BOT_TOKEN"]);
         assert!(matches!(
             Secrets::from_parameters(params(&[("/p/bad-name", "x")])),
@@ -228,7 +242,10 @@ mod tests {
     fn debug_never_shows_values() {
         let s = Secrets::from_parameters(params(&[("/p/API_KEY", "super-secret-value")])).expect("valid");
         let shown = format!("{s:?}");
-        assert!(shown.contains("API_KEY") && !shown.contains("super-secret-value"), "{shown}");
+        assert!(
+            shown.contains("API_KEY") && !shown.contains("super-secret-value"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -239,8 +256,14 @@ mod tests {
         assert!(write_env_file(&path, &s).expect("written"));
         assert_eq!(fs::read_to_string(&path).expect("read"), "A=1\nB=2\n");
         assert_eq!(fs::metadata(&path).expect("meta").mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(path.parent().expect("dir")).expect("meta").mode() & 0o777, 0o700);
-        assert!(!write_env_file(&path, &s).expect("same"), "unchanged content is not rewritten");
+        assert_eq!(
+            fs::metadata(path.parent().expect("dir")).expect("meta").mode() & 0o777,
+            0o700
+        );
+        assert!(
+            !write_env_file(&path, &s).expect("same"),
+            "unchanged content is not rewritten"
+        );
         let changed = Secrets::from_parameters(params(&[("/p/A", "3")])).expect("valid");
         assert!(write_env_file(&path, &changed).expect("changed"));
         assert_eq!(fs::read_to_string(&path).expect("read"), "A=3\n");

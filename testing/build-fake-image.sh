@@ -45,6 +45,7 @@ if [[ "$current" == "$sum" && "${FORCE:-0}" != 1 ]]; then
   exit 0
 fi
 
+old_id="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 cp "$bin" "$ctx/fake-openclaw"
@@ -63,6 +64,11 @@ if ! out="$(DOCKER_BUILDKIT=0 docker build --quiet --tag "$image" "$ctx" 2>&1)";
   echo "$out" >&2
   echo "build-fake-image: docker build failed" >&2
   exit 1
+fi
+new_id="$(docker image inspect -f '{{.Id}}' "$image")"
+if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then
+  # Drop the previous build so rebuilds leave no dangling images (kept if a container still uses it).
+  docker image rm "$old_id" >/dev/null 2>&1 || true
 fi
 echo "build-fake-image: built $image (sha256 $sum)" >&2
 echo "$image"

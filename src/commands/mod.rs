@@ -4,7 +4,9 @@ mod check_config;
 mod list;
 mod prune;
 mod restore;
+mod run;
 mod snapshot;
+mod status;
 mod verify;
 
 use std::io;
@@ -35,6 +37,15 @@ pub enum CommandError {
     PartialPrune(String),
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    /// An error the running daemon reported, with its exit code.
+    #[error("{message}")]
+    Remote { message: String, code: u8 },
+    #[error("no spotkeeper daemon is running (nothing answers on {0})")]
+    NoDaemon(String),
 }
 
 impl CommandError {
@@ -61,6 +72,10 @@ impl CommandError {
             },
             CommandError::Record(_) | CommandError::Output(_) => exit::IO,
             CommandError::PartialPrune(_) => exit::PARTIAL,
+            CommandError::Daemon(e) => e.exit_code(),
+            CommandError::Control(_) => exit::IO,
+            CommandError::Remote { code, .. } => *code,
+            CommandError::NoDaemon(_) => exit::NOT_FOUND,
         }
     }
 }
@@ -83,8 +98,10 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::CheckConfig => check_config::run(&config, &cli.config),
-        Command::Snapshot(args) => snapshot::run(&config, &connect(&config).await, &args).await,
-        Command::Restore(args) => restore::run(&config, &connect(&config).await, &args).await,
+        Command::Run => run::run(config).await,
+        Command::Status(args) => status::run(&config, &args).await,
+        Command::Snapshot(args) => snapshot::run(&config, &args).await,
+        Command::Restore(args) => restore::run(&config, &args).await,
         Command::List(args) => list::run(&config, &connect(&config).await, &args).await,
         Command::Verify(args) => verify::run(&config, &connect(&config).await, &args).await,
         Command::Prune(args) => prune::run(&config, &connect(&config).await, &args).await,
@@ -93,6 +110,27 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
 
 async fn connect(config: &Config) -> Store {
     Store::connect(&config.s3).await
+}
+
+/// Sends `request` to a running daemon. `Ok(None)` when none runs; a daemon's error becomes
+/// `CommandError::Remote` with the daemon's exit code.
+async fn via_daemon(
+    config: &Config,
+    request: &crate::control::Request,
+) -> Result<Option<serde_json::Value>, CommandError> {
+    match crate::control::call(&config.daemon.socket, request).await {
+        Ok(None) => Ok(None),
+        Ok(Some(response)) if response.ok => Ok(Some(response.result.unwrap_or_default())),
+        Ok(Some(response)) => Err(CommandError::Remote {
+            message: response.error.unwrap_or_else(|| "the daemon reported an error".into()),
+            code: response.exit_code.unwrap_or(exit::FAILURE),
+        }),
+        // Not allowed to talk to the daemon (not root): work directly.
+        Err(crate::control::ControlError::Io { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Writes `value` as pretty JSON on stdout.

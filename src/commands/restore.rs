@@ -9,7 +9,35 @@ use crate::record::{self, LocalRecord};
 use crate::restore::{self, RestoreRequest};
 use crate::store::Store;
 
-pub async fn run(config: &Config, store: &Store, args: &RestoreArgs) -> Result<(), CommandError> {
+pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError> {
+    // Into the state dir while the daemon runs: it stops the container, keeps a safety snapshot,
+    // restores (moving the current state to displaced/) and starts the container again.
+    if args.to.is_none() {
+        let request = crate::control::Request::Restore {
+            snapshot: args.snapshot,
+        };
+        if let Some(result) = super::via_daemon(config, &request).await? {
+            if args.json {
+                return print_json(&result);
+            }
+            let restored = &result["restored"];
+            println!(
+                "restored {} into {} through the daemon ({} files, safety snapshot: {}); container started again",
+                restored["id"].as_str().unwrap_or("?"),
+                restored["target"].as_str().unwrap_or("?"),
+                restored["files"],
+                result["safety_snapshot"]["id"]
+                    .as_str()
+                    .or(result["safety_snapshot"]["since"].as_str())
+                    .unwrap_or("?")
+            );
+            if let Some(displaced) = restored["displaced"].as_str() {
+                println!("previous local state kept at {displaced}");
+            }
+            return Ok(());
+        }
+    }
+    let store = &Store::connect(&config.s3).await;
     let repository = config.repository_url();
     let is_state_dir = args.to.is_none();
     let local = record::load(&config.state.work_dir)?;

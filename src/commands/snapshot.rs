@@ -11,7 +11,32 @@ use crate::record::{self, LocalRecord};
 use crate::snapshot::{self, SnapshotRequest};
 use crate::store::Store;
 
-pub async fn run(config: &Config, store: &Store, args: &SnapshotArgs) -> Result<(), CommandError> {
+pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandError> {
+    // A running daemon owns the state: it freezes the container and keeps its own bookkeeping.
+    if !args.force
+        && let Some(result) = super::via_daemon(config, &crate::control::Request::Snapshot).await?
+    {
+        if args.json {
+            return print_json(&result);
+        }
+        match result["outcome"].as_str() {
+            Some("unchanged") => println!(
+                "unchanged since {} (no upload)",
+                result["since"].as_str().unwrap_or("?")
+            ),
+            _ => println!(
+                "{}  {} files, {} archive, {} ms, freeze {} ms, {} S3 requests (taken by the daemon)",
+                result["id"].as_str().unwrap_or("?"),
+                result["files"],
+                human_bytes(result["archive_bytes"].as_u64().unwrap_or(0)),
+                result["duration_ms"],
+                result["freeze_ms"],
+                result["requests"]
+            ),
+        }
+        return Ok(());
+    }
+    let store = &Store::connect(&config.s3).await;
     let repository = config.repository_url();
     let local = record::load(&config.state.work_dir)?;
     let base = local.as_ref().and_then(|r| r.base_for(&repository, &config.state.dir));

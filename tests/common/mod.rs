@@ -342,3 +342,131 @@ pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     }
     condition()
 }
+
+/// The repository root (for the testing/ scripts).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// True when the machine's Docker Engine answers. Under CI=true a missing engine fails the test
+/// instead of skipping it.
+pub fn docker_available() -> bool {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but the Docker Engine does not answer: these tests must run in CI");
+    }
+    if !ok {
+        eprintln!("skipping: no Docker Engine");
+    }
+    ok
+}
+
+/// Builds the fake OpenClaw image once per test binary; returns its reference.
+pub fn fake_image() -> String {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let out = Command::new(repo_root().join("testing/build-fake-image.sh"))
+                .output()
+                .expect("run build-fake-image.sh");
+            assert!(
+                out.status.success(),
+                "building the fake image failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .clone()
+}
+
+/// moto serving SSM on 127.0.0.1 until dropped.
+pub struct Moto {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let setup = Command::new(repo_root().join("testing/start-moto.sh"))
+            .status()
+            .expect("moto venv");
+        assert!(setup.success(), "moto venv setup failed");
+        let port = free_port();
+        let child = Command::new(repo_root().join("testing/start-moto.sh"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto");
+        let moto = Moto { port, child };
+        let ready = wait_for(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(ready, "moto did not start on port {port}");
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Puts a SecureString parameter.
+    pub fn put_parameter(&self, name: &str, value: &str) {
+        let endpoint = self.endpoint();
+        let (name, value) = (name.to_string(), value.to_string());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let credentials = aws_sdk_ssm::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "tests");
+            let config = aws_sdk_ssm::config::Builder::new()
+                .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+                .region(aws_sdk_ssm::config::Region::new("us-east-1"))
+                .credentials_provider(credentials)
+                .endpoint_url(endpoint)
+                .build();
+            aws_sdk_ssm::Client::from_conf(config)
+                .put_parameter()
+                .name(name)
+                .value(value)
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .overwrite(true)
+                .send()
+                .await
+                .expect("put parameter");
+        });
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP GET to 127.0.0.1 with a short timeout; the body on 200.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
+    ok.then(|| body.to_string())
+}

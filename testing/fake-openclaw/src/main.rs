@@ -135,8 +135,7 @@ fn run() -> Result<(), String> {
         last_seq: AtomicU64::new(highest),
     });
 
-    let listener = TcpListener::bind(("0.0.0.0", cfg.port))
-        .map_err(|e| format!("bind 0.0.0.0:{}: {e}", cfg.port))?;
+    let listener = TcpListener::bind(("0.0.0.0", cfg.port)).map_err(|e| format!("bind 0.0.0.0:{}: {e}", cfg.port))?;
     {
         let stats = Arc::clone(&stats);
         let env_file = cfg.env_file.clone();
@@ -190,7 +189,8 @@ fn healthcheck() -> ExitCode {
         let t = Duration::from_secs(2);
         let mut s = TcpStream::connect_timeout(&addr, t).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
-        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+            .map_err(|e| e.to_string())?;
         let mut resp = Vec::new();
         s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
         Ok(resp.starts_with(b"HTTP/1.0 200"))
@@ -296,13 +296,7 @@ fn open_log(path: &Path) -> Result<File, String> {
     Ok(f)
 }
 
-fn write_cycle(
-    dir: &Path,
-    log: &mut File,
-    conn: &Connection,
-    seq: u64,
-    first: bool,
-) -> Result<(), String> {
+fn write_cycle(dir: &Path, log: &mut File, conn: &Connection, seq: u64, first: bool) -> Result<(), String> {
     let ts = now_ms();
     let text = format!("message {seq}");
 
@@ -321,10 +315,9 @@ fn write_cycle(
     .map_err(|e| format!("insert seq {seq}: {e}"))?;
 
     // 3. whole-file rewrite every 10th seq (and on the first write of a run)
-    if first || seq % 10 == 0 {
-        let body = format!(
-            "{{\n  \"seq\": {seq},\n  \"updated_ms\": {ts},\n  \"token\": \"fake-token-{seq:08}\"\n}}\n"
-        );
+    if first || seq.is_multiple_of(10) {
+        let body =
+            format!("{{\n  \"seq\": {seq},\n  \"updated_ms\": {ts},\n  \"token\": \"fake-token-{seq:08}\"\n}}\n");
         replace_file(&dir.join(CREDENTIALS), body.as_bytes())?;
     }
 
@@ -399,8 +392,16 @@ fn handle(mut stream: TcpStream, stats: &Stats, env_file: &Path) -> io::Result<(
         ),
         ("GET" | "HEAD", "/env-keys") => match env_keys(env_file) {
             Ok(Some(keys)) => ("200 OK", "application/json", keys),
-            Ok(None) => ("404 Not Found", "application/json", "{\"error\": \"no env file\"}".into()),
-            Err(_) => ("500 Internal Server Error", "application/json", "{\"error\": \"cannot read env file\"}".into()),
+            Ok(None) => (
+                "404 Not Found",
+                "application/json",
+                "{\"error\": \"no env file\"}".into(),
+            ),
+            Err(_) => (
+                "500 Internal Server Error",
+                "application/json",
+                "{\"error\": \"cannot read env file\"}".into(),
+            ),
         },
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "method not allowed".to_string()),
@@ -473,7 +474,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fake-openclaw-test-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let p = dir.join(".env");
-        fs::write(&p, "# c\nZED=1\nexport API_KEY=secret\n\nAPI_KEY=again\nBAD LINE\nq\"=x\n").unwrap();
+        fs::write(
+            &p,
+            "# c\nZED=1\nexport API_KEY=secret\n\nAPI_KEY=again\nBAD LINE\nq\"=x\n",
+        )
+        .unwrap();
         assert_eq!(env_keys(&p).unwrap().unwrap(), "[\"API_KEY\", \"ZED\", \"q\\\"\"]");
         assert!(env_keys(&dir.join("missing")).unwrap().is_none());
         fs::remove_dir_all(&dir).unwrap();

@@ -1,0 +1,303 @@
+//! `spotkeeper run` end to end: the real binary, the machine's Docker Engine with the fake
+//! OpenClaw image, s3s-fs for S3 and moto for SSM.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Moto, S3Server, World, docker_available, fake_image, free_port, http_get, shape, wait_for};
+
+/// A running daemon; stopped (SIGTERM) or killed when dropped.
+struct Daemon {
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(world: &World) -> Daemon {
+        let log = world.dir.path().join(format!("daemon-{}.log", free_port()));
+        let file = fs::File::create(&log).expect("log file");
+        let child = world
+            .command(&["run"])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn daemon");
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let mut status = None;
+        let done = wait_for(Duration::from_secs(120), || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if !done {
+            let _ = child.kill();
+            panic!("daemon did not stop within 120 s; log:\n{}", self.log());
+        }
+        status.expect("exited")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn status(world: &World) -> Option<serde_json::Value> {
+    let out = world.run(&["status", "--json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn remove_container(name: &str) {
+    let _ = Command::new("docker").args(["rm", "-f", name]).output();
+}
+
+struct Setup {
+    s3: S3Server,
+    moto: Moto,
+    world: World,
+    container: String,
+    port: u16,
+    ssm_path: String,
+}
+
+fn setup(name: &str, extra_container: &str) -> Setup {
+    let s3 = S3Server::start();
+    let moto = Moto::start();
+    let world = World::new(&s3, "daemon", name);
+    let container = format!("spotkeeper-test-{name}-{}", std::process::id());
+    remove_container(&container);
+    let port = free_port();
+    let ssm_path = format!("/openclaw/{name}/");
+    let config = format!(
+        "[snapshot]\ninterval = \"3s\"\n\n\
+         [secrets]\nssm_path = {ssm_path:?}\nenv_file = {env:?}\nrefresh = \"2s\"\nendpoint = {moto:?}\n\n\
+         [container]\nname = {container:?}\nimage = {image:?}\nports = [\"127.0.0.1:{port}:18789\"]\n\
+         health_url = \"http://127.0.0.1:{port}/healthz\"\nhealth_interval = \"1s\"\nstop_timeout = \"20s\"\n\
+         start_timeout = \"60s\"\nlog_driver = \"json-file\"\n{extra_container}\n\
+         [container.environment]\nWRITE_INTERVAL_MS = \"20\"\nDRAIN_MS = \"300\"\n\n\
+         [daemon]\nsocket = {socket:?}\n",
+        env = world.dir.path().join("run/openclaw/.env"),
+        moto = moto.endpoint(),
+        image = fake_image(),
+        socket = world.dir.path().join("run/spotkeeper/control.sock"),
+    );
+    world.write_config(&config);
+    Setup {
+        s3,
+        moto,
+        world,
+        container,
+        port,
+        ssm_path,
+    }
+}
+
+fn sqlite_ok(dir: &Path) -> i64 {
+    let db = rusqlite::Connection::open(dir.join("memory/main.sqlite")).expect("open sqlite");
+    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("check");
+    assert_eq!(check, "ok", "{}", dir.display());
+    db.query_row("SELECT COALESCE(MAX(seq), 0) FROM memory", [], |r| r.get(0))
+        .or_else(|_| db.query_row("SELECT COUNT(*) FROM memory", [], |r| r.get(0)))
+        .expect("rows")
+}
+
+fn without_excluded(mut tree: common::TreeShape) -> common::TreeShape {
+    tree.retain(|path, _| path != ".env");
+    tree
+}
+
+#[test]
+fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
+    if !docker_available() {
+        return;
+    }
+    let t = setup("e2e", "");
+    let secret = format!("sk-very-secret-{}", std::process::id());
+    t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), &secret);
+
+    // A previous machine left a snapshot: the daemon must restore it onto the empty state dir.
+    let previous = t.world.sibling();
+    common::write(
+        &previous.state.join("agents/main/sessions/old.jsonl"),
+        b"{\"seq\":0}\n",
+        0o644,
+    );
+    let seeded = previous.json(&["snapshot", "--json"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    fs::remove_dir(&t.world.state).expect("empty state dir");
+
+    let mut daemon = Daemon::start(&t.world);
+    let running = wait_for(Duration::from_secs(120), || {
+        status(&t.world).is_some_and(|s| s["phase"] == "running")
+    });
+    assert!(running, "daemon did not reach running; log:\n{}", daemon.log());
+    assert!(
+        t.world.state.join("agents/main/sessions/old.jsonl").exists(),
+        "restored from latest/ {seeded}"
+    );
+
+    // Secrets: a 0600 file the container reads; keys only, never values, in the container's view.
+    let env_file = t.world.dir.path().join("run/openclaw/.env");
+    assert_eq!(fs::metadata(&env_file).expect("env file").mode() & 0o777, 0o600);
+    let keys = http_get(t.port, "/env-keys").expect("env-keys");
+    assert!(keys.contains("API_KEY"), "{keys}");
+    let inspect = docker(&["inspect", &t.container]);
+    assert!(
+        !inspect.contains(&secret),
+        "the secret must not appear in docker inspect"
+    );
+    assert!(docker(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &t.container]) == "no");
+
+    // Scheduled snapshots while the fake writes.
+    let first = wait_for(Duration::from_secs(60), || {
+        status(&t.world).is_some_and(|s| s["last_snapshot"]["id"].is_string())
+    });
+    assert!(first, "no scheduled snapshot; log:\n{}", daemon.log());
+    let manual = t.world.json(&["snapshot", "--json"]);
+    assert!(
+        manual["outcome"] == "uploaded" || manual["outcome"] == "unchanged",
+        "{manual}"
+    );
+    assert!(manual["freeze_ms"].is_u64(), "{manual}");
+
+    // Kill the container: restarted with backoff.
+    docker(&["kill", &t.container]);
+    let restarted = wait_for(Duration::from_secs(60), || {
+        status(&t.world).is_some_and(|s| s["container"]["restarts"].as_u64() >= Some(1))
+            && http_get(t.port, "/healthz").is_some()
+    });
+    assert!(restarted, "container not restarted; log:\n{}", daemon.log());
+
+    // A new secret in SSM: env file rewritten, container recreated with it.
+    t.moto
+        .put_parameter(&format!("{}NEW_KEY", t.ssm_path), "another-secret-value");
+    let recreated = wait_for(Duration::from_secs(60), || {
+        http_get(t.port, "/env-keys").is_some_and(|k| k.contains("NEW_KEY"))
+    });
+    assert!(
+        recreated,
+        "container not recreated with new secrets; log:\n{}",
+        daemon.log()
+    );
+
+    // Stop: exit 0, and latest/ is the state as the container left it.
+    let code = daemon.stop();
+    assert!(code.success(), "daemon exit {code:?}; log:\n{}", daemon.log());
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &t.container]), "false");
+    let final_dir = t.world.dir.path().join("final");
+    t.world.ok(&["restore", "--to", final_dir.to_str().expect("utf8")]);
+    assert_eq!(
+        shape(&final_dir),
+        without_excluded(shape(&t.world.state)),
+        "final snapshot = state after stop"
+    );
+    let acked: i64 = fs::read_to_string(t.world.state.join("ack.txt"))
+        .expect("ack")
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(
+        sqlite_ok(&final_dir) >= acked,
+        "every acknowledged write is in the final snapshot"
+    );
+
+    // Restart: the local state descends from latest/, so nothing is restored over it.
+    let inode_before = fs::metadata(&t.world.state).expect("state").ino();
+    let mut again = Daemon::start(&t.world);
+    let running = wait_for(Duration::from_secs(120), || {
+        status(&t.world).is_some_and(|s| s["phase"] == "running")
+    });
+    assert!(running, "second start failed; log:\n{}", again.log());
+    assert_eq!(
+        fs::metadata(&t.world.state).expect("state").ino(),
+        inode_before,
+        "state dir not replaced"
+    );
+    assert!(!t.world.work.join("displaced").exists(), "nothing displaced");
+    assert!(again.stop().success());
+
+    // Every snapshot taken while the fake wrote restores to a sound SQLite database.
+    let list = t.world.json(&["list", "--json"]);
+    let ids: Vec<String> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| r["complete"] == true)
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect();
+    assert!(ids.len() >= 3, "{list}");
+    for id in ids.iter().filter(|id| **id != seeded) {
+        let dir = t.world.dir.path().join(format!("check-{id}"));
+        t.world
+            .ok(&["restore", "--snapshot", id, "--to", dir.to_str().expect("utf8")]);
+        sqlite_ok(&dir);
+    }
+
+    // The secret never reached a log or an archive.
+    for log in [daemon.log(), again.log()] {
+        assert!(!log.contains(&secret), "secret in the daemon log");
+    }
+    for key in t.s3.keys("daemon") {
+        let body = t.s3.object("daemon", &key);
+        assert!(!String::from_utf8_lossy(&body).contains(&secret), "secret in {key}");
+    }
+    remove_container(&t.container);
+}
+
+#[test]
+fn a_crash_loop_stops_restarts_and_the_daemon_stays_up() {
+    if !docker_available() {
+        return;
+    }
+    let t = setup("crashloop", "restart_limit = 3\nrestart_window = \"10m\"\n");
+    t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
+    let config = fs::read_to_string(&t.world.config).expect("config");
+    // The fake exits with code 3 a while after it starts.
+    fs::write(
+        &t.world.config,
+        config.replace("DRAIN_MS = \"300\"", "DRAIN_MS = \"300\"\nCRASH_AFTER_MS = \"1500\""),
+    )
+    .expect("config");
+    let mut daemon = Daemon::start(&t.world);
+    let looped = wait_for(Duration::from_secs(120), || {
+        status(&t.world).is_some_and(|s| s["container"]["crash_loop"] == true)
+    });
+    assert!(looped, "no crash loop detected; log:\n{}", daemon.log());
+    let s = status(&t.world).expect("daemon still answers");
+    assert_eq!(s["phase"], "crash-loop");
+    assert_eq!(s["container"]["restarts"], 2, "{s}");
+    assert!(daemon.log().contains("crash loop"));
+    assert!(daemon.stop().success(), "log:\n{}", daemon.log());
+    remove_container(&t.container);
+}

@@ -444,7 +444,7 @@ impl Daemon {
         let descends = latest.is_some() && snapshot::check_lineage(latest_lineage, base, &self.hostname, false).is_ok();
         let latest_id = latest.as_ref().map(|(m, _)| m.id);
         let action = restore::boot_action(local, latest_id, descends);
-        tracing::info!(?action, ?local, latest = ?latest_id, base = ?base, "boot restore decision");
+        tracing::info!(?action, ?local, latest = %show(latest_id), base = %show(base), "boot restore decision");
         match action {
             BootAction::KeepLocal => {
                 self.last_snapshot_id = latest_id;
@@ -1071,7 +1071,7 @@ impl Daemon {
         tokio::select! {
             result = work => {
                 let outcome = result?;
-                tracing::info!(?outcome, "final snapshot done; exiting");
+                tracing::info!(outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "final snapshot done; exiting");
                 Ok(())
             }
             _ = aborted => {
@@ -1119,4 +1119,9 @@ impl Drop for ThawGuard {
             }
         }
     }
+}
+
+/// An optional id for logs: the id, or `none`.
+fn show(id: Option<SnapshotId>) -> String {
+    id.map_or_else(|| "none".to_string(), |id| id.to_string())
 }

@@ -39,7 +39,7 @@ pub enum Command {
     ///
     /// The archive is extracted into a staging directory, every checksum is verified, then it is
     /// swapped in with renames: a failed restore changes nothing. A non-empty state directory is
-    /// refused unless --force, which first moves it to WORK_DIR/displaced/<time>/.
+    /// refused unless --force, which first moves it beside itself to <STATE_DIR>.displaced/<time>/.
     Restore(RestoreArgs),
     /// List every snapshot, newest first.
     List(ListArgs),
@@ -81,7 +81,7 @@ pub struct RestoreArgs {
     /// Restore into DIR (empty or absent) instead of the state directory.
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
-    /// Move a non-empty state directory aside to WORK_DIR/displaced/ and restore.
+    /// Move a non-empty state directory aside to <STATE_DIR>.displaced/<time>/ and restore.
     #[arg(long, conflicts_with = "to")]
     pub force: bool,
     /// Print the result as JSON.
@@ -101,6 +101,10 @@ pub struct VerifyArgs {
     /// The snapshot to verify (default: `latest/`).
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<SnapshotId>,
+    /// The restore drill: extract into a scratch dir under work_dir, check every SQLite database
+    /// with `PRAGMA integrity_check`, then delete the scratch dir.
+    #[arg(long)]
+    pub deep: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -15,7 +15,7 @@ use crate::retention::RetentionPolicy;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/spotkeeper/spotkeeper.toml";
 /// The directory that is snapshotted and restored.
 pub const DEFAULT_STATE_DIR: &str = "/opt/openclaw/.openclaw";
-/// spotkeeper's own files: the local record, restore staging, displaced state.
+/// spotkeeper's own files: the local record, the snapshot mirror, the drill scratch dir.
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/spotkeeper";
 /// Never archived: the secrets file, locks, temp files, sockets, pid files, dependencies.
 pub const DEFAULT_EXCLUDES: [&str; 6] = ["/.env", "*.lock", "*.tmp", "*.sock", "*.pid", "node_modules/"];
@@ -53,6 +53,11 @@ pub const DEFAULT_ENV_MOUNT: &str = "/home/node/.openclaw/.env";
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often IMDS is asked for Spot notices.
+pub const DEFAULT_SPOT_POLL: Duration = Duration::from_secs(5);
+pub const DEFAULT_METRICS_NAMESPACE: &str = "Spotkeeper";
+/// Between the :00 and :20 snapshots, at night in Europe and evening in America.
+pub const DEFAULT_VERIFY_AT: &str = "04:10";
 /// After this many failures within `restart_window`, stop restarting (crash loop).
 pub const DEFAULT_RESTART_LIMIT: u32 = 5;
 pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(10 * 60);
@@ -70,6 +75,38 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerConfig>,
     pub daemon: DaemonConfig,
+    pub spot: SpotConfig,
+    pub metrics: MetricsConfig,
+    pub verify: VerifyConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpotConfig {
+    pub enabled: bool,
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` overrides it.
+    pub imds_endpoint: String,
+    #[serde(serialize_with = "serialize_duration")]
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub namespace: String,
+    /// Added to every datum; `InstanceId` is added automatically when known.
+    pub dimensions: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyConfig {
+    /// Run the restore drill once a day.
+    pub daily: bool,
+    /// UTC time of day, `HH:MM`; the default sits between snapshot ticks.
+    pub at: String,
+    #[serde(skip)]
+    pub at_offset: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,6 +212,36 @@ struct RawConfig {
     container: Option<RawContainer>,
     #[serde(default)]
     daemon: RawDaemon,
+    #[serde(default)]
+    spot: RawSpot,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    verify: RawVerify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpot {
+    enabled: Option<bool>,
+    imds_endpoint: Option<String>,
+    poll: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    enabled: Option<bool>,
+    namespace: Option<String>,
+    dimensions: Option<std::collections::BTreeMap<String, String>>,
+    endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    daily: Option<bool>,
+    at: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -273,6 +340,9 @@ impl Config {
         let secrets = raw.secrets.map(|r| v.secrets(r)).transpose()?;
         let container = raw.container.map(|r| v.container(r)).transpose()?;
         let daemon = v.daemon(raw.daemon)?;
+        let spot = v.spot(raw.spot)?;
+        let metrics = v.metrics(raw.metrics)?;
+        let verify = v.verify(raw.verify)?;
         if let Some(secrets) = &secrets
             && secrets.env_file.starts_with(&state.dir)
         {
@@ -290,6 +360,9 @@ impl Config {
             secrets,
             container,
             daemon,
+            spot,
+            metrics,
+            verify,
         })
     }
 
@@ -589,6 +662,80 @@ impl Validator<'_> {
         Ok(DaemonConfig {
             socket,
             docker_host: raw.docker_host,
+        })
+    }
+}
+
+impl Validator<'_> {
+    fn spot(&self, raw: RawSpot) -> Result<SpotConfig, ConfigError> {
+        let imds_endpoint = raw
+            .imds_endpoint
+            .unwrap_or_else(|| crate::spot::DEFAULT_IMDS_ENDPOINT.to_string());
+        if !imds_endpoint.starts_with("http://") {
+            return Err(self.invalid("spot.imds_endpoint", imds_endpoint, "expected an http:// URL"));
+        }
+        let poll = self.duration("spot.poll", raw.poll, DEFAULT_SPOT_POLL)?;
+        if poll.is_zero() || poll > Duration::from_secs(60) {
+            return Err(self.invalid(
+                "spot.poll",
+                duration::format(poll),
+                "must be between 1s and 60s: the notice comes two minutes ahead",
+            ));
+        }
+        Ok(SpotConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            imds_endpoint,
+            poll,
+        })
+    }
+
+    fn metrics(&self, raw: RawMetrics) -> Result<MetricsConfig, ConfigError> {
+        let namespace = raw.namespace.unwrap_or_else(|| DEFAULT_METRICS_NAMESPACE.to_string());
+        if namespace.is_empty() || namespace.starts_with("AWS/") || namespace.len() > 255 {
+            return Err(self.invalid(
+                "metrics.namespace",
+                namespace,
+                "must be 1-255 characters and not start with AWS/",
+            ));
+        }
+        let dimensions = raw.dimensions.unwrap_or_default();
+        if dimensions.len() > 29 {
+            return Err(self.invalid(
+                "metrics.dimensions",
+                dimensions.len().to_string(),
+                "at most 29 (InstanceId is added)",
+            ));
+        }
+        if let Some(endpoint) = &raw.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(self.invalid(
+                "metrics.endpoint",
+                endpoint.clone(),
+                "expected an http:// or https:// URL",
+            ));
+        }
+        Ok(MetricsConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            namespace,
+            dimensions,
+            endpoint: raw.endpoint,
+        })
+    }
+
+    fn verify(&self, raw: RawVerify) -> Result<VerifyConfig, ConfigError> {
+        let at = raw.at.unwrap_or_else(|| DEFAULT_VERIFY_AT.to_string());
+        let parsed = at
+            .split_once(':')
+            .and_then(|(h, m)| Some((h.parse::<u64>().ok()?, m.parse::<u64>().ok()?)))
+            .filter(|(h, m)| *h < 24 && *m < 60 && at.len() == 5);
+        let Some((hours, minutes)) = parsed else {
+            return Err(self.invalid("verify.at", at, "expected a UTC time of day as HH:MM"));
+        };
+        Ok(VerifyConfig {
+            daily: raw.daily.unwrap_or(true),
+            at,
+            at_offset: Duration::from_secs(hours * 3600 + minutes * 60),
         })
     }
 }

@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -18,10 +17,26 @@ use crate::repository::{self, LATEST_ARCHIVE, RepositoryError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::Store;
 
-/// Folder in `work_dir` where restores of the state directory are staged.
-pub const STAGING_DIR: &str = "staging";
-/// Folder in `work_dir` where replaced local state is kept.
-pub const DISPLACED_DIR: &str = "displaced";
+/// Suffix of the staging directory, created beside the target: `<parent>/.<name>.spotkeeper-staging.<pid>`.
+pub const STAGING_SUFFIX: &str = "spotkeeper-staging";
+/// Suffix of the folder beside the state directory where replaced local state is kept:
+/// `<parent>/<name>.displaced/<time>/<name>`.
+pub const DISPLACED_SUFFIX: &str = "displaced";
+
+/// Where state replaced by a restore of `target` is kept. Beside the target, never in `work_dir`:
+/// under systemd each ReadWritePaths=/StateDirectory= path is its own mount, and rename(2) cannot
+/// cross mounts (EXDEV), while the swap must be renames.
+pub fn displaced_root(target: &Path) -> PathBuf {
+    let parent = target.parent().unwrap_or_else(|| Path::new("/"));
+    parent.join(format!("{}.{DISPLACED_SUFFIX}", target_name(target)))
+}
+
+fn target_name(target: &Path) -> String {
+    target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -68,7 +83,7 @@ pub struct RestoreRequest {
     /// A specific snapshot, or `latest/`.
     pub snapshot: Option<SnapshotId>,
     pub target: PathBuf,
-    /// True when `target` is the configured state directory (staging in `work_dir`, `--force` allowed).
+    /// True when `target` is the configured state directory (`--force` allowed).
     pub is_state_dir: bool,
     pub work_dir: PathBuf,
     /// Move non-empty local state aside instead of refusing.
@@ -223,7 +238,7 @@ fn check_target(request: &RestoreRequest, state: TargetState) -> Result<(), Rest
         hint: format!(
             "To keep it and replace it, run again with --force: it will be moved to {} first. \
              To look at the snapshot without touching it, use --to DIR.",
-            request.work_dir.join(DISPLACED_DIR).display()
+            displaced_root(&request.target).display()
         ),
     })
 }
@@ -235,8 +250,9 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
     }
 }
 
-/// Creates an empty staging directory on the target's filesystem: in `work_dir/staging/` for
-/// the state directory (after checking it shares a filesystem with it), beside the target otherwise.
+/// Creates an empty staging directory beside the target, in its parent: on the same mount, so that
+/// the swap is a rename (under systemd, `work_dir` is another mount even on the same filesystem).
+/// Leftovers of an interrupted restore of this target (ours, never user data) are removed first.
 fn prepare_staging(request: &RestoreRequest) -> Result<PathBuf, RestoreError> {
     let parent = request
         .target
@@ -244,40 +260,15 @@ fn prepare_staging(request: &RestoreRequest) -> Result<PathBuf, RestoreError> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
     fs::create_dir_all(&parent).map_err(io_error(&parent))?;
-    let staging_root = if request.is_state_dir {
-        let root = request.work_dir.join(STAGING_DIR);
-        fs::create_dir_all(&root).map_err(io_error(&root))?;
-        let root_dev = fs::metadata(&root).map_err(io_error(&root))?.dev();
-        let parent_dev = fs::metadata(&parent).map_err(io_error(&parent))?.dev();
-        if root_dev != parent_dev {
-            return Err(RestoreError::Refused {
-                target: request.target.clone(),
-                why: format!(
-                    "state.work_dir ({}) is on another filesystem, so the restore cannot be swapped in atomically",
-                    request.work_dir.display()
-                ),
-                hint: "Put state.work_dir on the same filesystem as state.dir.".into(),
-            });
-        }
-        // Leftovers of an interrupted restore: ours, never user data.
-        if let Ok(entries) = fs::read_dir(&root) {
-            for entry in entries.flatten() {
+    let prefix = format!(".{}.{STAGING_SUFFIX}.", target_name(&request.target));
+    if let Ok(entries) = fs::read_dir(&parent) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
                 remove_staging(&entry.path());
             }
         }
-        root
-    } else {
-        parent
-    };
-    let name = request
-        .target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let staging = staging_root.join(format!(".{name}.spotkeeper-staging.{}", std::process::id()));
-    if staging.exists() {
-        remove_staging(&staging);
     }
+    let staging = parent.join(format!("{prefix}{}", std::process::id()));
     fs::create_dir(&staging).map_err(io_error(&staging))?;
     Ok(staging)
 }
@@ -379,7 +370,7 @@ fn sync_filesystem(staging: &Path) -> Result<(), RestoreError> {
 }
 
 /// Puts the staged tree at the target. Existing content is exchanged atomically where the
-/// filesystem can, and kept in `displaced/` (state dir) or never touched (`--to`, which is empty).
+/// filesystem can, and kept beside it in `<name>.displaced/` (state dir) or never touched (`--to`, which is empty).
 fn swap_in(request: &RestoreRequest, staging: &Path, state: TargetState) -> Result<Option<PathBuf>, RestoreError> {
     let target = &request.target;
     let displaced = match state {
@@ -391,13 +382,9 @@ fn swap_in(request: &RestoreRequest, staging: &Path, state: TargetState) -> Resu
         }
         TargetState::NonEmpty => {
             let stamp = request.now.format("%Y-%m-%dT%H-%M-%SZ").to_string();
-            let holder = request.work_dir.join(DISPLACED_DIR).join(stamp);
+            let holder = displaced_root(target).join(stamp);
             fs::create_dir_all(&holder).map_err(io_error(&holder))?;
-            let name = target
-                .file_name()
-                .map(|n| n.to_os_string())
-                .unwrap_or_else(|| "state".into());
-            let place = holder.join(name);
+            let place = holder.join(target_name(target));
             fs::rename(target, &place).map_err(io_error(target))?;
             tracing::info!(from = %target.display(), to = %place.display(), "moved local state aside");
             Some(place)

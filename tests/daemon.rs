@@ -6,120 +6,9 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Moto, S3Server, World, docker_available, fake_image, free_port, http_get, shape, wait_for};
-
-/// A running daemon; stopped (SIGTERM) or killed when dropped.
-struct Daemon {
-    child: Option<Child>,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(world: &World) -> Daemon {
-        let log = world.dir.path().join(format!("daemon-{}.log", free_port()));
-        let file = fs::File::create(&log).expect("log file");
-        let child = world
-            .command(&["run"])
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn daemon");
-        Daemon {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait (bounded) for the exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let mut status = None;
-        let done = wait_for(Duration::from_secs(120), || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        if !done {
-            let _ = child.kill();
-            panic!("daemon did not stop within 120 s; log:\n{}", self.log());
-        }
-        status.expect("exited")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn status(world: &World) -> Option<serde_json::Value> {
-    let out = world.run(&["status", "--json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn remove_container(name: &str) {
-    let _ = Command::new("docker").args(["rm", "-f", name]).output();
-}
-
-struct Setup {
-    s3: S3Server,
-    moto: Moto,
-    world: World,
-    container: String,
-    port: u16,
-    ssm_path: String,
-}
-
-fn setup(name: &str, extra_container: &str) -> Setup {
-    let s3 = S3Server::start();
-    let moto = Moto::start();
-    let world = World::new(&s3, "daemon", name);
-    let container = format!("spotkeeper-test-{name}-{}", std::process::id());
-    remove_container(&container);
-    let port = free_port();
-    let ssm_path = format!("/openclaw/{name}/");
-    let config = format!(
-        "[snapshot]\ninterval = \"3s\"\n\n\
-         [secrets]\nssm_path = {ssm_path:?}\nenv_file = {env:?}\nrefresh = \"2s\"\nendpoint = {moto:?}\n\n\
-         [container]\nname = {container:?}\nimage = {image:?}\nports = [\"127.0.0.1:{port}:18789\"]\n\
-         health_url = \"http://127.0.0.1:{port}/healthz\"\nhealth_interval = \"1s\"\nstop_timeout = \"20s\"\n\
-         start_timeout = \"60s\"\nlog_driver = \"json-file\"\n{extra_container}\n\
-         [container.environment]\nWRITE_INTERVAL_MS = \"20\"\nDRAIN_MS = \"300\"\n\n\
-         [daemon]\nsocket = {socket:?}\n",
-        env = world.dir.path().join("run/openclaw/.env"),
-        moto = moto.endpoint(),
-        image = fake_image(),
-        socket = world.dir.path().join("run/spotkeeper/control.sock"),
-    );
-    world.write_config(&config);
-    Setup {
-        s3,
-        moto,
-        world,
-        container,
-        port,
-        ssm_path,
-    }
-}
+use common::{Daemon, docker, docker_available, http_get, remove_container, setup, shape, status, wait_for};
 
 fn sqlite_ok(dir: &Path) -> i64 {
     let db = rusqlite::Connection::open(dir.join("memory/main.sqlite")).expect("open sqlite");
@@ -140,7 +29,7 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
     if !docker_available() {
         return;
     }
-    let t = setup("e2e", "");
+    let t = setup("e2e", "", "");
     let secret = format!("sk-very-secret-{}", std::process::id());
     t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), &secret);
 
@@ -244,7 +133,10 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
         inode_before,
         "state dir not replaced"
     );
-    assert!(!t.world.work.join("displaced").exists(), "nothing displaced");
+    assert!(
+        !t.world.state.with_file_name("state.displaced").exists(),
+        "nothing displaced"
+    );
     assert!(again.stop().success());
 
     // Every snapshot taken while the fake wrote restores to a sound SQLite database.
@@ -280,7 +172,7 @@ fn a_crash_loop_stops_restarts_and_the_daemon_stays_up() {
     if !docker_available() {
         return;
     }
-    let t = setup("crashloop", "restart_limit = 3\nrestart_window = \"10m\"\n");
+    let t = setup("crashloop", "restart_limit = 3\nrestart_window = \"10m\"\n", "");
     t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
     let config = fs::read_to_string(&t.world.config).expect("config");
     // The fake exits with code 3 a while after it starts.

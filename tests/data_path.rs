@@ -158,7 +158,7 @@ fn restore_into_state_dir_refuses_non_empty_and_force_displaces() {
     let out = other.ok(&["restore", "--force"]);
     assert!(out.contains(&snapshot_id), "{out}");
     assert_eq!(without_excluded(shape(&other.state)), without_excluded(before));
-    let displaced: Vec<_> = fs::read_dir(other.work.join("displaced"))
+    let displaced: Vec<_> = fs::read_dir(other.state.with_file_name("state.displaced"))
         .expect("displaced")
         .flatten()
         .collect();
@@ -293,7 +293,7 @@ fn tampered_archive_fails_verify_and_restore_and_touches_nothing() {
     let (code, _) = failure(&world.run(&["restore", "--force"]));
     assert_eq!(code, 5);
     assert_eq!(shape(&world.state), before);
-    assert!(!world.work.join("displaced").exists());
+    assert!(!world.state.with_file_name("state.displaced").exists());
 }
 
 #[test]
@@ -393,7 +393,7 @@ fn bad_config_names_the_key_and_exits_3() {
     let s3 = S3Server::start();
     let world = World::new(&s3, "config", "");
     let cases = [
-        ("[snapshot]\ninterval = \"20m\"\n", "snapshot"),
+        ("[snapshots]\ninterval = \"20m\"\n", "snapshots"),
         ("[retention]\ndaily_within = \"seven days\"\n", "retention.daily_within"),
         ("[retention]\nkeep_all_within = \"30d\"\n", "retention.daily_within"),
     ];

@@ -11,7 +11,7 @@ use crate::store::Store;
 
 pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError> {
     // Into the state dir while the daemon runs: it stops the container, keeps a safety snapshot,
-    // restores (moving the current state to displaced/) and starts the container again.
+    // restores (keeping the current state in `<state dir>.displaced/`) and starts the container again.
     if args.to.is_none() {
         let request = crate::control::Request::Restore {
             snapshot: args.snapshot,

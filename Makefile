@@ -3,13 +3,18 @@ CARGO ?= cargo
 DESTDIR ?=
 PREFIX ?= /usr/local
 
-.PHONY: build test lint fmt release demo bench install clean
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+INSTANCE_TYPES ?= t4g.small t4g.medium
+REGION ?=
+
+.PHONY: build test lint fmt release release-aarch64 demo bench install spot-prices clean
 
 build:
 	$(CARGO) build --locked
 
 test:
 	$(CARGO) test --locked --all-targets
+	SPOTKEEPER_BIN=target/debug/spotkeeper testing/deployment-checks.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -28,8 +33,25 @@ demo:
 bench:
 	./bench/run.sh
 
+# Graviton (t4g) cross build; needs `rustup target add aarch64-unknown-linux-gnu` and
+# gcc-aarch64-linux-gnu (docs/deployment.md).
+release-aarch64:
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+	  $(CARGO) build --locked --release --target aarch64-unknown-linux-gnu
+
 install: release
 	install -D -m 0755 target/release/spotkeeper $(DESTDIR)$(PREFIX)/bin/spotkeeper
+	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed 's#/usr/local/bin/spotkeeper#$(PREFIX)/bin/spotkeeper#g' systemd/spotkeeper.service >$(DESTDIR)$(SYSTEMD_UNIT_DIR)/spotkeeper.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/spotkeeper.service
+	install -D -m 0644 docs/spotkeeper.example.toml $(DESTDIR)/etc/spotkeeper/spotkeeper.toml.example
+
+spot-prices:
+	@test -n "$(REGION)" || { echo 'usage: make spot-prices INSTANCE_TYPES="t4g.small t4g.medium" REGION=eu-west-1' >&2; exit 2; }
+	aws ec2 describe-spot-price-history --region $(REGION) --instance-types $(INSTANCE_TYPES) \
+	  --product-descriptions Linux/UNIX --start-time "$$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+	  --query 'sort_by(SpotPriceHistory, &to_number(SpotPrice))[].[AvailabilityZone, InstanceType, SpotPrice]' \
+	  --output table
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Checks the cloud-init user data offline:
+#   1. renders user-data.yaml.tmpl with sample values (cloud-init/render.py);
+#   2. `cloud-init schema --config-file` accepts it (Debian's cloud-init 22.4);
+#   3. the unit it writes is systemd/spotkeeper.service byte for byte;
+#   4. its boot script parses (sh -n);
+#   5. the spotkeeper.toml it writes passes `spotkeeper check-config` (binary: $SPOTKEEPER_BIN,
+#      default target/debug/spotkeeper; skipped with a message when there is none);
+#   6. render.py refuses an unsafe value, an unknown variable and a missing one.
+# Installs cloud-init with apt-get when it is missing (as root). Exit 0 when everything passed.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+bin="${SPOTKEEPER_BIN:-$repo/target/debug/spotkeeper}"
+
+if ! command -v cloud-init >/dev/null; then
+  echo "cloud-init/test.sh: installing cloud-init" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends cloud-init >/dev/null
+fi
+# cloud-init's own interpreter has PyYAML (render.py --extract needs it).
+py=/usr/bin/python3
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+passed=0 failed=0
+ok() { echo "ok     $1"; passed=$((passed + 1)); }
+bad() { echo "FAILED $1"; failed=$((failed + 1)); }
+
+cat >"$work/values.json" <<'EOF'
+{
+  "stack": "openclaw-dev",
+  "region": "eu-west-1",
+  "bucket": "openclaw-dev-backup-1a2b3c4",
+  "prefix": "openclaw/dev",
+  "ssm_path": "/openclaw/dev/",
+  "image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/openclaw:2026.2.26",
+  "artifacts_bucket": "openclaw-dev-artifacts-1a2b3c4",
+  "artifacts_prefix": "bin/",
+  "sha256_aarch64": "5d41402abc4b2a76b9719d911017c592ae4e5c3b5e8b8a4b7e3b4f1c2d3e4f50"
+}
+EOF
+"$py" "$here/render.py" --values "$work/values.json" --out "$work/user-data.yaml"
+ok "render.py renders the template ($(wc -c <"$work/user-data.yaml") bytes, limit 16384)"
+
+if out="$(cloud-init schema --config-file "$work/user-data.yaml" 2>&1)"; then
+  ok "cloud-init schema: $(echo "$out" | tail -1)"
+else
+  bad "cloud-init schema rejects the user data:"; echo "$out" | sed 's/^/         /'
+fi
+if head -1 "$work/user-data.yaml" | grep -qx '#cloud-config'; then
+  ok "first line is #cloud-config"
+else
+  bad "first line is not #cloud-config"
+fi
+
+"$py" "$here/render.py" --extract /etc/systemd/system/spotkeeper.service <"$work/user-data.yaml" >"$work/unit"
+if cmp -s "$work/unit" "$repo/systemd/spotkeeper.service"; then
+  ok "the unit written is systemd/spotkeeper.service, unchanged"
+else
+  bad "the unit written differs from systemd/spotkeeper.service:"; diff "$repo/systemd/spotkeeper.service" "$work/unit" | head -20
+fi
+
+"$py" -c 'import sys, yaml; print("\n".join(yaml.safe_load(sys.stdin)["runcmd"]))' <"$work/user-data.yaml" >"$work/runcmd.sh"
+if sh -n "$work/runcmd.sh" && grep -q 'systemctl enable --now spotkeeper.service' "$work/runcmd.sh" \
+  && grep -q "s3://openclaw-dev-artifacts-1a2b3c4/bin/spotkeeper-\$arch" "$work/runcmd.sh"; then
+  ok "boot script parses, fetches s3://ARTIFACTS/PREFIXspotkeeper-\$(uname -m) and enables the unit"
+else
+  bad "boot script does not parse or misses the fetch or the enable"
+fi
+
+"$py" "$here/render.py" --extract /etc/spotkeeper/spotkeeper.toml <"$work/user-data.yaml" >"$work/spotkeeper.toml"
+if grep -qx 'bucket = "openclaw-dev-backup-1a2b3c4"' "$work/spotkeeper.toml" \
+  && grep -qx 'ssm_path = "/openclaw/dev/"' "$work/spotkeeper.toml"; then
+  ok "spotkeeper.toml holds the rendered bucket and SSM path"
+else
+  bad "spotkeeper.toml does not hold the rendered values"
+fi
+if [[ -x "$bin" ]]; then
+  if out="$("$bin" check-config --config "$work/spotkeeper.toml" 2>&1)"; then
+    ok "spotkeeper check-config accepts the rendered spotkeeper.toml ($bin)"
+  else
+    bad "spotkeeper check-config rejects the rendered spotkeeper.toml:"; echo "$out" | sed 's/^/         /'
+  fi
+else
+  echo "skip   spotkeeper check-config: no binary at $bin (set SPOTKEEPER_BIN)"
+fi
+
+refuse() {
+  local what="$1"; shift
+  if "$py" "$here/render.py" --values "$work/values.json" "$@" >/dev/null 2>"$work/err"; then
+    bad "render.py accepted $what"
+  else
+    ok "render.py refuses $what: $(cat "$work/err")"
+  fi
+}
+refuse "a quote in a value" --set 'prefix=lab"x'
+refuse "a space in a value" --set 'image=openclaw latest'
+refuse "an unknown variable" --set 'bukket=x'
+refuse "a .. prefix segment" --set 'prefix=lab/../other'
+echo '{"stack": "x"}' >"$work/partial.json"
+if "$py" "$here/render.py" --values "$work/partial.json" >/dev/null 2>"$work/err"; then
+  bad "render.py accepted missing required values"
+else
+  ok "render.py refuses missing required values: $(cat "$work/err")"
+fi
+
+echo "cloud-init: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]

@@ -1,0 +1,492 @@
+"""The Pulumi program under Pulumi's mocks: no CLI, no AWS account, no network.
+
+Each test runs the whole program (`spotkeeper_infra.deploy()`) for a stack and config, records
+every resource it registers and every data-source call it makes, and asserts on the recorded
+inputs: what `pulumi up` would send to AWS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import pulumi
+import pytest
+from pulumi.runtime.stack import wait_for_rpcs
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import spotkeeper_infra as infra  # noqa: E402
+import render  # noqa: E402  (put on sys.path by spotkeeper_infra)
+
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+AZ = "eu-west-1b"
+SUBNET = "subnet-0pinned"
+
+
+class Recorder(pulumi.runtime.Mocks):
+    """Answers like AWS would, and remembers what was asked."""
+
+    def __init__(self, subnet_az: str | None = None) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+        self.calls: list[pulumi.runtime.MockCallArgs] = []
+        self.subnet_az = subnet_az
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.resources.append(args)
+        state = dict(args.inputs)
+        physical = f"{args.name}-0123abcd"
+        if args.typ == "aws:s3/bucket:Bucket":
+            state.update(bucket=physical, arn=f"arn:aws:s3:::{physical}")
+        elif args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
+            kind = "role" if args.typ.endswith("Role") else "instance-profile"
+            state.setdefault("name", physical)
+            state["arn"] = f"arn:aws:iam::{ACCOUNT}:{kind}/{state['name']}"
+        elif args.typ == "aws:sns/topic:Topic":
+            state["arn"] = f"arn:aws:sns:{REGION}:{ACCOUNT}:{physical}"
+        elif args.typ == "aws:autoscaling/group:Group":
+            state.setdefault("name", physical)
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.calls.append(args)
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "userId": "AIDA", "id": ACCOUNT}
+        if args.token == "aws:ec2/getSubnet:getSubnet":
+            return {
+                "id": args.args.get("id", SUBNET),
+                "vpcId": "vpc-0default",
+                "availabilityZone": self.subnet_az or args.args.get("availabilityZone", AZ),
+            }
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": "ami-0debian12", "rootDeviceName": "/dev/xvda", "architecture": "arm64"}
+        raise AssertionError(f"unexpected call {args.token}")
+
+    def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
+        return [r for r in self.resources if r.typ == typ]
+
+    def one(self, typ: str, name_suffix: str = "") -> dict:
+        found = [r for r in self.of_type(typ) if r.name.endswith(name_suffix)]
+        assert len(found) == 1, f"expected one {typ} *{name_suffix}, got {[r.name for r in found]}"
+        return found[0].inputs
+
+
+class Deployment:
+    def __init__(self, resources: dict, mocks: Recorder) -> None:
+        self.resources = resources
+        self.mocks = mocks
+
+    def value(self, output):
+        return asyncio.get_event_loop().run_until_complete(output.future())
+
+    def policy(self) -> dict:
+        return json.loads(self.mocks.one("aws:iam/rolePolicy:RolePolicy")["policy"])
+
+    def user_data(self) -> str:
+        return base64.b64decode(self.mocks.one("aws:ec2/launchTemplate:LaunchTemplate")["userData"]).decode()
+
+
+@pytest.fixture
+def binaries(tmp_path):
+    """Fake release binaries for both architectures (the program only hashes and uploads them)."""
+    paths = {}
+    for arch in ("aarch64", "x86_64"):
+        path = tmp_path / f"spotkeeper-{arch}"
+        path.write_bytes(f"not really spotkeeper for {arch}\n".encode())
+        paths[arch] = path
+    return paths
+
+
+@pytest.fixture
+def deploy(binaries):
+    """deploy(stack="dev", **config) runs the program and returns a Deployment."""
+
+    def run(stack: str = "dev", _subnet_az: str | None = None, **config) -> Deployment:
+        config.setdefault("availabilityZone", AZ)
+        config.setdefault("image", "openclaw/openclaw:2026.2.26")
+        arch = infra.arch_of(config.get("instanceType", infra.DEFAULT_INSTANCE_TYPE))
+        config.setdefault("binary", str(binaries[arch]))
+        mocks = Recorder(subnet_az=_subnet_az)
+        pulumi.runtime.set_mocks(mocks, project="spotkeeper", stack=stack, preview=False)
+        values = {"aws:region": REGION}
+        for key, value in config.items():
+            values[f"spotkeeper:{key}"] = value if isinstance(value, str) else json.dumps(value)
+        pulumi.runtime.set_all_config(values)
+        resources = infra.deploy()
+        asyncio.get_event_loop().run_until_complete(wait_for_rpcs())
+        return Deployment(resources, mocks)
+
+    return run
+
+
+# --- the launch template -----------------------------------------------------------------------
+
+
+def test_launch_template_requires_imdsv2_with_one_hop(deploy):
+    lt = deploy().mocks.one("aws:ec2/launchTemplate:LaunchTemplate")
+    assert lt["metadataOptions"] == {
+        "httpEndpoint": "enabled",
+        "httpTokens": "required",
+        "httpPutResponseHopLimit": 1,
+        "instanceMetadataTags": "disabled",
+    }
+
+
+def test_root_volume_is_encrypted_gp3_of_15_gib_by_default(deploy):
+    lt = deploy().mocks.one("aws:ec2/launchTemplate:LaunchTemplate")
+    assert lt["blockDeviceMappings"] == [
+        {
+            "deviceName": "/dev/xvda",
+            "ebs": {"volumeSize": 15, "volumeType": "gp3", "encrypted": "true", "deleteOnTermination": "true"},
+        }
+    ]
+
+
+def test_root_volume_size_is_configurable(deploy):
+    lt = deploy(rootVolumeSize=30).mocks.one("aws:ec2/launchTemplate:LaunchTemplate")
+    assert lt["blockDeviceMappings"][0]["ebs"]["volumeSize"] == 30
+
+
+def test_launch_template_requests_spot(deploy):
+    lt = deploy().mocks.one("aws:ec2/launchTemplate:LaunchTemplate")
+    assert lt["instanceMarketOptions"] == {
+        "marketType": "spot",
+        "spotOptions": {"spotInstanceType": "one-time", "instanceInterruptionBehavior": "terminate"},
+    }
+    lt = deploy(spotMaxPrice="0.01").mocks.one("aws:ec2/launchTemplate:LaunchTemplate")
+    assert lt["instanceMarketOptions"]["spotOptions"]["maxPrice"] == "0.01"
+
+
+def test_launch_template_uses_debian_12_for_the_instance_architecture(deploy):
+    d = deploy()
+    lt = d.mocks.one("aws:ec2/launchTemplate:LaunchTemplate")
+    assert lt["instanceType"] == "t4g.small"
+    assert lt["imageId"] == "ami-0debian12"
+    (ami_call,) = [c for c in d.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"]
+    assert ami_call.args["owners"] == [infra.DEBIAN_AMI_OWNER]
+    filters = {f["name"]: f["values"] for f in ami_call.args["filters"]}
+    assert filters["name"] == ["debian-12-arm64-*"]
+    assert filters["architecture"] == ["arm64"]
+    d = deploy(instanceType="t3.small")
+    (ami_call,) = [c for c in d.mocks.calls if c.token == "aws:ec2/getAmi:getAmi"]
+    assert {f["name"]: f["values"] for f in ami_call.args["filters"]}["name"] == ["debian-12-amd64-*"]
+
+
+def test_user_data_contains_the_rendered_config_and_unit(deploy, binaries):
+    d = deploy(secrets={"OPENAI_API_KEY": "sk-test"})
+    user_data = d.user_data()
+    assert user_data.startswith("#cloud-config\n")
+    bucket = d.value(d.resources["backup_bucket"].bucket)
+    artifacts = d.value(d.resources["artifacts_bucket"].bucket)
+    expected = render.render(
+        infra.user_data_values(
+            d.resources["settings"], bucket=bucket, artifacts_bucket=artifacts, sha256=infra.sha256_of(binaries["aarch64"])
+        )
+    )
+    assert user_data == expected
+    config = tomllib.loads(render.extract(user_data, "/etc/spotkeeper/spotkeeper.toml"))
+    assert config["s3"] == {"bucket": bucket, "prefix": "openclaw/dev", "region": REGION}
+    assert config["secrets"]["ssm_path"] == "/openclaw/dev/"
+    assert config["container"]["image"] == "openclaw/openclaw:2026.2.26"
+    unit = render.extract(user_data, "/etc/systemd/system/spotkeeper.service")
+    assert unit == (infra.REPO / "systemd" / "spotkeeper.service").read_text()
+    assert f"'{infra.sha256_of(binaries['aarch64'])}'" in user_data
+    assert "sk-test" not in user_data, "secrets go to SSM, never into user data"
+    assert "chown '1000:1000' /opt/openclaw/.openclaw" in user_data
+    assert "chown '0:0' /opt/openclaw/.openclaw" in deploy("lab", stateOwner="0:0").user_data()
+
+
+# --- buckets -----------------------------------------------------------------------------------
+
+
+def test_both_buckets_block_public_access_and_are_encrypted(deploy):
+    m = deploy().mocks
+    blocks = m.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert sorted(b.name for b in blocks) == ["openclaw-dev-artifacts-public-access", "openclaw-dev-backup-public-access"]
+    for block in blocks:
+        for flag in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"):
+            assert block.inputs[flag] is True, (block.name, flag)
+    encryption = m.of_type("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    assert len(encryption) == 2
+    for e in encryption:
+        assert e.inputs["rules"] == [
+            {"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}, "bucketKeyEnabled": True}
+        ]
+    ownership = m.of_type("aws:s3/bucketOwnershipControls:BucketOwnershipControls")
+    assert [o.inputs["rule"] for o in ownership] == [{"objectOwnership": "BucketOwnerEnforced"}] * 2
+
+
+def test_backup_bucket_aborts_incomplete_multipart_uploads_after_one_day(deploy):
+    m = deploy().mocks
+    lifecycle = m.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "backup-lifecycle")
+    assert lifecycle["bucket"] == "openclaw-dev-backup-id"
+    assert lifecycle["rules"] == [
+        {
+            "id": "abort-incomplete-multipart-uploads",
+            "status": "Enabled",
+            "filter": {},
+            "abortIncompleteMultipartUpload": {"daysAfterInitiation": 1},
+        }
+    ]
+    # Retention is spotkeeper's job: no expiration rule anywhere, and backups survive `destroy`.
+    assert "expiration" not in json.dumps(lifecycle)
+    backup = [b for b in m.of_type("aws:s3/bucket:Bucket") if b.name == "openclaw-dev-backup"][0]
+    assert backup.inputs.get("forceDestroy") is False
+
+
+def test_binary_for_the_instance_architecture_is_uploaded(deploy, binaries):
+    m = deploy().mocks
+    obj = m.one("aws:s3/bucketObjectv2:BucketObjectv2")
+    assert obj["key"] == "spotkeeper-aarch64"
+    assert obj["bucket"] == "openclaw-dev-artifacts-id"
+    assert obj["sourceHash"] == infra.sha256_of(binaries["aarch64"])
+    obj = deploy(instanceType="t3.small").mocks.one("aws:s3/bucketObjectv2:BucketObjectv2")
+    assert obj["key"] == "spotkeeper-x86_64"
+
+
+def test_missing_binary_is_a_clear_error(deploy, tmp_path):
+    with pytest.raises(ValueError, match="no spotkeeper binary for aarch64"):
+        deploy(binary=str(tmp_path / "absent"))
+
+
+# --- network -----------------------------------------------------------------------------------
+
+
+def test_security_group_has_no_inbound_rule(deploy):
+    m = deploy().mocks
+    sg = m.one("aws:ec2/securityGroup:SecurityGroup")
+    assert not sg.get("ingress")
+    assert sg["vpcId"] == "vpc-0default"
+    assert not m.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    assert not [r for r in m.of_type("aws:ec2/securityGroupRule:SecurityGroupRule") if r.inputs.get("type") == "ingress"]
+    lt = m.one("aws:ec2/launchTemplate:LaunchTemplate")
+    assert lt["vpcSecurityGroupIds"] == ["openclaw-dev-sg-id"]
+    assert "keyName" not in lt, "no SSH key: access is through Session Manager"
+
+
+def test_group_is_exactly_one_instance_in_the_pinned_az(deploy):
+    m = deploy().mocks
+    asg = m.one("aws:autoscaling/group:Group")
+    assert (asg["minSize"], asg["maxSize"], asg["desiredCapacity"]) == (1, 1, 1)
+    assert asg["vpcZoneIdentifiers"] == [SUBNET]
+    assert asg["launchTemplate"] == {"id": "openclaw-dev-lt-id", "version": "$Latest"}
+    assert asg["capacityRebalance"] is False
+    (subnet_call,) = [c for c in m.calls if c.token == "aws:ec2/getSubnet:getSubnet"]
+    assert subnet_call.args == {"availabilityZone": AZ, "defaultForAz": True}
+
+
+def test_an_explicit_subnet_must_be_in_the_pinned_az(deploy):
+    with pytest.raises(ValueError, match="subnet-0other is in eu-west-1a, not eu-west-1b"):
+        deploy(subnetId="subnet-0other", _subnet_az="eu-west-1a")
+
+
+# --- IAM ---------------------------------------------------------------------------------------
+
+BASE_STATEMENTS = [
+    {
+        "Sid": "ListOwnPrefix",
+        "Effect": "Allow",
+        "Action": ["s3:ListBucket"],
+        "Resource": ["arn:aws:s3:::openclaw-dev-backup-0123abcd"],
+        "Condition": {"StringLike": {"s3:prefix": ["openclaw/dev/*"]}},
+    },
+    {
+        "Sid": "ObjectsUnderOwnPrefix",
+        "Effect": "Allow",
+        "Action": ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject"],
+        "Resource": ["arn:aws:s3:::openclaw-dev-backup-0123abcd/openclaw/dev/*"],
+    },
+    {
+        "Sid": "ReadOwnBinary",
+        "Effect": "Allow",
+        "Action": ["s3:GetObject"],
+        "Resource": ["arn:aws:s3:::openclaw-dev-artifacts-0123abcd/spotkeeper-aarch64"],
+    },
+    {
+        "Sid": "ReadOwnSecrets",
+        "Effect": "Allow",
+        "Action": ["ssm:GetParametersByPath"],
+        "Resource": [
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/openclaw/dev",
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/openclaw/dev/*",
+        ],
+    },
+    {
+        "Sid": "DecryptOwnSecretsViaSsm",
+        "Effect": "Allow",
+        "Action": ["kms:Decrypt"],
+        "Resource": ["*"],
+        "Condition": {
+            "StringEquals": {"kms:ViaService": "ssm.eu-west-1.amazonaws.com"},
+            "StringLike": {"kms:EncryptionContext:PARAMETER_ARN": "arn:aws:ssm:eu-west-1:123456789012:parameter/openclaw/dev/*"},
+        },
+    },
+    {
+        "Sid": "PutOwnMetrics",
+        "Effect": "Allow",
+        "Action": ["cloudwatch:PutMetricData"],
+        "Resource": ["*"],
+        "Condition": {"StringEquals": {"cloudwatch:namespace": "Spotkeeper"}},
+    },
+    {
+        "Sid": "SessionManagerAgent",
+        "Effect": "Allow",
+        "Action": [
+            "ssm:UpdateInstanceInformation",
+            "ssmmessages:CreateControlChannel",
+            "ssmmessages:CreateDataChannel",
+            "ssmmessages:OpenControlChannel",
+            "ssmmessages:OpenDataChannel",
+        ],
+        "Resource": ["*"],
+    },
+]
+
+
+def test_instance_policy_is_exactly_least_privilege(deploy):
+    d = deploy()
+    assert d.policy() == {"Version": "2012-10-17", "Statement": BASE_STATEMENTS}
+    # No managed policy rides along (AmazonSSMManagedInstanceCore would allow ssm:GetParameter on *).
+    role = d.mocks.one("aws:iam/role:Role")
+    assert not role.get("managedPolicyArns")
+    assert not d.mocks.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert json.loads(role["assumeRolePolicy"]) == {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+    profile = d.mocks.one("aws:iam/instanceProfile:InstanceProfile")
+    assert profile["role"] == "openclaw-dev-instance"
+    lt = d.mocks.one("aws:ec2/launchTemplate:LaunchTemplate")
+    assert lt["iamInstanceProfile"] == {"arn": "arn:aws:iam::123456789012:instance-profile/openclaw-dev-instance"}
+
+
+def test_metrics_namespace_condition_follows_config(deploy):
+    statements = deploy(metricsNamespace="OpenClawLab").policy()["Statement"]
+    (metrics,) = [s for s in statements if s["Sid"] == "PutOwnMetrics"]
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "OpenClawLab"}}
+
+
+def test_ecr_pull_is_granted_only_for_an_ecr_image(deploy):
+    image = "210987654321.dkr.ecr.eu-central-1.amazonaws.com/team/openclaw:2026.2.26"
+    statements = deploy(image=image).policy()["Statement"]
+    assert statements[: len(BASE_STATEMENTS)] == BASE_STATEMENTS
+    assert statements[len(BASE_STATEMENTS) :] == [
+        {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": ["*"]},
+        {
+            "Sid": "EcrPullOwnImage",
+            "Effect": "Allow",
+            "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+            "Resource": ["arn:aws:ecr:eu-central-1:210987654321:repository/team/openclaw"],
+        },
+    ]
+    for not_ecr in ("openclaw/openclaw:2026.2.26", "registry.example.com/openclaw:1", "123456789012.dkr.ecr.eu-west-1.example.com/x:1"):
+        assert infra.ecr_repository_arn(not_ecr, REGION, ACCOUNT) is None, not_ecr
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def test_secrets_become_secure_string_parameters_under_the_stack_path(deploy):
+    d = deploy(secrets={"OPENAI_API_KEY": "sk-test", "TELEGRAM_TOKEN": "123:abc"})
+    params = d.mocks.of_type("aws:ssm/parameter:Parameter")
+    assert sorted((p.inputs["name"], p.inputs["type"]) for p in params) == [
+        ("/openclaw/dev/OPENAI_API_KEY", "SecureString"),
+        ("/openclaw/dev/TELEGRAM_TOKEN", "SecureString"),
+    ]
+    for output in d.resources["parameters"].values():
+        assert asyncio.get_event_loop().run_until_complete(output.value.is_secret())
+
+
+def test_bad_secret_name_is_refused(deploy):
+    with pytest.raises(ValueError, match="valid environment variable name"):
+        deploy(secrets={"NOT-VALID": "x"})
+
+
+# --- the alarm ---------------------------------------------------------------------------------
+
+
+def test_alarm_fires_when_the_last_snapshot_is_over_an_hour_old(deploy):
+    m = deploy().mocks
+    alarm = m.one("aws:cloudwatch/metricAlarm:MetricAlarm")
+    assert alarm["namespace"] == "Spotkeeper"
+    assert alarm["metricName"] == "SecondsSinceLastSnapshot"
+    assert alarm["dimensions"] == {"Stack": "openclaw-dev"}
+    assert alarm["comparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["threshold"] == 3600
+    assert alarm["treatMissingData"] == "breaching"
+    assert not alarm.get("alarmActions")
+    assert not m.of_type("aws:sns/topic:Topic")
+
+
+def test_alarm_email_gets_a_topic_and_a_subscription(deploy):
+    m = deploy(alarmEmail="ops@example.com", metricsNamespace="Lab").mocks
+    alarm = m.one("aws:cloudwatch/metricAlarm:MetricAlarm")
+    assert alarm["namespace"] == "Lab"
+    topic_arn = f"arn:aws:sns:{REGION}:{ACCOUNT}:openclaw-dev-alarms-0123abcd"
+    assert alarm["alarmActions"] == [topic_arn]
+    sub = m.one("aws:sns/topicSubscription:TopicSubscription")
+    assert (sub["protocol"], sub["endpoint"], sub["topic"]) == ("email", "ops@example.com", topic_arn)
+
+
+# --- two stacks --------------------------------------------------------------------------------
+
+
+def test_second_stack_gets_disjoint_prefix_ssm_path_and_role(deploy):
+    shared = "openclaw-backups-shared"
+    one = deploy("dev", backupBucket=shared, secrets={"K": "1"})
+    two = deploy("prod", backupBucket=shared, secrets={"K": "2"})
+    s1, s2 = one.resources["settings"], two.resources["settings"]
+    assert (s1.s3_prefix, s2.s3_prefix) == ("openclaw/dev", "openclaw/prod")
+    assert (s1.ssm_path, s2.ssm_path) == ("/openclaw/dev/", "/openclaw/prod/")
+    assert one.mocks.one("aws:iam/role:Role")["name"] == "openclaw-dev-instance"
+    assert two.mocks.one("aws:iam/role:Role")["name"] == "openclaw-prod-instance"
+    # Neither prefix contains the other (so no wildcard of one reaches the other's keys).
+    assert not s1.s3_prefix.startswith(s2.s3_prefix + "/") and not s2.s3_prefix.startswith(s1.s3_prefix + "/")
+
+    def resources(d):
+        # Every ARN granted, except the shared bucket itself (ListBucket, limited by s3:prefix).
+        return {r for s in d.policy()["Statement"] for r in s["Resource"] if r not in ("*", f"arn:aws:s3:::{shared}")}
+
+    def list_prefixes(d):
+        (listing,) = [s for s in d.policy()["Statement"] if s["Sid"] == "ListOwnPrefix"]
+        return listing["Condition"]["StringLike"]["s3:prefix"]
+
+    assert resources(one).isdisjoint(resources(two))
+    assert (list_prefixes(one), list_prefixes(two)) == (["openclaw/dev/*"], ["openclaw/prod/*"])
+    assert [b.name for b in one.mocks.of_type("aws:s3/bucket:Bucket")] == ["openclaw-dev-artifacts"], "a shared bucket is not created"
+    assert "arn:aws:s3:::openclaw-backups-shared/openclaw/prod/*" in resources(two)
+    assert {p.inputs["name"] for p in one.mocks.of_type("aws:ssm/parameter:Parameter")} == {"/openclaw/dev/K"}
+    assert {p.inputs["name"] for p in two.mocks.of_type("aws:ssm/parameter:Parameter")} == {"/openclaw/prod/K"}
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "arch"),
+    [
+        ("t4g.small", "aarch64"),
+        ("t4g.medium", "aarch64"),
+        ("m7g.large", "aarch64"),
+        ("c7gn.xlarge", "aarch64"),
+        ("m6gd.large", "aarch64"),
+        ("a1.medium", "aarch64"),
+        ("t3.small", "x86_64"),
+        ("t3a.small", "x86_64"),
+        ("m5zn.large", "x86_64"),
+        ("g4dn.xlarge", "x86_64"),
+        ("c7i-flex.large", "x86_64"),
+    ],
+)
+def test_architecture_of_instance_types(instance_type, arch):
+    assert infra.arch_of(instance_type) == arch
+
+
+def test_availability_zone_must_be_in_the_region(deploy):
+    with pytest.raises(ValueError, match="not in region"):
+        deploy(availabilityZone="us-east-1a")

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Runs the real binary inside an emulation of spotkeeper.service's sandbox, against moto (S3 and
+# SSM) on 127.0.0.1, to show the hardening leaves the daemon working:
+#   - mounts as systemd lays them out for ProtectSystem=strict + ReadWritePaths=/opt/openclaw +
+#     StateDirectory=spotkeeper + RuntimeDirectory=spotkeeper openclaw: the tree read-only and each
+#     writable path its own bind mount (same file system and st_dev, but distinct mounts, so
+#     rename(2) between two of them fails with EXDEV);
+#   - the unit's CapabilityBoundingSet= (read from the unit) and NoNewPrivileges=, via setpriv;
+#   - a state owned by another uid (1000), 0600 files in 0700 directories, like OpenClaw's;
+#   - when strace is installed, every system call made is checked against the unit's
+#     SystemCallFilter= (@system-service minus @resources and @obsolete, groups expanded).
+# Steps: snapshot; restore --force over a changed state; `spotkeeper run` with the fake OpenClaw
+# image (secrets from SSM, container, scheduled snapshots, SIGTERM, final snapshot), when Docker
+# answers and the image exists (testing/build-fake-image.sh; FAKE_OPENCLAW_IMAGE).
+# It does not run systemd itself (PID 1 is not systemd on CI machines).
+#
+# KNOWN: restore renames between work_dir (/var/lib/spotkeeper/staging, .../displaced) and the state
+# directory's parent, which are distinct mounts under the unit: it fails with EXDEV. Until restore
+# stages and displaces beside the state directory, that failure is reported as "xfail" (any other
+# failure is FAILED); set RESTORE_MUST_PASS=1 to require it (make that the default once fixed).
+#
+# Needs root (unshare -m, chown). Env: SPOTKEEPER_BIN (default target/debug/spotkeeper).
+# Exit 0 when nothing FAILED.
+set -euo pipefail
+export LC_ALL=C
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="${SPOTKEEPER_BIN:-$repo/target/debug/spotkeeper}"
+[[ "$bin" == /* ]] || bin="$PWD/$bin"
+unit="$repo/systemd/spotkeeper.service"
+image="${FAKE_OPENCLAW_IMAGE:-spotkeeper-test/fake-openclaw:1}"
+[[ -x "$bin" ]] || { echo "sandbox-check: no binary at $bin (set SPOTKEEPER_BIN)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "sandbox-check: needs root (unshare -m, chown)" >&2; exit 1; }
+
+# The capability set exactly as the unit declares it: "CAP_CHOWN CAP_FOWNER" -> "+chown,+fowner".
+caps="$(sed -n 's/^CapabilityBoundingSet=//p' "$unit" | tr ' ' '\n' | sed -n 's/^CAP_\(.*\)/+\L\1/p' | paste -sd,)"
+[[ -n "$caps" ]] || { echo "sandbox-check: no CapabilityBoundingSet= in $unit" >&2; exit 1; }
+
+work="$(mktemp -d)"
+container="spotkeeper-sandbox-$$"
+moto_pid=""
+cleanup() {
+  if [[ -n "$moto_pid" ]]; then kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; fi
+  docker rm -f "$container" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+"$repo/testing/start-moto.sh"
+port="$(free_port)"
+"$repo/testing/start-moto.sh" "$port" >"$work/moto.log" 2>&1 &
+moto_pid=$!
+for _ in $(seq 150); do
+  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break
+  sleep 0.1
+done
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+"$repo/.venv-moto/bin/python" - <<EOF
+import boto3
+endpoint = "http://127.0.0.1:$port"
+boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="sandbox")
+boto3.client("ssm", endpoint_url=endpoint).put_parameter(Name="/openclaw/sandbox/API_KEY", Value="s3cret", Type="SecureString")
+EOF
+
+root="$work/root"                       # stands for / inside the service's namespace
+state="$root/opt/openclaw/.openclaw"
+wd="$root/var/lib/spotkeeper"
+writable=("$root/opt/openclaw" "$wd" "$root/run/spotkeeper" "$root/run/openclaw")
+mkdir -p "${writable[@]}" "$state/agents/main"
+echo '{"session": 1}' >"$state/agents/main/session.jsonl"
+echo 'token' >"$state/credentials.json"
+echo 'SECRET=x' >"$state/.env"
+chown -R 1000:1000 "$state"
+find "$state" -type d -exec chmod 0700 {} +
+find "$state" -type f -exec chmod 0600 {} +
+health_port="$(free_port)"
+cat >"$work/spotkeeper.toml" <<EOF
+[state]
+dir = "$state"
+work_dir = "$wd"
+
+[s3]
+bucket = "sandbox"
+prefix = "check"
+region = "us-east-1"
+endpoint = "http://127.0.0.1:$port"
+
+[snapshot]
+interval = "3s"
+
+[secrets]
+ssm_path = "/openclaw/sandbox/"
+env_file = "$root/run/openclaw/.env"
+endpoint = "http://127.0.0.1:$port"
+
+[container]
+name = "$container"
+image = "$image"
+ports = ["127.0.0.1:$health_port:18789"]
+health_url = "http://127.0.0.1:$health_port/healthz"
+health_interval = "1s"
+stop_timeout = "10s"
+log_driver = "json-file"
+
+[container.environment]
+WRITE_INTERVAL_MS = "20"
+DRAIN_MS = "300"
+
+[daemon]
+socket = "$root/run/spotkeeper/control.sock"
+EOF
+
+tracer=()
+command -v strace >/dev/null && tracer=(strace -f -qq -o "$work/trace")
+trace_n=0
+# sandboxed CMD...: CMD in the emulated namespace, with the unit's capabilities, traced.
+sandboxed() {
+  trace_n=$((trace_n + 1))
+  local t=()
+  [[ ${#tracer[@]} -gt 0 ]] && t=(strace -f -qq -o "$work/trace.$trace_n")
+  unshare -m --propagation private bash -euo pipefail -c '
+    root=$1 caps=$2 n=$3; shift 3
+    writable=("${@:1:$n}"); shift "$n"
+    mount --bind "$root" "$root"; mount -o remount,bind,ro "$root"
+    for p in "${writable[@]}"; do mount --bind "$p" "$p"; mount -o remount,bind,rw "$p"; done
+    exec setpriv --bounding-set=-all,"$caps" --inh-caps=-all --no-new-privs -- "$@"
+  ' sandboxed "$root" "$caps" "${#writable[@]}" "${writable[@]}" "${t[@]}" "$@"
+}
+
+passed=0 failed=0
+ok() { echo "ok     $1"; passed=$((passed + 1)); }
+bad() { echo "FAILED $1"; failed=$((failed + 1)); }
+sk=("$bin" --config "$work/spotkeeper.toml")
+
+if sandboxed "${sk[@]}" snapshot >"$work/out" 2>&1; then
+  ok "snapshot of a uid-1000 state with 0600 files in 0700 directories"
+else
+  bad "snapshot:"; sed 's/^/         /' "$work/out"
+fi
+
+echo 'changed' >>"$state/agents/main/session.jsonl"
+if sandboxed "${sk[@]}" restore --force >"$work/out" 2>&1; then
+  if [[ "$(stat -c '%u:%g %a' "$state/credentials.json")" == "1000:1000 600" ]] \
+    && grep -qx '{"session": 1}' "$state/agents/main/session.jsonl"; then
+    ok "restore --force: the snapshot is back, owned 1000:1000 with mode 0600"
+  else
+    bad "restore --force succeeded but the restored files are not the snapshot's, or lost owner/mode"
+  fi
+elif grep -q 'Invalid cross-device link' "$work/out" && [[ "${RESTORE_MUST_PASS:-1}" != 1 ]]; then
+  echo "xfail  restore --force: EXDEV, staging/displaced in work_dir and state.dir's parent are distinct mounts"
+else
+  bad "restore --force:"; sed 's/^/         /' "$work/out"
+fi
+
+if ! docker info >/dev/null 2>&1 || ! docker image inspect "$image" >/dev/null 2>&1; then
+  echo "skip   spotkeeper run: no Docker engine or no image $image (testing/build-fake-image.sh builds it)"
+else
+  # A state that descends from latest/ (or none): start-up must not need a restore.
+  sandboxed "${sk[@]}" run >"$work/run.log" 2>&1 &
+  run_pid=$!
+  snapshots=0
+  for _ in $(seq 60); do
+    sleep 1
+    snapshots="$(grep -c 'snapshot complete' "$work/run.log" || true)"
+    [[ "$snapshots" -ge 2 ]] && break
+    kill -0 "$run_pid" 2>/dev/null || break
+  done
+  status="$("${sk[@]}" status 2>&1 || true)"
+  pkill -TERM -f "^$bin --config $work/spotkeeper.toml run" || true
+  rc=0
+  wait "$run_pid" || rc=$?
+  env_ok=no
+  grep -q 'secrets written' "$work/run.log" && env_ok=yes
+  if [[ $rc -eq 0 && "$snapshots" -ge 2 && $env_ok == yes ]] && grep -q '"final"' "$work/run.log" \
+    && echo "$status" | grep -q 'healthy: true'; then
+    ok "spotkeeper run: secrets from SSM, container healthy, $snapshots scheduled snapshots, final snapshot on SIGTERM, exit 0"
+  else
+    bad "spotkeeper run (exit $rc, $snapshots snapshots, secrets written: $env_ok):"
+    tail -20 "$work/run.log" | sed 's/^/         /'
+    echo "$status" | sed 's/^/         /'
+  fi
+fi
+
+if [[ ${#tracer[@]} -gt 0 ]]; then
+  # The filter's effective allow-list, nested @groups expanded: @system-service minus @resources
+  # and @obsolete, as the unit's two SystemCallFilter= lines say.
+  allowed="$(systemd-analyze syscall-filter 2>/dev/null | python3 -c '
+import sys
+groups, name = {}, None
+for line in sys.stdin:
+    if line.startswith("@"):
+        name = line.strip(); groups[name] = []
+    elif name and line.strip() and not line.strip().startswith("#"):
+        groups[name].append(line.strip())
+def expand(g, seen=()):
+    out = set()
+    for item in groups.get(g, []):
+        out |= expand(item, seen + (g,)) if item.startswith("@") and item not in seen else {item}
+    return out
+print("\n".join(sorted(expand("@system-service") - expand("@resources") - expand("@obsolete"))))
+')"
+  used="$(cat "$work"/trace.* 2>/dev/null | sed -n 's/^[0-9]* *\([a-z0-9_]*\)(.*/\1/p' | sort -u)"
+  outside="$(comm -23 <(echo "$used") <(echo "$allowed"))"
+  if [[ -z "$outside" ]]; then
+    ok "all $(echo "$used" | wc -l) system calls made are allowed by the unit's SystemCallFilter="
+  else
+    bad "system calls outside SystemCallFilter=: $(echo "$outside" | paste -sd' ')"
+  fi
+else
+  echo "skip   system call check: strace is not installed"
+fi
+
+echo "sandbox-check: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]

@@ -75,6 +75,10 @@ log_driver = "json-file"
 WRITE_INTERVAL_MS = "200"
 [daemon]
 socket = "$demo/run/spotkeeper/control.sock"
+[spot]
+enabled = false     # not on EC2
+[metrics]
+enabled = false     # no CloudWatch here
 EOF2
 echo "== config: $demo/spotkeeper.toml"
 ( sleep 12; while sleep 20; do echo; echo "== spotkeeper status"; "$bin" --config "$demo/spotkeeper.toml" status || true; echo; done ) & pids+=($!)

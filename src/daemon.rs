@@ -16,6 +16,7 @@ use crate::config::{Config, Consistency, ContainerConfig};
 use crate::control::{self, Request, Response};
 use crate::exclude::Excludes;
 use crate::manifest::{Host, ImageInfo};
+use crate::metrics::{Metrics, Unit, names};
 use crate::mirror::{self, MirrorError, SyncStats};
 use crate::record::{self, LocalRecord, RecordError};
 use crate::repository::{self, RepositoryError};
@@ -23,10 +24,11 @@ use crate::restore::{self, BootAction, RestoreError, RestoreRequest};
 use crate::secrets::{self, Secrets, SecretsError};
 use crate::snapshot::{self, SnapshotError, SnapshotRequest};
 use crate::snapshot_id::SnapshotId;
+use crate::spot::{InstanceAction, Rebalance, SpotWatcher};
 use crate::store::{self, Store};
 use crate::supervisor::{self, AfterFailure, Container, ContainerSpec, RestartPolicyState, RunState, SupervisorError};
 use crate::systemd::{self, Notifier};
-use crate::{exit, prune, schedule};
+use crate::{drill, exit, prune, schedule};
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
 pub const MIRROR_DIR: &str = "mirror";
@@ -98,6 +100,18 @@ pub struct Status {
     pub last_error: Option<String>,
     pub secrets: Option<usize>,
     pub started_at: Option<DateTime<Utc>>,
+    pub instance_id: Option<String>,
+    pub spot_notice: Option<InstanceAction>,
+    pub last_verify: Option<VerifyStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyStatus {
+    pub at: DateTime<Utc>,
+    pub id: Option<SnapshotId>,
+    pub ok: bool,
+    pub databases: usize,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -149,6 +163,8 @@ pub enum SnapshotOutcome {
 }
 
 enum Event {
+    Interruption(InstanceAction),
+    Rebalance(Rebalance),
     Container(String),
     EventsReconnected,
     Health(bool),
@@ -287,7 +303,14 @@ struct Daemon {
     /// The mirror holds changes that no snapshot has uploaded yet.
     pending_upload: bool,
     last_snapshot_id: Option<SnapshotId>,
+    /// When the newest complete snapshot was taken (for SecondsSinceLastSnapshot).
+    last_complete_at: Option<DateTime<Utc>>,
+    last_snapshot_duration: Duration,
     hostname: String,
+    instance_id: Option<String>,
+    metrics: Metrics,
+    /// A Spot interruption was handled: the instance is going away; nothing restarts.
+    interrupted: bool,
 }
 
 impl Daemon {
@@ -302,6 +325,7 @@ impl Daemon {
         let container = Container::new(docker, &container_config.name);
         let excludes =
             Excludes::new(&config.state.dir, &config.state.exclude).map_err(|e| DaemonError::Task(e.to_string()))?;
+        let metrics = Metrics::start(&config.metrics, config.s3.region.as_deref()).await;
         let secrets_client = match &config.secrets {
             Some(secrets) => Some(secrets::client(secrets, config.s3.region.as_deref()).await),
             None => None,
@@ -325,7 +349,12 @@ impl Daemon {
             crash_loop: false,
             pending_upload: true,
             last_snapshot_id: None,
+            last_complete_at: None,
+            last_snapshot_duration: Duration::ZERO,
             hostname: snapshot::hostname(),
+            instance_id: None,
+            metrics,
+            interrupted: false,
         })
     }
 
@@ -351,6 +380,9 @@ impl Daemon {
             }
             RunState::Missing | RunState::Created | RunState::Running | RunState::Exited => {}
         }
+        if self.config.spot.enabled {
+            self.probe_instance().await;
+        }
         if self.config.secrets.is_some() {
             self.say("reading secrets from SSM");
             self.load_secrets_with_retry().await?;
@@ -373,6 +405,28 @@ impl Daemon {
         tracing::info!("{ready}");
         self.notifier.ready(&ready);
         Ok(())
+    }
+
+    /// Asks IMDS for the instance id. Not on EC2: say so once and carry on without the watcher.
+    async fn probe_instance(&mut self) {
+        let watcher = match SpotWatcher::new(&self.config.spot.imds_endpoint) {
+            Ok(watcher) => watcher,
+            Err(e) => {
+                tracing::warn!(error = %e, "Spot watcher disabled");
+                return;
+            }
+        };
+        match watcher.instance_id().await {
+            Ok(id) => {
+                tracing::info!(instance_id = %id, imds = watcher.endpoint(), "on EC2; watching for Spot notices");
+                self.metrics.add_dimension("InstanceId", &id);
+                self.update(|s| s.instance_id = Some(id.clone()));
+                self.instance_id = Some(id);
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "not on EC2 (IMDS unreachable); Spot notices will not be watched");
+            }
+        }
     }
 
     async fn load_secrets_with_retry(&mut self) -> Result<(), DaemonError> {
@@ -443,6 +497,7 @@ impl Daemon {
         let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.hostname.as_str()));
         let descends = latest.is_some() && snapshot::check_lineage(latest_lineage, base, &self.hostname, false).is_ok();
         let latest_id = latest.as_ref().map(|(m, _)| m.id);
+        self.last_complete_at = latest.as_ref().map(|(m, _)| m.created_at);
         let action = restore::boot_action(local, latest_id, descends);
         tracing::info!(?action, ?local, latest = %show(latest_id), base = %show(base), "boot restore decision");
         match action {
@@ -520,6 +575,8 @@ impl Daemon {
             },
         )?;
         tracing::info!(snapshot_id = %report.id, files = report.files, duration_ms = report.duration_ms, "restored");
+        self.metrics
+            .record(names::RESTORE_DURATION, report.duration_ms as f64, Unit::Milliseconds);
         self.last_snapshot_id = report.latest.or(Some(report.id));
         // The mirror no longer matches the state.
         self.pending_upload = true;
@@ -537,6 +594,10 @@ impl Daemon {
             RunState::Missing | RunState::Created | RunState::Exited => {}
         }
         let env_file: Option<PathBuf> = self.config.secrets.as_ref().map(|s| s.env_file.clone());
+        if let Some(env_file) = &env_file {
+            // The container reads it as its own user: give it the state directory's owner.
+            secrets::give_to_owner_of(env_file, &self.config.state.dir)?;
+        }
         let spec = ContainerSpec {
             config: &self.container_config,
             state_dir: &self.config.state.dir,
@@ -604,6 +665,42 @@ impl Daemon {
                 }
             }
         });
+        // Spot notices, only when IMDS answered at start.
+        if self.instance_id.is_some()
+            && let Ok(watcher) = SpotWatcher::new(&self.config.spot.imds_endpoint)
+        {
+            let poll = self.config.spot.poll;
+            let tx = events.clone();
+            tokio::spawn(async move {
+                let mut interruption_sent = false;
+                let mut last_rebalance = None;
+                loop {
+                    if !interruption_sent {
+                        match watcher.instance_action().await {
+                            Ok(Some(action)) => {
+                                interruption_sent = true;
+                                if tx.send(Event::Interruption(action)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::debug!(error = %e, "Spot instance-action poll failed"),
+                        }
+                    }
+                    match watcher.rebalance().await {
+                        Ok(Some(notice)) if last_rebalance != Some(notice.notice_time) => {
+                            last_rebalance = Some(notice.notice_time);
+                            if tx.send(Event::Rebalance(notice)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "rebalance poll failed"),
+                    }
+                    tokio::time::sleep(poll).await;
+                }
+            });
+        }
         // Health probes; a probe during a freeze does not count.
         if let Some(url) = self.container_config.health_url.clone() {
             let interval = self.container_config.health_interval;
@@ -643,6 +740,9 @@ impl Daemon {
             .map(|s| Utc::now() + chrono::TimeDelta::from_std(s.refresh).unwrap_or_default());
         let watchdog = systemd::watchdog_interval();
         let mut next_watchdog = Instant::now();
+        let verify_offset = chrono::TimeDelta::from_std(self.config.verify.at_offset).unwrap_or_default();
+        let mut next_verify = self.config.verify.daily.then(|| next_daily(Utc::now(), verify_offset));
+        let mut next_gauges = Utc::now();
         self.update(|s| s.next_snapshot = Some(next_snapshot));
         loop {
             let now = Utc::now();
@@ -651,6 +751,18 @@ impl Daemon {
             {
                 self.notifier.watchdog();
                 next_watchdog = Instant::now() + every;
+            }
+            if schedule::is_due(now, next_gauges) {
+                self.publish_gauges(now);
+                next_gauges = now + chrono::TimeDelta::seconds(60);
+            }
+            if self.interrupted {
+                // The instance is going away: no more scheduled work; wait for the end.
+                next_snapshot = now + chrono::TimeDelta::days(1);
+                next_prune = next_snapshot;
+                next_secrets = None;
+                next_verify = None;
+                self.restart_at = None;
             }
             if schedule::is_due(now, next_snapshot) {
                 self.snapshot_tick("scheduled").await;
@@ -675,6 +787,13 @@ impl Daemon {
                     .map(|s| Utc::now() + chrono::TimeDelta::from_std(s.refresh).unwrap_or_default());
                 continue;
             }
+            if let Some(due) = next_verify
+                && schedule::is_due(now, due)
+            {
+                self.verify_tick().await;
+                next_verify = Some(next_daily(Utc::now(), verify_offset));
+                continue;
+            }
             if let Some(at) = self.restart_at
                 && Instant::now() >= at
             {
@@ -683,7 +802,7 @@ impl Daemon {
                 continue;
             }
             let mut wake = schedule::nap(now, next_snapshot, MAX_NAP).min(schedule::nap(now, next_prune, MAX_NAP));
-            if let Some(due) = next_secrets {
+            for due in [next_secrets, next_verify, Some(next_gauges)].into_iter().flatten() {
                 wake = wake.min(schedule::nap(now, due, MAX_NAP));
             }
             if let Some(at) = self.restart_at {
@@ -699,6 +818,13 @@ impl Daemon {
             match event {
                 None => return Ok(()),
                 Some(Event::Signal) => return self.shutdown(events).await,
+                Some(Event::Interruption(action)) => self.on_interruption(action).await,
+                Some(Event::Rebalance(notice)) => {
+                    tracing::warn!(notice_time = %notice.notice_time, "rebalance recommendation: taking an extra snapshot now");
+                    if !self.interrupted {
+                        self.snapshot_tick("rebalance recommendation").await;
+                    }
+                }
                 Some(Event::Container(action)) => self.on_container_event(&action).await,
                 Some(Event::EventsReconnected) => self.on_events_reconnected().await,
                 Some(Event::Health(healthy)) => self.on_health(healthy).await,
@@ -713,7 +839,9 @@ impl Daemon {
     async fn on_container_event(&mut self, action: &str) {
         tracing::debug!(container = %self.container.name, action, "container event");
         match action {
-            "die" | "oom" if !self.expecting_stop => self.container_failed(&format!("container event {action}")),
+            "die" | "oom" if !self.expecting_stop && !self.interrupted => {
+                self.container_failed(&format!("container event {action}"))
+            }
             "start" | "unpause" => self.update(|s| s.container.state = "running".into()),
             "pause" => self.update(|s| s.container.state = "paused".into()),
             "die" | "stop" => self.update(|s| s.container.state = "exited".into()),
@@ -738,11 +866,13 @@ impl Daemon {
 
     async fn on_health(&mut self, healthy: bool) {
         self.update(|s| s.container.healthy = Some(healthy));
+        self.metrics
+            .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
         if healthy {
             tracing::info!(container = %self.container.name, "container healthy again");
             return;
         }
-        if self.expecting_stop || self.crash_loop || self.restart_at.is_some() {
+        if self.expecting_stop || self.crash_loop || self.restart_at.is_some() || self.interrupted {
             return;
         }
         tracing::warn!(container = %self.container.name, "container unhealthy; restarting it");
@@ -786,6 +916,7 @@ impl Daemon {
     async fn restart_container(&mut self, why: &str) {
         tracing::info!(container = %self.container.name, why, "starting the container again");
         self.update(|s| s.container.restarts += 1);
+        self.metrics.record(names::CONTAINER_RESTARTS, 1.0, Unit::Count);
         match self.container.start().await {
             Ok(()) => self.update(|s| s.container.state = "running".into()),
             Err(e) => {
@@ -800,6 +931,13 @@ impl Daemon {
         match self.snapshot_now(reason).await {
             Ok(outcome) => Some(outcome),
             Err(e) => {
+                self.metrics.record(names::SNAPSHOT_SUCCESS, 0.0, Unit::Count);
+                if matches!(
+                    e,
+                    DaemonError::Snapshot(SnapshotError::Diverged { .. } | SnapshotError::LatestMoved { .. })
+                ) {
+                    self.metrics.record(names::LINEAGE_CONFLICT, 1.0, Unit::Count);
+                }
                 tracing::error!(error = %e, reason, "snapshot failed; retrying at the next tick");
                 self.notifier.status(&format!("snapshot failed: {e}"));
                 self.update(|s| s.last_error = Some(format!("snapshot failed: {e}")));
@@ -826,6 +964,15 @@ impl Daemon {
         let report = self.upload_mirror().await?;
         self.pending_upload = false;
         self.last_snapshot_id = Some(report.id);
+        self.last_complete_at = Some(report.manifest.created_at);
+        self.last_snapshot_duration = Duration::from_millis(report.duration_ms);
+        self.metrics.record(names::SNAPSHOT_SUCCESS, 1.0, Unit::Count);
+        self.metrics
+            .record(names::SNAPSHOT_DURATION, report.duration_ms as f64, Unit::Milliseconds);
+        self.metrics
+            .record(names::ARCHIVE_BYTES, report.archive_bytes as f64, Unit::Bytes);
+        self.metrics
+            .record(names::FREEZE_WINDOW, freeze_ms as f64, Unit::Milliseconds);
         tracing::info!(snapshot_id = %report.id, reason, files = report.files, archive_bytes = report.archive_bytes,
             duration_ms = report.duration_ms, freeze_ms, requests = report.requests, "snapshot complete");
         self.notifier.status(&format!("running; last snapshot {}", report.id));
@@ -923,7 +1070,7 @@ impl Daemon {
             compression_level: self.config.snapshot.compression_level,
             host: Host {
                 hostname: self.hostname.clone(),
-                instance_id: None,
+                instance_id: self.instance_id.clone(),
             },
             image: self.image.clone(),
             base,
@@ -955,6 +1102,8 @@ impl Daemon {
                     kept = outcomes.len() - deleted,
                     "prune complete"
                 );
+                self.metrics
+                    .record(names::PRUNE_DELETIONS, (deleted - failed) as f64, Unit::Count);
                 PruneStatus {
                     at: Utc::now(),
                     deleted: deleted - failed,
@@ -997,7 +1146,7 @@ impl Daemon {
         tracing::info!(count = fresh.len(), keys = ?fresh.keys(), "secrets changed; recreating the container");
         self.update(|s| s.secrets = Some(fresh.len()));
         self.secrets = Some(fresh);
-        if self.crash_loop {
+        if self.crash_loop || self.interrupted {
             return;
         }
         if let Err(e) = self.recreate_container().await {
@@ -1021,7 +1170,7 @@ impl Daemon {
     }
 
     /// A restore asked for while running: stop the container, keep a safety snapshot of what is
-    /// about to be replaced, restore (the replaced state also goes to displaced/), start again.
+    /// about to be replaced, restore (the replaced state is kept in `<state dir>.displaced/`), start again.
     async fn manual_restore(&mut self, snapshot: Option<SnapshotId>) -> Result<serde_json::Value, DaemonError> {
         self.say("manual restore: stopping the container");
         self.expecting_stop = true;
@@ -1047,6 +1196,113 @@ impl Daemon {
         Ok(serde_json::json!({ "restored": report, "safety_snapshot": safety }))
     }
 
+    /// A Spot interruption: stop the container within a budget taken from the notice's time,
+    /// take the final snapshot, update `latest/`, report each step; then wait for the end.
+    async fn on_interruption(&mut self, action: InstanceAction) {
+        let noticed = Utc::now();
+        let text = format!(
+            "Spot {} scheduled for {}: stopping the container and taking a final snapshot",
+            action.action, action.time
+        );
+        tracing::warn!(action = %action.action, time = %action.time, "{text}");
+        self.notifier.status(&text);
+        self.metrics.record(names::SPOT_NOTICE, 1.0, Unit::Count);
+        self.interrupted = true;
+        self.restart_at = None;
+        self.update(|s| {
+            s.phase = "interrupted".into();
+            s.spot_notice = Some(action.clone());
+        });
+        let upload_estimate = self.last_snapshot_duration * 3 + Duration::from_secs(10);
+        let stop_timeout = crate::spot::stop_budget(
+            noticed,
+            action.time,
+            self.container_config.stop_timeout,
+            upload_estimate,
+        );
+        let stop_started = Instant::now();
+        self.expecting_stop = true;
+        let _ = self.container.unpause().await;
+        if let Err(e) = self.container.stop(stop_timeout).await {
+            tracing::error!(error = %e, "cannot stop the container; snapshotting what is on disk");
+        }
+        let stop_ms = stop_started.elapsed().as_millis() as u64;
+        let snapshot_started = Instant::now();
+        let outcome = self.snapshot_tick("spot interruption").await;
+        let snapshot_ms = snapshot_started.elapsed().as_millis() as u64;
+        let left = (action.time - Utc::now()).num_seconds();
+        match outcome {
+            Some(outcome) => {
+                let done = format!(
+                    "interrupted: final snapshot done; container stop {stop_ms} ms, snapshot {snapshot_ms} ms, {left} s before the deadline"
+                );
+                tracing::warn!(stop_ms, snapshot_ms, seconds_left = left, stop_budget_ms = stop_timeout.as_millis() as u64,
+                    outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "{done}");
+                self.notifier.status(&done);
+            }
+            None => {
+                tracing::error!(
+                    stop_ms,
+                    snapshot_ms,
+                    seconds_left = left,
+                    "interrupted: the final snapshot FAILED"
+                );
+            }
+        }
+        self.metrics.flush(Duration::from_secs(5)).await;
+    }
+
+    /// Gauges published every minute, so an alarm fires when backups stop.
+    fn publish_gauges(&self, now: DateTime<Utc>) {
+        if let Some(at) = self.last_complete_at {
+            let seconds = (now - at).num_seconds().max(0);
+            self.metrics
+                .record(names::SECONDS_SINCE_LAST_SNAPSHOT, seconds as f64, Unit::Seconds);
+        }
+        let healthy = self
+            .status
+            .lock()
+            .ok()
+            .and_then(|s| s.container.healthy)
+            .unwrap_or(false);
+        self.metrics
+            .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
+    }
+
+    /// The daily restore drill; a failure is loud (error log, STATUS, metric).
+    async fn verify_tick(&mut self) {
+        let result = drill::run(&self.store, &self.config.state.work_dir, &self.repository, None).await;
+        let status = match result {
+            Ok(report) => {
+                tracing::info!(snapshot_id = %report.id, files = report.files, databases = report.databases.len(),
+                    duration_ms = report.duration_ms, "restore drill passed");
+                self.metrics.record(names::BACKUP_VERIFIED, 1.0, Unit::Count);
+                VerifyStatus {
+                    at: Utc::now(),
+                    id: Some(report.id),
+                    ok: true,
+                    databases: report.databases.len(),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                let text = format!("RESTORE DRILL FAILED: {e}");
+                tracing::error!("{text}");
+                self.notifier.status(&text);
+                self.metrics.record(names::BACKUP_VERIFIED, 0.0, Unit::Count);
+                self.update(|s| s.last_error = Some(text));
+                VerifyStatus {
+                    at: Utc::now(),
+                    id: None,
+                    ok: false,
+                    databases: 0,
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        self.update(|s| s.last_verify = Some(status));
+    }
+
     /// SIGTERM/SIGINT: stop the container gracefully, take a final snapshot, exit. A second
     /// signal aborts the final snapshot.
     async fn shutdown(&mut self, events: &mut mpsc::Receiver<Event>) -> Result<(), DaemonError> {
@@ -1070,6 +1326,7 @@ impl Daemon {
         };
         tokio::select! {
             result = work => {
+                self.metrics.flush(Duration::from_secs(5)).await;
                 let outcome = result?;
                 tracing::info!(outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "final snapshot done; exiting");
                 Ok(())
@@ -1124,4 +1381,15 @@ impl Drop for ThawGuard {
 /// An optional id for logs: the id, or `none`.
 fn show(id: Option<SnapshotId>) -> String {
     id.map_or_else(|| "none".to_string(), |id| id.to_string())
+}
+
+/// The next time of day `offset` after UTC midnight that is after `now`.
+fn next_daily(now: DateTime<Utc>, offset: chrono::TimeDelta) -> DateTime<Utc> {
+    let midnight = schedule::next_tick(now, Duration::from_secs(86_400)) - chrono::TimeDelta::days(1);
+    let today = midnight + offset;
+    if today > now {
+        today
+    } else {
+        today + chrono::TimeDelta::days(1)
+    }
 }

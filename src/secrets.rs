@@ -206,6 +206,20 @@ pub fn write_env_file(path: &Path, secrets: &Secrets) -> Result<bool, SecretsErr
     Ok(true)
 }
 
+/// Makes `owner_of`'s owner the owner of the env file (when running as root), keeping 0600.
+pub fn give_to_owner_of(env_file: &Path, owner_of: &Path) -> Result<(), SecretsError> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let write_error = |source| SecretsError::Write {
+        path: env_file.to_path_buf(),
+        source,
+    };
+    let owner = fs::metadata(owner_of).map_err(write_error)?;
+    std::os::unix::fs::chown(env_file, Some(owner.uid()), Some(owner.gid())).map_err(write_error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

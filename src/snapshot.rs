@@ -17,8 +17,8 @@ use crate::snapshot_id::SnapshotId;
 use crate::store::{PutCondition, Store, StoreError};
 use crate::stream::ChunkWriter;
 
-/// Upload parts queued between the packer and the uploader.
-const QUEUED_PARTS: usize = 1;
+/// Chunks queued between the packer and the uploader.
+const QUEUED_CHUNKS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -232,7 +232,7 @@ async fn pack_and_upload(
     request: &SnapshotRequest,
     archive_key: &str,
 ) -> Result<(Packed, u64, String), SnapshotError> {
-    let (sender, receiver) = mpsc::channel(QUEUED_PARTS);
+    let (sender, receiver) = mpsc::channel(QUEUED_CHUNKS);
     let source = request.source.clone();
     let excludes = request.excludes.clone();
     let level = request.compression_level;

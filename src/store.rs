@@ -16,16 +16,18 @@ use aws_sdk_s3::config::{ConfigBag, Intercept, Region, RuntimeComponents};
 use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::S3Config;
 
 /// Size of every multipart part but the last; S3's minimum is 5 MiB.
-pub const PART_SIZE: usize = 16 * 1024 * 1024;
-/// Parts uploaded at once. With the channel this bounds upload memory to a few parts.
-const PARTS_IN_FLIGHT: usize = 3;
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts uploaded at once; with the part being filled this bounds upload memory to three parts.
+const PARTS_IN_FLIGHT: usize = 2;
+/// What the archive writer hands to the uploader at a time.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
 /// S3's limit for one DeleteObjects call.
 const DELETE_BATCH: usize = 1000;
 /// Attempts per request, counting the first; the SDK backs off exponentially between them.
@@ -301,27 +303,27 @@ impl Store {
         }
     }
 
-    /// Uploads the chunks received on `chunks` as one object: a single PUT when they fit in one
-    /// part, otherwise a multipart upload with a few parts in flight. Completes only on `Chunk::End`;
-    /// on any failure the multipart upload is aborted.
-    /// The object must not exist yet (`If-None-Match: *` on the PUT or the completion).
+    /// Uploads the chunks received on `chunks` as one object: a single PUT when it all fits in one
+    /// part, otherwise a multipart upload with a few parts in flight. Parts are assembled here from
+    /// small chunks, so memory holds the parts in flight plus the one being filled. Completes only
+    /// on `Chunk::End`; on any failure the multipart upload is aborted. The object must not exist
+    /// yet (`If-None-Match: *` on the PUT or the completion).
     pub async fn upload_stream(
         &self,
         relative: &str,
         content_type: &str,
         mut chunks: mpsc::Receiver<Chunk>,
     ) -> Result<(), StoreError> {
-        let first = match chunks.recv().await {
-            Some(Chunk::Data(bytes)) => bytes,
-            Some(Chunk::End) => return self.put_stream_body(relative, content_type, Bytes::new()).await,
-            None => return Err(self.aborted(relative, "the archive writer stopped before any data")),
-        };
-        let second = match chunks.recv().await {
+        let mut carry = BytesMut::with_capacity(PART_SIZE);
+        let (first, ended) = self.assemble(relative, &mut chunks, &mut carry).await?;
+        if ended {
             // Everything fit in one part: one PUT instead of three requests.
-            Some(Chunk::End) => return self.put_stream_body(relative, content_type, first).await,
-            Some(Chunk::Data(bytes)) => bytes,
-            None => return Err(self.aborted(relative, "the archive writer stopped midway")),
-        };
+            return self.put_stream_body(relative, content_type, first).await;
+        }
+        let (second, ended) = self.assemble(relative, &mut chunks, &mut carry).await?;
+        if ended && second.is_empty() {
+            return self.put_stream_body(relative, content_type, first).await;
+        }
         let key = self.full_key(relative);
         let created = self
             .client
@@ -336,7 +338,7 @@ impl Store {
             .upload_id
             .ok_or_else(|| self.aborted(relative, "S3 returned no upload id"))?;
         let result = self
-            .upload_parts(relative, &upload_id, first, second, &mut chunks)
+            .upload_parts(relative, &upload_id, [first, second], ended, &mut chunks, &mut carry)
             .await;
         match result {
             Ok(parts) => {
@@ -371,6 +373,28 @@ impl Store {
         }
     }
 
+    /// Reads chunks until a whole part is buffered or the stream ends: (part, ended). A channel
+    /// closed without `Chunk::End` means the writer failed.
+    async fn assemble(
+        &self,
+        relative: &str,
+        chunks: &mut mpsc::Receiver<Chunk>,
+        carry: &mut BytesMut,
+    ) -> Result<(Bytes, bool), StoreError> {
+        loop {
+            if carry.len() >= PART_SIZE {
+                let part = carry.split_to(PART_SIZE).freeze();
+                carry.reserve(PART_SIZE);
+                return Ok((part, false));
+            }
+            match chunks.recv().await {
+                Some(Chunk::Data(bytes)) => carry.extend_from_slice(&bytes),
+                Some(Chunk::End) => return Ok((carry.split().freeze(), true)),
+                None => return Err(self.aborted(relative, "the archive writer stopped midway")),
+            }
+        }
+    }
+
     async fn put_stream_body(&self, relative: &str, content_type: &str, body: Bytes) -> Result<(), StoreError> {
         self.put_bytes(relative, body, content_type, &[], PutCondition::Absent)
             .await
@@ -381,26 +405,35 @@ impl Store {
         &self,
         relative: &str,
         upload_id: &str,
-        first: Bytes,
-        second: Bytes,
+        first_two: [Bytes; 2],
+        mut ended: bool,
         chunks: &mut mpsc::Receiver<Chunk>,
+        carry: &mut BytesMut,
     ) -> Result<Vec<CompletedPart>, StoreError> {
         let mut in_flight: JoinSet<Result<CompletedPart, StoreError>> = JoinSet::new();
         let mut done = Vec::new();
         let mut next_part: i32 = 1;
-        let mut pending = vec![second, first];
+        let [first, second] = first_two;
+        let mut queued = vec![second, first];
         loop {
-            let body = match pending.pop() {
+            let body = match queued.pop() {
                 Some(body) => body,
-                None => match chunks.recv().await {
-                    Some(Chunk::Data(body)) => body,
-                    Some(Chunk::End) => break,
-                    None => {
+                None if ended => break,
+                None => match self.assemble(relative, chunks, carry).await {
+                    Ok((body, end)) => {
+                        ended = end;
+                        if body.is_empty() {
+                            break;
+                        }
+                        body
+                    }
+                    Err(e) => {
                         in_flight.abort_all();
-                        return Err(self.aborted(relative, "the archive writer stopped midway"));
+                        return Err(e);
                     }
                 },
             };
+            // Wait for a slot before taking more from the writer: memory stays bounded.
             while in_flight.len() >= PARTS_IN_FLIGHT {
                 done.push(self.joined(relative, in_flight.join_next().await)?);
             }

@@ -7,9 +7,10 @@ use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::store::{Chunk, PART_SIZE};
+use crate::store::{CHUNK_SIZE, Chunk};
 
-/// Cuts a byte stream into upload parts of `PART_SIZE`, hashing and counting it on the way.
+/// Cuts a byte stream into chunks of `CHUNK_SIZE` for the uploader, hashing and counting it on
+/// the way.
 /// `finish` sends the last part and the end marker; dropping it without `finish` makes the
 /// uploader abort, so a failed archive is never stored.
 pub struct ChunkWriter {
@@ -23,7 +24,7 @@ impl ChunkWriter {
     pub fn new(sender: mpsc::Sender<Chunk>) -> Self {
         ChunkWriter {
             sender,
-            buffer: BytesMut::with_capacity(PART_SIZE),
+            buffer: BytesMut::with_capacity(CHUNK_SIZE),
             hasher: Sha256::new(),
             bytes: 0,
         }
@@ -48,14 +49,14 @@ impl ChunkWriter {
 
 impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = PART_SIZE - self.buffer.len();
+        let room = CHUNK_SIZE - self.buffer.len();
         let taken = &data[..data.len().min(room)];
         self.buffer.extend_from_slice(taken);
         self.hasher.update(taken);
         self.bytes += taken.len() as u64;
-        if self.buffer.len() == PART_SIZE {
+        if self.buffer.len() == CHUNK_SIZE {
             let part: Bytes = self.buffer.split().freeze();
-            self.buffer.reserve(PART_SIZE);
+            self.buffer.reserve(CHUNK_SIZE);
             self.send(Chunk::Data(part))?;
         }
         Ok(taken.len())

@@ -46,6 +46,8 @@ pub enum CommandError {
     Remote { message: String, code: u8 },
     #[error("no spotkeeper daemon is running (nothing answers on {0})")]
     NoDaemon(String),
+    #[error(transparent)]
+    Drill(#[from] crate::drill::DrillError),
 }
 
 impl CommandError {
@@ -60,16 +62,10 @@ impl CommandError {
                 SnapshotError::Diverged { .. } | SnapshotError::LatestMoved { .. } => exit::REFUSED,
                 SnapshotError::Task(_) => exit::FAILURE,
             },
-            CommandError::Restore(e) => match e {
-                RestoreError::Repository(e) => repository_code(e),
-                RestoreError::Archive(e) if e.is_integrity() => exit::INTEGRITY,
-                RestoreError::Archive(_) | RestoreError::Download { .. } | RestoreError::Io { .. } => exit::IO,
-                RestoreError::NoSnapshot { .. }
-                | RestoreError::SnapshotNotFound { .. }
-                | RestoreError::ArchiveMissing { .. } => exit::NOT_FOUND,
-                RestoreError::Refused { .. } | RestoreError::LatestMissing { .. } => exit::REFUSED,
-                RestoreError::Task(_) => exit::FAILURE,
-            },
+            CommandError::Drill(crate::drill::DrillError::Restore(e)) => restore_code(e),
+            CommandError::Drill(crate::drill::DrillError::Sqlite { .. }) => exit::INTEGRITY,
+            CommandError::Drill(_) => exit::IO,
+            CommandError::Restore(e) => restore_code(e),
             CommandError::Record(_) | CommandError::Output(_) => exit::IO,
             CommandError::PartialPrune(_) => exit::PARTIAL,
             CommandError::Daemon(e) => e.exit_code(),
@@ -77,6 +73,19 @@ impl CommandError {
             CommandError::Remote { code, .. } => *code,
             CommandError::NoDaemon(_) => exit::NOT_FOUND,
         }
+    }
+}
+
+fn restore_code(e: &RestoreError) -> u8 {
+    match e {
+        RestoreError::Repository(e) => repository_code(e),
+        RestoreError::Archive(e) if e.is_integrity() => exit::INTEGRITY,
+        RestoreError::Archive(_) | RestoreError::Download { .. } | RestoreError::Io { .. } => exit::IO,
+        RestoreError::NoSnapshot { .. }
+        | RestoreError::SnapshotNotFound { .. }
+        | RestoreError::ArchiveMissing { .. } => exit::NOT_FOUND,
+        RestoreError::Refused { .. } | RestoreError::LatestMissing { .. } => exit::REFUSED,
+        RestoreError::Task(_) => exit::FAILURE,
     }
 }
 

@@ -22,6 +22,24 @@ struct Verified {
 
 pub async fn run(config: &Config, store: &Store, args: &VerifyArgs) -> Result<(), CommandError> {
     let repository = config.repository_url();
+    if args.deep {
+        let report = crate::drill::run(store, &config.state.work_dir, &repository, args.snapshot).await?;
+        if args.json {
+            return print_json(&report);
+        }
+        println!(
+            "{} ok: restored {} files into a scratch dir, every checksum verified, {} SQLite database(s) pass integrity_check{}",
+            report.id,
+            report.files,
+            report.databases.len(),
+            if report.databases.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", report.databases.join(", "))
+            }
+        );
+        return Ok(());
+    }
     let (manifest, _) = restore::resolve(store, args.snapshot, &repository).await?;
     let mut candidates = vec![manifest.archive.key.clone()];
     if args.snapshot.is_none() {

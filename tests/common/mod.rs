@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -187,8 +187,16 @@ impl World {
         world
     }
 
-    /// Writes the config, with `extra` TOML appended.
+    /// Writes the config, with `extra` TOML appended. Spot and metrics are off unless `extra`
+    /// configures them: tests never reach for the real IMDS address or CloudWatch.
     pub fn write_config(&self, extra: &str) {
+        let mut extra = extra.to_string();
+        if !extra.contains("[spot]") {
+            extra.push_str("\n[spot]\nenabled = false\n");
+        }
+        if !extra.contains("[metrics]") {
+            extra.push_str("\n[metrics]\nenabled = false\n");
+        }
         let text = format!(
             "[state]\ndir = {:?}\nwork_dir = {:?}\n\n[s3]\nbucket = {:?}\nprefix = {:?}\nregion = \"us-east-1\"\nendpoint = {:?}\n{extra}",
             self.state, self.work, self.bucket, self.prefix, self.endpoint
@@ -469,4 +477,338 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let (head, body) = response.split_once("\r\n\r\n")?;
     let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
     ok.then(|| body.to_string())
+}
+
+/// LocalStack serving CloudWatch on 127.0.0.1 until dropped (it speaks the current SDK's
+/// protocol; moto does not).
+pub struct LocalStack {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl LocalStack {
+    pub fn start() -> LocalStack {
+        let setup = Command::new(repo_root().join("testing/start-localstack.sh"))
+            .status()
+            .expect("localstack venv");
+        assert!(setup.success(), "LocalStack venv setup failed");
+        let port = free_port();
+        let child = Command::new(repo_root().join("testing/start-localstack.sh"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start localstack");
+        let ls = LocalStack { port, child };
+        let ready = wait_for(Duration::from_secs(60), || {
+            http_get(port, "/_localstack/health").is_some_and(|b| b.contains("cloudwatch"))
+        });
+        assert!(ready, "LocalStack did not start on port {port}");
+        ls
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Names of the metrics in `namespace` that have a datapoint with dimension Stack=`stack`,
+    /// with the sum of their values over the last hour.
+    pub fn metric_sums(&self, namespace: &str, stack: &str, names: &[&str]) -> BTreeMap<String, f64> {
+        let endpoint = self.endpoint();
+        let (namespace, stack) = (namespace.to_string(), stack.to_string());
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+            let credentials = aws_sdk_cloudwatch::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "tests");
+            let config = aws_sdk_cloudwatch::config::Builder::new()
+                .behavior_version(aws_sdk_cloudwatch::config::BehaviorVersion::latest())
+                .region(aws_sdk_cloudwatch::config::Region::new("us-east-1"))
+                .credentials_provider(credentials)
+                .endpoint_url(endpoint)
+                .build();
+            let client = aws_sdk_cloudwatch::Client::from_conf(config);
+            let listed = client
+                .list_metrics()
+                .namespace(&namespace)
+                .send()
+                .await
+                .expect("list metrics");
+            let mut sums = BTreeMap::new();
+            for (i, name) in names.iter().enumerate() {
+                let Some(metric) = listed.metrics().iter().find(|m| {
+                    m.metric_name() == Some(name.as_str())
+                        && m.dimensions()
+                            .iter()
+                            .any(|d| d.name() == Some("Stack") && d.value() == Some(stack.as_str()))
+                }) else {
+                    continue;
+                };
+                let dims: Vec<Dimension> = metric.dimensions().to_vec();
+                let query = MetricDataQuery::builder()
+                    .id(format!("m{i}"))
+                    .metric_stat(
+                        MetricStat::builder()
+                            .metric(
+                                Metric::builder()
+                                    .namespace(&namespace)
+                                    .metric_name(name)
+                                    .set_dimensions(Some(dims))
+                                    .build(),
+                            )
+                            .period(60)
+                            .stat("Sum")
+                            .build(),
+                    )
+                    .build();
+                let now = std::time::SystemTime::now();
+                let data = client
+                    .get_metric_data()
+                    .metric_data_queries(query)
+                    .start_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                        now - Duration::from_secs(3600),
+                    ))
+                    .end_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                        now + Duration::from_secs(600),
+                    ))
+                    .send()
+                    .await
+                    .expect("get metric data");
+                let sum: f64 = data.metric_data_results().iter().flat_map(|r| r.values().iter()).sum();
+                sums.insert(name.clone(), sum);
+            }
+            sums
+        })
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small IMDSv2 server (there is no packaged emulator): token PUT with the TTL header,
+/// token-checked GETs, and Spot notices the test sets.
+pub struct FakeImds {
+    pub port: u16,
+    pub state: std::sync::Arc<std::sync::Mutex<ImdsState>>,
+}
+
+#[derive(Default)]
+pub struct ImdsState {
+    pub instance_action: Option<String>,
+    pub rebalance: Option<String>,
+    pub tokens_issued: u32,
+    pub gets: u32,
+}
+
+impl FakeImds {
+    pub fn start() -> FakeImds {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind imds");
+        let port = listener.local_addr().expect("addr").port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ImdsState::default()));
+        let shared = std::sync::Arc::clone(&state);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let shared = std::sync::Arc::clone(&shared);
+                std::thread::spawn(move || serve_imds(stream, &shared));
+            }
+        });
+        FakeImds { port, state }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_instance_action(&self, action: &str, at: chrono::DateTime<chrono::Utc>) {
+        self.state.lock().expect("imds state").instance_action = Some(format!(
+            "{{\"action\":\"{action}\",\"time\":\"{}\"}}",
+            at.format("%Y-%m-%dT%H:%M:%SZ")
+        ));
+    }
+
+    pub fn set_rebalance(&self, at: chrono::DateTime<chrono::Utc>) {
+        self.state.lock().expect("imds state").rebalance =
+            Some(format!("{{\"noticeTime\":\"{}\"}}", at.format("%Y-%m-%dT%H:%M:%SZ")));
+    }
+}
+
+const IMDS_TOKEN: &str = "fake-imds-token";
+
+fn serve_imds(stream: std::net::TcpStream, state: &std::sync::Mutex<ImdsState>) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            headers.push(line.to_ascii_lowercase());
+        }
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let has_token = headers
+            .iter()
+            .any(|h| h.starts_with("x-aws-ec2-metadata-token:") && h.contains(IMDS_TOKEN));
+        let (status, extra, body) = match (method, path) {
+            ("PUT", "/latest/api/token") => {
+                state.lock().expect("state").tokens_issued += 1;
+                (
+                    "200 OK",
+                    "x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n",
+                    IMDS_TOKEN.to_string(),
+                )
+            }
+            (_, _) if !has_token => ("401 Unauthorized", "", String::new()),
+            ("GET", path) => {
+                let mut s = state.lock().expect("state");
+                s.gets += 1;
+                match path {
+                    "/latest/meta-data/instance-id" => ("200 OK", "", "i-0123456789abcdef0".to_string()),
+                    "/latest/meta-data/spot/instance-action" => match &s.instance_action {
+                        Some(body) => ("200 OK", "", body.clone()),
+                        None => ("404 Not Found", "", String::new()),
+                    },
+                    "/latest/meta-data/events/recommendations/rebalance" => match &s.rebalance {
+                        Some(body) => ("200 OK", "", body.clone()),
+                        None => ("404 Not Found", "", String::new()),
+                    },
+                    _ => ("404 Not Found", "", String::new()),
+                }
+            }
+            _ => ("405 Method Not Allowed", "", String::new()),
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n{extra}\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A running daemon; stopped (SIGTERM) or killed when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    pub fn start(world: &World) -> Daemon {
+        let log = world.dir.path().join(format!("daemon-{}.log", free_port()));
+        let file = fs::File::create(&log).expect("log file");
+        let child = world
+            .command(&["run"])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn daemon");
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let mut status = None;
+        let done = wait_for(Duration::from_secs(120), || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if !done {
+            let _ = child.kill();
+            panic!("daemon did not stop within 120 s; log:\n{}", self.log());
+        }
+        status.expect("exited")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn status(world: &World) -> Option<serde_json::Value> {
+    let out = world.run(&["status", "--json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn remove_container(name: &str) {
+    let _ = Command::new("docker").args(["rm", "-f", name]).output();
+}
+
+pub struct Setup {
+    pub s3: S3Server,
+    pub moto: Moto,
+    pub world: World,
+    pub container: String,
+    pub port: u16,
+    pub ssm_path: String,
+}
+
+/// A world for the daemon: S3, SSM, a fake OpenClaw container; `extra_container` goes in
+/// [container], `extra` at the end of the config.
+pub fn setup(name: &str, extra_container: &str, extra: &str) -> Setup {
+    let s3 = S3Server::start();
+    let moto = Moto::start();
+    let world = World::new(&s3, "daemon", name);
+    let container = format!("spotkeeper-test-{name}-{}", std::process::id());
+    remove_container(&container);
+    let port = free_port();
+    let ssm_path = format!("/openclaw/{name}/");
+    let config = format!(
+        "[snapshot]\ninterval = \"3s\"\n\n\
+         [secrets]\nssm_path = {ssm_path:?}\nenv_file = {env:?}\nrefresh = \"2s\"\nendpoint = {moto:?}\n\n\
+         [container]\nname = {container:?}\nimage = {image:?}\nports = [\"127.0.0.1:{port}:18789\"]\n\
+         health_url = \"http://127.0.0.1:{port}/healthz\"\nhealth_interval = \"1s\"\nstop_timeout = \"20s\"\n\
+         start_timeout = \"60s\"\nlog_driver = \"json-file\"\n{extra_container}\n\
+         [container.environment]\nWRITE_INTERVAL_MS = \"20\"\nDRAIN_MS = \"300\"\n\n\
+         [daemon]\nsocket = {socket:?}\n{extra}",
+        env = world.dir.path().join("run/openclaw/.env"),
+        moto = moto.endpoint(),
+        image = fake_image(),
+        socket = world.dir.path().join("run/spotkeeper/control.sock"),
+    );
+    world.write_config(&config);
+    Setup {
+        s3,
+        moto,
+        world,
+        container,
+        port,
+        ssm_path,
+    }
 }

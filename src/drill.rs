@@ -1,0 +1,181 @@
+//! The restore drill: a backup nobody has restored is a hope. Download a snapshot, verify every
+//! checksum while extracting it into a scratch directory, open every SQLite database read-only
+//! and run `PRAGMA integrity_check`, then delete the scratch directory. Used daily by the daemon
+//! and by `spotkeeper verify --deep`.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::restore::{self, RestoreError, RestoreRequest};
+use crate::snapshot_id::SnapshotId;
+use crate::store::Store;
+
+/// Scratch folder in `work_dir`.
+pub const SCRATCH_DIR: &str = "drill-scratch";
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("SQLite database {path} in snapshot {id} fails its integrity check: {message}")]
+    Sqlite {
+        id: SnapshotId,
+        path: String,
+        message: String,
+    },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("drill task failed: {0}")]
+    Task(String),
+}
+
+/// What the drill checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub id: SnapshotId,
+    pub files: u64,
+    pub bytes: u64,
+    /// SQLite databases that passed `PRAGMA integrity_check`, relative paths.
+    pub databases: Vec<String>,
+    pub duration_ms: u64,
+}
+
+/// Runs the drill on `snapshot` (default `latest/`). The scratch directory is removed on every path.
+pub async fn run(
+    store: &Store,
+    work_dir: &Path,
+    repository: &str,
+    snapshot: Option<SnapshotId>,
+) -> Result<DrillReport, DrillError> {
+    let started = Instant::now();
+    let scratch = work_dir.join(SCRATCH_DIR);
+    remove(&scratch)?;
+    fs::create_dir_all(work_dir).map_err(|source| DrillError::Io {
+        path: work_dir.to_path_buf(),
+        source,
+    })?;
+    let request = RestoreRequest {
+        snapshot,
+        target: scratch.clone(),
+        is_state_dir: false,
+        work_dir: work_dir.to_path_buf(),
+        force: false,
+        origin: None,
+        repository: repository.to_string(),
+        now: Utc::now(),
+    };
+    let result = async {
+        let report = restore::restore(store, &request).await?;
+        let id = report.id;
+        let root = scratch.clone();
+        let databases = tokio::task::spawn_blocking(move || check_databases(&root, id))
+            .await
+            .map_err(|e| DrillError::Task(e.to_string()))??;
+        Ok(DrillReport {
+            id,
+            files: report.files,
+            bytes: report.bytes,
+            databases,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+    .await;
+    remove(&scratch)?;
+    result
+}
+
+fn remove(path: &Path) -> Result<(), DrillError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DrillError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Every SQLite database under `root` (by its header), checked read-only.
+fn check_databases(root: &Path, id: SnapshotId) -> Result<Vec<String>, DrillError> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = fs::read_dir(&dir).map_err(|source| DrillError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() && is_sqlite(&path) {
+                let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+                integrity_check(&path).map_err(|message| DrillError::Sqlite {
+                    id,
+                    path: rel.clone(),
+                    message,
+                })?;
+                found.push(rel);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn is_sqlite(path: &Path) -> bool {
+    let mut header = [0u8; 16];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| &header == SQLITE_MAGIC)
+}
+
+fn integrity_check(path: &Path) -> Result<(), String> {
+    use rusqlite::{Connection, OpenFlags};
+    let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| e.to_string())?;
+    let mut statement = db.prepare("PRAGMA integrity_check").map_err(|e| e.to_string())?;
+    let rows: Vec<String> = statement
+        .query_map([], |row| row.get(0))
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if rows == ["ok"] { Ok(()) } else { Err(rows.join("; ")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_checks_sqlite_databases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db_path = dir.path().join("memory/main.sqlite");
+        fs::create_dir_all(db_path.parent().expect("parent")).expect("dirs");
+        let db = rusqlite::Connection::open(&db_path).expect("open");
+        db.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .expect("create");
+        fs::write(dir.path().join("notes.md"), "# not a database").expect("write");
+        let id: SnapshotId = "2026-11-23-10-00".parse().expect("id");
+        let found = check_databases(dir.path(), id).expect("check");
+        assert_eq!(found, ["memory/main.sqlite"]);
+        drop(db);
+        // A damaged database is named.
+        let mut bytes = fs::read(&db_path).expect("read");
+        let len = bytes.len();
+        for b in &mut bytes[100..len.min(4096)] {
+            *b = 0xff;
+        }
+        fs::write(&db_path, bytes).expect("corrupt");
+        let _ = fs::remove_file(dir.path().join("memory/main.sqlite-wal"));
+        let err = check_databases(dir.path(), id).expect_err("corrupt");
+        assert!(err.to_string().contains("memory/main.sqlite"), "{err}");
+    }
+}

@@ -1,0 +1,119 @@
+//! Spot notices and CloudWatch metrics: the real binary, Docker with the fake OpenClaw, s3s-fs,
+//! moto (SSM), LocalStack (CloudWatch) and a fake IMDSv2 server.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::{
+    Daemon, FakeImds, LocalStack, docker, docker_available, http_get, remove_container, setup, shape, status, wait_for,
+};
+
+#[test]
+fn a_spot_notice_becomes_a_complete_final_snapshot_and_metrics_tell_the_operator() {
+    if !docker_available() {
+        return;
+    }
+    let imds = FakeImds::start();
+    let cloudwatch = LocalStack::start();
+    let stack = format!("drill-{}", std::process::id());
+    let extra = format!(
+        "[spot]\nenabled = true\nimds_endpoint = {:?}\npoll = \"1s\"\n\n\
+         [metrics]\nenabled = true\nnamespace = \"SpotkeeperTest\"\nendpoint = {:?}\ndimensions = {{ Stack = {stack:?} }}\n",
+        imds.endpoint(),
+        cloudwatch.endpoint()
+    );
+    let t = setup("spot", "", &extra);
+    t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
+    let mut daemon = Daemon::start(&t.world);
+    let running = wait_for(Duration::from_secs(120), || {
+        status(&t.world).is_some_and(|s| s["phase"] == "running" && s["last_snapshot"]["id"].is_string())
+    });
+    assert!(running, "daemon not running; log:\n{}", daemon.log());
+    assert_eq!(status(&t.world).expect("status")["instance_id"], "i-0123456789abcdef0");
+
+    // A rebalance recommendation: one extra snapshot right away.
+    imds.set_rebalance(chrono::Utc::now());
+    let extra_snapshot = wait_for(Duration::from_secs(30), || {
+        daemon.log().contains("rebalance recommendation")
+    });
+    assert!(extra_snapshot, "log:\n{}", daemon.log());
+
+    // The fake writes about 50 times a second. Two minutes' notice:
+    let deadline = chrono::Utc::now() + chrono::TimeDelta::seconds(120);
+    imds.set_instance_action("terminate", deadline);
+    let handled = wait_for(Duration::from_secs(120), || {
+        daemon.log().contains("interrupted: final snapshot done")
+    });
+    assert!(handled, "interruption not handled; log:\n{}", daemon.log());
+    let s = status(&t.world).expect("daemon still answers");
+    assert_eq!(s["phase"], "interrupted");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &t.container]), "false");
+    // Not restarted: the instance is going away.
+    assert!(http_get(t.port, "/healthz").is_none());
+
+    // latest/ holds every write acknowledged before the container stopped.
+    let final_dir = t.world.dir.path().join("final");
+    t.world.ok(&["restore", "--to", final_dir.to_str().expect("utf8")]);
+    let mut local = shape(&t.world.state);
+    local.remove(".env");
+    assert_eq!(shape(&final_dir), local);
+    let latest: serde_json::Value =
+        serde_json::from_slice(&t.s3.object("daemon", &t.world.key("latest/manifest.json"))).expect("latest");
+    assert_eq!(latest["host"]["instance_id"], "i-0123456789abcdef0");
+
+    // The daily drill, by hand.
+    let drill = t.world.json(&["verify", "--deep", "--json"]);
+    assert_eq!(drill["databases"][0], "memory/main.sqlite", "{drill}");
+
+    // Metrics reached CloudWatch, with their dimensions.
+    let names = [
+        "SnapshotSuccess",
+        "FreezeWindow",
+        "ArchiveBytes",
+        "SpotNoticeReceived",
+        "SnapshotDuration",
+    ];
+    let mut sums = Default::default();
+    let delivered = wait_for(Duration::from_secs(30), || {
+        sums = cloudwatch.metric_sums("SpotkeeperTest", &stack, &names);
+        names.iter().all(|n| sums.contains_key(*n))
+    });
+    assert!(delivered, "metrics missing: {sums:?}; log:\n{}", daemon.log());
+    assert_eq!(sums["SpotNoticeReceived"], 1.0);
+    assert!(sums["SnapshotSuccess"] >= 2.0, "{sums:?}");
+
+    // IMDSv2 only: a token was fetched and reused.
+    let state = imds.state.lock().expect("imds");
+    assert!(
+        state.tokens_issued >= 1 && state.gets > state.tokens_issued,
+        "tokens {} gets {}",
+        state.tokens_issued,
+        state.gets
+    );
+    drop(state);
+
+    assert!(daemon.stop().success(), "log:\n{}", daemon.log());
+    remove_container(&t.container);
+    let _ = fs::remove_dir_all(&final_dir);
+}
+
+#[test]
+fn without_imds_the_watcher_is_disabled_and_the_daemon_carries_on() {
+    if !docker_available() {
+        return;
+    }
+    let closed = common::free_port();
+    let extra = format!("[spot]\nenabled = true\nimds_endpoint = \"http://127.0.0.1:{closed}\"\n");
+    let t = setup("noimds", "", &extra);
+    t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
+    let mut daemon = Daemon::start(&t.world);
+    let running = wait_for(Duration::from_secs(120), || {
+        status(&t.world).is_some_and(|s| s["phase"] == "running")
+    });
+    assert!(running, "log:\n{}", daemon.log());
+    assert!(daemon.log().contains("not on EC2"), "log:\n{}", daemon.log());
+    assert!(daemon.stop().success());
+    remove_container(&t.container);
+}

@@ -35,6 +35,8 @@ pub enum ConfigError {
     },
 }
 
+/// A request that gets no answer from S3 for this long is retried (a stalled connection).
+pub const DEFAULT_S3_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where secrets are written, on tmpfs.
 pub const DEFAULT_ENV_FILE: &str = "/run/openclaw/.env";
 /// The daemon's control socket.
@@ -196,6 +198,9 @@ pub struct S3Config {
     pub region: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// How long a request may wait for S3 to answer before it is retried.
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +309,7 @@ struct RawS3 {
     prefix: Option<String>,
     region: Option<String>,
     endpoint: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,11 +467,16 @@ impl Validator<'_> {
         {
             return Err(self.invalid("s3.endpoint", endpoint.clone(), "expected an http:// or https:// URL"));
         }
+        let timeout = self.duration("s3.timeout", raw.timeout, DEFAULT_S3_TIMEOUT)?;
+        if timeout.is_zero() {
+            return Err(self.invalid("s3.timeout", "0s", "must be longer than 0s"));
+        }
         Ok(S3Config {
             bucket,
             prefix,
             region: raw.region,
             endpoint: raw.endpoint,
+            timeout,
         })
     }
 

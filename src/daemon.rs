@@ -307,6 +307,8 @@ struct Daemon {
     last_complete_at: Option<DateTime<Utc>>,
     last_snapshot_duration: Duration,
     hostname: String,
+    /// This daemon's writer id (see `record::writer_id`).
+    writer: String,
     instance_id: Option<String>,
     metrics: Metrics,
     /// A Spot interruption was handled: the instance is going away; nothing restarts.
@@ -326,6 +328,7 @@ impl Daemon {
         let excludes =
             Excludes::new(&config.state.dir, &config.state.exclude).map_err(|e| DaemonError::Task(e.to_string()))?;
         let metrics = Metrics::start(&config.metrics, config.s3.region.as_deref()).await;
+        let config_work_dir = config.state.work_dir.clone();
         let secrets_client = match &config.secrets {
             Some(secrets) => Some(secrets::client(secrets, config.s3.region.as_deref()).await),
             None => None,
@@ -352,6 +355,7 @@ impl Daemon {
             last_complete_at: None,
             last_snapshot_duration: Duration::ZERO,
             hostname: snapshot::hostname(),
+            writer: record::writer_id(&config_work_dir)?,
             instance_id: None,
             metrics,
             interrupted: false,
@@ -494,8 +498,8 @@ impl Daemon {
         }
         let record = record::load(&self.config.state.work_dir)?;
         let base = record.as_ref().and_then(|r| r.base_for(&self.repository, &state_dir));
-        let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.hostname.as_str()));
-        let descends = latest.is_some() && snapshot::check_lineage(latest_lineage, base, &self.hostname, false).is_ok();
+        let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.writer.as_deref()));
+        let descends = latest.is_some() && snapshot::check_lineage(latest_lineage, base, &self.writer, false).is_ok();
         let latest_id = latest.as_ref().map(|(m, _)| m.id);
         self.last_complete_at = latest.as_ref().map(|(m, _)| m.created_at);
         let action = restore::boot_action(local, latest_id, descends);
@@ -1071,6 +1075,7 @@ impl Daemon {
             host: Host {
                 hostname: self.hostname.clone(),
                 instance_id: self.instance_id.clone(),
+                writer: Some(self.writer.clone()),
             },
             image: self.image.clone(),
             base,

@@ -63,6 +63,9 @@ pub struct Manifest {
 pub struct Host {
     pub hostname: String,
     pub instance_id: Option<String>,
+    /// The writer: a random id kept in the writer's `work_dir` (one per machine and state dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +332,7 @@ mod tests {
             host: Host {
                 hostname: "ip-10-0-0-5".into(),
                 instance_id: None,
+                writer: None,
             },
             archive: ArchiveInfo {
                 key: "snapshots/2026-02-27-14-00/state.tar.zst".into(),

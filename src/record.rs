@@ -77,6 +77,38 @@ pub fn save(work_dir: &Path, record: &LocalRecord) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// File in `work_dir` holding this writer's id.
+pub const WRITER_FILE: &str = "writer-id";
+
+/// This writer's id (one per `work_dir`), created on first use. Two daemons on one prefix have
+/// different ids even on one host, so the lineage guard tells them apart.
+pub fn writer_id(work_dir: &Path) -> Result<String, RecordError> {
+    let path = work_dir.join(WRITER_FILE);
+    if let Ok(id) = fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_string());
+    }
+    let id = fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|u| u.trim().to_string())
+        .unwrap_or_else(|_| {
+            format!(
+                "{}-{}",
+                std::process::id(),
+                Utc::now().timestamp_nanos_opt().unwrap_or(0)
+            )
+        });
+    let write_error = |source| RecordError::Write {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(work_dir).map_err(write_error)?;
+    let temp = work_dir.join(format!(".{WRITER_FILE}.tmp"));
+    fs::write(&temp, format!("{id}\n")).map_err(write_error)?;
+    fs::rename(&temp, &path).map_err(write_error)?;
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,22 +79,22 @@ pub struct SnapshotReport {
     pub manifest: Manifest,
 }
 
-/// May a state whose base is `base` replace `latest/` (whose id, parent and hostname are given)?
-/// A `latest/` this very host wrote on top of `base` also counts: the process that wrote it died
+/// May a state whose base is `base` replace `latest/` (whose id, parent and writer are given)?
+/// A `latest/` this very writer put on top of `base` also counts: the process that wrote it died
 /// before it could update the local record.
 pub fn check_lineage(
-    latest: Option<(SnapshotId, Option<SnapshotId>, &str)>,
+    latest: Option<(SnapshotId, Option<SnapshotId>, Option<&str>)>,
     base: Option<SnapshotId>,
-    hostname: &str,
+    writer: &str,
     force: bool,
 ) -> Result<(), String> {
-    let Some((latest_id, latest_parent, latest_host)) = latest else {
+    let Some((latest_id, latest_parent, latest_writer)) = latest else {
         return Ok(());
     };
     match base {
         _ if force => Ok(()),
         Some(base) if base == latest_id => Ok(()),
-        Some(base) if latest_parent == Some(base) && latest_host == hostname => Ok(()),
+        Some(base) if latest_parent == Some(base) && latest_writer == Some(writer) => Ok(()),
         Some(base) => Err(format!("descends from {base}")),
         None => Err("was not restored from or uploaded to this repository by this machine".into()),
     }
@@ -106,13 +106,12 @@ pub async fn take(store: &Store, request: SnapshotRequest) -> Result<SnapshotRep
     let requests_before = store.requests();
     let latest = repository::latest(store).await?;
     let latest_id = latest.as_ref().map(|(m, _)| m.id);
-    let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.hostname.as_str()));
-    check_lineage(latest_lineage, request.base, &request.host.hostname, request.force).map_err(|origin| {
-        SnapshotError::Diverged {
-            repository: repository_url(store),
-            latest: latest_id.unwrap_or(SnapshotId::new(request.now, 1)),
-            origin,
-        }
+    let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.writer.as_deref()));
+    let writer = request.host.writer.as_deref().unwrap_or_default();
+    check_lineage(latest_lineage, request.base, writer, request.force).map_err(|origin| SnapshotError::Diverged {
+        repository: repository_url(store),
+        latest: latest_id.unwrap_or(SnapshotId::new(request.now, 1)),
+        origin,
     })?;
     let taken = repository::ids_in_minute(store, &SnapshotId::new(request.now, 1)).await?;
     let id = SnapshotId::first_free(request.now, &taken);
@@ -286,7 +285,7 @@ mod tests {
         let latest = id("2026-02-27-14-00");
         let older = id("2026-02-27-13-40");
         let oldest = id("2026-02-27-13-20");
-        let written_here = Some((latest, Some(older), "host-a"));
+        let written_here = Some((latest, Some(older), Some("host-a")));
         assert!(check_lineage(None, None, "host-a", false).is_ok());
         assert!(check_lineage(None, Some(older), "host-a", false).is_ok());
         assert!(check_lineage(written_here, Some(latest), "host-b", false).is_ok());

@@ -146,7 +146,12 @@ impl Store {
                     .with_max_attempts(MAX_ATTEMPTS)
                     .with_initial_backoff(INITIAL_BACKOFF),
             )
-            .timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build());
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(config.timeout)
+                    .build(),
+            );
         if let Some(region) = &config.region {
             loader = loader.region(Region::new(region.clone()));
         }

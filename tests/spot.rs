@@ -40,13 +40,26 @@ fn a_spot_notice_becomes_a_complete_final_snapshot_and_metrics_tell_the_operator
     });
     assert!(extra_snapshot, "log:\n{}", daemon.log());
 
-    // The fake writes about 50 times a second. Two minutes' notice:
+    // A 100 MB change since the last snapshot (the fake also writes about 50 times a second).
+    common::write(
+        &t.world.state.join("media/new.bin"),
+        &common::noise(100 * 1024 * 1024, 42),
+        0o644,
+    );
+    // Two minutes' notice:
     let deadline = chrono::Utc::now() + chrono::TimeDelta::seconds(120);
     imds.set_instance_action("terminate", deadline);
     let handled = wait_for(Duration::from_secs(120), || {
         daemon.log().contains("interrupted: final snapshot done")
     });
     assert!(handled, "interruption not handled; log:\n{}", daemon.log());
+    if let Some(line) = daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("interrupted: final snapshot done"))
+    {
+        eprintln!("drill 1: {line}");
+    }
     let s = status(&t.world).expect("daemon still answers");
     assert_eq!(s["phase"], "interrupted");
     assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &t.container]), "false");

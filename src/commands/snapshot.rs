@@ -52,6 +52,7 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         host: Host {
             hostname: snapshot::hostname(),
             instance_id: None,
+            writer: Some(record::writer_id(&config.state.work_dir)?),
         },
         image: None,
         base,

@@ -160,6 +160,8 @@ pub struct World {
     pub bucket: String,
     pub prefix: String,
     pub secret: String,
+    /// Extra keys for the [s3] section.
+    pub s3_extra: String,
 }
 
 impl World {
@@ -182,6 +184,7 @@ impl World {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
             secret: SECRET_KEY.to_string(),
+            s3_extra: String::new(),
         };
         world.write_config("");
         world
@@ -191,6 +194,7 @@ impl World {
     /// configures them: tests never reach for the real IMDS address or CloudWatch.
     pub fn write_config(&self, extra: &str) {
         let mut extra = extra.to_string();
+        let s3_extra = &self.s3_extra;
         if !extra.contains("[spot]") {
             extra.push_str("\n[spot]\nenabled = false\n");
         }
@@ -198,7 +202,7 @@ impl World {
             extra.push_str("\n[metrics]\nenabled = false\n");
         }
         let text = format!(
-            "[state]\ndir = {:?}\nwork_dir = {:?}\n\n[s3]\nbucket = {:?}\nprefix = {:?}\nregion = \"us-east-1\"\nendpoint = {:?}\n{extra}",
+            "[state]\ndir = {:?}\nwork_dir = {:?}\n\n[s3]\nbucket = {:?}\nprefix = {:?}\nregion = \"us-east-1\"\nendpoint = {:?}\n{s3_extra}{extra}",
             self.state, self.work, self.bucket, self.prefix, self.endpoint
         );
         fs::write(&self.config, text).expect("config");
@@ -727,6 +731,14 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL, as a power cut of the daemon alone; waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -785,6 +797,20 @@ pub fn setup(name: &str, extra_container: &str, extra: &str) -> Setup {
     let s3 = S3Server::start();
     let moto = Moto::start();
     let world = World::new(&s3, "daemon", name);
+    let (container, port) = configure_daemon(&world, &moto, name, extra_container, extra);
+    Setup {
+        s3,
+        moto,
+        world,
+        container,
+        port,
+        ssm_path: format!("/openclaw/{name}/"),
+    }
+}
+
+/// Writes a daemon config into `world` (SSM path `/openclaw/NAME/`); returns the container name
+/// and the published port.
+pub fn configure_daemon(world: &World, moto: &Moto, name: &str, extra_container: &str, extra: &str) -> (String, u16) {
     let container = format!("spotkeeper-test-{name}-{}", std::process::id());
     remove_container(&container);
     let port = free_port();
@@ -803,12 +829,181 @@ pub fn setup(name: &str, extra_container: &str, extra: &str) -> Setup {
         socket = world.dir.path().join("run/spotkeeper/control.sock"),
     );
     world.write_config(&config);
-    Setup {
-        s3,
-        moto,
-        world,
-        container,
-        port,
-        ssm_path,
+    (container, port)
+}
+
+/// What the S3 proxy does with new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    Forward,
+    /// Accept, then close at once.
+    Reset,
+    /// Answer every request with 500.
+    Error500,
+    /// Accept and never answer.
+    Stall,
+}
+
+/// A TCP proxy in front of S3 whose behaviour the test switches (fault drills).
+pub struct FaultProxy {
+    pub port: u16,
+    mode: std::sync::Arc<std::sync::Mutex<ProxyMode>>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16) -> FaultProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(ProxyMode::Forward));
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (m, g) = (std::sync::Arc::clone(&mode), std::sync::Arc::clone(&generation));
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let current = *m.lock().expect("mode");
+                let born = g.load(std::sync::atomic::Ordering::SeqCst);
+                let g = std::sync::Arc::clone(&g);
+                std::thread::spawn(move || proxy_connection(client, upstream, current, born, &g));
+            }
+        });
+        FaultProxy { port, mode, generation }
     }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Switches the mode; open connections are cut so the client reconnects into the new mode.
+    pub fn set(&self, mode: ProxyMode) {
+        *self.mode.lock().expect("mode") = mode;
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn proxy_connection(
+    client: std::net::TcpStream,
+    upstream: u16,
+    mode: ProxyMode,
+    born: u64,
+    generation: &std::sync::atomic::AtomicU64,
+) {
+    use std::io::{Read, Write};
+    let alive = || generation.load(std::sync::atomic::Ordering::SeqCst) == born;
+    match mode {
+        ProxyMode::Reset => drop(client),
+        ProxyMode::Stall => {
+            // Hold the connection (bounded) until the mode changes.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while alive() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        ProxyMode::Error500 => {
+            let mut client = client;
+            let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 65536];
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while alive() && std::time::Instant::now() < deadline {
+                match client.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") => {
+                        let body = "<Error><Code>InternalError</Code><Message>drill</Message></Error>";
+                        let response = format!(
+                            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = client.write_all(response.as_bytes());
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {}
+                }
+            }
+        }
+        ProxyMode::Forward => {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                })
+            };
+            let up = pipe(client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+            let down = pipe(server.try_clone().expect("clone"), client.try_clone().expect("clone"));
+            // Cut the connection when the mode changes.
+            while alive() && !up.is_finished() && !down.is_finished() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !alive() {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            }
+            let _ = up.join();
+            let _ = down.join();
+        }
+    }
+}
+
+/// A Unix-socket proxy in front of the Docker Engine; `cut` ends every open connection (the
+/// daemon's events stream among them) as an engine restart would, without restarting it.
+pub struct DockerProxy {
+    pub path: PathBuf,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DockerProxy {
+    pub fn start(dir: &Path) -> DockerProxy {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let path = dir.join("docker-proxy.sock");
+        let listener = UnixListener::bind(&path).expect("bind docker proxy");
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let g = std::sync::Arc::clone(&generation);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let born = g.load(std::sync::atomic::Ordering::SeqCst);
+                let g = std::sync::Arc::clone(&g);
+                std::thread::spawn(move || {
+                    let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else {
+                        return;
+                    };
+                    let pipe = |mut from: UnixStream, mut to: UnixStream| {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        })
+                    };
+                    let up = pipe(client.try_clone().expect("clone"), engine.try_clone().expect("clone"));
+                    let down = pipe(engine.try_clone().expect("clone"), client.try_clone().expect("clone"));
+                    let alive = || g.load(std::sync::atomic::Ordering::SeqCst) == born;
+                    while alive() && !(up.is_finished() && down.is_finished()) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    let _ = engine.shutdown(std::net::Shutdown::Both);
+                    let _ = up.join();
+                    let _ = down.join();
+                });
+            }
+        });
+        DockerProxy { path, generation }
+    }
+
+    /// Ends every connection open now.
+    pub fn cut(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Sends SIGKILL to a process.
+pub fn kill9(pid: u32) {
+    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+}
+
+/// Counts lines of `log` containing `needle`.
+pub fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
 }

@@ -123,7 +123,11 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
 
     // Restart with local state newer than latest/ (a change made while stopped): it descends from
     // latest/, so nothing is restored over it.
-    common::write(&t.world.state.join("newer-than-latest.txt"), b"made while stopped", 0o644);
+    common::write(
+        &t.world.state.join("newer-than-latest.txt"),
+        b"made while stopped",
+        0o644,
+    );
     let inode_before = fs::metadata(&t.world.state).expect("state").ino();
     let mut again = Daemon::start(&t.world);
     let running = wait_for(Duration::from_secs(120), || {
@@ -139,7 +143,10 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
         !t.world.state.with_file_name("state.displaced").exists(),
         "nothing displaced"
     );
-    assert_eq!(fs::read(t.world.state.join("newer-than-latest.txt")).expect("kept"), b"made while stopped");
+    assert_eq!(
+        fs::read(t.world.state.join("newer-than-latest.txt")).expect("kept"),
+        b"made while stopped"
+    );
     assert!(again.stop().success());
 
     // Every snapshot taken while the fake wrote restores to a sound SQLite database.

@@ -1,0 +1,326 @@
+//! The periodic work: snapshots through the frozen mirror, prune, secret refresh, the restore
+//! drill, gauges.
+
+use super::*;
+
+impl Daemon {
+    /// One scheduled (or requested) snapshot; a failure is logged and retried at the next tick.
+    pub(super) async fn snapshot_tick(&mut self, reason: &str) -> Option<SnapshotOutcome> {
+        match self.snapshot_now(reason).await {
+            Ok(outcome) => Some(outcome),
+            Err(e) => {
+                self.metrics.record(names::SNAPSHOT_SUCCESS, 0.0, Unit::Count);
+                if matches!(
+                    e,
+                    DaemonError::Snapshot(SnapshotError::Diverged { .. } | SnapshotError::LatestMoved { .. })
+                ) {
+                    self.metrics.record(names::LINEAGE_CONFLICT, 1.0, Unit::Count);
+                }
+                tracing::error!(error = %e, reason, "snapshot failed; retrying at the next tick");
+                self.notifier.status(&format!("snapshot failed: {e}"));
+                self.update(|s| s.last_error = Some(format!("snapshot failed: {e}")));
+                None
+            }
+        }
+    }
+
+    /// Freeze, copy what changed into the mirror, thaw; then pack and upload from the mirror.
+    pub(super) async fn snapshot_now(&mut self, reason: &str) -> Result<SnapshotOutcome, DaemonError> {
+        let (stats, freeze) = self.sync_mirror().await?;
+        let freeze_ms = u64::try_from(freeze.as_millis()).unwrap_or(u64::MAX);
+        if stats.changed() {
+            self.pending_upload = true;
+        }
+        if !self.pending_upload
+            && let Some(since) = self.last_snapshot_id
+        {
+            tracing::info!(since = %since, freeze_ms, "state unchanged; no upload");
+            self.update(|s| s.unchanged_since = Some(since));
+            self.notifier.status(&format!("running; unchanged since {since}"));
+            return Ok(SnapshotOutcome::Unchanged { since, freeze_ms });
+        }
+        let report = self.upload_mirror().await?;
+        self.pending_upload = false;
+        self.last_snapshot_id = Some(report.id);
+        self.last_complete_at = Some(report.manifest.created_at);
+        self.last_snapshot_duration = Duration::from_millis(report.duration_ms);
+        self.metrics.record(names::SNAPSHOT_SUCCESS, 1.0, Unit::Count);
+        self.metrics
+            .record(names::SNAPSHOT_DURATION, report.duration_ms as f64, Unit::Milliseconds);
+        self.metrics
+            .record(names::ARCHIVE_BYTES, report.archive_bytes as f64, Unit::Bytes);
+        self.metrics
+            .record(names::FREEZE_WINDOW, freeze_ms as f64, Unit::Milliseconds);
+        tracing::info!(snapshot_id = %report.id, reason, files = report.files, archive_bytes = report.archive_bytes,
+            duration_ms = report.duration_ms, freeze_ms, requests = report.requests, "snapshot complete");
+        self.notifier.status(&format!("running; last snapshot {}", report.id));
+        self.update(|s| {
+            s.last_snapshot = Some(SnapshotStatus {
+                id: report.id,
+                at: Utc::now(),
+                duration_ms: report.duration_ms,
+                freeze_ms,
+                archive_bytes: report.archive_bytes,
+                files: report.files,
+                requests: report.requests,
+            });
+            s.unchanged_since = None;
+            s.last_error = None;
+        });
+        Ok(SnapshotOutcome::Uploaded {
+            id: report.id,
+            files: report.files,
+            archive_bytes: report.archive_bytes,
+            duration_ms: report.duration_ms,
+            freeze_ms,
+            requests: report.requests,
+        })
+    }
+
+    /// Brings the mirror up to date, with the container frozen (or stopped) as configured.
+    /// Returns the sync stats and how long the container was frozen.
+    pub(super) async fn sync_mirror(&mut self) -> Result<(SyncStats, Duration), DaemonError> {
+        let running = matches!(self.container.state().await, Ok(RunState::Running));
+        let consistency = self.container_config.consistency;
+        let source = self.config.state.dir.clone();
+        let mirror_dir = self.config.state.work_dir.join(MIRROR_DIR);
+        let excludes = self.excludes.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cap = self.config.snapshot.freeze_cap;
+        let started = Instant::now();
+        let mut guard = None;
+        if running {
+            match consistency {
+                Consistency::Freeze => {
+                    self.frozen.store(true, Ordering::Relaxed);
+                    if let Err(e) = self.container.pause().await {
+                        self.frozen.store(false, Ordering::Relaxed);
+                        return Err(e.into());
+                    }
+                    guard = Some(ThawGuard::new(self.container.clone(), Arc::clone(&self.frozen)));
+                }
+                Consistency::Stop => {
+                    self.expecting_stop = true;
+                    self.container.stop(self.container_config.stop_timeout).await?;
+                }
+                Consistency::None => {}
+            }
+        }
+        let worker_cancel = Arc::clone(&cancel);
+        let mut worker =
+            tokio::task::spawn_blocking(move || mirror::sync(&source, &mirror_dir, &excludes, &worker_cancel));
+        let result = tokio::select! {
+            joined = &mut worker => Some(joined),
+            _ = tokio::time::sleep(cap), if guard.is_some() => None,
+        };
+        // Thaw first, on every path.
+        if let Some(guard) = guard.take() {
+            guard.thaw().await;
+        }
+        let freeze = started.elapsed();
+        if running && consistency == Consistency::Stop {
+            let started_again = self.container.start().await;
+            self.expecting_stop = false;
+            started_again?;
+        }
+        let joined = match result {
+            Some(joined) => joined,
+            None => {
+                cancel.store(true, Ordering::Relaxed);
+                let _ = worker.await;
+                self.pending_upload = true;
+                return Err(MirrorError::Cancelled.into());
+            }
+        };
+        let stats = joined.map_err(|e| DaemonError::Task(e.to_string()))??;
+        tracing::debug!(?stats, freeze_ms = freeze.as_millis() as u64, "mirror synced");
+        Ok((stats, freeze))
+    }
+
+    pub(super) async fn upload_mirror(&mut self) -> Result<snapshot::SnapshotReport, DaemonError> {
+        let record = record::load(&self.config.state.work_dir)?;
+        let base = record
+            .as_ref()
+            .and_then(|r| r.base_for(&self.repository, &self.config.state.dir));
+        let request = SnapshotRequest {
+            source: self.config.state.work_dir.join(MIRROR_DIR),
+            excludes: self.excludes.clone(),
+            compression_level: self.config.snapshot.compression_level,
+            host: Host {
+                hostname: self.hostname.clone(),
+                instance_id: self.instance_id.clone(),
+                writer: Some(self.writer.clone()),
+            },
+            image: self.image.clone(),
+            base,
+            force: false,
+            now: Utc::now(),
+        };
+        let report = snapshot::take(&self.store, request).await?;
+        record::save(
+            &self.config.state.work_dir,
+            &LocalRecord {
+                repository: self.repository.clone(),
+                state_dir: self.config.state.dir.clone(),
+                snapshot_id: report.id,
+                latest_id: report.id,
+                updated_at: Utc::now(),
+            },
+        )?;
+        Ok(report)
+    }
+
+    pub(super) async fn prune_tick(&mut self) {
+        let result = prune::prune(&self.store, &self.config.retention, Utc::now(), false).await;
+        let status = match result {
+            Ok(outcomes) => {
+                let (deleted, failed) = prune::counts(&outcomes);
+                tracing::info!(
+                    deleted = deleted - failed,
+                    failed,
+                    kept = outcomes.len() - deleted,
+                    "prune complete"
+                );
+                self.metrics
+                    .record(names::PRUNE_DELETIONS, (deleted - failed) as f64, Unit::Count);
+                PruneStatus {
+                    at: Utc::now(),
+                    deleted: deleted - failed,
+                    kept: outcomes.len() - deleted,
+                    error: (failed > 0).then(|| format!("{failed} snapshot(s) could not be deleted")),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "prune failed; retrying at the next daily run");
+                PruneStatus {
+                    at: Utc::now(),
+                    deleted: 0,
+                    kept: 0,
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        self.update(|s| s.last_prune = Some(status));
+    }
+
+    /// Re-reads secrets; when they changed, rewrites the env file and recreates the container.
+    pub(super) async fn secrets_tick(&mut self) {
+        let (Some(config), Some(client)) = (self.config.secrets.clone(), self.secrets_client.clone()) else {
+            return;
+        };
+        let fresh = match secrets::fetch(&client, &config.ssm_path).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::warn!(error = %e, "secret refresh failed; keeping the current secrets");
+                return;
+            }
+        };
+        if self.secrets.as_ref() == Some(&fresh) {
+            return;
+        }
+        if let Err(e) = secrets::write_env_file(&config.env_file, &fresh) {
+            tracing::error!(error = %e, "cannot write the new secrets");
+            return;
+        }
+        tracing::info!(count = fresh.len(), keys = ?fresh.keys(), "secrets changed; recreating the container");
+        self.update(|s| s.secrets = Some(fresh.len()));
+        self.secrets = Some(fresh);
+        if self.crash_loop || self.interrupted {
+            return;
+        }
+        if let Err(e) = self.recreate_container().await {
+            tracing::error!(error = %e, "cannot recreate the container with the new secrets");
+            self.container_failed("recreate failed");
+        }
+    }
+
+    /// The daily restore drill; a failure is loud (error log, STATUS, metric).
+    pub(super) async fn verify_tick(&mut self) {
+        let result = drill::run(&self.store, &self.config.state.work_dir, &self.repository, None).await;
+        let status = match result {
+            Ok(report) => {
+                tracing::info!(snapshot_id = %report.id, files = report.files, databases = report.databases.len(),
+                    duration_ms = report.duration_ms, "restore drill passed");
+                self.metrics.record(names::BACKUP_VERIFIED, 1.0, Unit::Count);
+                VerifyStatus {
+                    at: Utc::now(),
+                    id: Some(report.id),
+                    ok: true,
+                    databases: report.databases.len(),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                let text = format!("RESTORE DRILL FAILED: {e}");
+                tracing::error!("{text}");
+                self.notifier.status(&text);
+                self.metrics.record(names::BACKUP_VERIFIED, 0.0, Unit::Count);
+                self.update(|s| s.last_error = Some(text));
+                VerifyStatus {
+                    at: Utc::now(),
+                    id: None,
+                    ok: false,
+                    databases: 0,
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        self.update(|s| s.last_verify = Some(status));
+    }
+
+    /// Gauges published every minute, so an alarm fires when backups stop.
+    pub(super) fn publish_gauges(&self, now: DateTime<Utc>) {
+        if let Some(at) = self.last_complete_at {
+            let seconds = (now - at).num_seconds().max(0);
+            self.metrics
+                .record(names::SECONDS_SINCE_LAST_SNAPSHOT, seconds as f64, Unit::Seconds);
+        }
+        let healthy = self
+            .status
+            .lock()
+            .ok()
+            .and_then(|s| s.container.healthy)
+            .unwrap_or(false);
+        self.metrics
+            .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
+    }
+}
+
+/// Thaws the container when dropped without `thaw` (panic, cancellation): the freeze is undone
+/// on every path.
+struct ThawGuard {
+    container: Option<Container>,
+    frozen: Arc<AtomicBool>,
+}
+
+impl ThawGuard {
+    pub(super) fn new(container: Container, frozen: Arc<AtomicBool>) -> Self {
+        ThawGuard {
+            container: Some(container),
+            frozen,
+        }
+    }
+
+    pub(super) async fn thaw(mut self) {
+        if let Some(container) = self.container.take() {
+            if let Err(e) = container.unpause().await {
+                tracing::error!(error = %e, container = %container.name, "cannot thaw the container");
+            }
+            self.frozen.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ThawGuard {
+    fn drop(&mut self) {
+        if let Some(container) = self.container.take() {
+            let frozen = Arc::clone(&self.frozen);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = container.unpause().await;
+                    frozen.store(false, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+}

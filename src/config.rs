@@ -183,7 +183,7 @@ pub struct DaemonConfig {
 pub struct StateConfig {
     /// The directory that is snapshotted and restored.
     pub dir: PathBuf,
-    /// spotkeeper's own files; must be on the same filesystem as `dir` for atomic swaps.
+    /// spotkeeper's own files: local record, writer id, snapshot mirror, drill scratch dir.
     pub work_dir: PathBuf,
     /// gitignore-syntax patterns, relative to `dir`.
     pub exclude: Vec<String>,
@@ -672,7 +672,17 @@ impl Validator<'_> {
         self.absolute_clean("daemon.socket", &socket)?;
         Ok(DaemonConfig {
             socket,
-            docker_host: raw.docker_host,
+            docker_host: match raw.docker_host {
+                Some(host) if host.starts_with("unix:///") || host.starts_with('/') => Some(host),
+                Some(host) => {
+                    return Err(self.invalid(
+                        "daemon.docker_host",
+                        host,
+                        "expected a Unix socket: unix:///path or /path (TCP to the engine is not supported)",
+                    ));
+                }
+                None => None,
+            },
         })
     }
 }

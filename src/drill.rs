@@ -15,8 +15,9 @@ use crate::restore::{self, RestoreError, RestoreRequest};
 use crate::snapshot_id::SnapshotId;
 use crate::store::Store;
 
-/// Scratch folder in `work_dir`.
-pub const SCRATCH_DIR: &str = "drill-scratch";
+/// Scratch folders in `work_dir` are `drill-scratch.<pid>`: a drill by hand and the daemon's
+/// daily one never share one.
+pub const SCRATCH_PREFIX: &str = "drill-scratch.";
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +55,20 @@ pub async fn run(
     snapshot: Option<SnapshotId>,
 ) -> Result<DrillReport, DrillError> {
     let started = Instant::now();
-    let scratch = work_dir.join(SCRATCH_DIR);
+    // Leftovers of drills that were killed: ours, never user data.
+    if let Ok(entries) = fs::read_dir(work_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let alive = name
+                .strip_prefix(SCRATCH_PREFIX)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(restore::process_alive);
+            if name.starts_with(SCRATCH_PREFIX) && !alive {
+                remove(&entry.path())?;
+            }
+        }
+    }
+    let scratch = work_dir.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
     remove(&scratch)?;
     fs::create_dir_all(work_dir).map_err(|source| DrillError::Io {
         path: work_dir.to_path_buf(),
@@ -64,7 +78,6 @@ pub async fn run(
         snapshot,
         target: scratch.clone(),
         is_state_dir: false,
-        work_dir: work_dir.to_path_buf(),
         force: false,
         origin: None,
         repository: repository.to_string(),

@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod drill;
 pub mod duration;
+pub mod ecr;
 pub mod exclude;
 pub mod exit;
 pub mod manifest;

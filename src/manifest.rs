@@ -63,7 +63,7 @@ pub struct Manifest {
 pub struct Host {
     pub hostname: String,
     pub instance_id: Option<String>,
-    /// The writer: a random id kept in the writer's `work_dir` (one per machine and state dir).
+    /// The writer: a random id kept in the writer's `work_dir` (one per `work_dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,
 }

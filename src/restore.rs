@@ -85,7 +85,6 @@ pub struct RestoreRequest {
     pub target: PathBuf,
     /// True when `target` is the configured state directory (`--force` allowed).
     pub is_state_dir: bool,
-    pub work_dir: PathBuf,
     /// Move non-empty local state aside instead of refusing.
     pub force: bool,
     /// What the local state descends from, for the refusal message.
@@ -263,7 +262,13 @@ fn prepare_staging(request: &RestoreRequest) -> Result<PathBuf, RestoreError> {
     let prefix = format!(".{}.{STAGING_SUFFIX}.", target_name(&request.target));
     if let Ok(entries) = fs::read_dir(&parent) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // A restore still running in another process keeps its staging dir.
+            let owner_alive = name
+                .strip_prefix(&prefix)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(process_alive);
+            if name.starts_with(&prefix) && !owner_alive {
                 remove_staging(&entry.path());
             }
         }
@@ -271,6 +276,11 @@ fn prepare_staging(request: &RestoreRequest) -> Result<PathBuf, RestoreError> {
     let staging = parent.join(format!("{prefix}{}", std::process::id()));
     fs::create_dir(&staging).map_err(io_error(&staging))?;
     Ok(staging)
+}
+
+/// True when a process with this pid exists (Linux `/proc`).
+pub fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 fn remove_staging(staging: &Path) {
@@ -369,8 +379,10 @@ fn sync_filesystem(staging: &Path) -> Result<(), RestoreError> {
     })
 }
 
-/// Puts the staged tree at the target. Existing content is exchanged atomically where the
-/// filesystem can, and kept beside it in `<name>.displaced/` (state dir) or never touched (`--to`, which is empty).
+/// Puts the staged tree at the target with two renames: the existing content (state dir only;
+/// `--to` targets are empty) to `<name>.displaced/<time>/`, then the staging dir to the target. A
+/// crash between the two leaves no target, the old state in `.displaced/` and the verified new
+/// one in staging: the next boot restores again; nothing is lost.
 fn swap_in(request: &RestoreRequest, staging: &Path, state: TargetState) -> Result<Option<PathBuf>, RestoreError> {
     let target = &request.target;
     let displaced = match state {

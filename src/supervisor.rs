@@ -115,7 +115,20 @@ impl Container {
         tracing::info!(image, "pulling image");
         let (repo, tag) = split_reference(image);
         let options = CreateImageOptionsBuilder::new().from_image(repo).tag(tag).build();
-        let mut progress = self.docker.create_image(Some(options), None, None);
+        let credentials = match crate::ecr::registry_of(image) {
+            Some((registry, region)) => {
+                Some(
+                    crate::ecr::credentials(&registry, &region)
+                        .await
+                        .map_err(|e| SupervisorError::Pull {
+                            image: image.to_string(),
+                            source: bollard::errors::Error::DockerStreamError { error: e.to_string() },
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let mut progress = self.docker.create_image(Some(options), None, credentials);
         while let Some(step) = progress.next().await {
             step.map_err(|source| SupervisorError::Pull {
                 image: image.to_string(),

@@ -100,6 +100,50 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
         daemon.log()
     );
 
+    // A manual restore while the daemon runs goes through it: container stopped, a safety
+    // snapshot of the state it replaces, the restore, the container started again.
+    let before_restore = shape(&t.world.state);
+    let restored = t.world.json(&["restore", "--snapshot", &seeded, "--json"]);
+    assert_eq!(restored["restored"]["id"], serde_json::json!(seeded), "{restored}");
+    assert_eq!(restored["safety_snapshot"]["outcome"], "uploaded", "{restored}");
+    let displaced = t.world.state.with_file_name("state.displaced");
+    let kept: Vec<_> = fs::read_dir(&displaced).expect("displaced").flatten().collect();
+    assert_eq!(kept.len(), 1);
+    let mut kept_shape = shape(&kept[0].path().join("state"));
+    let mut before_shape = before_restore;
+    // The app kept writing until it was stopped: compare what existed before the request.
+    kept_shape.retain(|k, _| before_shape.contains_key(k));
+    before_shape.retain(|k, _| {
+        !k.starts_with("agents") && !k.starts_with("memory") && k != "ack.txt" && !k.starts_with("credentials")
+    });
+    kept_shape.retain(|k, _| before_shape.contains_key(k));
+    assert_eq!(
+        kept_shape.keys().collect::<Vec<_>>(),
+        before_shape.keys().collect::<Vec<_>>()
+    );
+    let back = wait_for(Duration::from_secs(60), || http_get(t.port, "/healthz").is_some());
+    assert!(
+        back,
+        "container not started after the manual restore; log:\n{}",
+        daemon.log()
+    );
+    let safety_id = restored["safety_snapshot"]["id"]
+        .as_str()
+        .expect("safety id")
+        .to_string();
+    let safety_dir = t.world.dir.path().join("safety");
+    t.world.ok(&[
+        "restore",
+        "--snapshot",
+        &safety_id,
+        "--to",
+        safety_dir.to_str().expect("utf8"),
+    ]);
+    assert!(
+        safety_dir.join("ack.txt").exists(),
+        "the safety snapshot holds the replaced state"
+    );
+
     // Stop: exit 0, and latest/ is the state as the container left it.
     let code = daemon.stop();
     assert!(code.success(), "daemon exit {code:?}; log:\n{}", daemon.log());
@@ -139,9 +183,10 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
         inode_before,
         "state dir not replaced"
     );
-    assert!(
-        !t.world.state.with_file_name("state.displaced").exists(),
-        "nothing displaced"
+    assert_eq!(
+        fs::read_dir(&displaced).expect("displaced").count(),
+        1,
+        "nothing displaced by the restart"
     );
     assert_eq!(
         fs::read(t.world.state.join("newer-than-latest.txt")).expect("kept"),

@@ -134,10 +134,8 @@ async fn via_daemon(
             message: response.error.unwrap_or_else(|| "the daemon reported an error".into()),
             code: response.exit_code.unwrap_or(exit::FAILURE),
         }),
-        // Not allowed to talk to the daemon (not root): work directly.
-        Err(crate::control::ControlError::Io { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
-            Ok(None)
-        }
+        // A daemon runs but this user may not talk to it (the socket is root's): working around it
+        // behind its back would be worse, so this is an error.
         Err(e) => Err(e.into()),
     }
 }

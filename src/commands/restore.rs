@@ -58,7 +58,6 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
         snapshot: args.snapshot,
         target: args.to.clone().unwrap_or_else(|| config.state.dir.clone()),
         is_state_dir,
-        work_dir: config.state.work_dir.clone(),
         force: args.force,
         origin,
         repository: repository.clone(),

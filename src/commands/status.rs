@@ -57,11 +57,11 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), CommandError>
     let p = &status["last_prune"];
     if !p.is_null() {
         println!(
-            "last prune:     {} deleted, {} kept ({}) {}",
+            "last prune:     {} deleted, {} kept ({}){}",
             p["deleted"],
             p["kept"],
             age(&p["at"]),
-            text(&p["error"])
+            p["error"].as_str().map(|e| format!(" {e}")).unwrap_or_default()
         );
     }
     if let Some(error) = status["last_error"].as_str() {

@@ -9,13 +9,6 @@ impl Daemon {
         match self.snapshot_now(reason).await {
             Ok(outcome) => Some(outcome),
             Err(e) => {
-                self.metrics.record(names::SNAPSHOT_SUCCESS, 0.0, Unit::Count);
-                if matches!(
-                    e,
-                    DaemonError::Snapshot(SnapshotError::Diverged { .. } | SnapshotError::LatestMoved { .. })
-                ) {
-                    self.metrics.record(names::LINEAGE_CONFLICT, 1.0, Unit::Count);
-                }
                 tracing::error!(error = %e, reason, "snapshot failed; retrying at the next tick");
                 self.notifier.status(&format!("snapshot failed: {e}"));
                 self.update(|s| s.last_error = Some(format!("snapshot failed: {e}")));
@@ -25,7 +18,22 @@ impl Daemon {
     }
 
     /// Freeze, copy what changed into the mirror, thaw; then pack and upload from the mirror.
+    /// Every attempt, whatever asked for it, is counted in the metrics.
     pub(super) async fn snapshot_now(&mut self, reason: &str) -> Result<SnapshotOutcome, DaemonError> {
+        let result = self.snapshot_attempt(reason).await;
+        if let Err(e) = &result {
+            self.metrics.record(names::SNAPSHOT_SUCCESS, 0.0, Unit::Count);
+            if matches!(
+                e,
+                DaemonError::Snapshot(SnapshotError::Diverged { .. } | SnapshotError::LatestMoved { .. })
+            ) {
+                self.metrics.record(names::LINEAGE_CONFLICT, 1.0, Unit::Count);
+            }
+        }
+        result
+    }
+
+    async fn snapshot_attempt(&mut self, reason: &str) -> Result<SnapshotOutcome, DaemonError> {
         let (stats, freeze) = self.sync_mirror().await?;
         let freeze_ms = u64::try_from(freeze.as_millis()).unwrap_or(u64::MAX);
         if stats.changed() {
@@ -275,14 +283,11 @@ impl Daemon {
             self.metrics
                 .record(names::SECONDS_SINCE_LAST_SNAPSHOT, seconds as f64, Unit::Seconds);
         }
-        let healthy = self
-            .status
-            .lock()
-            .ok()
-            .and_then(|s| s.container.healthy)
-            .unwrap_or(false);
-        self.metrics
-            .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
+        // Without a health URL there is nothing to report.
+        if let Some(healthy) = self.status.lock().ok().and_then(|s| s.container.healthy) {
+            self.metrics
+                .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
+        }
     }
 }
 

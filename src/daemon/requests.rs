@@ -23,6 +23,18 @@ impl Daemon {
         &mut self,
         snapshot: Option<SnapshotId>,
     ) -> Result<serde_json::Value, DaemonError> {
+        // Pin "latest" now: once the safety snapshot is taken, latest/ is that snapshot, and
+        // restoring it would change nothing.
+        let snapshot = match snapshot {
+            Some(id) => Some(id),
+            None => {
+                let store = self.store.clone();
+                let latest = repository::latest(&store).await?;
+                Some(latest.map(|(m, _)| m.id).ok_or_else(|| RestoreError::NoSnapshot {
+                    repository: self.repository.clone(),
+                })?)
+            }
+        };
         self.say("manual restore: stopping the container");
         self.expecting_stop = true;
         self.container.stop(self.container_config.stop_timeout).await?;

@@ -174,7 +174,6 @@ impl Daemon {
             snapshot,
             target: self.config.state.dir.clone(),
             is_state_dir: true,
-            work_dir: self.config.state.work_dir.clone(),
             force,
             origin: None,
             repository: self.repository.clone(),

@@ -42,11 +42,16 @@ impl SyncStats {
 
 /// Makes `mirror` equal `source` (minus excludes). `cancel` stops it between entries; a
 /// cancelled mirror is left in a state the next sync repairs (mtimes are set after content).
+///
+/// `unfrozen_since`: the sync runs while the app may write (a warm-up before the first frozen
+/// sync). A file modified after that instant minus a second may change during its copy without
+/// its mtime telling, so its copy gets mtime 0 and the next (frozen) sync copies it again.
 pub fn sync(
     source: &Path,
     mirror: &Path,
     excludes: &Excludes,
     cancel: &Arc<AtomicBool>,
+    unfrozen_since: Option<std::time::SystemTime>,
 ) -> Result<SyncStats, MirrorError> {
     let mut stats = SyncStats::default();
     let as_root = rustix::process::geteuid().is_root();
@@ -55,7 +60,13 @@ pub fn sync(
         fs::create_dir_all(mirror).map_err(|e| write_error(mirror, e))?;
         stats.copied += 1;
     }
-    sync_dir(source, mirror, Path::new(""), excludes, cancel, as_root, &mut stats)?;
+    let context = Context {
+        excludes,
+        cancel,
+        as_root,
+        settled_before: unfrozen_since.map(|t| t - std::time::Duration::from_secs(1)),
+    };
+    sync_dir(source, mirror, Path::new(""), &context, &mut stats)?;
     apply_meta(mirror, &meta, as_root, false)?;
     Ok(stats)
 }
@@ -74,15 +85,22 @@ fn write_error(path: &Path, source: io::Error) -> MirrorError {
     }
 }
 
+struct Context<'a> {
+    excludes: &'a Excludes,
+    cancel: &'a Arc<AtomicBool>,
+    as_root: bool,
+    /// Files modified after this are copied but marked for the next sync.
+    settled_before: Option<std::time::SystemTime>,
+}
+
 fn sync_dir(
     source: &Path,
     mirror: &Path,
     rel: &Path,
-    excludes: &Excludes,
-    cancel: &Arc<AtomicBool>,
-    as_root: bool,
+    cx: &Context<'_>,
     stats: &mut SyncStats,
 ) -> Result<(), MirrorError> {
+    let (excludes, cancel, as_root) = (cx.excludes, cx.cancel, cx.as_root);
     let mut seen: HashSet<OsString> = HashSet::new();
     let entries = match fs::read_dir(source) {
         Ok(entries) => entries,
@@ -122,7 +140,7 @@ fn sync_dir(
                 fs::create_dir(&dst).map_err(|e| write_error(&dst, e))?;
                 stats.copied += 1;
             }
-            sync_dir(&src, &dst, &rel_path, excludes, cancel, as_root, stats)?;
+            sync_dir(&src, &dst, &rel_path, cx, stats)?;
             apply_meta(&dst, &src_meta, as_root, false)?;
         } else if file_type.is_symlink() {
             let target = match fs::read_link(&src) {
@@ -160,6 +178,12 @@ fn sync_dir(
             // The copy's metadata is the source's as it was listed: if the file changed during
             // the copy (no freeze), its mtime moved on and the next sync copies it again.
             apply_meta(&dst, &src_meta, as_root, false)?;
+            let unsettled = cx
+                .settled_before
+                .is_some_and(|t| src_meta.modified().map_or(true, |m| m >= t));
+            if unsettled {
+                filetime::set_file_mtime(&dst, filetime::FileTime::zero()).map_err(|e| write_error(&dst, e))?;
+            }
             stats.copied += 1;
         }
     }
@@ -219,7 +243,7 @@ mod tests {
     }
 
     fn run(src: &Path, dst: &Path) -> SyncStats {
-        sync(src, dst, &excludes(src), &Arc::new(AtomicBool::new(false))).expect("sync")
+        sync(src, dst, &excludes(src), &Arc::new(AtomicBool::new(false)), None).expect("sync")
     }
 
     #[test]
@@ -255,10 +279,32 @@ mod tests {
         let (src, dst) = (dir.path().join("src"), dir.path().join("mirror"));
         fs::create_dir_all(&src).expect("dir");
         fs::write(src.join("f"), "x").expect("write");
-        let cancelled = sync(&src, &dst, &excludes(&src), &Arc::new(AtomicBool::new(true)));
+        let cancelled = sync(&src, &dst, &excludes(&src), &Arc::new(AtomicBool::new(true)), None);
         assert!(matches!(cancelled, Err(MirrorError::Cancelled)));
         let stats = run(&src, &dst);
         assert_eq!(fs::read_to_string(dst.join("f")).expect("repaired"), "x");
         assert!(stats.changed());
+    }
+
+    #[test]
+    fn an_unfrozen_warm_up_marks_recent_files_for_the_next_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, dst) = (dir.path().join("src"), dir.path().join("mirror"));
+        fs::create_dir_all(&src).expect("dir");
+        fs::write(src.join("old"), "settled").expect("write");
+        filetime::set_file_mtime(src.join("old"), filetime::FileTime::from_unix_time(1_700_000_000, 0)).expect("mtime");
+        fs::write(src.join("hot"), "being written").expect("write");
+        let warm = sync(
+            &src,
+            &dst,
+            &excludes(&src),
+            &Arc::new(AtomicBool::new(false)),
+            Some(std::time::SystemTime::now()),
+        )
+        .expect("warm");
+        assert_eq!(warm.copied, 3);
+        // The frozen sync copies only the file that was hot during the warm-up.
+        let frozen = run(&src, &dst);
+        assert_eq!((frozen.copied, frozen.unchanged), (1, 1), "{frozen:?}");
     }
 }

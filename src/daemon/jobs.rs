@@ -85,6 +85,38 @@ impl Daemon {
         })
     }
 
+    /// Copies the state into the mirror without freezing (after start-up), so that the first
+    /// frozen sync only copies what changed since: a new machine's first snapshot would otherwise
+    /// freeze the container for a full copy. Files written during it are copied again frozen.
+    pub(super) async fn warm_mirror(&mut self) {
+        let source = self.config.state.dir.clone();
+        let mirror_dir = self.config.state.work_dir.join(MIRROR_DIR);
+        let excludes = self.excludes.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            mirror::sync(
+                &source,
+                &mirror_dir,
+                &excludes,
+                &Arc::new(AtomicBool::new(false)),
+                Some(std::time::SystemTime::now()),
+            )
+        })
+        .await;
+        match result {
+            Ok(Ok(stats)) => tracing::info!(
+                copied = stats.copied,
+                copied_bytes = stats.copied_bytes,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "mirror warmed up"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "mirror warm-up failed; the first snapshot copies everything frozen")
+            }
+            Err(e) => tracing::warn!(error = %e, "mirror warm-up task failed"),
+        }
+    }
+
     /// Brings the mirror up to date, with the container frozen (or stopped) as configured.
     /// Returns the sync stats and how long the container was frozen.
     pub(super) async fn sync_mirror(&mut self) -> Result<(SyncStats, Duration), DaemonError> {
@@ -116,7 +148,7 @@ impl Daemon {
         }
         let worker_cancel = Arc::clone(&cancel);
         let mut worker =
-            tokio::task::spawn_blocking(move || mirror::sync(&source, &mirror_dir, &excludes, &worker_cancel));
+            tokio::task::spawn_blocking(move || mirror::sync(&source, &mirror_dir, &excludes, &worker_cancel, None));
         let result = tokio::select! {
             joined = &mut worker => Some(joined),
             _ = tokio::time::sleep(cap), if guard.is_some() => None,

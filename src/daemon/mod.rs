@@ -146,6 +146,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
         return Err(e);
     }
     daemon.spawn_watchers(events_tx.clone());
+    daemon.warm_mirror().await;
     let result = daemon.main_loop(&mut events).await;
     let _ = std::fs::remove_file(&daemon.config.daemon.socket);
     result

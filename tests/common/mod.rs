@@ -301,7 +301,10 @@ fn walk_shape(root: &Path, dir: &Path, out: &mut TreeShape) {
             .expect("under root")
             .to_string_lossy()
             .into_owned();
-        let meta = fs::symlink_metadata(&path).expect("metadata");
+        // A live app's temp files can vanish between the listing and the look.
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
         let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         let mode = meta.permissions().mode() & 0o7777;
         if meta.file_type().is_symlink() {
@@ -311,7 +314,8 @@ fn walk_shape(root: &Path, dir: &Path, out: &mut TreeShape) {
             out.insert(rel, ('d', mode, mtime, String::new()));
             walk_shape(root, &path, out);
         } else {
-            let hash = hex::encode(Sha256::digest(fs::read(&path).expect("read")));
+            let Ok(body) = fs::read(&path) else { continue };
+            let hash = hex::encode(Sha256::digest(body));
             out.insert(rel, ('f', mode, mtime, hash));
         }
     }

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::config::S3Config;
 
 /// Size of every multipart part but the last; S3's minimum is 5 MiB.
-pub const PART_SIZE: usize = 8 * 1024 * 1024;
+pub const PART_SIZE: usize = 12 * 1024 * 1024;
 /// Parts uploaded at once; with the part being filled this bounds upload memory to three parts.
 const PARTS_IN_FLIGHT: usize = 2;
 /// What the archive writer hands to the uploader at a time.

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Daemon figures for docs/performance.md: the freeze window of a snapshot of a synthetic state
+after a typical 20-minute change, and the daemon's RSS and CPU while idle.
+
+Runs the release binary against a local S3 (examples/demo-s3) with the fake OpenClaw container
+(testing/build-fake-image.sh), Spot, metrics and secrets off. Prints a Markdown table and writes
+bench/out/daemon-<date>.json. No assertion: figures only.
+
+    bench/daemon.py [--scale medium] [--runs 3] [--idle-seconds 60]
+"""
+import argparse
+import datetime
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = REPO / "target/release/spotkeeper"
+S3 = REPO / "target/release/examples/demo-s3"
+ENV = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="testsecret", AWS_REGION="us-east-1",
+           AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(condition, seconds, what):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def spotkeeper(config, *args):
+    out = subprocess.run([str(BIN), "--config", str(config), *args], env=ENV, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"spotkeeper {' '.join(args)} failed: {out.stderr}")
+    return out.stdout
+
+
+def proc_stat(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss_kib = next(int(l.split()[1]) for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS:"))
+    return cpu, rss_kib
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", default="medium")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--idle-seconds", type=int, default=60)
+    args = parser.parse_args()
+    image = subprocess.run([str(REPO / "testing/build-fake-image.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    work = Path(tempfile.mkdtemp(prefix="spotkeeper-daemon-bench."))
+    state = work / "state"
+    subprocess.run([sys.executable, str(REPO / "bench/generate.py"), "--scale", args.scale, str(state)], check=True,
+                   stdout=subprocess.DEVNULL)
+    s3_port, app_port = free_port(), free_port()
+    s3 = subprocess.Popen([str(S3), str(s3_port), str(work / "s3"), "bench-bucket"], stderr=subprocess.DEVNULL)
+    config = work / "spotkeeper.toml"
+    container = f"spotkeeper-bench-{os.getpid()}"
+    config.write_text(f"""[state]
+dir = "{state}"
+work_dir = "{work / 'spotkeeper'}"
+[s3]
+bucket = "bench-bucket"
+prefix = "daemon"
+endpoint = "http://127.0.0.1:{s3_port}"
+[snapshot]
+interval = "1h"
+[container]
+name = "{container}"
+image = "{image}"
+ports = ["127.0.0.1:{app_port}:18789"]
+health_url = "http://127.0.0.1:{app_port}/healthz"
+log_driver = "json-file"
+stop_timeout = "10s"
+[container.environment]
+WRITE_INTERVAL_MS = "200"
+[daemon]
+socket = "{work / 'control.sock'}"
+[spot]
+enabled = false
+[metrics]
+enabled = false
+[verify]
+daily = false
+""")
+    log = open(work / "daemon.log", "w")
+    daemon = subprocess.Popen([str(BIN), "--config", str(config), "run"], env=ENV, stderr=log, stdout=subprocess.DEVNULL)
+    results = {"scale": args.scale, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "snapshots": []}
+    try:
+        wait(lambda: "mirror warmed up" in (work / "daemon.log").read_text(), 300, "the daemon to start")
+        first = json.loads(spotkeeper(config, "snapshot", "--json"))
+        results["first"] = first
+        for run in range(args.runs):
+            subprocess.run([sys.executable, str(REPO / "bench/generate.py"), "--mutate", "--seed", str(run + 2), str(state)],
+                           check=True, stdout=subprocess.DEVNULL)
+            results["snapshots"].append(json.loads(spotkeeper(config, "snapshot", "--json")))
+        time.sleep(5)  # let the last snapshot's buffers go before measuring idle
+        cpu0, _ = proc_stat(daemon.pid)
+        time.sleep(args.idle_seconds)
+        cpu1, rss = proc_stat(daemon.pid)
+        results["idle"] = {"seconds": args.idle_seconds, "cpu_seconds": round(cpu1 - cpu0, 3), "rss_kib": rss}
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=120)
+        s3.terminate()
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+    freezes = [s["freeze_ms"] for s in results["snapshots"]]
+    durations = [s["duration_ms"] for s in results["snapshots"]]
+    out_dir = REPO / "bench/out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"daemon-{datetime.date.today()}.json").write_text(json.dumps(results, indent=2))
+    print(f"| daemon figure ({args.scale}) | value |")
+    print("|---|---|")
+    print(f"| first snapshot through the daemon (mirror warmed) | {first['duration_ms']} ms, freeze {first['freeze_ms']} ms |")
+    print(f"| freeze window after a 20-minute change, median (min-max) of {args.runs} | {statistics.median(freezes)} ms ({min(freezes)}-{max(freezes)}) |")
+    print(f"| snapshot after a 20-minute change, median (min-max) | {statistics.median(durations)} ms ({min(durations)}-{max(durations)}) |")
+    print(f"| S3 requests per snapshot | {results['snapshots'][-1]['requests']} |")
+    print(f"| idle RSS | {results['idle']['rss_kib'] / 1024:.1f} MiB |")
+    print(f"| idle CPU over {args.idle_seconds} s | {results['idle']['cpu_seconds']} s |")
+
+
+if __name__ == "__main__":
+    main()

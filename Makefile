@@ -30,8 +30,14 @@ demo:
 	$(CARGO) build --locked --release --bin spotkeeper --example demo-s3
 	./demo/run.sh
 
+BENCH_SCALES ?= small,medium
+BENCH_RUNS ?= 3
+
+# Figures only, never asserted (docs/performance.md): the tools side by side, then the daemon's
+# freeze window and idle footprint.
 bench:
-	./bench/run.sh
+	./bench/run.sh --scales $(BENCH_SCALES) --runs $(BENCH_RUNS)
+	python3 bench/daemon.py --scale medium
 
 # Graviton (t4g) cross build; needs `rustup target add aarch64-unknown-linux-gnu` and
 # gcc-aarch64-linux-gnu (docs/deployment.md).

@@ -34,11 +34,12 @@ import sys
 import time
 
 SCALES = {
-    # MB of session text, session files, agents, DB MB, credential files, workspace notes,
-    # MB of binaries, binaries
-    "small": dict(sessions_mb=24, sessions=300, agents=2, db_mb=10, creds=600, notes=40, bin_mb=4, bins=4),
-    "medium": dict(sessions_mb=160, sessions=2000, agents=4, db_mb=72, creds=800, notes=120, bin_mb=32, bins=6),
-    "large": dict(sessions_mb=950, sessions=7000, agents=8, db_mb=400, creds=800, notes=180, bin_mb=150, bins=10),
+    # MiB of session text, session files, agents, MiB of DB rows (the file ends ~17% larger),
+    # credential files, workspace notes, MiB of binaries, binaries.
+    # Totals: small ~41 MB / ~960 files, medium ~268 MB / ~2,950 files, large ~1.5 GB / ~8,000 files.
+    "small": dict(sessions_mb=24, sessions=300, agents=2, db_mb=9, creds=600, notes=40, bin_mb=4, bins=4),
+    "medium": dict(sessions_mb=155, sessions=2000, agents=4, db_mb=60, creds=800, notes=120, bin_mb=32, bins=6),
+    "large": dict(sessions_mb=880, sessions=7000, agents=8, db_mb=350, creds=800, notes=180, bin_mb=140, bins=10),
 }
 AGENTS = ["main", "ops", "research", "family", "coding", "travel", "finance", "health"]
 EMBEDDING_DIMS = 384  # 1,536 bytes of float32 per chunk
@@ -260,8 +261,8 @@ def make_credentials(g, count):
         "me": {"id": f"{g.rng.randint(10**10, 10**11)}:12@s.whatsapp.net", "name": "OpenClaw"},
         "account": {"details": g.b64(120), "accountSignature": g.b64(64), "deviceSignature": g.b64(64)},
     }, indent=2), mode=0o600)
-    g.write("credentials/oauth.json", json.dumps({"anthropic": {"access": g.b64(96), "refresh": g.b64(96),
-                                                               "expires": (g.clock + DAY) * 1000}}, indent=2), mode=0o600)
+    oauth = {"anthropic": {"access": g.b64(96), "refresh": g.b64(96), "expires": (g.clock + DAY) * 1000}}
+    g.write("credentials/oauth.json", json.dumps(oauth, indent=2), mode=0o600)
     for i in range(count - 2):
         kind = g.rng.choices(["pre-key", "session", "sender-key", "app-state-sync-key"], [60, 25, 10, 5])[0]
         if kind == "pre-key":
@@ -279,7 +280,7 @@ def make_credentials(g, count):
             body = [{"senderKeyId": g.rng.randint(0, 2**31), "senderChainKey": {"iteration": g.rng.randint(0, 900),
                      "seed": g.b64(32)}, "senderSigningKey": {"public": g.b64(33)}, "senderMessageKeys": []}]
         else:
-            rel, body = f"{d}/app-state-sync-key-{g.b64(6).replace('/', '_')}.json", {
+            rel, body = f"{d}/app-state-sync-key-{base64.urlsafe_b64encode(g.rng.randbytes(6)).decode()}.json", {
                 "keyData": g.b64(32), "fingerprint": {"rawId": g.rng.randint(0, 2**31), "currentIndex": 1,
                                                       "deviceIndexes": [0, 1]}, "timestamp": str(g.clock * 1000)}
         g.write(rel, json.dumps(body, separators=(",", ":")), mode=0o600)
@@ -309,10 +310,11 @@ def make_workspace(g, notes):
         g.write(f"workspace/memory/{day}.md", f"# {day}\n\n" + markdown(g, g.rng.lognormvariate(8.3, 0.8)),
                 age=(len(days) - k) * DAY)
     for i in range(notes - len(days)):
-        g.write(f"workspace/notes/{g.text.take(12).split()[0].lower()}-{i}.md", markdown(g, g.rng.lognormvariate(8.5, 1.0)))
+        name = g.text.take(12).split()[0].lower()
+        g.write(f"workspace/notes/{name}-{i}.md", markdown(g, g.rng.lognormvariate(8.5, 1.0)))
     g.write("workspace/notes/Réunion équipe.md", markdown(g, 3000))
-    g.write("workspace/scripts/export-notes.sh", "#!/bin/sh\nset -eu\ntar -C \"$HOME/.openclaw/workspace\" -czf - notes\n",
-            mode=0o755)
+    script = '#!/bin/sh\nset -eu\ntar -C "$HOME/.openclaw/workspace" -czf - notes\n'
+    g.write("workspace/scripts/export-notes.sh", script, mode=0o755)
     os.symlink(f"memory/{days[-1]}.md", g.path("workspace/TODAY.md"))
     g.stamp("workspace/TODAY.md", age=DAY)
 
@@ -320,7 +322,8 @@ def make_workspace(g, notes):
 def make_config(g, agents):
     g.write("openclaw.json", json.dumps({
         "gateway": {"port": 18789, "bind": "loopback", "auth": {"mode": "token"}},
-        "agents": {"defaults": {"model": {"primary": "anthropic/claude-sonnet-4-5"}, "workspace": "~/.openclaw/workspace"},
+        "agents": {"defaults": {"model": {"primary": "anthropic/claude-sonnet-4-5"},
+                                "workspace": "~/.openclaw/workspace"},
                    "list": [{"id": a, "name": a.title()} for a in agents]},
         "channels": {"whatsapp": {"allowFrom": [f"+3361{g.rng.randint(10**6, 10**7)}" for _ in range(4)]},
                      "telegram": {"enabled": True}},

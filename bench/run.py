@@ -57,6 +57,7 @@ def measure(cmd, env, logfile, cwd=None, stdout_path=None):
         wall = time.perf_counter() - start
     p.returncode = os.waitstatus_to_exitcode(status)
     return {"exit": p.returncode, "wall_s": round(wall, 4), "cpu_s": round(ru.ru_utime + ru.ru_stime, 4),
+            "cpu_user_s": round(ru.ru_utime, 4), "cpu_sys_s": round(ru.ru_stime, 4),
             "peak_rss_mb": round(ru.ru_maxrss / 1024, 1)}
 
 
@@ -213,6 +214,7 @@ class Ctx:
 
 
 class Tool:
+    key = ""  # for --tools
     name = ""
     kept = ()  # what the restore keeps besides file content (checked); the rest is not checked
     note = ""
@@ -234,7 +236,7 @@ class Tool:
 
 
 class Spotkeeper(Tool):
-    name = "spotkeeper"
+    key = name = "spotkeeper"
     kept = ALL_KEPT
 
     def __init__(self, binary):
@@ -257,7 +259,7 @@ class Spotkeeper(Tool):
 
 
 class AwsSync(Tool):
-    name = "aws s3 sync"
+    key, name = "aws", "aws s3 sync"
     note = "keeps content only: mtimes become the download time, modes the umask; follows the symlink"
 
     def prefix(self, ctx):
@@ -273,7 +275,7 @@ class AwsSync(Tool):
 
 
 class Rclone(Tool):
-    name = "rclone"
+    key = name = "rclone"
     kept = ("mtimes",)
     note = "keeps mtimes (object metadata); not modes, the symlink (skipped) or empty dirs"
 
@@ -288,7 +290,9 @@ class Rclone(Tool):
         open(os.path.join(ctx.work, "rclone.conf"), "a").close()
 
     def remote(self, ctx):
-        return f"bench:{BUCKET}/{self.prefix(ctx)}"
+        # the trailing "/" spares rclone a HEAD of the prefix, which s3s-fs answers 500 (not 404)
+        # for a "folder" and rclone then retries for ~80 s; on AWS it would be a cheap 404
+        return f"bench:{BUCKET}/{self.prefix(ctx)}/"
 
     def backup(self, ctx, second):
         return ["rclone", "sync", ctx.state, self.remote(ctx), "--transfers", "16"]
@@ -298,7 +302,7 @@ class Rclone(Tool):
 
 
 class Restic(Tool):
-    name = "restic"
+    key = name = "restic"
     kept = ALL_KEPT
 
     def env(self, ctx):
@@ -320,22 +324,22 @@ class Restic(Tool):
 
 
 class TarZstdAws(Tool):
-    name = "tar|zstd|aws s3 cp"
+    key, name = "tar", "tar|zstd|aws s3 cp"
     kept = ALL_KEPT
 
     def prefix(self, ctx):
         return f"tar-{ctx.tag}"
 
-    def key(self, ctx, n):
+    def object_url(self, ctx, n):
         return f"{ctx.s3url(self.prefix(ctx))}/state-{n}.tar.zst"
 
     def backup(self, ctx, second):
-        aws = shlex.join([ctx.aws, "s3", "cp", "-", self.key(ctx, 2 if second else 1), "--only-show-errors",
+        aws = shlex.join([ctx.aws, "s3", "cp", "-", self.object_url(ctx, 2 if second else 1), "--only-show-errors",
                           "--endpoint-url", ctx.endpoint])
         return ["bash", "-c", f"set -o pipefail; tar -C {shlex.quote(ctx.state)} -cf - . | zstd -3 -T0 -q | {aws}"]
 
     def restore(self, ctx, dest):
-        aws = shlex.join([ctx.aws, "s3", "cp", self.key(ctx, 2), "-", "--only-show-errors",
+        aws = shlex.join([ctx.aws, "s3", "cp", self.object_url(ctx, 2), "-", "--only-show-errors",
                           "--endpoint-url", ctx.endpoint])
         d = shlex.quote(dest)
         return ["bash", "-c", f"set -o pipefail; mkdir -p {d} && {aws} | zstd -d -q | tar -x -C {d}"]
@@ -384,7 +388,8 @@ def compare(expected, actual, kept):
             problems.append(f"{path}: mode {a['mode']:o}, expected {e['mode']:o}")
         elif "mtimes" in kept and e["type"] == "file" and a["mtime"] != e["mtime"]:
             problems.append(f"{path}: mtime {a['mtime']}, expected {e['mtime']}")
-    problems += [f"{p}: unexpected {a['type']}" for p, a in sorted(actual.items()) if p not in expected and p not in skip]
+    problems += [f"{p}: unexpected {a['type']}" for p, a in sorted(actual.items())
+                 if p not in expected and p not in skip]
     return problems
 
 
@@ -403,10 +408,15 @@ def base_state(scale, seed, fresh):
     gen = os.path.join(HERE, "generate.py")
     with open(gen, "rb") as f:
         key = hashlib.sha256(f.read()).hexdigest()[:12]
-    d = os.path.join(HERE, "out", "states", f"{scale}-seed{seed}-{key}")
+    states = os.path.join(HERE, "out", "states")
+    d = os.path.join(states, f"{scale}-seed{seed}-{key}")
     marker = d + ".json"
     if fresh or not os.path.exists(marker):
-        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(states, exist_ok=True)
+        for old in os.listdir(states):  # states of an older generate.py, or this one half-written
+            if old.startswith(f"{scale}-seed{seed}-"):
+                p = os.path.join(states, old)
+                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
         log(f"generating the {scale} state in {d}")
         out = subprocess.run([sys.executable, gen, "--scale", scale, "--seed", str(seed), d],
                              check=True, capture_output=True, text=True).stdout
@@ -420,6 +430,7 @@ def run_op(tool, ctx, op, logfile, counter):
     dest = os.path.join(ctx.work, f"restore-{tool.prefix(ctx)}")
     cmd = tool.restore(ctx, dest) if op == "restore" else tool.backup(ctx, op == "backup2")
     out_path = os.path.join(ctx.work, "stdout.json")
+    os.sync()  # untimed: no tool pays for the writeback of what the previous one wrote
     if counter:
         counter.take()
     r = measure(cmd, tool.env(ctx), logfile, stdout_path=out_path)
@@ -435,16 +446,27 @@ def run_op(tool, ctx, op, logfile, counter):
     return r, dest
 
 
-def one_pass(scale, base, n, tools, s3root, endpoint, counter, env, aws, seed, results):
+class Bench:
+    """What every pass shares: the tools, the S3 server (and the proxy), the directories."""
+
+    def __init__(self, tools, work_root, s3root, port, proxy, env, aws, seed):
+        self.tools, self.work_root, self.s3root, self.port = tools, work_root, s3root, port
+        self.proxy, self.env, self.aws, self.seed = proxy, env, aws, seed
+
+
+def one_pass(b, scale, base, n, results):
+    """Pass 0 counts requests through the proxy (when there is one); the others are timed."""
+    counter = b.proxy if n == 0 else None
     counting = counter is not None
-    work = os.path.join(HERE, "out", "work", scale)
+    work = os.path.join(b.work_root, scale)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     state = os.path.join(work, "state")
     subprocess.run(["cp", "-a", base, state], check=True)
-    ctx = Ctx(work, state, endpoint, f"{scale}-{n}", env, aws)
+    endpoint = f"http://127.0.0.1:{counter.port if counting else b.port}"
+    ctx = Ctx(work, state, endpoint, f"{scale}-{n}", b.env, b.aws)
     logfile = os.path.join(HERE, "out", f"tools-{scale}.log")
-    order = tools[n % len(tools):] + tools[: n % len(tools)]
+    order = b.tools[n % len(b.tools):] + b.tools[: n % len(b.tools)]
     log(f"{scale}: {'counting pass (through the proxy, warm-up)' if counting else f'run {n}'}: "
         + ", ".join(t.name for t in order))
     for t in order:
@@ -460,11 +482,11 @@ def one_pass(scale, base, n, tools, s3root, endpoint, counter, env, aws, seed, r
     for op in ("backup", "backup2"):
         if op == "backup2":
             time.sleep(1.1)  # the change is at least a second newer than every first backup
-            subprocess.run([sys.executable, os.path.join(HERE, "generate.py"), "--mutate", "--seed", str(seed),
+            subprocess.run([sys.executable, os.path.join(HERE, "generate.py"), "--mutate", "--seed", str(b.seed),
                             state], check=True, capture_output=True)
         for t in order:
             r, _ = run_op(t, ctx, op, logfile, counter)
-            r["stored_bytes"] = stored_bytes(s3root, t.prefix(ctx))
+            r["stored_bytes"] = stored_bytes(b.s3root, t.prefix(ctx))
             record(t, op, r)
     expected = tree(state)
     for t in order:
@@ -478,7 +500,7 @@ def one_pass(scale, base, n, tools, s3root, endpoint, counter, env, aws, seed, r
         record(t, "restore", r)
         shutil.rmtree(dest, ignore_errors=True)
     for t in order:
-        shutil.rmtree(os.path.join(s3root, BUCKET, t.prefix(ctx)), ignore_errors=True)
+        shutil.rmtree(os.path.join(b.s3root, BUCKET, t.prefix(ctx)), ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -497,7 +519,8 @@ def summarize(results):
             s = {"runs": len(timed)}
             if bad:
                 r = bad[0]
-                s["refused"] = (f"exit {r['exit']}" if r["exit"] else "restore does not match: " + "; ".join(r["problems"][:3]))
+                s["refused"] = (f"exit {r['exit']}" if r["exit"]
+                                else "restore does not match: " + "; ".join(r["problems"][:3]))
             elif timed:
                 walls = [r["wall_s"] for r in timed]
                 s.update(wall_median_s=statistics.median(walls), wall_min_s=min(walls), wall_max_s=max(walls),
@@ -508,10 +531,11 @@ def summarize(results):
             if "stored_bytes" in runs[-1]:
                 s["stored_bytes"] = runs[-1]["stored_bytes"]
             sk = [r["spotkeeper_json"] for r in timed if "spotkeeper_json" in r]
-            if sk and "requests" in sk[0]:
-                s["self_reported_requests"] = sk[0]["requests"]
-                s["self_reported_duration_ms_median"] = statistics.median(j["duration_ms"] for j in sk)
-                s["archive_bytes"] = sk[-1].get("archive_bytes")
+            if sk:
+                s["self_reported_duration_ms_median"] = statistics.median(j.get("duration_ms", 0) for j in sk)
+                for k in ("requests", "archive_bytes"):
+                    if k in sk[-1]:
+                        s[f"self_reported_{k}"] = sk[-1][k]
             out.setdefault(tool, {})[op] = s
     for tool, ops in out.items():
         for op, s in ops.items():
@@ -528,9 +552,11 @@ def mb(n):
 def markdown(scale, info, summary, tools, runs):
     lines = [f"### {scale}: {info['files']:,} files, {mb(info['bytes'])} MB; "
              f"median (min-max) of {runs} run{'s' * (runs != 1)}", "",
-             "| tool | operation | wall s | vs spotkeeper | CPU s | peak RSS MB | S3 requests | stored MB | restore check |",
+             "| tool | operation | wall s | vs spotkeeper | CPU s | peak RSS MB | S3 requests | stored MB "
+             "| restore check |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t in tools:
+        name = t.name.replace("|", "\\|")
         for op in OPS:
             s = summary.get(t.name, {}).get(op)
             if s is None:
@@ -539,13 +565,18 @@ def markdown(scale, info, summary, tools, runs):
             req = str(s.get("requests", "-"))
             stored = mb(s["stored_bytes"]) if "stored_bytes" in s else ""
             if "refused" in s:
-                lines.append(f"| {t.name} | {OP_TITLES[op]} | **{s['refused']}** | | | | {req} | {stored} | |")
+                lines.append(f"| {name} | {OP_TITLES[op]} | **{s['refused']}** | | | | {req} | {stored} | |")
                 continue
             wall = f"{s['wall_median_s']:.2f} ({s['wall_min_s']:.2f}-{s['wall_max_s']:.2f})"
-            ratio = f"{s['ratio_to_spotkeeper']:.2f}x" if "ratio_to_spotkeeper" in s else "-"
+            ratio = f"{s['ratio_to_spotkeeper']:.2f}x" if "ratio_to_spotkeeper" in s and t.key != "spotkeeper" else "-"
             check = f"ok: {check}" if check else ""
-            lines.append(f"| {t.name} | {OP_TITLES[op]} | {wall} | {ratio} | {s['cpu_median_s']:.2f} | "
+            lines.append(f"| {name} | {OP_TITLES[op]} | {wall} | {ratio} | {s['cpu_median_s']:.2f} | "
                          f"{s['peak_rss_mb']:.0f} | {req} | {stored} | {check} |")
+    own = [f"{OP_TITLES[op]} {s['self_reported_duration_ms_median']:.0f} ms"
+           + (f", {s['self_reported_requests']} requests" if "self_reported_requests" in s else "")
+           for op, s in summary.get("spotkeeper", {}).items() if "self_reported_duration_ms_median" in s]
+    if own:
+        lines += ["", "spotkeeper's own JSON (median duration_ms): " + "; ".join(own) + "."]
     return "\n".join(lines)
 
 
@@ -558,7 +589,8 @@ def machine():
     osname = next((l.split("=", 1)[1].strip().strip('"') for l in open("/etc/os-release")
                    if l.startswith("PRETTY_NAME")), "?")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "os": osname,
-            "kernel": platform.release()}
+            "kernel": platform.release(), "filesystem": output(["findmnt", "-no", "FSTYPE", "--target", HERE]),
+            "load_average_at_start": os.getloadavg()}
 
 
 def versions(spotkeeper, aws):
@@ -607,7 +639,8 @@ def main():
                     help="comma-separated: small, medium, large (default small,medium; env BENCH_SCALES)")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")),
                     help="timed runs per scale, after one counting pass (default 3; env BENCH_RUNS)")
-    ap.add_argument("--tools", default="", help="comma-separated subset of: spotkeeper,aws,rclone,restic,tar")
+    ap.add_argument("--tools", default="", help="comma-separated subset of: spotkeeper,aws,rclone,restic,tar "
+                    "(aws is aws s3 sync, tar is tar|zstd|aws s3 cp)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-count", action="store_true", help="skip the counting pass (no S3 request counts)")
     ap.add_argument("--fresh", action="store_true", help="regenerate the states even when cached")
@@ -616,16 +649,19 @@ def main():
     ap.add_argument("--spotkeeper", default=os.environ.get("SPOTKEEPER_BIN",
                                                            os.path.join(REPO, "target/release/spotkeeper")))
     ap.add_argument("--s3-server", default=os.path.join(REPO, "target/release/examples/demo-s3"))
+    ap.add_argument("--work-dir", default=os.path.join(HERE, "out", "work"),
+                    help="where the state copies, the restores and the S3 server's files go (default bench/out/work)")
     a = ap.parse_args()
     scales = [s.strip() for s in a.scales.split(",") if s.strip()]
+    if set(scales) - {"small", "medium", "large"}:
+        ap.error(f"unknown scale in --scales {a.scales!r}: use small, medium, large")
     aws = resolve_aws()
     for need in (a.spotkeeper, a.s3_server):
         if not os.access(need, os.X_OK):
             sys.exit(f"missing {need}: make release (and the demo-s3 example) first, or use bench/run.sh")
     tools = [Spotkeeper(a.spotkeeper), AwsSync(), Rclone(), Restic(), TarZstdAws()]
     if a.tools:
-        wanted = a.tools.split(",")
-        tools = [t for t in tools if any(w.strip() and w.strip() in t.name for w in wanted)]
+        tools = [t for t in tools if t.key in a.tools.split(",")]
     missing = [b for b, used in (("aws", aws), ("rclone", "rclone"), ("restic", "restic"), ("zstd", "zstd"))
                if used is None or not shutil.which(used)]
     if missing:
@@ -633,7 +669,7 @@ def main():
 
     out_dir = os.path.join(HERE, "out")
     os.makedirs(out_dir, exist_ok=True)
-    s3root = os.path.join(out_dir, "s3")
+    s3root = os.path.join(a.work_dir, "s3")
     shutil.rmtree(s3root, ignore_errors=True)
     os.makedirs(s3root)
     server, port = start_s3(a.s3_server, s3root, os.path.join(out_dir, "s3-server.log"))
@@ -644,8 +680,10 @@ def main():
     env.update(CREDENTIALS, AWS_CONFIG_FILE=aws_config, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
                AWS_EC2_METADATA_DISABLED="true")
     proxy = None if a.no_count else CountingProxy(port)
+    bench = Bench(tools, a.work_dir, s3root, port, proxy, env, aws, a.seed)
     started = datetime.datetime.now(datetime.timezone.utc)
-    report = {"date": started.isoformat(timespec="seconds"), "machine": machine(), "versions": versions(a.spotkeeper, aws),
+    report = {"date": started.isoformat(timespec="seconds"), "machine": machine(),
+              "versions": versions(a.spotkeeper, aws),
               "runs": a.runs, "seed": a.seed,
               "method": {"wall": "perf_counter around the whole command, process start included",
                          "cpu": "user+sys of the process tree (wait4)",
@@ -659,11 +697,11 @@ def main():
     try:
         for scale in scales:
             base, info = base_state(scale, a.seed, a.fresh)
+            open(os.path.join(out_dir, f"tools-{scale}.log"), "w").close()
             results = {}
             passes = ([0] if proxy else []) + list(range(1, a.runs + 1))
             for n in passes:
-                one_pass(scale, base, n, tools, s3root, f"http://127.0.0.1:{proxy.port if n == 0 else port}",
-                         proxy if n == 0 else None, env, aws, a.seed, results)
+                one_pass(bench, scale, base, n, results)
             summary = summarize(results)
             report["scales"][scale] = {
                 "state": info, "summary": summary, "raw": results,
@@ -678,16 +716,17 @@ def main():
     finally:
         server.kill()
         server.wait()
+        shutil.rmtree(s3root, ignore_errors=True)
     stamp = started.strftime("%Y-%m-%dT%H-%MZ")
     path = os.path.join(out_dir, f"results-{stamp}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
+    about = "\n".join([f"- date: {report['date']}", f"- machine: {report['machine']}"]
+                      + [f"- {k}: {v}" for k, v in report["versions"].items()])
     with open(os.path.join(out_dir, f"results-{stamp}.md"), "w") as f:
-        f.write("\n\n".join(tables) + "\n")
+        f.write("\n\n".join(tables + [about]) + "\n")
+    print(about)
     log(f"wrote {path}")
-    for k, v in report["versions"].items():
-        print(f"- {k}: {v}")
-    print(f"- machine: {report['machine']}\n- date: {report['date']}")
 
 
 if __name__ == "__main__":

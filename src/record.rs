@@ -59,6 +59,27 @@ pub fn load(work_dir: &Path) -> Result<Option<LocalRecord>, RecordError> {
         .map_err(|source| RecordError::Decode { path, source })
 }
 
+/// Records that the state in `state_dir` now is snapshot `snapshot_id` and may replace
+/// `latest/` while `latest/` is `latest_id`.
+pub fn remember(
+    work_dir: &Path,
+    repository: &str,
+    state_dir: &Path,
+    snapshot_id: SnapshotId,
+    latest_id: SnapshotId,
+) -> Result<(), RecordError> {
+    save(
+        work_dir,
+        &LocalRecord {
+            repository: repository.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            snapshot_id,
+            latest_id,
+            updated_at: Utc::now(),
+        },
+    )
+}
+
 /// Writes the record durably: temp file, fsync, rename, fsync of the directory.
 pub fn save(work_dir: &Path, record: &LocalRecord) -> Result<(), RecordError> {
     let path = work_dir.join(RECORD_FILE);

@@ -5,7 +5,7 @@ use chrono::Utc;
 use super::{CommandError, human_bytes, print_json};
 use crate::cli::RestoreArgs;
 use crate::config::Config;
-use crate::record::{self, LocalRecord};
+use crate::record;
 use crate::restore::{self, RestoreRequest};
 use crate::store::Store;
 
@@ -65,16 +65,12 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
     };
     let report = restore::restore(store, &request).await?;
     if is_state_dir {
-        record::save(
+        record::remember(
             &config.state.work_dir,
-            &LocalRecord {
-                repository,
-                state_dir: config.state.dir.clone(),
-                snapshot_id: report.id,
-                // Restoring an older snapshot on purpose is a rollback: the next snapshot may replace latest/.
-                latest_id: report.latest.unwrap_or(report.id),
-                updated_at: Utc::now(),
-            },
+            &repository,
+            &config.state.dir,
+            report.id,
+            report.latest.unwrap_or(report.id),
         )?;
     }
     tracing::info!(snapshot_id = %report.id, target = %report.target.display(), files = report.files,

@@ -7,7 +7,7 @@ use crate::cli::SnapshotArgs;
 use crate::config::Config;
 use crate::exclude::Excludes;
 use crate::manifest::Host;
-use crate::record::{self, LocalRecord};
+use crate::record;
 use crate::snapshot::{self, SnapshotRequest};
 use crate::store::Store;
 
@@ -60,15 +60,12 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         now: Utc::now(),
     };
     let report = snapshot::take(store, request).await?;
-    record::save(
+    record::remember(
         &config.state.work_dir,
-        &LocalRecord {
-            repository,
-            state_dir: config.state.dir.clone(),
-            snapshot_id: report.id,
-            latest_id: report.id,
-            updated_at: Utc::now(),
-        },
+        &repository,
+        &config.state.dir,
+        report.id,
+        report.id,
     )?;
     tracing::info!(snapshot_id = %report.id, files = report.files, archive_bytes = report.archive_bytes,
         duration_ms = report.duration_ms, requests = report.requests, "snapshot complete");

@@ -197,15 +197,12 @@ impl Daemon {
             now: Utc::now(),
         };
         let report = snapshot::take(&self.store, request).await?;
-        record::save(
+        record::remember(
             &self.config.state.work_dir,
-            &LocalRecord {
-                repository: self.repository.clone(),
-                state_dir: self.config.state.dir.clone(),
-                snapshot_id: report.id,
-                latest_id: report.id,
-                updated_at: Utc::now(),
-            },
+            &self.repository,
+            &self.config.state.dir,
+            report.id,
+            report.id,
         )?;
         Ok(report)
     }

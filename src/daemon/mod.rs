@@ -29,7 +29,7 @@ use crate::exclude::Excludes;
 use crate::manifest::{Host, ImageInfo};
 use crate::metrics::{Metrics, Unit, names};
 use crate::mirror::{self, MirrorError, SyncStats};
-use crate::record::{self, LocalRecord, RecordError};
+use crate::record::{self, RecordError};
 use crate::repository::{self, RepositoryError};
 use crate::restore::{self, BootAction, RestoreError, RestoreRequest};
 use crate::secrets::{self, Secrets, SecretsError};

@@ -198,15 +198,12 @@ impl Daemon {
                 Err(e) => return Err(e.into()),
             }
         };
-        record::save(
+        record::remember(
             &self.config.state.work_dir,
-            &LocalRecord {
-                repository: self.repository.clone(),
-                state_dir: self.config.state.dir.clone(),
-                snapshot_id: report.id,
-                latest_id: report.latest.unwrap_or(report.id),
-                updated_at: Utc::now(),
-            },
+            &self.repository,
+            &self.config.state.dir,
+            report.id,
+            report.latest.unwrap_or(report.id),
         )?;
         tracing::info!(snapshot_id = %report.id, files = report.files, duration_ms = report.duration_ms, "restored");
         self.metrics

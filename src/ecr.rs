@@ -1,7 +1,6 @@
 //! Pulling from Amazon ECR: an image whose registry is `<account>.dkr.ecr.<region>.amazonaws.com`
 //! is pulled with a token from `ecr:GetAuthorizationToken`, using the instance role.
 
-use aws_config::BehaviorVersion;
 use aws_sdk_ecr::error::DisplayErrorContext;
 use bollard::auth::DockerCredentials;
 
@@ -29,10 +28,8 @@ pub async fn credentials(registry: &str, region: &str) -> Result<DockerCredentia
         registry: registry.to_string(),
         message,
     };
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(aws_config::Region::new(region.to_string()))
-        .load()
-        .await;
+    // The registry's own region, whatever the instance's.
+    let config = crate::aws::sdk_config(Some(region)).await;
     let client = aws_sdk_ecr::Client::new(&config);
     let output = client
         .get_authorization_token()

@@ -2,6 +2,7 @@
 //! S3. The binary's `main.rs` is a thin shell over this library.
 
 pub mod archive;
+pub mod aws;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::error::DisplayErrorContext;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
@@ -74,20 +73,12 @@ impl Metrics {
         Metrics { sender: None }
     }
 
-    /// Starts the sender task.
-    pub async fn start(config: &MetricsConfig, region: Option<&str>) -> Metrics {
+    /// Starts the sender task (within a Tokio runtime).
+    pub fn start(config: &MetricsConfig, sdk_config: &aws_config::SdkConfig) -> Metrics {
         if !config.enabled {
             return Metrics::disabled();
         }
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = region {
-            loader = loader.region(aws_config::Region::new(region.to_string()));
-        }
-        let sdk_config = loader.load().await;
-        let mut builder = aws_sdk_cloudwatch::config::Builder::from(&sdk_config);
-        if sdk_config.region().is_none() {
-            builder = builder.region(aws_config::Region::new("us-east-1"));
-        }
+        let mut builder = aws_sdk_cloudwatch::config::Builder::from(sdk_config);
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
         }

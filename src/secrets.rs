@@ -8,7 +8,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use aws_config::BehaviorVersion;
 use aws_sdk_ssm::Client;
 use aws_sdk_ssm::error::DisplayErrorContext;
 
@@ -107,17 +106,9 @@ pub fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// An SSM client from the standard AWS environment; `endpoint` overrides it (tests).
-pub async fn client(config: &SecretsConfig, region: Option<&str>) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = region {
-        loader = loader.region(aws_config::Region::new(region.to_string()));
-    }
-    let sdk_config = loader.load().await;
-    let mut builder = aws_sdk_ssm::config::Builder::from(&sdk_config);
-    if sdk_config.region().is_none() {
-        builder = builder.region(aws_config::Region::new("us-east-1"));
-    }
+/// An SSM client from the shared SDK configuration; `endpoint` overrides it (tests).
+pub fn client(config: &SecretsConfig, sdk_config: &aws_config::SdkConfig) -> Client {
+    let mut builder = aws_sdk_ssm::config::Builder::from(sdk_config);
     if let Some(endpoint) = &config.endpoint {
         builder = builder.endpoint_url(endpoint);
     }

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
-use aws_sdk_s3::config::{ConfigBag, Intercept, Region, RuntimeComponents};
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -137,10 +136,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Builds a client from the standard AWS environment plus the `[s3]` section. A custom
-    /// endpoint (config or `AWS_ENDPOINT_URL[_S3]`) implies path-style addressing.
-    pub async fn connect(config: &S3Config) -> Store {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+    /// Builds a client from the shared SDK configuration (`crate::aws`) plus the `[s3]` section.
+    /// A custom endpoint (config or `AWS_ENDPOINT_URL[_S3]`) implies path-style addressing.
+    pub fn connect(config: &S3Config, sdk_config: &aws_config::SdkConfig) -> Store {
+        let requests = RequestCounter::default();
+        let mut builder = aws_sdk_s3::config::Builder::from(sdk_config)
+            .interceptor(requests.clone())
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(MAX_ATTEMPTS)
@@ -152,16 +153,6 @@ impl Store {
                     .read_timeout(config.timeout)
                     .build(),
             );
-        if let Some(region) = &config.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let sdk_config = loader.load().await;
-        let requests = RequestCounter::default();
-        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config).interceptor(requests.clone());
-        if sdk_config.region().is_none() {
-            // Custom endpoints rarely care; AWS needs one and says so clearly on the first call.
-            builder = builder.region(Region::new("us-east-1"));
-        }
         let endpoint = config
             .endpoint
             .clone()

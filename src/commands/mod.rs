@@ -118,7 +118,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
 }
 
 async fn connect(config: &Config) -> Store {
-    Store::connect(&config.s3).await
+    Store::connect(&config.s3, &crate::aws::sdk_config(config.s3.region.as_deref()).await)
 }
 
 /// Sends `request` to a running daemon. `Ok(None)` when none runs; a daemon's error becomes

@@ -7,7 +7,6 @@ use crate::cli::RestoreArgs;
 use crate::config::Config;
 use crate::record;
 use crate::restore::{self, RestoreRequest};
-use crate::store::Store;
 
 pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError> {
     // Into the state dir while the daemon runs: it stops the container, keeps a safety snapshot,
@@ -37,7 +36,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
             return Ok(());
         }
     }
-    let store = &Store::connect(&config.s3).await;
+    let store = &super::connect(config).await;
     let repository = config.repository_url();
     let is_state_dir = args.to.is_none();
     let local = record::load(&config.state.work_dir)?;

@@ -9,7 +9,6 @@ use crate::exclude::Excludes;
 use crate::manifest::Host;
 use crate::record;
 use crate::snapshot::{self, SnapshotRequest};
-use crate::store::Store;
 
 pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandError> {
     // A running daemon owns the state: it freezes the container and keeps its own bookkeeping.
@@ -36,7 +35,7 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         }
         return Ok(());
     }
-    let store = &Store::connect(&config.s3).await;
+    let store = &super::connect(config).await;
     let repository = config.repository_url();
     let local = record::load(&config.state.work_dir)?;
     let base = local.as_ref().and_then(|r| r.base_for(&repository, &config.state.dir));

@@ -128,8 +128,17 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
     let listener = control::bind(&config.daemon.socket).await?;
     spawn_control(listener, events_tx.clone(), Arc::clone(&status));
 
-    let store = Store::connect(&config.s3).await;
-    let mut daemon = Daemon::new(config, container_config, store, notifier, Arc::clone(&status)).await?;
+    let sdk_config = crate::aws::sdk_config(config.s3.region.as_deref()).await;
+    let store = Store::connect(&config.s3, &sdk_config);
+    let mut daemon = Daemon::new(
+        config,
+        container_config,
+        store,
+        &sdk_config,
+        notifier,
+        Arc::clone(&status),
+    )
+    .await?;
     let outcome = tokio::select! {
         result = daemon.start() => result,
         event = wait_for_signal(&mut events) => {
@@ -258,6 +267,7 @@ impl Daemon {
         config: Config,
         container_config: ContainerConfig,
         store: Store,
+        sdk_config: &aws_config::SdkConfig,
         notifier: Notifier,
         status: Arc<Mutex<Status>>,
     ) -> Result<Daemon, DaemonError> {
@@ -265,12 +275,12 @@ impl Daemon {
         let container = Container::new(docker, &container_config.name);
         let excludes =
             Excludes::new(&config.state.dir, &config.state.exclude).map_err(|e| DaemonError::Task(e.to_string()))?;
-        let metrics = Metrics::start(&config.metrics, config.s3.region.as_deref()).await;
+        let metrics = Metrics::start(&config.metrics, sdk_config);
         let config_work_dir = config.state.work_dir.clone();
-        let secrets_client = match &config.secrets {
-            Some(secrets) => Some(secrets::client(secrets, config.s3.region.as_deref()).await),
-            None => None,
-        };
+        let secrets_client = config
+            .secrets
+            .as_ref()
+            .map(|secrets| secrets::client(secrets, sdk_config));
         Ok(Daemon {
             repository: config.repository_url(),
             restarts: RestartPolicyState::new(container_config.restart_limit, container_config.restart_window),

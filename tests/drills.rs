@@ -13,7 +13,8 @@ use common::{
 };
 
 /// latest/manifest.json is the manifest of a complete snapshot, and that snapshot verifies; or
-/// there is no latest/ and no complete snapshot at all.
+/// there is no latest/ yet (a first snapshot killed before it moved latest/: the previous
+/// latest/, none, is intact, and the daemon's next start must carry on).
 fn assert_latest_complete(s3: &S3Server, world: &World) -> Option<String> {
     let latest_path = s3
         .root
@@ -21,14 +22,6 @@ fn assert_latest_complete(s3: &S3Server, world: &World) -> Option<String> {
         .join(&world.bucket)
         .join(world.key("latest/manifest.json"));
     if !latest_path.exists() {
-        let list = world.json(&["list", "--json"]);
-        let complete = list
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter(|r| r["complete"] == true)
-            .count();
-        assert_eq!(complete, 0, "complete snapshots but no latest/: {list}");
         return None;
     }
     let latest: serde_json::Value =
@@ -328,4 +321,43 @@ fn drill_docker_events_stream_cut_reconnects_and_supervision_resumes() {
     assert!(restarted, "log:\n{}", daemon.log());
     assert!(daemon.stop().success(), "log:\n{}", daemon.log());
     remove_container(&t.container);
+}
+
+/// A first snapshot killed between its manifest and latest/: with local state the daemon keeps it
+/// and carries on; on an empty machine it refuses to guess rather than start fresh.
+#[test]
+fn drill_complete_snapshot_without_latest_keeps_local_state_and_never_starts_fresh() {
+    if !docker_available() {
+        return;
+    }
+    let t = setup("nolatest", "", "");
+    t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
+    write(&t.world.state.join("mine.txt"), b"local", 0o644);
+    t.world.ok(&["snapshot"]);
+    // What the kill leaves: the snapshot is complete, latest/ was never written.
+    let latest_dir = t.s3.root.path().join(&t.world.bucket).join(t.world.key("latest"));
+    fs::remove_dir_all(&latest_dir).expect("remove latest/");
+    let mut daemon = Daemon::start(&t.world);
+    running(&t.world, &daemon);
+    assert_eq!(fs::read(t.world.state.join("mine.txt")).expect("kept"), b"local");
+    let published = wait_for(Duration::from_secs(60), || latest_dir.join("manifest.json").exists());
+    assert!(
+        published,
+        "latest/ not written by the next snapshot; log:\n{}",
+        daemon.log()
+    );
+    assert!(daemon.stop().success());
+
+    // Another, empty machine on that prefix with latest/ gone again: refused, nothing started.
+    fs::remove_dir_all(&latest_dir).expect("remove latest/");
+    let empty = World::with_endpoint(&t.world.endpoint, &t.world.bucket, &t.world.prefix);
+    let (container, _) = configure_daemon(&empty, &t.moto, "nolatest2", "", "");
+    t.moto.put_parameter("/openclaw/nolatest2/API_KEY", "x");
+    fs::remove_dir(&empty.state).expect("empty state");
+    let mut refused = Daemon::start(&empty);
+    let exited = refused.wait_exit(Duration::from_secs(60));
+    assert_eq!(exited.and_then(|s| s.code()), Some(7), "log:\n{}", refused.log());
+    assert!(refused.log().contains("refusing to guess"), "log:\n{}", refused.log());
+    assert!(!empty.state.exists(), "no fresh start");
+    remove_container(&container);
 }

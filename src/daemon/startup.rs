@@ -115,8 +115,10 @@ impl Daemon {
         let local = restore::inspect(&state_dir)?;
         let store = self.store.clone();
         let latest = self.retry_s3("reading latest/", || repository::latest(&store)).await?;
-        if latest.is_none() {
-            // No latest/: make sure that is because the repository is new.
+        // No latest/ and nothing local: starting fresh is only right when the repository is new.
+        // (With local state there is nothing to decide: it is kept, and nothing is overwritten. A
+        // first snapshot killed between its manifest and latest/ leaves exactly that.)
+        if latest.is_none() && local != restore::TargetState::NonEmpty {
             let listing = self.retry_s3("listing snapshots", || repository::list(&store)).await?;
             if let Some(newest) = listing.snapshots.iter().rev().find(|s| s.complete) {
                 return Err(RestoreError::LatestMissing {

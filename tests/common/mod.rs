@@ -743,6 +743,20 @@ impl Daemon {
         }
     }
 
+    /// Waits (bounded) for the daemon to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_for(limit, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -793,6 +807,13 @@ pub struct Setup {
     pub container: String,
     pub port: u16,
     pub ssm_path: String,
+}
+
+impl Drop for Setup {
+    /// A failed test must not leave its container behind.
+    fn drop(&mut self) {
+        remove_container(&self.container);
+    }
 }
 
 /// A world for the daemon: S3, SSM, a fake OpenClaw container; `extra_container` goes in

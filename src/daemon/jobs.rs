@@ -141,7 +141,11 @@ impl Daemon {
                 }
                 Consistency::Stop => {
                     self.expecting_stop = true;
-                    self.container.stop(self.container_config.stop_timeout).await?;
+                    if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
+                        // Still running: its death must count as a failure again.
+                        self.expecting_stop = false;
+                        return Err(e.into());
+                    }
                 }
                 Consistency::None => {}
             }

@@ -37,7 +37,10 @@ impl Daemon {
         };
         self.say("manual restore: stopping the container");
         self.expecting_stop = true;
-        self.container.stop(self.container_config.stop_timeout).await?;
+        if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
+            self.expecting_stop = false;
+            return Err(e.into());
+        }
         let safety = self.snapshot_now("safety before manual restore").await;
         let safety = match safety {
             Ok(outcome) => outcome,

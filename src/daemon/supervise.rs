@@ -183,6 +183,8 @@ impl Daemon {
         tracing::info!(container = %self.container.name, why, "starting the container again");
         self.update(|s| s.container.restarts += 1);
         self.metrics.record(names::CONTAINER_RESTARTS, 1.0, Unit::Count);
+        // A failed recreation may have left this set: from here its death is a failure again.
+        self.expecting_stop = false;
         match self.container.start().await {
             Ok(()) => self.update(|s| s.container.state = "running".into()),
             Err(e) => {

@@ -299,6 +299,17 @@ async fn download_and_unpack(
     staging: &Path,
     from_latest: bool,
 ) -> Result<archive::Unpacked, RestoreError> {
+    let (key, stream) = open_archive(store, manifest, from_latest).await?;
+    unpack_stream(stream, manifest, Some(staging.to_path_buf()), key).await
+}
+
+/// The archive `manifest` names, or (for `latest/`) the copy under `latest/` when the snapshot's
+/// own was pruned; with its `s3://` URL. Whichever is read, it is checked against the manifest.
+pub async fn open_archive(
+    store: &Store,
+    manifest: &Manifest,
+    from_latest: bool,
+) -> Result<(String, aws_sdk_s3::primitives::ByteStream), RestoreError> {
     let mut candidates = vec![manifest.archive.key.clone()];
     if from_latest {
         candidates.push(LATEST_ARCHIVE.to_string());
@@ -317,7 +328,7 @@ async fn download_and_unpack(
             keys: candidates.join(", "),
         });
     };
-    unpack_stream(stream, manifest, Some(staging.to_path_buf()), store.url(&key)).await
+    Ok((store.url(&key), stream))
 }
 
 /// Checks (and with `dest`, extracts) an archive body on a blocking thread. A read error of the

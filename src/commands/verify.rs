@@ -5,8 +5,7 @@ use serde::Serialize;
 use super::{CommandError, print_json};
 use crate::cli::VerifyArgs;
 use crate::config::Config;
-use crate::repository::{LATEST_ARCHIVE, RepositoryError};
-use crate::restore::{self, RestoreError};
+use crate::restore;
 use crate::snapshot_id::SnapshotId;
 use crate::store::Store;
 
@@ -41,26 +40,7 @@ pub async fn run(config: &Config, store: &Store, args: &VerifyArgs) -> Result<()
         return Ok(());
     }
     let (manifest, _) = restore::resolve(store, args.snapshot, &repository).await?;
-    let mut candidates = vec![manifest.archive.key.clone()];
-    if args.snapshot.is_none() {
-        candidates.push(LATEST_ARCHIVE.to_string());
-    }
-    let mut found = None;
-    for key in &candidates {
-        if let Some(stream) = store.get_stream(key).await.map_err(RepositoryError::from)? {
-            found = Some((key.clone(), stream));
-            break;
-        }
-    }
-    let Some((key, stream)) = found else {
-        return Err(RestoreError::ArchiveMissing {
-            repository,
-            id: manifest.id,
-            keys: candidates.join(", "),
-        }
-        .into());
-    };
-    let full_key = store.url(&key);
+    let (full_key, stream) = restore::open_archive(store, &manifest, args.snapshot.is_none()).await?;
     let checked = restore::unpack_stream(stream, &manifest, None, full_key.clone()).await?;
     let result = Verified {
         id: manifest.id,

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::daemon::Status;
+use crate::exit::Exit;
+use crate::restore::RestoreReport;
+use crate::snapshot::SnapshotOutcome;
 use crate::snapshot_id::SnapshotId;
 
 /// Longest a request may take: a restore of a large state through the daemon.
@@ -33,35 +37,40 @@ pub enum Request {
     Restore { snapshot: Option<SnapshotId> },
 }
 
+/// The daemon's answer: one variant per request, or an error with the exit code the CLI uses.
+/// Both sides use these types, so the `--json` output is the same with or without the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The exit code the CLI should use for `error`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<u8>,
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Reply {
+    Status(Box<Status>),
+    Snapshot(SnapshotOutcome),
+    Restore(ManualRestore),
+    Error(ErrorReply),
 }
 
-impl Response {
-    pub fn ok(result: serde_json::Value) -> Self {
-        Response {
-            ok: true,
-            result: Some(result),
-            error: None,
-            exit_code: None,
-        }
-    }
+/// A failure, as the daemon classified it (`crate::exit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: u8,
+    pub kind: String,
+    pub message: String,
+}
 
-    pub fn error(message: String, exit_code: u8) -> Self {
-        Response {
-            ok: false,
-            result: None,
-            error: Some(message),
-            exit_code: Some(exit_code),
-        }
+/// What a restore through the daemon did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManualRestore {
+    pub restored: RestoreReport,
+    /// The snapshot of the state that the restore replaced, taken first.
+    pub safety_snapshot: SnapshotOutcome,
+}
+
+impl Reply {
+    pub fn error(message: String, exit: Exit) -> Self {
+        Reply::Error(ErrorReply {
+            code: exit.code(),
+            kind: exit.kind().to_string(),
+            message,
+        })
     }
 }
 
@@ -101,8 +110,8 @@ pub async fn read_request(stream: &mut UnixStream) -> io::Result<Request> {
     serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Writes one response.
-pub async fn write_response(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
+/// Writes one reply.
+pub async fn write_reply(stream: &mut UnixStream, response: &Reply) -> io::Result<()> {
     let mut text = serde_json::to_string(response).map_err(io::Error::other)?;
     text.push('\n');
     stream.write_all(text.as_bytes()).await?;
@@ -110,7 +119,7 @@ pub async fn write_response(stream: &mut UnixStream, response: &Response) -> io:
 }
 
 /// Sends `request` to the daemon at `path`. `Ok(None)` when no daemon is running there.
-pub async fn call(path: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
+pub async fn call(path: &Path, request: &Request) -> Result<Option<Reply>, ControlError> {
     let io_error = |source| ControlError::Io {
         path: path.to_path_buf(),
         source,

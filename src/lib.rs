@@ -3,11 +3,13 @@
 
 pub mod archive;
 pub mod aws;
+pub mod boot;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod displaced;
 pub mod drill;
 pub mod duration;
 pub mod ecr;
@@ -22,6 +24,7 @@ pub mod record;
 pub mod repository;
 pub mod restore;
 pub mod retention;
+pub mod runtime;
 pub mod schedule;
 pub mod secrets;
 pub mod snapshot;
@@ -29,5 +32,4 @@ pub mod snapshot_id;
 pub mod spot;
 pub mod store;
 pub mod stream;
-pub mod supervisor;
 pub mod systemd;

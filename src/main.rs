@@ -15,14 +15,14 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILURE);
+            return exit::Exit::Failure.into();
         }
     };
     match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(()) => exit::Exit::Ok.into(),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
+            e.exit().into()
         }
     }
 }

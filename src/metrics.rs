@@ -32,6 +32,8 @@ pub mod names {
     pub const SPOT_NOTICE: &str = "SpotNoticeReceived";
     pub const BACKUP_VERIFIED: &str = "BackupVerified";
     pub const LINEAGE_CONFLICT: &str = "LineageConflict";
+    /// 1 while the container is stuck frozen (a thaw failed), 0 once it thawed.
+    pub const CONTAINER_FROZEN: &str = "ContainerFrozen";
 }
 
 /// Units used here.

@@ -98,17 +98,58 @@ pub fn save(work_dir: &Path, record: &LocalRecord) -> Result<(), RecordError> {
     Ok(())
 }
 
-/// File in `work_dir` holding this writer's id.
+/// File in `work_dir` holding this writer's id and the machine identity it belongs to.
 pub const WRITER_FILE: &str = "writer-id";
 
-/// This writer's id (one per `work_dir`), created on first use. Two daemons on one prefix have
-/// different ids even on one host, so the lineage guard tells them apart.
-pub fn writer_id(work_dir: &Path) -> Result<String, RecordError> {
-    let path = work_dir.join(WRITER_FILE);
-    if let Ok(id) = fs::read_to_string(&path)
-        && !id.trim().is_empty()
+/// What identifies this machine for the writer id: the EC2 instance id when known, else the
+/// systemd machine id and this boot's id. A machine cloned from an image or a volume snapshot
+/// carries `work_dir`, but not this.
+pub fn machine_identity(instance_id: Option<&str>) -> String {
+    if let Some(id) = instance_id {
+        return format!("instance:{id}");
+    }
+    let read = |path: &str| {
+        fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "host:{}:{}",
+        read("/etc/machine-id"),
+        read("/proc/sys/kernel/random/boot_id")
+    )
+}
+
+/// The writer id a one-shot command uses: the daemon's (whatever machine identity it recorded,
+/// since a command does not ask IMDS), else one made for this host.
+pub fn current_writer_id(work_dir: &Path) -> Result<String, RecordError> {
+    if let Ok(text) = fs::read_to_string(work_dir.join(WRITER_FILE))
+        && let Some(id) = text.lines().next().map(str::trim)
+        && !id.is_empty()
     {
-        return Ok(id.trim().to_string());
+        return Ok(id.to_string());
+    }
+    writer_id(work_dir, &machine_identity(None))
+}
+
+/// This writer's id, one per `work_dir` and machine identity: created on first use, and made
+/// anew when the identity changed (a clone of this machine's disk). Two daemons on one prefix
+/// have different ids even on one host, so the lineage guard tells them apart.
+pub fn writer_id(work_dir: &Path, identity: &str) -> Result<String, RecordError> {
+    let path = work_dir.join(WRITER_FILE);
+    if let Ok(text) = fs::read_to_string(&path) {
+        let mut lines = text.lines();
+        let id = lines.next().unwrap_or_default().trim();
+        let recorded_for = lines.next().unwrap_or_default().trim();
+        if !id.is_empty() && recorded_for == identity {
+            return Ok(id.to_string());
+        }
+        if !id.is_empty() {
+            tracing::warn!(
+                writer = id,
+                "this work_dir's writer id belongs to another machine (a cloned disk?); taking a new one"
+            );
+        }
     }
     let id = fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|u| u.trim().to_string())
@@ -125,7 +166,7 @@ pub fn writer_id(work_dir: &Path) -> Result<String, RecordError> {
     };
     fs::create_dir_all(work_dir).map_err(write_error)?;
     let temp = work_dir.join(format!(".{WRITER_FILE}.tmp"));
-    fs::write(&temp, format!("{id}\n")).map_err(write_error)?;
+    fs::write(&temp, format!("{id}\n{identity}\n")).map_err(write_error)?;
     fs::rename(&temp, &path).map_err(write_error)?;
     Ok(id)
 }
@@ -163,5 +204,18 @@ mod tests {
         fs::write(dir.path().join(RECORD_FILE), b"{not json").expect("write");
         let err = load(dir.path()).expect_err("damaged");
         assert!(err.to_string().contains(RECORD_FILE), "{err}");
+    }
+
+    #[test]
+    fn a_writer_id_is_kept_per_machine_and_renewed_on_a_clone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = writer_id(dir.path(), "instance:i-1").expect("id");
+        assert_eq!(writer_id(dir.path(), "instance:i-1").expect("id"), first);
+        // The disk was cloned onto another instance: a different writer.
+        let clone = writer_id(dir.path(), "instance:i-2").expect("id");
+        assert_ne!(clone, first);
+        assert_eq!(writer_id(dir.path(), "instance:i-2").expect("id"), clone);
+        assert!(machine_identity(Some("i-abc")).contains("i-abc"));
+        assert!(machine_identity(None).starts_with("host:"));
     }
 }

@@ -94,7 +94,7 @@ pub struct RestoreRequest {
 }
 
 /// What a restore did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RestoreReport {
     pub id: SnapshotId,
     /// What `latest/` was when restoring (the base for the local record).
@@ -433,59 +433,4 @@ fn swap_in(request: &RestoreRequest, staging: &Path, state: TargetState) -> Resu
             .map_err(io_error(parent))?;
     }
     Ok(displaced)
-}
-
-/// What the daemon does with the local state at boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BootAction {
-    /// Nothing local, a snapshot in S3: restore it.
-    Restore,
-    /// Nothing local and a listing that found no snapshot: a genuinely new repository.
-    StartFresh,
-    /// Local state that is the same as or newer than `latest/`, or no `latest/` to compare with.
-    KeepLocal,
-    /// Local state that does not descend from `latest/`: move it aside, then restore.
-    DisplaceAndRestore,
-}
-
-/// The boot decision (DESIGN.md, "Restore decision"). `latest` is `latest/`'s id from a read
-/// that succeeded; `descends` is whether the local state descends from it, as the lineage guard
-/// decides (`snapshot::check_lineage`). An S3 error never reaches this function: the caller
-/// retries until it has an answer.
-pub fn boot_action(local: TargetState, latest: Option<SnapshotId>, descends: bool) -> BootAction {
-    match (local, latest) {
-        (TargetState::Absent | TargetState::Empty, Some(_)) => BootAction::Restore,
-        (TargetState::Absent | TargetState::Empty, None) => BootAction::StartFresh,
-        (TargetState::NonEmpty, None) => BootAction::KeepLocal,
-        (TargetState::NonEmpty, Some(_)) if descends => BootAction::KeepLocal,
-        (TargetState::NonEmpty, Some(_)) => BootAction::DisplaceAndRestore,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn boot_never_restores_over_state_that_descends_from_latest() {
-        let latest: SnapshotId = "2026-02-27-14-00".parse().expect("id");
-        use BootAction::*;
-        use TargetState::*;
-        let cases = [
-            (Absent, Some(latest), false, Restore),
-            (Empty, Some(latest), true, Restore),
-            (Empty, None, false, StartFresh),
-            (Absent, None, true, StartFresh),
-            (NonEmpty, None, false, KeepLocal),
-            (NonEmpty, Some(latest), true, KeepLocal),
-            (NonEmpty, Some(latest), false, DisplaceAndRestore),
-        ];
-        for (local, latest, descends, expected) in cases {
-            assert_eq!(
-                boot_action(local, latest, descends),
-                expected,
-                "{local:?} {latest:?} {descends}"
-            );
-        }
-    }
 }

@@ -79,6 +79,45 @@ pub struct SnapshotReport {
     pub manifest: Manifest,
 }
 
+/// What one snapshot attempt did: the `--json` schema of `spotkeeper snapshot`, the same with
+/// or without the daemon (the CLI alone never freezes: `freeze_ms` is 0).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum SnapshotOutcome {
+    Uploaded {
+        id: SnapshotId,
+        parent: Option<SnapshotId>,
+        files: u64,
+        bytes: u64,
+        archive_bytes: u64,
+        duration_ms: u64,
+        freeze_ms: u64,
+        requests: u64,
+        /// Entries that could not be archived (listed in the manifest).
+        skipped: usize,
+    },
+    Unchanged {
+        since: SnapshotId,
+        freeze_ms: u64,
+    },
+}
+
+impl SnapshotReport {
+    pub fn outcome(&self, freeze_ms: u64) -> SnapshotOutcome {
+        SnapshotOutcome::Uploaded {
+            id: self.id,
+            parent: self.parent,
+            files: self.files,
+            bytes: self.bytes,
+            archive_bytes: self.archive_bytes,
+            duration_ms: self.duration_ms,
+            freeze_ms,
+            requests: self.requests,
+            skipped: self.skipped.len(),
+        }
+    }
+}
+
 /// May a state whose base is `base` replace `latest/` (whose id, parent and writer are given)?
 /// A `latest/` this very writer put on top of `base` also counts: the process that wrote it died
 /// before it could update the local record.

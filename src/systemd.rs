@@ -1,8 +1,17 @@
-//! systemd integration: sd_notify (READY, STATUS, WATCHDOG, STOPPING, EXTEND_TIMEOUT_USEC) and
-//! whether stderr is the journal. Outside systemd every call is a no-op.
+//! systemd integration: sd_notify (READY, STATUS, WATCHDOG, STOPPING, EXTEND_TIMEOUT_USEC),
+//! the watchdog fed by progress, and whether stderr is the journal. Outside systemd every call is
+//! a no-op.
+//!
+//! The watchdog: a task pings WATCHDOG=1 every half `WATCHDOG_USEC`, but only while something
+//! showed progress within that half: the main loop each time round, and long steps as they go
+//! (parts uploaded, chunks downloaded, files copied or restored) through `progress()`. A long
+//! snapshot that moves is never killed; a daemon stuck anywhere stops the pings and systemd kills
+//! it within about twice `WatchdogSec`.
 
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
@@ -52,6 +61,59 @@ impl Notifier {
     }
 }
 
+/// The moment this process started; progress marks are counted from it.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds after `epoch()` of the last progress mark.
+static LAST_PROGRESS_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Marks progress: the daemon is alive and its current step is moving. Cheap (one atomic
+/// store): call it per part, chunk or file.
+pub fn progress() {
+    let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+    LAST_PROGRESS_MS.fetch_max(ms, Ordering::Relaxed);
+}
+
+/// How long ago progress was last marked.
+pub fn since_progress() -> Duration {
+    let now = epoch().elapsed();
+    now.saturating_sub(Duration::from_millis(LAST_PROGRESS_MS.load(Ordering::Relaxed)))
+}
+
+/// Whether the watchdog task should ping now: progress within the last `window`.
+pub fn alive(since_progress: Duration, window: Duration) -> bool {
+    since_progress <= window
+}
+
+/// Starts the watchdog task when systemd asked for one (`WATCHDOG_USEC`): a ping every half
+/// period while progress was marked within that half period.
+pub fn spawn_watchdog(notifier: Notifier) {
+    let Some(every) = watchdog_interval() else {
+        return;
+    };
+    progress();
+    tokio::spawn(async move {
+        let mut silent = false;
+        loop {
+            tokio::time::sleep(every).await;
+            let quiet_for = since_progress();
+            if alive(quiet_for, every) {
+                notifier.watchdog();
+                silent = false;
+            } else if !silent {
+                silent = true;
+                tracing::error!(
+                    quiet_ms = quiet_for.as_millis() as u64,
+                    "no progress for longer than half the watchdog period; not pinging systemd"
+                );
+            }
+        }
+    });
+}
+
 /// Half of `WATCHDOG_USEC`, the interval to ping at; `None` when the watchdog is off.
 pub fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0;
@@ -70,4 +132,18 @@ pub fn stderr_is_journal() -> bool {
         return false;
     };
     dev.parse::<u64>().ok() == Some(stat.st_dev) && ino.parse::<u64>().ok() == Some(stat.st_ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_moves_the_mark_and_the_watchdog_judges_by_it() {
+        progress();
+        assert!(since_progress() < Duration::from_secs(5));
+        assert!(alive(Duration::from_secs(10), Duration::from_secs(60)));
+        assert!(alive(Duration::from_secs(60), Duration::from_secs(60)));
+        assert!(!alive(Duration::from_secs(61), Duration::from_secs(60)));
+    }
 }

@@ -13,13 +13,13 @@ use std::io;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, ConfigError};
-use crate::exit;
-use crate::manifest::ManifestError;
+use crate::control::{Reply, Request};
+use crate::exit::{self, Exit};
 use crate::record::RecordError;
 use crate::repository::RepositoryError;
 use crate::restore::RestoreError;
 use crate::snapshot::SnapshotError;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -48,57 +48,40 @@ pub enum CommandError {
     NoDaemon(String),
     #[error(transparent)]
     Drill(#[from] crate::drill::DrillError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(
+        "refusing to restore into {state_dir}: container {container} is {state} with it bind-mounted, and would \
+         keep writing into the state that is moved aside. Nothing was changed. Either start the daemon and restore \
+         through it (`systemctl start spotkeeper`, then this command again: it stops the container, keeps a safety \
+         snapshot, restores and starts it), or stop the container first (`docker stop {container}`)"
+    )]
+    ContainerRunning {
+        state_dir: std::path::PathBuf,
+        container: String,
+        state: String,
+    },
 }
 
 impl CommandError {
-    /// The documented exit code for this error.
-    pub fn exit_code(&self) -> u8 {
+    /// The documented exit code for this error (the same mapping the daemon uses).
+    pub fn exit(&self) -> Exit {
         match self {
-            CommandError::Config(_) => exit::CONFIG,
-            CommandError::Repository(e) => repository_code(e),
-            CommandError::Snapshot(e) => match e {
-                SnapshotError::Repository(e) => repository_code(e),
-                SnapshotError::Archive(_) => exit::IO,
-                SnapshotError::Diverged { .. } | SnapshotError::LatestMoved { .. } => exit::REFUSED,
-                SnapshotError::Task(_) => exit::FAILURE,
-            },
-            CommandError::Drill(crate::drill::DrillError::Restore(e)) => restore_code(e),
-            CommandError::Drill(crate::drill::DrillError::Sqlite { .. }) => exit::INTEGRITY,
-            CommandError::Drill(_) => exit::IO,
-            CommandError::Restore(e) => restore_code(e),
-            CommandError::Record(_) | CommandError::Output(_) => exit::IO,
-            CommandError::PartialPrune(_) => exit::PARTIAL,
-            CommandError::Daemon(e) => e.exit_code(),
-            CommandError::Control(_) => exit::IO,
-            CommandError::Remote { code, .. } => *code,
-            CommandError::NoDaemon(_) => exit::NOT_FOUND,
+            CommandError::Config(_) => Exit::Config,
+            CommandError::Repository(e) => exit::of_repository(e),
+            CommandError::Snapshot(e) => exit::of_snapshot(e),
+            CommandError::Drill(crate::drill::DrillError::Restore(e)) => exit::of_restore(e),
+            CommandError::Drill(crate::drill::DrillError::Sqlite { .. }) => Exit::Integrity,
+            CommandError::Drill(_) => Exit::Io,
+            CommandError::Restore(e) => exit::of_restore(e),
+            CommandError::Record(_) | CommandError::Output(_) => Exit::Io,
+            CommandError::PartialPrune(_) => Exit::Partial,
+            CommandError::Daemon(e) => e.exit(),
+            CommandError::Control(_) | CommandError::Runtime(_) => Exit::Io,
+            CommandError::Remote { code, .. } => Exit::from_code(*code),
+            CommandError::NoDaemon(_) => Exit::NotFound,
+            CommandError::ContainerRunning { .. } => Exit::Refused,
         }
-    }
-}
-
-fn restore_code(e: &RestoreError) -> u8 {
-    match e {
-        RestoreError::Repository(e) => repository_code(e),
-        RestoreError::Archive(e) if e.is_integrity() => exit::INTEGRITY,
-        RestoreError::Archive(_) | RestoreError::Download { .. } | RestoreError::Io { .. } => exit::IO,
-        RestoreError::NoSnapshot { .. }
-        | RestoreError::SnapshotNotFound { .. }
-        | RestoreError::ArchiveMissing { .. } => exit::NOT_FOUND,
-        RestoreError::Refused { .. } | RestoreError::LatestMissing { .. } => exit::REFUSED,
-        RestoreError::Task(_) => exit::FAILURE,
-    }
-}
-
-fn repository_code(error: &RepositoryError) -> u8 {
-    match error {
-        RepositoryError::Store(StoreError::NoSuchBucket { .. }) => exit::NOT_FOUND,
-        RepositoryError::Store(_) => exit::IO,
-        RepositoryError::Manifest(
-            ManifestError::Decode { .. }
-            | ManifestError::UnsupportedFormat { .. }
-            | ManifestError::WrongId { .. }
-            | ManifestError::UnsafeEntry { .. },
-        ) => exit::INTEGRITY,
     }
 }
 
@@ -123,21 +106,25 @@ async fn connect(config: &Config) -> Store {
 
 /// Sends `request` to a running daemon. `Ok(None)` when none runs; a daemon's error becomes
 /// `CommandError::Remote` with the daemon's exit code.
-async fn via_daemon(
-    config: &Config,
-    request: &crate::control::Request,
-) -> Result<Option<serde_json::Value>, CommandError> {
+async fn via_daemon(config: &Config, request: &Request) -> Result<Option<Reply>, CommandError> {
     match crate::control::call(&config.daemon.socket, request).await {
         Ok(None) => Ok(None),
-        Ok(Some(response)) if response.ok => Ok(Some(response.result.unwrap_or_default())),
-        Ok(Some(response)) => Err(CommandError::Remote {
-            message: response.error.unwrap_or_else(|| "the daemon reported an error".into()),
-            code: response.exit_code.unwrap_or(exit::FAILURE),
+        Ok(Some(Reply::Error(e))) => Err(CommandError::Remote {
+            message: e.message,
+            code: e.code,
         }),
+        Ok(Some(reply)) => Ok(Some(reply)),
         // A daemon runs but this user may not talk to it (the socket is root's): working around it
         // behind its back would be worse, so this is an error.
         Err(e) => Err(e.into()),
     }
+}
+
+/// A daemon answered with a reply of the wrong kind: the two sides are different versions.
+fn unexpected(reply: &Reply) -> CommandError {
+    CommandError::Control(crate::control::ControlError::Protocol(format!(
+        "unexpected reply from the daemon: {reply:?}"
+    )))
 }
 
 /// Writes `value` as pretty JSON on stdout.

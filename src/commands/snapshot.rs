@@ -5,35 +5,21 @@ use chrono::Utc;
 use super::{CommandError, human_bytes, print_json};
 use crate::cli::SnapshotArgs;
 use crate::config::Config;
+use crate::control::Reply;
 use crate::exclude::Excludes;
 use crate::manifest::Host;
 use crate::record;
-use crate::snapshot::{self, SnapshotRequest};
+use crate::snapshot::{self, SnapshotOutcome, SnapshotRequest};
 
 pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandError> {
     // A running daemon owns the state: it freezes the container and keeps its own bookkeeping.
     if !args.force
-        && let Some(result) = super::via_daemon(config, &crate::control::Request::Snapshot).await?
+        && let Some(reply) = super::via_daemon(config, &crate::control::Request::Snapshot).await?
     {
-        if args.json {
-            return print_json(&result);
-        }
-        match result["outcome"].as_str() {
-            Some("unchanged") => println!(
-                "unchanged since {} (no upload)",
-                result["since"].as_str().unwrap_or("?")
-            ),
-            _ => println!(
-                "{}  {} files, {} archive, {} ms, freeze {} ms, {} S3 requests (taken by the daemon)",
-                result["id"].as_str().unwrap_or("?"),
-                result["files"],
-                human_bytes(result["archive_bytes"].as_u64().unwrap_or(0)),
-                result["duration_ms"],
-                result["freeze_ms"],
-                result["requests"]
-            ),
-        }
-        return Ok(());
+        let Reply::Snapshot(outcome) = reply else {
+            return Err(super::unexpected(&reply));
+        };
+        return print_outcome(&outcome, args.json, " (taken by the daemon)");
     }
     let store = &super::connect(config).await;
     let repository = config.repository_url();
@@ -51,7 +37,7 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         host: Host {
             hostname: snapshot::hostname(),
             instance_id: None,
-            writer: Some(record::writer_id(&config.state.work_dir)?),
+            writer: Some(record::current_writer_id(&config.state.work_dir)?),
         },
         image: None,
         base,
@@ -66,20 +52,38 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         report.id,
         report.id,
     )?;
-    tracing::info!(snapshot_id = %report.id, files = report.files, archive_bytes = report.archive_bytes,
-        duration_ms = report.duration_ms, requests = report.requests, "snapshot complete");
-    if args.json {
-        print_json(&report)
-    } else {
-        println!(
-            "{}  {} files, {} -> {} archive, {} ms, {} S3 requests",
-            report.id,
-            report.files,
-            human_bytes(report.bytes),
-            human_bytes(report.archive_bytes),
-            report.duration_ms,
-            report.requests
-        );
-        Ok(())
+    print_outcome(&report.outcome(0), args.json, "")
+}
+
+/// The result, once: the same schema with or without the daemon.
+fn print_outcome(outcome: &SnapshotOutcome, json: bool, how: &str) -> Result<(), CommandError> {
+    if json {
+        return print_json(outcome);
     }
+    match outcome {
+        SnapshotOutcome::Unchanged { since, .. } => println!("unchanged since {since} (no upload){how}"),
+        SnapshotOutcome::Uploaded {
+            id,
+            files,
+            bytes,
+            archive_bytes,
+            duration_ms,
+            freeze_ms,
+            requests,
+            skipped,
+            ..
+        } => {
+            println!(
+                "{id}  {files} files, {} -> {} archive, {duration_ms} ms, freeze {freeze_ms} ms, {requests} S3 requests{how}",
+                human_bytes(*bytes),
+                human_bytes(*archive_bytes),
+            );
+            if *skipped > 0 {
+                println!(
+                    "{skipped} entries could not be archived: `spotkeeper list --json` shows them in the manifest"
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use super::*;
 impl Daemon {
     /// One scheduled (or requested) snapshot; a failure is logged and retried at the next tick.
     pub(super) async fn snapshot_tick(&mut self, reason: &str) -> Option<SnapshotOutcome> {
-        match self.snapshot_now(reason).await {
+        match self.snapshot_now(reason, Hold::AsConfigured).await {
             Ok(outcome) => Some(outcome),
             Err(e) => {
                 tracing::error!(error = %e, reason, "snapshot failed; retrying at the next tick");
@@ -17,11 +17,14 @@ impl Daemon {
         }
     }
 
-    /// Freeze, copy what changed into the mirror, thaw; then pack and upload from the mirror.
-    /// Every attempt, whatever asked for it, is counted in the metrics.
-    pub(super) async fn snapshot_now(&mut self, reason: &str) -> Result<SnapshotOutcome, DaemonError> {
-        let result = self.snapshot_attempt(reason).await;
+    /// Brings the mirror up to date (holding the container still as `hold` says), then packs and
+    /// uploads it when anything is pending. Every attempt, whatever asked for it, is counted in
+    /// the metrics.
+    pub(super) async fn snapshot_now(&mut self, reason: &str, hold: Hold) -> Result<SnapshotOutcome, DaemonError> {
+        let result = self.snapshot_attempt(reason, hold).await;
         if let Err(e) = &result {
+            // Whatever failed, the mirror may hold changes no upload has: never forget them.
+            self.pending_upload = true;
             self.metrics.record(names::SNAPSHOT_SUCCESS, 0.0, Unit::Count);
             if matches!(
                 e,
@@ -33,12 +36,9 @@ impl Daemon {
         result
     }
 
-    async fn snapshot_attempt(&mut self, reason: &str) -> Result<SnapshotOutcome, DaemonError> {
-        let (stats, freeze) = self.sync_mirror().await?;
+    async fn snapshot_attempt(&mut self, reason: &str, hold: Hold) -> Result<SnapshotOutcome, DaemonError> {
+        let (_, freeze) = self.sync_mirror(hold).await?;
         let freeze_ms = u64::try_from(freeze.as_millis()).unwrap_or(u64::MAX);
-        if stats.changed() {
-            self.pending_upload = true;
-        }
         if !self.pending_upload
             && let Some(since) = self.last_snapshot_id
         {
@@ -75,14 +75,7 @@ impl Daemon {
             s.unchanged_since = None;
             s.last_error = None;
         });
-        Ok(SnapshotOutcome::Uploaded {
-            id: report.id,
-            files: report.files,
-            archive_bytes: report.archive_bytes,
-            duration_ms: report.duration_ms,
-            freeze_ms,
-            requests: report.requests,
-        })
+        Ok(report.outcome(freeze_ms))
     }
 
     /// Copies the state into the mirror without freezing (after start-up), so that the first
@@ -117,11 +110,31 @@ impl Daemon {
         }
     }
 
-    /// Brings the mirror up to date, with the container frozen (or stopped) as configured.
-    /// Returns the sync stats and how long the container was frozen.
-    pub(super) async fn sync_mirror(&mut self) -> Result<(SyncStats, Duration), DaemonError> {
-        let running = matches!(self.container.state().await, Ok(RunState::Running));
+    /// Brings the mirror up to date, holding the container still as `hold` says. Returns the
+    /// sync stats and how long the container was held. Marks the upload pending as soon as the
+    /// mirror may have changed, before anything else can fail.
+    pub(super) async fn sync_mirror(&mut self, hold: Hold) -> Result<(SyncStats, Duration), DaemonError> {
         let consistency = self.container_config.consistency;
+        let running = match hold {
+            Hold::AlreadyQuiet => false,
+            Hold::AsConfigured => {
+                // An error is not "not running": never copy a live state by mistake.
+                let mut state = self.container.state().await?;
+                if state == RunState::Paused {
+                    tracing::warn!(container = %self.container.name, "container found frozen before a snapshot; thawing it first");
+                    if !self.thaw().await {
+                        return Err(RuntimeError::StillFrozen {
+                            container: self.container.name.clone(),
+                            attempts: THAW_ATTEMPTS,
+                            last: "it was frozen before the snapshot and would not thaw".into(),
+                        }
+                        .into());
+                    }
+                    state = RunState::Running;
+                }
+                state == RunState::Running
+            }
+        };
         let source = self.config.state.dir.clone();
         let mirror_dir = self.config.state.work_dir.join(MIRROR_DIR);
         let excludes = self.excludes.clone();
@@ -129,23 +142,25 @@ impl Daemon {
         let cap = self.config.snapshot.freeze_cap;
         let started = Instant::now();
         let mut guard = None;
+        let mut stopped = false;
         if running {
             match consistency {
                 Consistency::Freeze => {
                     self.frozen.store(true, Ordering::Relaxed);
                     if let Err(e) = self.container.pause().await {
-                        self.frozen.store(false, Ordering::Relaxed);
+                        // It may be frozen all the same (the answer was lost): make sure it is not.
+                        self.thaw().await;
                         return Err(e.into());
                     }
                     guard = Some(ThawGuard::new(self.container.clone(), Arc::clone(&self.frozen)));
                 }
                 Consistency::Stop => {
-                    self.expecting_stop = true;
+                    self.supervision.stopping_on_purpose();
                     if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
-                        // Still running: its death must count as a failure again.
-                        self.expecting_stop = false;
+                        self.supervision.stop_abandoned();
                         return Err(e.into());
                     }
+                    stopped = true;
                 }
                 Consistency::None => {}
             }
@@ -153,30 +168,58 @@ impl Daemon {
         let worker_cancel = Arc::clone(&cancel);
         let mut worker =
             tokio::task::spawn_blocking(move || mirror::sync(&source, &mirror_dir, &excludes, &worker_cancel, None));
-        let result = tokio::select! {
+        let joined = tokio::select! {
             joined = &mut worker => Some(joined),
             _ = tokio::time::sleep(cap), if guard.is_some() => None,
         };
         // Thaw first, on every path.
         if let Some(guard) = guard.take() {
-            guard.thaw().await;
+            guard.disarm();
+            self.thaw().await;
         }
         let freeze = started.elapsed();
-        if running && consistency == Consistency::Stop {
-            let started_again = self.container.start().await;
-            self.expecting_stop = false;
-            started_again?;
-        }
-        let joined = match result {
-            Some(joined) => joined,
+        let synced = match joined {
+            Some(Ok(Ok(stats))) => {
+                if stats.changed() {
+                    self.pending_upload = true;
+                }
+                Ok(stats)
+            }
+            Some(Ok(Err(e))) => {
+                self.pending_upload = true;
+                Err(DaemonError::from(e))
+            }
+            Some(Err(e)) => {
+                self.pending_upload = true;
+                Err(DaemonError::Task(e.to_string()))
+            }
             None => {
                 cancel.store(true, Ordering::Relaxed);
                 let _ = worker.await;
                 self.pending_upload = true;
-                return Err(MirrorError::Cancelled.into());
+                Err(MirrorError::Cancelled.into())
             }
         };
-        let stats = joined.map_err(|e| DaemonError::Task(e.to_string()))??;
+        if stopped {
+            // The copy is consistent whether or not the start works; a failed start is the
+            // supervisor's business (backoff), not a reason to lose the snapshot.
+            let at = Utc::now();
+            match self.container.start().await {
+                Ok(()) => self.supervision.started(at),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the container again after the snapshot copy");
+                    self.supervision.stop_abandoned();
+                    let observed = if e.is_missing() {
+                        Observed::Missing
+                    } else {
+                        Observed::StartFailed
+                    };
+                    let decision = self.supervision.observe(observed, Utc::now());
+                    self.carry_out(decision, "start after a snapshot copy failed").await;
+                }
+            }
+        }
+        let stats = synced?;
         tracing::debug!(?stats, freeze_ms = freeze.as_millis() as u64, "mirror synced");
         Ok((stats, freeze))
     }
@@ -266,12 +309,16 @@ impl Daemon {
         tracing::info!(count = fresh.len(), keys = ?fresh.keys(), "secrets changed; recreating the container");
         self.update(|s| s.secrets = Some(fresh.len()));
         self.secrets = Some(fresh);
-        if self.crash_loop || self.interrupted {
+        if matches!(
+            self.supervision.state(),
+            policy::Supervised::CrashLoop | policy::Supervised::Finishing
+        ) {
             return;
         }
         if let Err(e) = self.recreate_container().await {
             tracing::error!(error = %e, "cannot recreate the container with the new secrets");
-            self.container_failed("recreate failed");
+            let decision = self.supervision.observe(Observed::StartFailed, Utc::now());
+            self.carry_out(decision, "recreate with new secrets failed").await;
         }
     }
 
@@ -324,28 +371,32 @@ impl Daemon {
     }
 }
 
-/// Thaws the container when dropped without `thaw` (panic, cancellation): the freeze is undone
-/// on every path.
+/// How a snapshot holds the container still while the mirror is synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hold {
+    /// As `[container] consistency` says (freeze, stop or none).
+    AsConfigured,
+    /// The caller already stopped, killed or froze it (the final snapshot).
+    AlreadyQuiet,
+}
+
+/// Thaws the container when dropped while armed (a panic, a cancelled future): the freeze is
+/// undone on every path. The normal path disarms it and thaws with retries itself.
 struct ThawGuard {
     container: Option<Container>,
     frozen: Arc<AtomicBool>,
 }
 
 impl ThawGuard {
-    pub(super) fn new(container: Container, frozen: Arc<AtomicBool>) -> Self {
+    fn new(container: Container, frozen: Arc<AtomicBool>) -> Self {
         ThawGuard {
             container: Some(container),
             frozen,
         }
     }
 
-    pub(super) async fn thaw(mut self) {
-        if let Some(container) = self.container.take() {
-            if let Err(e) = container.unpause().await {
-                tracing::error!(error = %e, container = %container.name, "cannot thaw the container");
-            }
-            self.frozen.store(false, Ordering::Relaxed);
-        }
+    fn disarm(mut self) {
+        self.container = None;
     }
 }
 
@@ -355,7 +406,9 @@ impl Drop for ThawGuard {
             let frozen = Arc::clone(&self.frozen);
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let _ = container.unpause().await;
+                    if let Err(e) = runtime::thaw(&container, THAW_ATTEMPTS).await {
+                        tracing::error!(error = %e, "cannot thaw the container after an interrupted snapshot");
+                    }
                     frozen.store(false, Ordering::Relaxed);
                 });
             }

@@ -3,17 +3,19 @@
 //! UTC-aligned schedule, daily prune, secret refresh, restarts with backoff, control requests,
 //! and on SIGTERM/SIGINT a graceful stop with a final snapshot.
 //!
-//! `startup` holds the start-up steps, `supervise` the container watchers and restarts, `jobs` the
-//! periodic work (snapshot, prune, secrets, drill), `requests` what comes from outside (control
-//! requests, Spot notices, signals), `status` what `spotkeeper status` shows.
+//! `startup` holds the start-up steps, `policy` the pure supervisor (observations in, decisions
+//! out), `supervise` the watchers and the executor of those decisions, `jobs` the periodic work
+//! (snapshot, prune, secrets, drill), `requests` what comes from outside (control requests, Spot
+//! notices, signals), `status` what `spotkeeper status` shows.
 
 mod jobs;
+pub mod policy;
 mod requests;
 mod startup;
 mod status;
 mod supervise;
 
-pub use status::{ContainerStatus, PruneStatus, SnapshotOutcome, SnapshotStatus, Status, VerifyStatus};
+pub use status::{ContainerStatus, PruneStatus, SnapshotStatus, Status, VerifyStatus};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,23 +25,26 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::boot::{self, BootAction, BootRefusal};
 use crate::config::{Config, Consistency, ContainerConfig};
-use crate::control::{self, Request, Response};
+use crate::control::{self, Reply, Request};
 use crate::exclude::Excludes;
+use crate::exit::{self, Exit};
 use crate::manifest::{Host, ImageInfo};
 use crate::metrics::{Metrics, Unit, names};
 use crate::mirror::{self, MirrorError, SyncStats};
 use crate::record::{self, RecordError};
 use crate::repository::{self, RepositoryError};
-use crate::restore::{self, BootAction, RestoreError, RestoreRequest};
+use crate::restore::{self, RestoreError, RestoreRequest};
+use crate::runtime::{self, Container, ContainerEvent, ContainerRuntime, ContainerSpec, RunState, RuntimeError};
 use crate::secrets::{self, Secrets, SecretsError};
-use crate::snapshot::{self, SnapshotError, SnapshotRequest};
+use crate::snapshot::{self, SnapshotError, SnapshotOutcome, SnapshotRequest};
 use crate::snapshot_id::SnapshotId;
 use crate::spot::{InstanceAction, Rebalance, SpotWatcher};
 use crate::store::{self, Store};
-use crate::supervisor::{self, AfterFailure, Container, ContainerSpec, RestartPolicyState, RunState, SupervisorError};
 use crate::systemd::{self, Notifier};
-use crate::{drill, exit, prune, schedule};
+use crate::{drill, prune, schedule};
+use policy::{Decision, Observed, Supervision};
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
 pub const MIRROR_DIR: &str = "mirror";
@@ -54,6 +59,10 @@ const EXTEND_STEP: Duration = Duration::from_secs(300);
 const PRUNE_OFFSET: Duration = Duration::from_secs(7 * 60);
 /// Consecutive failed probes before the container counts as unhealthy.
 const UNHEALTHY_AFTER: u32 = 3;
+/// Attempts at thawing the container before it is reported stuck (then retried every loop).
+const THAW_ATTEMPTS: u32 = 8;
+/// How often a container stuck frozen is thawed again.
+const THAW_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -62,11 +71,13 @@ pub enum DaemonError {
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error(transparent)]
-    Supervisor(#[from] SupervisorError),
+    Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Boot(#[from] BootRefusal),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
@@ -84,17 +95,20 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
-    /// Exit code of the daemon process for this error.
-    pub fn exit_code(&self) -> u8 {
+    /// Exit code for this error: the same mapping as the CLI's (`crate::exit`).
+    pub fn exit(&self) -> Exit {
         match self {
-            DaemonError::NoContainer => exit::CONFIG,
-            DaemonError::Restore(RestoreError::Refused { .. } | RestoreError::LatestMissing { .. })
-            | DaemonError::Snapshot(SnapshotError::Diverged { .. } | SnapshotError::LatestMoved { .. }) => {
-                exit::REFUSED
-            }
-            DaemonError::Restore(RestoreError::Archive(e)) if e.is_integrity() => exit::INTEGRITY,
-            DaemonError::Aborted | DaemonError::Task(_) | DaemonError::Unhealthy(_) => exit::FAILURE,
-            _ => exit::IO,
+            DaemonError::NoContainer => Exit::Config,
+            DaemonError::Boot(_) => Exit::Refused,
+            DaemonError::Restore(e) => exit::of_restore(e),
+            DaemonError::Snapshot(e) => exit::of_snapshot(e),
+            DaemonError::Repository(e) => exit::of_repository(e),
+            DaemonError::Aborted | DaemonError::Task(_) | DaemonError::Unhealthy(_) => Exit::Failure,
+            DaemonError::Secrets(_)
+            | DaemonError::Runtime(_)
+            | DaemonError::Record(_)
+            | DaemonError::Mirror(_)
+            | DaemonError::Control(_) => Exit::Io,
         }
     }
 }
@@ -102,10 +116,10 @@ impl DaemonError {
 enum Event {
     Interruption(InstanceAction),
     Rebalance(Rebalance),
-    Container(String),
+    Container(ContainerEvent),
     EventsReconnected,
     Health(bool),
-    Control(Request, oneshot::Sender<Response>),
+    Control(Request, oneshot::Sender<Reply>),
     Signal,
 }
 
@@ -124,6 +138,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
     }));
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     spawn_signals(events_tx.clone());
+    systemd::spawn_watchdog(notifier);
     // The socket first: a second daemon on this machine must fail before touching anything.
     let listener = control::bind(&config.daemon.socket).await?;
     spawn_control(listener, events_tx.clone(), Arc::clone(&status));
@@ -146,6 +161,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
             tracing::warn!("stopped during start-up");
             daemon.notifier.stopping("stopping during start-up");
             let _ = daemon.container.stop(daemon.container_config.stop_timeout).await;
+            daemon.remove_env_file();
             let _ = std::fs::remove_file(&daemon.config.daemon.socket);
             return Ok(());
         }
@@ -155,6 +171,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
         return Err(e);
     }
     daemon.spawn_watchers(events_tx.clone());
+    daemon.prune_displaced();
     daemon.warm_mirror().await;
     let result = daemon.main_loop(&mut events).await;
     let _ = std::fs::remove_file(&daemon.config.daemon.socket);
@@ -166,9 +183,9 @@ async fn wait_for_signal(events: &mut mpsc::Receiver<Event>) -> Option<()> {
         match events.recv().await {
             Some(Event::Signal) => return Some(()),
             Some(Event::Control(_, reply)) => {
-                let _ = reply.send(Response::error(
+                let _ = reply.send(Reply::error(
                     "the daemon is starting; try again shortly".into(),
-                    exit::FAILURE,
+                    Exit::Failure,
                 ));
             }
             Some(_) => {}
@@ -208,21 +225,21 @@ fn spawn_control(listener: tokio::net::UnixListener, events: mpsc::Sender<Event>
                 let response = match control::read_request(&mut stream).await {
                     Ok(Request::Status) => {
                         let snapshot = status.lock().map(|s| s.clone()).unwrap_or_default();
-                        Response::ok(serde_json::to_value(snapshot).unwrap_or_default())
+                        Reply::Status(Box::new(snapshot))
                     }
                     Ok(request) => {
                         let (reply, answer) = oneshot::channel();
                         if events.send(Event::Control(request, reply)).await.is_err() {
-                            Response::error("the daemon is shutting down".into(), exit::FAILURE)
+                            Reply::error("the daemon is shutting down".into(), Exit::Failure)
                         } else {
-                            answer.await.unwrap_or_else(|_| {
-                                Response::error("the daemon is shutting down".into(), exit::FAILURE)
-                            })
+                            answer
+                                .await
+                                .unwrap_or_else(|_| Reply::error("the daemon is shutting down".into(), Exit::Failure))
                         }
                     }
-                    Err(e) => Response::error(format!("bad request: {e}"), exit::USAGE),
+                    Err(e) => Reply::error(format!("bad request: {e}"), Exit::Usage),
                 };
-                let _ = control::write_response(&mut stream, &response).await;
+                let _ = control::write_reply(&mut stream, &response).await;
             });
         }
     });
@@ -240,26 +257,26 @@ struct Daemon {
     secrets_client: Option<aws_sdk_ssm::Client>,
     secrets: Option<Secrets>,
     image: Option<ImageInfo>,
-    restarts: RestartPolicyState,
-    /// Set while we stop or recreate the container on purpose: its death is not a failure.
-    expecting_stop: bool,
+    /// The pure supervisor: planned stops, backoff, crash loop, finishing.
+    supervision: Supervision,
+    /// The log driver the container is created with (the configured one, or the fallback).
+    log_driver: String,
     /// Set while frozen: health probes that time out then are not failures.
     frozen: Arc<AtomicBool>,
-    restart_at: Option<Instant>,
-    crash_loop: bool,
-    /// The mirror holds changes that no snapshot has uploaded yet.
+    /// A thaw failed: the container may still be frozen; the loop keeps thawing it.
+    stuck_frozen: bool,
+    /// The mirror holds changes that no snapshot has uploaded yet. Set by anything that may
+    /// have changed the mirror (a sync, complete or not); cleared only by a completed upload.
     pending_upload: bool,
     last_snapshot_id: Option<SnapshotId>,
     /// When the newest complete snapshot was taken (for SecondsSinceLastSnapshot).
     last_complete_at: Option<DateTime<Utc>>,
     last_snapshot_duration: Duration,
     hostname: String,
-    /// This daemon's writer id (see `record::writer_id`).
+    /// This daemon's writer id (see `record::writer_id`); set once the instance is known.
     writer: String,
     instance_id: Option<String>,
     metrics: Metrics,
-    /// A Spot interruption was handled: the instance is going away; nothing restarts.
-    interrupted: bool,
 }
 
 impl Daemon {
@@ -271,19 +288,19 @@ impl Daemon {
         notifier: Notifier,
         status: Arc<Mutex<Status>>,
     ) -> Result<Daemon, DaemonError> {
-        let docker = supervisor::connect(config.daemon.docker_host.as_deref()).await?;
+        let docker = runtime::connect(config.daemon.docker_host.as_deref()).await?;
         let container = Container::new(docker, &container_config.name);
         let excludes =
             Excludes::new(&config.state.dir, &config.state.exclude).map_err(|e| DaemonError::Task(e.to_string()))?;
         let metrics = Metrics::start(&config.metrics, sdk_config);
-        let config_work_dir = config.state.work_dir.clone();
         let secrets_client = config
             .secrets
             .as_ref()
             .map(|secrets| secrets::client(secrets, sdk_config));
         Ok(Daemon {
             repository: config.repository_url(),
-            restarts: RestartPolicyState::new(container_config.restart_limit, container_config.restart_window),
+            supervision: Supervision::new(container_config.restart_limit, container_config.restart_window),
+            log_driver: container_config.log_driver.clone(),
             config,
             container_config,
             store,
@@ -294,19 +311,16 @@ impl Daemon {
             secrets_client,
             secrets: None,
             image: None,
-            expecting_stop: false,
             frozen: Arc::new(AtomicBool::new(false)),
-            restart_at: None,
-            crash_loop: false,
+            stuck_frozen: false,
             pending_upload: true,
             last_snapshot_id: None,
             last_complete_at: None,
             last_snapshot_duration: Duration::ZERO,
             hostname: snapshot::hostname(),
-            writer: record::writer_id(&config_work_dir)?,
+            writer: String::new(),
             instance_id: None,
             metrics,
-            interrupted: false,
         })
     }
 
@@ -321,6 +335,19 @@ impl Daemon {
         self.notifier.status(text);
     }
 
+    /// Removes the secrets file: nothing reads it once the container is stopped for good.
+    fn remove_env_file(&self) {
+        if let Some(secrets) = &self.config.secrets {
+            match std::fs::remove_file(&secrets.env_file) {
+                Ok(()) => tracing::info!(env_file = %secrets.env_file.display(), "secrets file removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(env_file = %secrets.env_file.display(), error = %e, "cannot remove the secrets file")
+                }
+            }
+        }
+    }
+
     async fn main_loop(&mut self, events: &mut mpsc::Receiver<Event>) -> Result<(), DaemonError> {
         let interval = self.config.snapshot.interval;
         let mut next_snapshot = schedule::next_tick(Utc::now(), interval);
@@ -332,31 +359,29 @@ impl Daemon {
             .secrets
             .as_ref()
             .map(|s| Utc::now() + chrono::TimeDelta::from_std(s.refresh).unwrap_or_default());
-        let watchdog = systemd::watchdog_interval();
-        let mut next_watchdog = Instant::now();
+        // The loop must come round at least this often to show it is alive (the watchdog task
+        // pings systemd only while something shows progress).
+        let heartbeat = systemd::watchdog_interval().map_or(MAX_NAP, |every| (every / 2).min(MAX_NAP));
         let verify_offset = chrono::TimeDelta::from_std(self.config.verify.at_offset).unwrap_or_default();
         let mut next_verify = self.config.verify.daily.then(|| next_daily(Utc::now(), verify_offset));
         let mut next_gauges = Utc::now();
         self.update(|s| s.next_snapshot = Some(next_snapshot));
         loop {
+            systemd::progress();
             let now = Utc::now();
-            if let Some(every) = watchdog
-                && Instant::now() >= next_watchdog
-            {
-                self.notifier.watchdog();
-                next_watchdog = Instant::now() + every;
-            }
             if schedule::is_due(now, next_gauges) {
                 self.publish_gauges(now);
                 next_gauges = now + chrono::TimeDelta::seconds(60);
             }
-            if self.interrupted {
+            if self.stuck_frozen {
+                self.thaw_stuck().await;
+            }
+            if self.supervision.state() == policy::Supervised::Finishing {
                 // The instance is going away: no more scheduled work; wait for the end.
                 next_snapshot = now + chrono::TimeDelta::days(1);
                 next_prune = next_snapshot;
                 next_secrets = None;
                 next_verify = None;
-                self.restart_at = None;
             }
             if schedule::is_due(now, next_snapshot) {
                 self.snapshot_tick("scheduled").await;
@@ -388,22 +413,28 @@ impl Daemon {
                 next_verify = Some(next_daily(Utc::now(), verify_offset));
                 continue;
             }
-            if let Some(at) = self.restart_at
-                && Instant::now() >= at
+            if let Some(due) = self.supervision.restart_due()
+                && schedule::is_due(now, due)
             {
-                self.restart_at = None;
+                self.supervision.restart_taken();
                 self.restart_container("backoff elapsed").await;
                 continue;
             }
             let mut wake = schedule::nap(now, next_snapshot, MAX_NAP).min(schedule::nap(now, next_prune, MAX_NAP));
-            for due in [next_secrets, next_verify, Some(next_gauges)].into_iter().flatten() {
+            for due in [
+                next_secrets,
+                next_verify,
+                Some(next_gauges),
+                self.supervision.restart_due(),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 wake = wake.min(schedule::nap(now, due, MAX_NAP));
             }
-            if let Some(at) = self.restart_at {
-                wake = wake.min(at.saturating_duration_since(Instant::now()));
-            }
-            if watchdog.is_some() {
-                wake = wake.min(next_watchdog.saturating_duration_since(Instant::now()));
+            wake = wake.min(heartbeat);
+            if self.stuck_frozen {
+                wake = wake.min(THAW_RETRY);
             }
             let event = tokio::select! {
                 event = events.recv() => event,
@@ -415,11 +446,11 @@ impl Daemon {
                 Some(Event::Interruption(action)) => self.on_interruption(action).await,
                 Some(Event::Rebalance(notice)) => {
                     tracing::warn!(notice_time = %notice.notice_time, "rebalance recommendation: taking an extra snapshot now");
-                    if !self.interrupted {
+                    if self.supervision.state() != policy::Supervised::Finishing {
                         self.snapshot_tick("rebalance recommendation").await;
                     }
                 }
-                Some(Event::Container(action)) => self.on_container_event(&action).await,
+                Some(Event::Container(event)) => self.on_container_event(event).await,
                 Some(Event::EventsReconnected) => self.on_events_reconnected().await,
                 Some(Event::Health(healthy)) => self.on_health(healthy).await,
                 Some(Event::Control(request, reply)) => {

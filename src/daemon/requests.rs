@@ -1,65 +1,138 @@
-//! What comes from outside: control requests, Spot interruption notices, SIGTERM/SIGINT.
+//! What comes from outside: control requests, Spot interruption notices, SIGTERM/SIGINT; and the
+//! final snapshot both of the last two end with.
 
+use super::jobs::Hold;
 use super::*;
 
+/// How the container was held still for the final snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quiesced {
+    Stopped,
+    Killed,
+    Frozen,
+    /// Docker refused stop, kill and pause: the state is read as it is.
+    AsItIs,
+}
+
 impl Daemon {
-    pub(super) async fn on_control(&mut self, request: Request) -> Response {
+    pub(super) async fn on_control(&mut self, request: Request) -> Reply {
         match request {
-            Request::Status => Response::ok(serde_json::Value::Null),
-            Request::Snapshot => match self.snapshot_now("requested").await {
-                Ok(outcome) => Response::ok(serde_json::to_value(outcome).unwrap_or_default()),
-                Err(e) => Response::error(e.to_string(), e.exit_code()),
+            Request::Status => Reply::error("status is answered by the control task".into(), Exit::Failure),
+            Request::Snapshot => match self.snapshot_now("requested", Hold::AsConfigured).await {
+                Ok(outcome) => Reply::Snapshot(outcome),
+                Err(e) => Reply::error(e.to_string(), e.exit()),
             },
             Request::Restore { snapshot } => match self.manual_restore(snapshot).await {
-                Ok(value) => Response::ok(value),
-                Err(e) => Response::error(e.to_string(), e.exit_code()),
+                Ok(done) => Reply::Restore(done),
+                Err(e) => Reply::error(e.to_string(), e.exit()),
             },
         }
     }
 
-    /// A restore asked for while running: stop the container, keep a safety snapshot of what is
-    /// about to be replaced, restore (the replaced state is kept in `<state dir>.displaced/`), start again.
+    /// A restore asked for while running: resolve and check the snapshot first (nothing is
+    /// stopped for a snapshot that does not exist), then stop the container, keep a safety
+    /// snapshot of what is about to be replaced, restore (the replaced state is kept in
+    /// `<state dir>.displaced/`), start again.
     pub(super) async fn manual_restore(
         &mut self,
         snapshot: Option<SnapshotId>,
-    ) -> Result<serde_json::Value, DaemonError> {
-        // Pin "latest" now: once the safety snapshot is taken, latest/ is that snapshot, and
-        // restoring it would change nothing.
-        let snapshot = match snapshot {
-            Some(id) => Some(id),
-            None => {
-                let store = self.store.clone();
-                let latest = repository::latest(&store).await?;
-                Some(latest.map(|(m, _)| m.id).ok_or_else(|| RestoreError::NoSnapshot {
-                    repository: self.repository.clone(),
-                })?)
-            }
-        };
-        self.say("manual restore: stopping the container");
-        self.expecting_stop = true;
+    ) -> Result<control::ManualRestore, DaemonError> {
+        // Pin the snapshot now: once the safety snapshot is taken, latest/ is that snapshot, and
+        // restoring "latest" would change nothing.
+        let store = self.store.clone();
+        let (manifest, _) = restore::resolve(&store, snapshot, &self.repository).await?;
+        let snapshot = Some(manifest.id);
+        self.say(&format!("manual restore of {}: stopping the container", manifest.id));
+        self.supervision.stopping_on_purpose();
         if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
-            self.expecting_stop = false;
+            self.supervision.stop_abandoned();
             return Err(e.into());
         }
-        let safety = self.snapshot_now("safety before manual restore").await;
-        let safety = match safety {
+        let safety = match self
+            .snapshot_now("safety before manual restore", Hold::AlreadyQuiet)
+            .await
+        {
             Ok(outcome) => outcome,
             Err(e) => {
                 // Without a safety copy the restore would risk the only copy of recent changes.
-                let _ = self.container.start().await;
-                self.expecting_stop = false;
+                self.start_after_planned_stop().await;
                 return Err(e);
             }
         };
         let restored = self.restore_into_state(snapshot, true).await;
-        let start = self.container.start().await;
-        self.expecting_stop = false;
+        self.supervision.reset();
+        self.update(|s| {
+            s.container.crash_loop = false;
+            s.phase = "running".into();
+        });
+        self.start_after_planned_stop().await;
         let report = restored?;
-        start?;
-        self.restarts.reset();
-        self.crash_loop = false;
+        self.prune_displaced();
         self.say(&format!("running; restored {}", report.id));
-        Ok(serde_json::json!({ "restored": report, "safety_snapshot": safety }))
+        Ok(control::ManualRestore {
+            restored: report,
+            safety_snapshot: safety,
+        })
+    }
+
+    /// Starts the container after a stop of ours; a failure goes to the supervisor (backoff),
+    /// a missing container is recreated.
+    pub(super) async fn start_after_planned_stop(&mut self) {
+        let at = Utc::now();
+        match self.container.start().await {
+            Ok(()) => {
+                self.supervision.started(at);
+                self.update(|s| s.container.state = "running".into());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the container again");
+                self.supervision.stop_abandoned();
+                let observed = if e.is_missing() {
+                    Observed::Missing
+                } else {
+                    Observed::StartFailed
+                };
+                let decision = self.supervision.observe(observed, Utc::now());
+                self.carry_out(decision, "start after a planned stop failed").await;
+            }
+        }
+    }
+
+    /// Stops the container for good and takes the final snapshot, whatever the engine answers:
+    /// a graceful stop; if that fails, a kill; if that fails too, a freeze; and if even that
+    /// fails, the state as it is. The snapshot is attempted in every case.
+    async fn final_snapshot(&mut self, reason: &str, stop_timeout: Duration) -> Result<SnapshotOutcome, DaemonError> {
+        self.supervision.finish();
+        // A frozen container cannot act on SIGTERM.
+        if let Err(e) = runtime::thaw(&self.container, 3).await {
+            tracing::warn!(error = %e, "cannot thaw the container before stopping it");
+        }
+        let quiesced = match self.container.stop(stop_timeout).await {
+            Ok(()) => Quiesced::Stopped,
+            Err(e) => {
+                tracing::error!(error = %e, "graceful stop failed; killing the container");
+                match self.container.kill().await {
+                    Ok(()) => Quiesced::Killed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "kill failed; freezing the container for the final snapshot");
+                        match self.container.pause().await {
+                            Ok(()) => Quiesced::Frozen,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot freeze it either; the final snapshot reads the state as it is");
+                                Quiesced::AsItIs
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        tracing::info!(?quiesced, "container held for the final snapshot");
+        self.notifier.status("taking the final snapshot");
+        let result = self.snapshot_now(reason, Hold::AlreadyQuiet).await;
+        if quiesced == Quiesced::Frozen {
+            self.thaw().await;
+        }
+        result
     }
 
     /// A Spot interruption: stop the container within a budget taken from the notice's time,
@@ -73,8 +146,6 @@ impl Daemon {
         tracing::warn!(action = %action.action, time = %action.time, "{text}");
         self.notifier.status(&text);
         self.metrics.record(names::SPOT_NOTICE, 1.0, Unit::Count);
-        self.interrupted = true;
-        self.restart_at = None;
         self.update(|s| {
             s.phase = "interrupted".into();
             s.spot_notice = Some(action.clone());
@@ -86,52 +157,35 @@ impl Daemon {
             self.container_config.stop_timeout,
             upload_estimate,
         );
-        let stop_started = Instant::now();
-        self.expecting_stop = true;
-        let _ = self.container.unpause().await;
-        if let Err(e) = self.container.stop(stop_timeout).await {
-            tracing::error!(error = %e, "cannot stop the container; snapshotting what is on disk");
-        }
-        let stop_ms = stop_started.elapsed().as_millis() as u64;
-        let snapshot_started = Instant::now();
-        let outcome = self.snapshot_tick("spot interruption").await;
-        let snapshot_ms = snapshot_started.elapsed().as_millis() as u64;
+        let started = Instant::now();
+        let outcome = self.final_snapshot("spot interruption", stop_timeout).await;
+        let took_ms = started.elapsed().as_millis() as u64;
         let left = (action.time - Utc::now()).num_seconds();
         match outcome {
-            Some(outcome) => {
-                let done = format!(
-                    "interrupted: final snapshot done; container stop {stop_ms} ms, snapshot {snapshot_ms} ms, {left} s before the deadline"
-                );
-                tracing::warn!(stop_ms, snapshot_ms, seconds_left = left, stop_budget_ms = stop_timeout.as_millis() as u64,
+            Ok(outcome) => {
+                let done = format!("interrupted: final snapshot done in {took_ms} ms, {left} s before the deadline");
+                tracing::warn!(took_ms, seconds_left = left, stop_budget_ms = stop_timeout.as_millis() as u64,
                     outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "{done}");
                 self.notifier.status(&done);
             }
-            None => {
-                tracing::error!(
-                    stop_ms,
-                    snapshot_ms,
-                    seconds_left = left,
-                    "interrupted: the final snapshot FAILED"
-                );
+            Err(e) => {
+                let text = format!("interrupted: the final snapshot FAILED: {e}");
+                tracing::error!(took_ms, seconds_left = left, "{text}");
+                self.notifier.status(&text);
+                self.update(|s| s.last_error = Some(text));
             }
         }
         self.metrics.flush(Duration::from_secs(5)).await;
     }
 
-    /// SIGTERM/SIGINT: stop the container gracefully, take a final snapshot, exit. A second
-    /// signal aborts the final snapshot.
+    /// SIGTERM/SIGINT: stop the container, take a final snapshot, remove the secrets file, exit.
+    /// The exit is non-zero only when the final snapshot failed. A second signal aborts it.
     pub(super) async fn shutdown(&mut self, events: &mut mpsc::Receiver<Event>) -> Result<(), DaemonError> {
         self.update(|s| s.phase = "stopping".into());
         self.notifier.stopping("stopping the container");
         self.notifier.extend(self.container_config.stop_timeout + EXTEND_STEP);
         tracing::info!(container = %self.container.name, "stopping: container first, then the final snapshot");
-        let work = async {
-            self.expecting_stop = true;
-            self.container.unpause().await.ok();
-            self.container.stop(self.container_config.stop_timeout).await?;
-            self.notifier.status("taking the final snapshot");
-            self.snapshot_now("final").await
-        };
+        let stop_timeout = self.container_config.stop_timeout;
         let aborted = async {
             loop {
                 if let Some(Event::Signal) | None = events.recv().await {
@@ -139,16 +193,20 @@ impl Daemon {
                 }
             }
         };
-        tokio::select! {
-            result = work => {
-                self.metrics.flush(Duration::from_secs(5)).await;
-                let outcome = result?;
+        let result = tokio::select! {
+            result = self.final_snapshot("final", stop_timeout) => result,
+            _ = aborted => Err(DaemonError::Aborted),
+        };
+        self.metrics.flush(Duration::from_secs(5)).await;
+        self.remove_env_file();
+        match result {
+            Ok(outcome) => {
                 tracing::info!(outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "final snapshot done; exiting");
                 Ok(())
             }
-            _ = aborted => {
-                tracing::error!("second signal: final snapshot aborted");
-                Err(DaemonError::Aborted)
+            Err(e) => {
+                tracing::error!(error = %e, "the final snapshot FAILED; changes since the last snapshot exist only on this disk");
+                Err(e)
             }
         }
     }

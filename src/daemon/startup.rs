@@ -11,13 +11,15 @@ impl Daemon {
         match self.container.state().await? {
             RunState::Paused => {
                 tracing::warn!(container = %self.container.name, "container was left frozen; thawing it");
-                self.container.unpause().await?;
+                runtime::thaw(&self.container, THAW_ATTEMPTS).await?;
             }
             RunState::Missing | RunState::Created | RunState::Running | RunState::Exited => {}
         }
         if self.config.spot.enabled {
             self.probe_instance().await;
         }
+        let identity = record::machine_identity(self.instance_id.as_deref());
+        self.writer = record::writer_id(&self.config.state.work_dir, &identity)?;
         if self.config.secrets.is_some() {
             self.say("reading secrets from SSM");
             self.load_secrets_with_retry().await?;
@@ -32,6 +34,7 @@ impl Daemon {
             digest: Some(digest.clone()),
         });
         self.update(|s| s.container.image_digest = Some(digest));
+        self.choose_log_driver().await;
         self.recreate_container().await?;
         self.say("waiting for the container to become healthy");
         self.wait_healthy().await?;
@@ -73,6 +76,7 @@ impl Daemon {
             match secrets::fetch(&client, &config.ssm_path).await {
                 Ok(secrets) => break secrets,
                 Err(e) if e.is_transient() => {
+                    systemd::progress();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "SSM not reachable; the container waits for its secrets");
                     self.notifier.extend(delay + EXTEND_STEP);
                     tokio::time::sleep(delay).await;
@@ -99,6 +103,7 @@ impl Daemon {
             match op().await {
                 Ok(value) => return Ok(value),
                 Err(RepositoryError::Store(e)) if store::is_transient(&e) => {
+                    systemd::progress();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "{what}: S3 not reachable, retrying (never starting fresh on an error)");
                     self.notifier.status(&format!("{what}: waiting for S3"));
                     self.notifier.extend(delay + EXTEND_STEP);
@@ -110,36 +115,89 @@ impl Daemon {
         }
     }
 
+    /// What the repository says about `latest/`, S3 errors retried; a `latest/` that cannot be
+    /// read falls back on the newest complete snapshot, lineage checked.
+    async fn latest_view(
+        &self,
+        base: Option<SnapshotId>,
+    ) -> Result<(boot::LatestView, Option<DateTime<Utc>>), DaemonError> {
+        let store = self.store.clone();
+        let descends = |manifest: &crate::manifest::Manifest| {
+            snapshot::check_lineage(
+                Some((manifest.id, manifest.parent, manifest.host.writer.as_deref())),
+                base,
+                &self.writer,
+                false,
+            )
+            .is_ok()
+        };
+        let newest_complete = || async {
+            let listing = self.retry_s3("listing snapshots", || repository::list(&store)).await?;
+            Ok::<_, RepositoryError>(listing.snapshots.iter().rev().find(|s| s.complete).map(|s| s.id))
+        };
+        match self.retry_s3("reading latest/", || repository::latest(&store)).await {
+            Ok(Some((manifest, _))) => Ok((
+                boot::LatestView::Readable {
+                    id: manifest.id,
+                    local_descends: descends(&manifest),
+                },
+                Some(manifest.created_at),
+            )),
+            Ok(None) => Ok((
+                boot::LatestView::Absent {
+                    newest_complete: newest_complete().await?,
+                },
+                None,
+            )),
+            Err(RepositoryError::Manifest(e)) => {
+                tracing::error!(error = %e, "latest/ cannot be read; falling back on the newest complete snapshot");
+                let newest = newest_complete().await?;
+                let mut local_descends = false;
+                let mut created_at = None;
+                if let Some(id) = newest {
+                    match self
+                        .retry_s3("reading the newest snapshot's manifest", || {
+                            repository::manifest(&store, &id)
+                        })
+                        .await
+                    {
+                        Ok(Some(manifest)) => {
+                            local_descends = descends(&manifest);
+                            created_at = Some(manifest.created_at);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(snapshot_id = %id, error = %e, "cannot read the newest snapshot's manifest either")
+                        }
+                    }
+                }
+                Ok((
+                    boot::LatestView::Unreadable {
+                        why: e.to_string(),
+                        newest_complete: newest,
+                        local_descends,
+                    },
+                    created_at,
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub(super) async fn boot_restore(&mut self) -> Result<(), DaemonError> {
         let state_dir = self.config.state.dir.clone();
         let local = restore::inspect(&state_dir)?;
-        let store = self.store.clone();
-        let latest = self.retry_s3("reading latest/", || repository::latest(&store)).await?;
-        // No latest/ and nothing local: starting fresh is only right when the repository is new.
-        // (With local state there is nothing to decide: it is kept, and nothing is overwritten. A
-        // first snapshot killed between its manifest and latest/ leaves exactly that.)
-        if latest.is_none() && local != restore::TargetState::NonEmpty {
-            let listing = self.retry_s3("listing snapshots", || repository::list(&store)).await?;
-            if let Some(newest) = listing.snapshots.iter().rev().find(|s| s.complete) {
-                return Err(RestoreError::LatestMissing {
-                    repository: self.repository.clone(),
-                    newest: newest.id,
-                    count: listing.snapshots.iter().filter(|s| s.complete).count(),
-                }
-                .into());
-            }
-        }
         let record = record::load(&self.config.state.work_dir)?;
         let base = record.as_ref().and_then(|r| r.base_for(&self.repository, &state_dir));
-        let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.writer.as_deref()));
-        let descends = latest.is_some() && snapshot::check_lineage(latest_lineage, base, &self.writer, false).is_ok();
-        let latest_id = latest.as_ref().map(|(m, _)| m.id);
-        self.last_complete_at = latest.as_ref().map(|(m, _)| m.created_at);
-        let action = restore::boot_action(local, latest_id, descends);
-        tracing::info!(?action, ?local, latest = %show(latest_id), base = %show(base), "boot restore decision");
+        let (latest, created_at) = self.latest_view(base).await?;
+        self.last_complete_at = created_at;
+        let action = boot::decide(local, &latest, &self.repository)?;
+        tracing::info!(?action, ?local, ?latest, base = %show(base), "boot restore decision");
         match action {
             BootAction::KeepLocal => {
-                self.last_snapshot_id = latest_id;
+                if let boot::LatestView::Readable { id, .. } = latest {
+                    self.last_snapshot_id = Some(id);
+                }
                 Ok(())
             }
             BootAction::StartFresh => {
@@ -149,15 +207,16 @@ impl Daemon {
                 })?;
                 Ok(())
             }
-            BootAction::Restore | BootAction::DisplaceAndRestore => {
-                if self.container.state().await? == RunState::Running {
-                    self.expecting_stop = true;
+            BootAction::Restore(id) | BootAction::DisplaceAndRestore(id) => {
+                if matches!(self.container.state().await?, RunState::Running | RunState::Paused) {
+                    self.supervision.stopping_on_purpose();
+                    runtime::thaw(&self.container, THAW_ATTEMPTS).await?;
                     self.container.stop(self.container_config.stop_timeout).await?;
                 }
-                self.say("restoring the state from latest/");
+                self.say(&format!("restoring the state from snapshot {id}"));
                 self.notifier.extend(EXTEND_STEP);
                 let report = self
-                    .restore_into_state(None, action == BootAction::DisplaceAndRestore)
+                    .restore_into_state(Some(id), matches!(action, BootAction::DisplaceAndRestore(_)))
                     .await?;
                 if let Some(place) = &report.displaced {
                     tracing::warn!(displaced = %place.display(), "local state did not descend from latest/; kept it aside");
@@ -165,6 +224,32 @@ impl Daemon {
                 Ok(())
             }
         }
+    }
+
+    /// Uses the configured log driver when the engine has it, else `local`, with a warning in
+    /// the log and in `status` (Docker without journald, as on many hosts, would fail every start).
+    pub(super) async fn choose_log_driver(&mut self) {
+        let wanted = self.container_config.log_driver.clone();
+        let chosen = match self.container.log_drivers().await {
+            Some(available) if !available.iter().any(|d| d == &wanted) => {
+                let text = format!(
+                    "log driver {wanted:?} is not available on this Docker Engine (it offers {}); using {:?} instead. Set [container] log_driver to silence this",
+                    available.join(", "),
+                    runtime::FALLBACK_LOG_DRIVER
+                );
+                tracing::warn!("{text}");
+                self.update(|s| s.warnings.push(text.clone()));
+                runtime::FALLBACK_LOG_DRIVER.to_string()
+            }
+            _ => wanted,
+        };
+        self.update(|s| s.container.log_driver = chosen.clone());
+        self.log_driver = chosen;
+    }
+
+    /// Removes old copies of displaced local state (`displaced::KEEP` newest stay).
+    pub(super) fn prune_displaced(&self) {
+        crate::displaced::prune(&self.config.state.dir, crate::displaced::KEEP);
     }
 
     pub(super) async fn restore_into_state(
@@ -187,12 +272,14 @@ impl Daemon {
             match restore::restore(&store, &request).await {
                 Ok(report) => break report,
                 Err(RestoreError::Repository(RepositoryError::Store(e))) if store::is_transient(&e) => {
+                    systemd::progress();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "restore: S3 not reachable, retrying");
                     self.notifier.extend(delay + EXTEND_STEP);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(STARTUP_RETRY_MAX);
                 }
                 Err(RestoreError::Download { key, source }) => {
+                    systemd::progress();
                     tracing::warn!(key, error = %source, retry_in_s = delay.as_secs(), "restore: download failed, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(STARTUP_RETRY_MAX);
@@ -216,11 +303,26 @@ impl Daemon {
         Ok(report)
     }
 
+    /// Creates the container afresh from the config and starts it (stopping a running one
+    /// first): at start-up, when secrets change, and when it was removed behind our back.
     pub(super) async fn recreate_container(&mut self) -> Result<(), DaemonError> {
-        self.expecting_stop = true;
+        self.supervision.stopping_on_purpose();
+        let result = self.recreate_steps().await;
+        match &result {
+            Ok(at) => {
+                self.supervision.started(*at);
+                self.update(|s| s.container.state = "running".into());
+                tracing::info!(container = %self.container.name, "container started");
+            }
+            Err(_) => self.supervision.stop_abandoned(),
+        }
+        result.map(|_| ())
+    }
+
+    async fn recreate_steps(&mut self) -> Result<DateTime<Utc>, DaemonError> {
         match self.container.state().await? {
             RunState::Paused => {
-                self.container.unpause().await?;
+                runtime::thaw(&self.container, THAW_ATTEMPTS).await?;
                 self.container.stop(self.container_config.stop_timeout).await?;
             }
             RunState::Running => self.container.stop(self.container_config.stop_timeout).await?,
@@ -235,14 +337,12 @@ impl Daemon {
             config: &self.container_config,
             state_dir: &self.config.state.dir,
             env_file: env_file.as_deref(),
-            log_driver: &self.container_config.log_driver,
+            log_driver: &self.log_driver,
         };
         self.container.create(&spec).await?;
+        let at = Utc::now();
         self.container.start().await?;
-        self.expecting_stop = false;
-        self.update(|s| s.container.state = "running".into());
-        tracing::info!(container = %self.container.name, "container started");
-        Ok(())
+        Ok(at)
     }
 
     pub(super) async fn wait_healthy(&mut self) -> Result<(), DaemonError> {
@@ -251,7 +351,8 @@ impl Daemon {
         };
         let deadline = Instant::now() + self.container_config.start_timeout;
         loop {
-            if supervisor::probe(&url).await {
+            systemd::progress();
+            if runtime::probe(&url).await {
                 self.update(|s| s.container.healthy = Some(true));
                 return Ok(());
             }

@@ -1,13 +1,13 @@
-//! What `spotkeeper status` shows, and what one snapshot attempt did.
+//! What `spotkeeper status` shows.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::snapshot_id::SnapshotId;
 use crate::spot::InstanceAction;
 
 /// What `spotkeeper status` shows.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub phase: String,
     pub container: ContainerStatus,
@@ -21,9 +21,12 @@ pub struct Status {
     pub instance_id: Option<String>,
     pub spot_notice: Option<InstanceAction>,
     pub last_verify: Option<VerifyStatus>,
+    /// Things an operator should know that are not errors (a log driver fallback, …).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyStatus {
     pub at: DateTime<Utc>,
     pub id: Option<SnapshotId>,
@@ -32,7 +35,7 @@ pub struct VerifyStatus {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContainerStatus {
     pub name: String,
     pub state: String,
@@ -41,9 +44,15 @@ pub struct ContainerStatus {
     pub image: String,
     pub image_digest: Option<String>,
     pub crash_loop: bool,
+    /// Set while a thaw failed and the container may still be frozen.
+    #[serde(default)]
+    pub frozen_error: Option<String>,
+    /// The log driver the container runs with.
+    #[serde(default)]
+    pub log_driver: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotStatus {
     pub id: SnapshotId,
     pub at: DateTime<Utc>,
@@ -54,28 +63,10 @@ pub struct SnapshotStatus {
     pub requests: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PruneStatus {
     pub at: DateTime<Utc>,
     pub deleted: usize,
     pub kept: usize,
     pub error: Option<String>,
-}
-
-/// What one snapshot attempt did.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "outcome", rename_all = "lowercase")]
-pub enum SnapshotOutcome {
-    Uploaded {
-        id: SnapshotId,
-        files: u64,
-        archive_bytes: u64,
-        duration_ms: u64,
-        freeze_ms: u64,
-        requests: u64,
-    },
-    Unchanged {
-        since: SnapshotId,
-        freeze_ms: u64,
-    },
 }

@@ -1,5 +1,5 @@
-//! Watching the container: Docker events (reconnecting), health probes, restarts with backoff
-//! and the crash-loop limit.
+//! Watching the container (engine events, reconnecting; health probes) and carrying out what
+//! the pure policy (`policy.rs`) decides: restarts with backoff, recreation, the crash loop.
 
 use super::*;
 
@@ -11,15 +11,19 @@ impl Daemon {
         tokio::spawn(async move {
             use futures::StreamExt;
             let mut since = Utc::now();
+            let mut stream_failed = false;
             let mut delay = Duration::from_millis(200);
             loop {
-                let mut stream = Box::pin(container.events(since));
+                let mut stream = container.events(since);
+                if stream_failed && tx.send(Event::EventsReconnected).await.is_err() {
+                    return;
+                }
                 while let Some(item) = stream.next().await {
                     match item {
-                        Ok(action) => {
+                        Ok(event) => {
                             since = Utc::now();
                             delay = Duration::from_millis(200);
-                            if tx.send(Event::Container(action)).await.is_err() {
+                            if tx.send(Event::Container(event)).await.is_err() {
                                 return;
                             }
                         }
@@ -35,9 +39,7 @@ impl Daemon {
                 );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
-                if tx.send(Event::EventsReconnected).await.is_err() {
-                    return;
-                }
+                stream_failed = true;
             }
         });
         // Spot notices, only when IMDS answered at start.
@@ -85,7 +87,7 @@ impl Daemon {
                 let mut healthy = true;
                 loop {
                     tokio::time::sleep(interval).await;
-                    let ok = supervisor::probe(&url).await;
+                    let ok = runtime::probe(&url).await;
                     if frozen.load(Ordering::Relaxed) {
                         continue;
                     }
@@ -102,32 +104,56 @@ impl Daemon {
         }
     }
 
-    pub(super) async fn on_container_event(&mut self, action: &str) {
-        tracing::debug!(container = %self.container.name, action, "container event");
-        match action {
-            "die" | "oom" if !self.expecting_stop && !self.interrupted => {
-                self.container_failed(&format!("container event {action}"))
+    pub(super) async fn on_container_event(&mut self, event: ContainerEvent) {
+        tracing::debug!(container = %self.container.name, ?event, "container event");
+        let observed = match event {
+            ContainerEvent::Started | ContainerEvent::Unpaused => {
+                self.update(|s| s.container.state = "running".into());
+                return;
             }
-            "start" | "unpause" => self.update(|s| s.container.state = "running".into()),
-            "pause" => self.update(|s| s.container.state = "paused".into()),
-            "die" | "stop" => self.update(|s| s.container.state = "exited".into()),
-            _ => {}
-        }
+            ContainerEvent::Paused => {
+                self.update(|s| s.container.state = "paused".into());
+                return;
+            }
+            ContainerEvent::OutOfMemory => {
+                tracing::warn!(container = %self.container.name, "the container ran out of memory");
+                return;
+            }
+            ContainerEvent::Other => return,
+            ContainerEvent::Died { at } => {
+                self.update(|s| s.container.state = "exited".into());
+                Observed::Died { at }
+            }
+            ContainerEvent::Destroyed => {
+                self.update(|s| s.container.state = "missing".into());
+                Observed::Missing
+            }
+        };
+        let decision = self.supervision.observe(observed, Utc::now());
+        self.carry_out(decision, &format!("{event:?}")).await;
     }
 
     /// The event stream was down for a while: look at the container to catch a missed death.
     pub(super) async fn on_events_reconnected(&mut self) {
         tracing::info!("Docker events stream reconnected");
-        match self.container.state().await {
-            Ok(RunState::Running | RunState::Paused) => {}
-            Ok(state) if !self.expecting_stop && self.restart_at.is_none() && !self.crash_loop => {
-                self.container_failed(&format!(
-                    "container found {state:?} after the events stream reconnected"
-                ));
+        let observed = match self.container.state().await {
+            Ok(RunState::Running | RunState::Paused) => return,
+            Ok(RunState::Missing) => Observed::Missing,
+            Ok(state) => {
+                tracing::warn!(
+                    ?state,
+                    "container found not running after the events stream reconnected"
+                );
+                Observed::FoundStopped
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot inspect the container"),
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot inspect the container");
+                return;
+            }
+        };
+        let decision = self.supervision.observe(observed, Utc::now());
+        self.carry_out(decision, "found after the events stream reconnected")
+            .await;
     }
 
     pub(super) async fn on_health(&mut self, healthy: bool) {
@@ -138,38 +164,46 @@ impl Daemon {
             tracing::info!(container = %self.container.name, "container healthy again");
             return;
         }
-        if self.expecting_stop || self.crash_loop || self.restart_at.is_some() || self.interrupted {
-            return;
-        }
-        tracing::warn!(container = %self.container.name, "container unhealthy; restarting it");
-        self.expecting_stop = true;
-        if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
-            tracing::warn!(error = %e, "cannot stop the unhealthy container");
-        }
-        self.expecting_stop = false;
-        self.container_failed("health check failed");
+        let decision = self.supervision.observe(Observed::Unhealthy, Utc::now());
+        self.carry_out(decision, "health check failed").await;
     }
 
-    pub(super) fn container_failed(&mut self, why: &str) {
-        self.update(|s| s.container.state = "exited".into());
-        match self.restarts.failed(Utc::now()) {
-            AfterFailure::RestartIn(delay) => {
-                tracing::warn!(container = %self.container.name, why, restart_in_ms = delay.as_millis() as u64, "container failed; restarting after backoff");
-                self.notifier
-                    .status(&format!("container failed ({why}); restarting in {}s", delay.as_secs()));
-                self.restart_at = Some(Instant::now() + delay);
+    /// Carries out one decision of the policy.
+    pub(super) async fn carry_out(&mut self, decision: Decision, why: &str) {
+        match decision {
+            Decision::Ignore(reason) => {
+                tracing::debug!(container = %self.container.name, why, reason, "nothing to do");
             }
-            AfterFailure::GiveUp => {
+            Decision::Restart { after, stop_first } => {
+                if stop_first {
+                    tracing::warn!(container = %self.container.name, why, "stopping the container to restart it");
+                    self.supervision.stopping_on_purpose();
+                    if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
+                        tracing::warn!(error = %e, "cannot stop the container");
+                    }
+                    self.supervision.stop_abandoned();
+                }
+                self.update(|s| s.container.state = "exited".into());
+                tracing::warn!(container = %self.container.name, why, restart_in_ms = after.as_millis() as u64, "container failed; restarting after backoff");
+                self.notifier
+                    .status(&format!("container failed ({why}); restarting in {}s", after.as_secs()));
+            }
+            Decision::Recreate => {
+                tracing::warn!(container = %self.container.name, why, "the container is gone; creating it again from the config");
+                if let Err(e) = self.recreate_container().await {
+                    tracing::error!(error = %e, "cannot recreate the container");
+                    let decision = self.supervision.observe(Observed::StartFailed, Utc::now());
+                    Box::pin(self.carry_out(decision, "recreate failed")).await;
+                }
+            }
+            Decision::GiveUp { failures } => {
                 let text = format!(
-                    "container {} failed {} times within {}; not restarting it (crash loop). Fix it, then `systemctl restart spotkeeper`",
+                    "container {} failed {failures} times within {}; not restarting it (crash loop). Fix it, then `systemctl restart spotkeeper`",
                     self.container.name,
-                    self.restarts.recent(),
                     crate::duration::format(self.container_config.restart_window)
                 );
                 tracing::error!("{text}");
                 self.notifier.status(&text);
-                self.crash_loop = true;
-                self.restart_at = None;
                 self.update(|s| {
                     s.container.crash_loop = true;
                     s.phase = "crash-loop".into();
@@ -183,14 +217,71 @@ impl Daemon {
         tracing::info!(container = %self.container.name, why, "starting the container again");
         self.update(|s| s.container.restarts += 1);
         self.metrics.record(names::CONTAINER_RESTARTS, 1.0, Unit::Count);
-        // A failed recreation may have left this set: from here its death is a failure again.
-        self.expecting_stop = false;
+        let started = Utc::now();
         match self.container.start().await {
-            Ok(()) => self.update(|s| s.container.state = "running".into()),
+            Ok(()) => {
+                self.supervision.started(started);
+                self.update(|s| s.container.state = "running".into());
+            }
+            Err(e) if e.is_missing() => {
+                let decision = self.supervision.observe(Observed::Missing, Utc::now());
+                self.carry_out(decision, "the container was removed").await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "restart failed");
-                self.container_failed("restart failed");
+                let decision = self.supervision.observe(Observed::StartFailed, Utc::now());
+                self.carry_out(decision, "restart failed").await;
             }
+        }
+    }
+
+    /// Thaws the container until the engine says it is thawed. A failure is loud: an error in
+    /// `status`, the ContainerFrozen metric, and a retry every few seconds from the main loop.
+    pub(super) async fn thaw(&mut self) -> bool {
+        let result = runtime::thaw(&self.container, THAW_ATTEMPTS).await;
+        self.frozen.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                if self.stuck_frozen {
+                    tracing::warn!(container = %self.container.name, "container thawed at last");
+                    self.metrics.record(names::CONTAINER_FROZEN, 0.0, Unit::Count);
+                    self.update(|s| {
+                        s.container.frozen_error = None;
+                        s.container.state = "running".into();
+                    });
+                }
+                self.stuck_frozen = false;
+                true
+            }
+            Err(e) => {
+                let text = format!("CONTAINER LEFT FROZEN: {e}; retrying every {}s", THAW_RETRY.as_secs());
+                tracing::error!("{text}");
+                self.notifier.status(&text);
+                self.metrics.record(names::CONTAINER_FROZEN, 1.0, Unit::Count);
+                self.update(|s| {
+                    s.container.state = "paused".into();
+                    s.container.frozen_error = Some(text.clone());
+                    s.last_error = Some(text.clone());
+                });
+                self.stuck_frozen = true;
+                false
+            }
+        }
+    }
+
+    /// Called from the main loop while a thaw has failed.
+    pub(super) async fn thaw_stuck(&mut self) {
+        match self.container.state().await {
+            Ok(RunState::Paused) => {
+                self.thaw().await;
+            }
+            Ok(_) => {
+                // Thawed by someone else (or gone): no longer stuck.
+                self.stuck_frozen = false;
+                self.metrics.record(names::CONTAINER_FROZEN, 0.0, Unit::Count);
+                self.update(|s| s.container.frozen_error = None);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot inspect the frozen container"),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The container through the Docker Engine API (bollard): image, create, start, stop, pause,
-//! health, events. The restart policy (backoff, crash-loop limit) is pure and lives at the end.
+//! The container through the Docker Engine API (bollard): image, create, start, stop, kill,
+//! pause, events. The only module that speaks Docker; the rest of spotkeeper sees
+//! `ContainerRuntime`, `RunState` and `ContainerEvent`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,8 +15,10 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
+use super::{ContainerEvent, ContainerRuntime, RunState, RuntimeError};
 use crate::config::ContainerConfig;
 use crate::ports;
 
@@ -23,44 +26,8 @@ use crate::ports;
 pub const MANAGED_LABEL: &str = "io.spotkeeper.managed";
 /// Timeout of Docker API calls other than stop (which gets stop_timeout on top).
 const API_TIMEOUT: Duration = Duration::from_secs(120);
-/// A health probe that takes longer than this failed.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-
-#[derive(Debug, thiserror::Error)]
-pub enum SupervisorError {
-    #[error("cannot reach the Docker Engine at {host}: {source}")]
-    Connect {
-        host: String,
-        source: bollard::errors::Error,
-    },
-    #[error("Docker failed to {op} container {container}: {source}")]
-    Container {
-        op: &'static str,
-        container: String,
-        source: bollard::errors::Error,
-    },
-    #[error("Docker failed to pull image {image}: {source}")]
-    Pull {
-        image: String,
-        source: bollard::errors::Error,
-    },
-    #[error(
-        "a container named {container} exists but was not created by spotkeeper (no {MANAGED_LABEL} label); \
-         remove or rename it, spotkeeper will not touch it"
-    )]
-    Foreign { container: String },
-}
-
-/// What Docker says about the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    Missing,
-    Created,
-    Running,
-    Paused,
-    Exited,
-}
+/// The log driver used when the configured one is not available on this engine.
+pub const FALLBACK_LOG_DRIVER: &str = "local";
 
 /// One spotkeeper-managed container.
 #[derive(Debug, Clone)]
@@ -71,12 +38,12 @@ pub struct Container {
 
 /// Connects to `host` (`unix:///path` or a path), or to `DOCKER_HOST`/the default socket, and
 /// negotiates the API version with the engine.
-pub async fn connect(host: Option<&str>) -> Result<Docker, SupervisorError> {
+pub async fn connect(host: Option<&str>) -> Result<Docker, RuntimeError> {
     let shown = host
         .map(str::to_string)
         .or_else(|| std::env::var("DOCKER_HOST").ok())
         .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
-    let connect_error = |source| SupervisorError::Connect {
+    let connect_error = |source| RuntimeError::Connect {
         host: shown.clone(),
         source,
     };
@@ -99,8 +66,8 @@ impl Container {
         }
     }
 
-    fn error(&self, op: &'static str) -> impl FnOnce(bollard::errors::Error) -> SupervisorError + '_ {
-        move |source| SupervisorError::Container {
+    fn error(&self, op: &'static str) -> impl FnOnce(bollard::errors::Error) -> RuntimeError + '_ {
+        move |source| RuntimeError::Container {
             op,
             container: self.name.clone(),
             source,
@@ -108,7 +75,7 @@ impl Container {
     }
 
     /// Pulls `image` unless present; returns its digest (`repo@sha256:…`) or id.
-    pub async fn ensure_image(&self, image: &str) -> Result<String, SupervisorError> {
+    pub async fn ensure_image(&self, image: &str) -> Result<String, RuntimeError> {
         if let Ok(found) = self.docker.inspect_image(image).await {
             return Ok(image_digest(&found).unwrap_or_else(|| image.to_string()));
         }
@@ -120,7 +87,7 @@ impl Container {
                 Some(
                     crate::ecr::credentials(&registry, &region)
                         .await
-                        .map_err(|e| SupervisorError::Pull {
+                        .map_err(|e| RuntimeError::Pull {
                             image: image.to_string(),
                             source: bollard::errors::Error::DockerStreamError { error: e.to_string() },
                         })?,
@@ -130,7 +97,7 @@ impl Container {
         };
         let mut progress = self.docker.create_image(Some(options), None, credentials);
         while let Some(step) = progress.next().await {
-            step.map_err(|source| SupervisorError::Pull {
+            step.map_err(|source| RuntimeError::Pull {
                 image: image.to_string(),
                 source,
             })?;
@@ -139,15 +106,35 @@ impl Container {
             .docker
             .inspect_image(image)
             .await
-            .map_err(|source| SupervisorError::Pull {
+            .map_err(|source| RuntimeError::Pull {
                 image: image.to_string(),
                 source,
             })?;
         Ok(image_digest(&found).unwrap_or_else(|| image.to_string()))
     }
 
+    pub async fn remove(&self) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(&self.name, Some(options)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(self.error("remove")(e)),
+        }
+    }
+
+    /// The log drivers this engine offers (`docker info`), `None` when it does not say.
+    pub async fn log_drivers(&self) -> Option<Vec<String>> {
+        let info = self.docker.info().await.ok()?;
+        info.plugins.and_then(|p| p.log)
+    }
+}
+
+impl ContainerRuntime for Container {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The container's state, `Missing` when there is none. Refuses foreign containers.
-    pub async fn state(&self) -> Result<RunState, SupervisorError> {
+    async fn state(&self) -> Result<RunState, RuntimeError> {
         let inspected = match self
             .docker
             .inspect_container(&self.name, None::<InspectContainerOptions>)
@@ -165,7 +152,7 @@ impl Container {
             .and_then(|c| c.labels.as_ref())
             .is_some_and(|l| l.contains_key(MANAGED_LABEL));
         if !managed {
-            return Err(SupervisorError::Foreign {
+            return Err(RuntimeError::Foreign {
                 container: self.name.clone(),
             });
         }
@@ -182,7 +169,7 @@ impl Container {
     }
 
     /// Creates the container afresh (removing a previous spotkeeper-made one).
-    pub async fn create(&self, spec: &ContainerSpec<'_>) -> Result<(), SupervisorError> {
+    async fn create(&self, spec: &ContainerSpec<'_>) -> Result<(), RuntimeError> {
         if self.state().await? != RunState::Missing {
             self.remove().await?;
         }
@@ -195,7 +182,24 @@ impl Container {
         Ok(())
     }
 
-    pub async fn start(&self) -> Result<(), SupervisorError> {
+    async fn kill(&self) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .kill_container(&self.name, None::<bollard::query_parameters::KillContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Not running (409 on recent engines, 500 "is not running" on 20.10) or gone.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code, message })
+                if status_code == 404 || status_code == 409 || message.contains("is not running") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.error("kill")(e)),
+        }
+    }
+
+    async fn start(&self) -> Result<(), RuntimeError> {
         self.docker
             .start_container(&self.name, None::<bollard::query_parameters::StartContainerOptions>)
             .await
@@ -203,7 +207,7 @@ impl Container {
     }
 
     /// SIGTERM, then SIGKILL after `timeout`. A container that is not running is fine.
-    pub async fn stop(&self, timeout: Duration) -> Result<(), SupervisorError> {
+    async fn stop(&self, timeout: Duration) -> Result<(), RuntimeError> {
         let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::new().t(seconds).build();
         // The client's own timeout must outlast Docker's grace period.
@@ -217,16 +221,8 @@ impl Container {
         }
     }
 
-    pub async fn remove(&self) -> Result<(), SupervisorError> {
-        let options = RemoveContainerOptionsBuilder::new().force(true).build();
-        match self.docker.remove_container(&self.name, Some(options)).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
-            Err(e) => Err(self.error("remove")(e)),
-        }
-    }
-
     /// Freezes every process of the container (cgroup freezer).
-    pub async fn pause(&self) -> Result<(), SupervisorError> {
+    async fn pause(&self) -> Result<(), RuntimeError> {
         self.docker
             .pause_container(&self.name)
             .await
@@ -234,7 +230,7 @@ impl Container {
     }
 
     /// Thaws the container. Already running is fine.
-    pub async fn unpause(&self) -> Result<(), SupervisorError> {
+    async fn unpause(&self) -> Result<(), RuntimeError> {
         match self.docker.unpause_container(&self.name).await {
             Ok(()) => Ok(()),
             // "is not paused": 409 on recent engines, 500 on 20.10.
@@ -247,9 +243,7 @@ impl Container {
         }
     }
 
-    /// Lifecycle events of this container (`start`, `die`, `oom`, `kill`, …). The stream ends when
-    /// the engine goes away; the caller reconnects.
-    pub fn events(&self, since: DateTime<Utc>) -> impl Stream<Item = Result<String, bollard::errors::Error>> + use<> {
+    fn events(&self, since: DateTime<Utc>) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>> {
         let mut filters = HashMap::new();
         filters.insert("type", vec!["container"]);
         filters.insert("container", vec![self.name.as_str()]);
@@ -260,9 +254,21 @@ impl Container {
             .docker
             .clone()
             .with_timeout(Duration::from_secs(u64::from(u32::MAX)));
+        let name = self.name.clone();
         docker
             .events(Some(options))
-            .map(|event| event.map(|e| e.action.unwrap_or_default()))
+            .map(move |event| match event {
+                Ok(e) => Ok(ContainerEvent::from_engine(
+                    e.action.as_deref().unwrap_or_default(),
+                    e.time_nano,
+                )),
+                Err(source) => Err(RuntimeError::Container {
+                    op: "watch events of",
+                    container: name.clone(),
+                    source,
+                }),
+            })
+            .boxed()
     }
 }
 
@@ -348,77 +354,9 @@ fn split_reference(image: &str) -> (&str, &str) {
     }
 }
 
-/// Probes `url` with one GET: healthy means a 2xx answer within the probe timeout.
-pub async fn probe(url: &str) -> bool {
-    use http_body_util::Empty;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let Ok(uri) = url.parse::<hyper::Uri>() else {
-        return false;
-    };
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, client.get(uri)).await,
-        Ok(Ok(response)) if response.status().is_success()
-    )
-}
-
-/// When to restart a failed container, and when to give up: exponential backoff from 1 s to
-/// 5 min, and at most `limit` failures within `window` (a crash loop).
-#[derive(Debug, Clone)]
-pub struct RestartPolicyState {
-    limit: u32,
-    window: Duration,
-    failures: Vec<DateTime<Utc>>,
-}
-
-/// What to do after a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterFailure {
-    RestartIn(Duration),
-    GiveUp,
-}
-
-const MIN_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-impl RestartPolicyState {
-    pub fn new(limit: u32, window: Duration) -> Self {
-        RestartPolicyState {
-            limit,
-            window,
-            failures: Vec::new(),
-        }
-    }
-
-    /// Records a failure at `now` and decides.
-    pub fn failed(&mut self, now: DateTime<Utc>) -> AfterFailure {
-        let window = chrono::TimeDelta::from_std(self.window).unwrap_or(chrono::TimeDelta::MAX);
-        self.failures.retain(|t| now - *t < window);
-        self.failures.push(now);
-        let count = u32::try_from(self.failures.len()).unwrap_or(u32::MAX);
-        if count >= self.limit {
-            return AfterFailure::GiveUp;
-        }
-        let backoff = MIN_BACKOFF.saturating_mul(1 << (count - 1).min(16)).min(MAX_BACKOFF);
-        AfterFailure::RestartIn(backoff)
-    }
-
-    /// Failures within the window.
-    pub fn recent(&self) -> usize {
-        self.failures.len()
-    }
-
-    /// Forgets failures (after an operator action, or a new container).
-    pub fn reset(&mut self) {
-        self.failures.clear();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeDelta;
 
     #[test]
     fn references_split_into_repo_and_tag() {
@@ -429,35 +367,5 @@ mod tests {
         assert_eq!(split_reference("localhost:5000/app"), ("localhost:5000/app", "latest"));
         assert_eq!(split_reference("busybox"), ("busybox", "latest"));
         assert_eq!(split_reference("repo@sha256:abc"), ("repo@sha256:abc", ""));
-    }
-
-    #[test]
-    fn backoff_doubles_then_gives_up_on_a_crash_loop() {
-        let start = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
-        let mut policy = RestartPolicyState::new(4, Duration::from_secs(600));
-        assert_eq!(policy.failed(start), AfterFailure::RestartIn(Duration::from_secs(1)));
-        assert_eq!(
-            policy.failed(start + TimeDelta::seconds(5)),
-            AfterFailure::RestartIn(Duration::from_secs(2))
-        );
-        assert_eq!(
-            policy.failed(start + TimeDelta::seconds(10)),
-            AfterFailure::RestartIn(Duration::from_secs(4))
-        );
-        assert_eq!(policy.failed(start + TimeDelta::seconds(20)), AfterFailure::GiveUp);
-    }
-
-    #[test]
-    fn failures_outside_the_window_are_forgotten() {
-        let start = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
-        let mut policy = RestartPolicyState::new(3, Duration::from_secs(60));
-        policy.failed(start);
-        policy.failed(start + TimeDelta::seconds(10));
-        // Long after: the loop is over; start counting again.
-        assert_eq!(
-            policy.failed(start + TimeDelta::seconds(600)),
-            AfterFailure::RestartIn(Duration::from_secs(1))
-        );
-        assert_eq!(policy.recent(), 1);
     }
 }

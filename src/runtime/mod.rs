@@ -1,0 +1,169 @@
+//! The container runtime edge: what the daemon needs of a container engine, as a small trait,
+//! with Docker (`docker.rs`, through bollard) as its implementation. The supervisor's policy sees
+//! `RunState` and `ContainerEvent`, never Docker's strings or status codes.
+
+mod docker;
+
+pub use docker::{Container, ContainerSpec, FALLBACK_LOG_DRIVER, MANAGED_LABEL, connect};
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+/// A health probe that takes longer than this failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot reach the Docker Engine at {host}: {source}")]
+    Connect {
+        host: String,
+        source: bollard::errors::Error,
+    },
+    #[error("Docker failed to {op} container {container}: {source}")]
+    Container {
+        op: &'static str,
+        container: String,
+        source: bollard::errors::Error,
+    },
+    #[error("Docker failed to pull image {image}: {source}")]
+    Pull {
+        image: String,
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "a container named {container} exists but was not created by spotkeeper (no {MANAGED_LABEL} label); \
+         remove or rename it, spotkeeper will not touch it"
+    )]
+    Foreign { container: String },
+    #[error("container {container} is still frozen after {attempts} attempts to thaw it: {last}")]
+    StillFrozen {
+        container: String,
+        attempts: u32,
+        last: String,
+    },
+}
+
+impl RuntimeError {
+    /// The engine answered that the container does not exist.
+    pub fn is_missing(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Container {
+                source: bollard::errors::Error::DockerResponseServerError { status_code: 404, .. },
+                ..
+            }
+        )
+    }
+}
+
+/// What the engine says about the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Missing,
+    Created,
+    Running,
+    Paused,
+    Exited,
+}
+
+/// A lifecycle event of the container, with the engine's time for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerEvent {
+    Started,
+    /// It died (exited, was killed, or was stopped) at `at`.
+    Died {
+        at: DateTime<Utc>,
+    },
+    /// The kernel's OOM killer hit it; a death follows.
+    OutOfMemory,
+    Paused,
+    Unpaused,
+    /// Removed.
+    Destroyed,
+    /// Anything else (exec, attach, health_status, …).
+    Other,
+}
+
+impl ContainerEvent {
+    /// Maps an engine's action name and time (nanoseconds since the epoch) to an event.
+    pub fn from_engine(action: &str, time_nano: Option<i64>) -> ContainerEvent {
+        let at = time_nano.map(DateTime::from_timestamp_nanos).unwrap_or_else(Utc::now);
+        match action {
+            "start" | "restart" => ContainerEvent::Started,
+            "die" => ContainerEvent::Died { at },
+            "oom" => ContainerEvent::OutOfMemory,
+            "pause" => ContainerEvent::Paused,
+            "unpause" => ContainerEvent::Unpaused,
+            "destroy" => ContainerEvent::Destroyed,
+            _ => ContainerEvent::Other,
+        }
+    }
+}
+
+/// What the daemon does with its one container. Each call is one request to the engine; the
+/// caller decides what a failure means.
+pub trait ContainerRuntime: Clone + Send + Sync + 'static {
+    /// The container's name (for logs and errors).
+    fn name(&self) -> &str;
+    /// The container's state; `Missing` when there is none.
+    fn state(&self) -> impl Future<Output = Result<RunState, RuntimeError>> + Send;
+    /// Creates it afresh from `spec` (removing an earlier spotkeeper-made one).
+    fn create(&self, spec: &ContainerSpec<'_>) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn start(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// SIGTERM, then SIGKILL after `timeout`. Not running is fine.
+    fn stop(&self, timeout: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// SIGKILL now. Not running is fine.
+    fn kill(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Freezes every process (cgroup freezer).
+    fn pause(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Thaws. Not paused is fine.
+    fn unpause(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Lifecycle events since `since`; the stream ends when the engine goes away.
+    fn events(&self, since: DateTime<Utc>) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>>;
+}
+
+/// Thaws the container until the engine reports it is no longer paused: `attempts` tries,
+/// backing off from 100 ms to 2 s. A container that stays frozen is an error the caller reports.
+pub async fn thaw<R: ContainerRuntime>(runtime: &R, attempts: u32) -> Result<(), RuntimeError> {
+    let mut delay = Duration::from_millis(100);
+    let mut last = String::from("no attempt made");
+    for attempt in 1..=attempts.max(1) {
+        match runtime.unpause().await {
+            Ok(()) => match runtime.state().await {
+                Ok(RunState::Paused) => last = "the engine still reports it paused".into(),
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tracing::warn!(container = runtime.name(), attempt, error = %last, "thaw failed; retrying");
+        if attempt < attempts {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+    Err(RuntimeError::StillFrozen {
+        container: runtime.name().to_string(),
+        attempts,
+        last,
+    })
+}
+
+/// Probes `url` with one GET: healthy means a 2xx answer within the probe timeout.
+pub async fn probe(url: &str) -> bool {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return false;
+    };
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, client.get(uri)).await,
+        Ok(Ok(response)) if response.status().is_success()
+    )
+}

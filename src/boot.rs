@@ -39,12 +39,12 @@ pub enum BootAction {
 pub enum BootRefusal {
     #[error(
         "{repository} has no latest/manifest.json but holds complete snapshots, the newest {newest}; this machine \
-         has no local state, and starting fresh could later replace them. Refusing to guess: restore one with \
+         has no local state, and starting fresh could later replace them; refusing to guess: restore one with \
          `spotkeeper restore --snapshot ID`, then start spotkeeper again"
     )]
     LatestMissing { repository: String, newest: SnapshotId },
     #[error(
-        "latest/ in {repository} cannot be read ({why}) and {detail}. Refusing to guess: look with `spotkeeper \
+        "latest/ in {repository} cannot be read ({why}) and {detail}; refusing to guess: look with `spotkeeper \
          list`, restore a snapshot with `spotkeeper restore --snapshot ID --force`, then start spotkeeper again"
     )]
     LatestUnreadable {

@@ -13,8 +13,13 @@ pub const KEEP: usize = 2;
 /// Which of `names` (folder names under the displaced root, which sort by time:
 /// `2026-02-27T15-02-11Z`) to remove so that the newest `keep` remain. Pure.
 pub fn plan(names: &[String], keep: usize) -> Vec<String> {
+    // `2026-02-27T15-02-11Z`, then `…Z-2`, `…Z-3` for restores within the same second.
+    let order = |name: &String| match name.split_once("Z-") {
+        Some((stamp, n)) => (stamp.to_string(), n.parse::<u32>().unwrap_or(u32::MAX)),
+        None => (name.trim_end_matches('Z').to_string(), 1),
+    };
     let mut sorted: Vec<&String> = names.iter().collect();
-    sorted.sort();
+    sorted.sort_by_key(|name| order(name));
     let excess = sorted.len().saturating_sub(keep.max(1));
     sorted.into_iter().take(excess).cloned().collect()
 }
@@ -63,6 +68,18 @@ mod tests {
         assert_eq!(plan(&names, 2), vec!["2026-02-25T09-00-00Z", "2026-02-26T12-30-00Z"]);
         assert!(plan(&names, 4).is_empty());
         assert!(plan(&[], 2).is_empty());
+        let same_second: Vec<String> = [
+            "2026-02-27T15-02-11Z-10",
+            "2026-02-27T15-02-11Z",
+            "2026-02-27T15-02-11Z-2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            plan(&same_second, 1),
+            vec!["2026-02-27T15-02-11Z", "2026-02-27T15-02-11Z-2"]
+        );
         // The newest is always kept.
         assert_eq!(plan(&names, 0).len(), 3);
     }

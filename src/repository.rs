@@ -122,6 +122,38 @@ pub async fn latest(store: &Store) -> Result<Option<(Manifest, Option<String>)>,
     Ok(Some((Manifest::decode(&bytes, &key, None)?, etag)))
 }
 
+/// `latest/` for a writer about to replace it: when `latest/manifest.json` exists but cannot be
+/// read, the newest complete snapshot stands in for it (with the damaged object's ETag, so the
+/// replacement is still conditional). The lineage guard then judges against that snapshot, as the
+/// boot decision does; a damaged pointer does not stop backups forever.
+/// `excluding` is the writer's own new snapshot, which must not stand in for what it replaces.
+pub async fn latest_for_writer(
+    store: &Store,
+    excluding: Option<SnapshotId>,
+) -> Result<Option<(Manifest, Option<String>)>, RepositoryError> {
+    match latest(store).await {
+        Err(RepositoryError::Manifest(damaged)) => {
+            let listing = list(store).await?;
+            let Some(newest) = listing
+                .snapshots
+                .iter()
+                .rev()
+                .find(|s| s.complete && Some(s.id) != excluding)
+                .map(|s| s.id)
+            else {
+                return Err(damaged.into());
+            };
+            let Some(manifest) = manifest(store, &newest).await? else {
+                return Err(damaged.into());
+            };
+            let etag = store.get_bytes(LATEST_MANIFEST).await?.and_then(|(_, etag)| etag);
+            tracing::warn!(error = %damaged, stand_in = %newest, "latest/ cannot be read; the newest complete snapshot stands in for it");
+            Ok(Some((manifest, etag)))
+        }
+        other => other,
+    }
+}
+
 /// The manifest of snapshot `id`, `None` when it does not exist or is incomplete.
 pub async fn manifest(store: &Store, id: &SnapshotId) -> Result<Option<Manifest>, RepositoryError> {
     let relative = manifest_key(id);

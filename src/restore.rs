@@ -370,6 +370,7 @@ struct TrackingReader<R> {
 
 impl<R: Read> Read for TrackingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::systemd::progress();
         self.inner.read(buf).inspect_err(|e| {
             if let Ok(mut slot) = self.error.lock()
                 && slot.is_none()
@@ -405,8 +406,21 @@ fn swap_in(request: &RestoreRequest, staging: &Path, state: TargetState) -> Resu
         }
         TargetState::NonEmpty => {
             let stamp = request.now.format("%Y-%m-%dT%H-%M-%SZ").to_string();
-            let holder = displaced_root(target).join(stamp);
-            fs::create_dir_all(&holder).map_err(io_error(&holder))?;
+            let root = displaced_root(target);
+            fs::create_dir_all(&root).map_err(io_error(&root))?;
+            // Two restores within one second each get their own folder (`…Z`, `…Z-2`, …).
+            let mut holder = root.join(&stamp);
+            let mut n = 1;
+            while let Err(e) = fs::create_dir(&holder) {
+                if e.kind() != io::ErrorKind::AlreadyExists || n >= 1000 {
+                    return Err(RestoreError::Io {
+                        path: holder,
+                        source: e,
+                    });
+                }
+                n += 1;
+                holder = root.join(format!("{stamp}-{n}"));
+            }
             let place = holder.join(target_name(target));
             fs::rename(target, &place).map_err(io_error(target))?;
             tracing::info!(from = %target.display(), to = %place.display(), "moved local state aside");

@@ -143,7 +143,7 @@ pub fn check_lineage(
 pub async fn take(store: &Store, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let requests_before = store.requests();
-    let latest = repository::latest(store).await?;
+    let latest = repository::latest_for_writer(store, None).await?;
     let latest_id = latest.as_ref().map(|(m, _)| m.id);
     let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.writer.as_deref()));
     let writer = request.host.writer.as_deref().unwrap_or_default();
@@ -230,7 +230,7 @@ async fn update_latest(
 ) -> Result<(), SnapshotError> {
     // Re-read the pointer just before touching latest/: a writer that moved it during our upload
     // is caught here, before even the archive copy.
-    let current = repository::latest(store).await?;
+    let current = repository::latest_for_writer(store, Some(manifest.id)).await?;
     let moved = match (&current, manifest.parent) {
         (None, None) => false,
         (Some((m, _)), Some(parent)) => m.id != parent,

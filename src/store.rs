@@ -384,7 +384,10 @@ impl Store {
                 return Ok((part, false));
             }
             match chunks.recv().await {
-                Some(Chunk::Data(bytes)) => carry.extend_from_slice(&bytes),
+                Some(Chunk::Data(bytes)) => {
+                    crate::systemd::progress();
+                    carry.extend_from_slice(&bytes);
+                }
                 Some(Chunk::End) => return Ok((carry.split().freeze(), true)),
                 None => return Err(self.aborted(relative, "the archive writer stopped midway")),
             }
@@ -440,7 +443,7 @@ impl Store {
                 .key(self.full_key(relative))
                 .upload_id(upload_id)
                 .part_number(next_part)
-                .body(ByteStream::from(body));
+                .body(progress_body(body));
             let store = self.clone();
             let part_number = next_part;
             let relative = relative.to_string();
@@ -691,5 +694,47 @@ mod tests {
             bucket: "b".into(),
             key: "".into()
         }));
+    }
+}
+
+/// Bytes sent per frame of an uploaded part; each frame marks progress for the watchdog.
+const PROGRESS_FRAME: usize = 64 * 1024;
+
+/// A request body that hands its bytes to the connection a frame at a time, marking progress
+/// (`systemd::progress`) as each is taken: a part that trickles to a slow S3 is alive, one that
+/// stalls is not. Retryable: the SDK's retries start again from the first frame.
+fn progress_body(bytes: Bytes) -> ByteStream {
+    ByteStream::new(aws_smithy_types::body::SdkBody::retryable(move || {
+        aws_smithy_types::body::SdkBody::from_body_1_x(FramedBody { bytes: bytes.clone() })
+    }))
+}
+
+struct FramedBody {
+    bytes: Bytes,
+}
+
+impl http_body::Body for FramedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.bytes.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let take = self.bytes.len().min(PROGRESS_FRAME);
+        let frame = self.bytes.split_to(take);
+        crate::systemd::progress();
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.bytes.len() as u64)
     }
 }

@@ -973,54 +973,170 @@ fn proxy_connection(
     }
 }
 
-/// A Unix-socket proxy in front of the Docker Engine; `cut` ends every open connection (the
-/// daemon's events stream among them) as an engine restart would, without restarting it.
+/// One injected fault: answer `status` to the next `times` requests whose method is `method`
+/// and whose path contains `path`.
+struct DockerFault {
+    method: String,
+    path: String,
+    times: u32,
+    status: u16,
+}
+
+/// A Unix-socket proxy in front of the real Docker Engine. It reads each request's head, answers
+/// the ones a test chose with an error (a real engine with one call failing, not a fake of its
+/// API), and passes everything else through, one request per connection (it asks the engine to
+/// close after each answer, so every request is seen). `cut` ends every open connection (the
+/// daemon's events stream among them) as an engine restart would.
 pub struct DockerProxy {
     pub path: PathBuf,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    faults: std::sync::Arc<std::sync::Mutex<Vec<DockerFault>>>,
+    served: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl DockerProxy {
     pub fn start(dir: &Path) -> DockerProxy {
-        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::os::unix::net::UnixListener;
         let path = dir.join("docker-proxy.sock");
         let listener = UnixListener::bind(&path).expect("bind docker proxy");
         let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let g = std::sync::Arc::clone(&generation);
+        let faults = std::sync::Arc::new(std::sync::Mutex::new(Vec::<DockerFault>::new()));
+        let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (g, f, s) = (
+            std::sync::Arc::clone(&generation),
+            std::sync::Arc::clone(&faults),
+            std::sync::Arc::clone(&served),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let born = g.load(std::sync::atomic::Ordering::SeqCst);
-                let g = std::sync::Arc::clone(&g);
-                std::thread::spawn(move || {
-                    let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else {
-                        return;
-                    };
-                    let pipe = |mut from: UnixStream, mut to: UnixStream| {
-                        std::thread::spawn(move || {
-                            let _ = std::io::copy(&mut from, &mut to);
-                            let _ = to.shutdown(std::net::Shutdown::Write);
-                        })
-                    };
-                    let up = pipe(client.try_clone().expect("clone"), engine.try_clone().expect("clone"));
-                    let down = pipe(engine.try_clone().expect("clone"), client.try_clone().expect("clone"));
-                    let alive = || g.load(std::sync::atomic::Ordering::SeqCst) == born;
-                    while alive() && !(up.is_finished() && down.is_finished()) {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    let _ = client.shutdown(std::net::Shutdown::Both);
-                    let _ = engine.shutdown(std::net::Shutdown::Both);
-                    let _ = up.join();
-                    let _ = down.join();
-                });
+                let (g, f, s) = (
+                    std::sync::Arc::clone(&g),
+                    std::sync::Arc::clone(&f),
+                    std::sync::Arc::clone(&s),
+                );
+                std::thread::spawn(move || docker_connection(client, born, &g, &f, &s));
             }
         });
-        DockerProxy { path, generation }
+        DockerProxy {
+            path,
+            generation,
+            faults,
+            served,
+        }
+    }
+
+    /// `docker_host` for the daemon's config.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
     }
 
     /// Ends every connection open now.
     pub fn cut(&self) {
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Answers 500 to the next `times` requests `METHOD` whose path contains `path`.
+    pub fn fail(&self, method: &str, path: &str, times: u32) {
+        self.faults.lock().expect("faults").push(DockerFault {
+            method: method.to_string(),
+            path: path.to_string(),
+            times,
+            status: 500,
+        });
+    }
+
+    /// Removes every fault not yet used up.
+    pub fn heal(&self) {
+        self.faults.lock().expect("faults").clear();
+    }
+
+    /// How many injected errors were served for requests matching `method` and `path`.
+    pub fn failed(&self, method: &str, path: &str) -> usize {
+        let wanted = format!("{method} ");
+        self.served
+            .lock()
+            .expect("served")
+            .iter()
+            .filter(|line| line.starts_with(&wanted) && line.contains(path))
+            .count()
+    }
+}
+
+fn docker_connection(
+    mut client: std::os::unix::net::UnixStream,
+    born: u64,
+    generation: &std::sync::atomic::AtomicU64,
+    faults: &std::sync::Mutex<Vec<DockerFault>>,
+    served: &std::sync::Mutex<Vec<String>>,
+) {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    // The request head, byte by byte up to the blank line (heads are small).
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) if head.len() < 64 * 1024 => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let request_line = text.lines().next().unwrap_or_default().to_string();
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let injected = {
+        let mut faults = faults.lock().expect("faults");
+        faults
+            .iter_mut()
+            .find(|f| f.times > 0 && f.method == method && path.contains(&f.path))
+            .map(|f| {
+                f.times -= 1;
+                f.status
+            })
+    };
+    if let Some(status) = injected {
+        served.lock().expect("served").push(request_line.clone());
+        let body = "{\"message\":\"fault injected by the test's Docker proxy\"}";
+        let response = format!(
+            "HTTP/1.1 {status} Injected\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(response.as_bytes());
+        return;
+    }
+    let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else {
+        return;
+    };
+    // One request per connection: the engine closes after answering, so the client opens a new
+    // connection (and this proxy sees) every request.
+    let mut forwarded = String::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            forwarded.push_str(line);
+            forwarded.push_str("\r\n");
+        }
+    }
+    forwarded.push_str("Connection: close\r\n\r\n");
+    if (&engine).write_all(forwarded.as_bytes()).is_err() {
+        return;
+    }
+    let pipe = |mut from: UnixStream, mut to: UnixStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        })
+    };
+    let up = pipe(client.try_clone().expect("clone"), engine.try_clone().expect("clone"));
+    let down = pipe(engine.try_clone().expect("clone"), client.try_clone().expect("clone"));
+    let alive = || generation.load(std::sync::atomic::Ordering::SeqCst) == born;
+    while alive() && !down.is_finished() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = engine.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+    let _ = down.join();
 }
 
 /// Sends SIGKILL to a process.

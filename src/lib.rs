@@ -31,3 +31,4 @@ pub mod store;
 pub mod stream;
 pub mod supervisor;
 pub mod systemd;
+pub mod walk;

@@ -97,7 +97,8 @@ fn repository_code(error: &RepositoryError) -> u8 {
             ManifestError::Decode { .. }
             | ManifestError::UnsupportedFormat { .. }
             | ManifestError::WrongId { .. }
-            | ManifestError::UnsafeEntry { .. },
+            | ManifestError::UnsafeEntry { .. }
+            | ManifestError::TooLarge { .. },
         ) => exit::INTEGRITY,
     }
 }

@@ -28,7 +28,7 @@ use rustix::fs::{FileType, Stat};
 use crate::exclude::Excludes;
 use crate::manifest::Skipped;
 
-pub use tracker::{ChangeSet, Changes};
+pub use tracker::{ChangeSet, ChangeTracker, Changes, TrackerOptions};
 
 /// Directories deeper than this below the root are skipped (each level holds a descriptor).
 pub const MAX_DEPTH: usize = 128;

@@ -104,7 +104,10 @@ struct Packer<'a, W: Write> {
 
 impl<W: Write> Packer<'_, W> {
     fn header(kind: EntryType, stat: &Stat, size: u64) -> Header {
-        let mut header = Header::new_gnu();
+        Self::fill_header(Header::new_gnu(), kind, stat, size)
+    }
+
+    fn fill_header(mut header: Header, kind: EntryType, stat: &Stat, size: u64) -> Header {
         header.set_entry_type(kind);
         header.set_size(size);
         header.set_mode(stat.st_mode & 0o7777);
@@ -158,7 +161,8 @@ impl<W: Write> Packer<'_, W> {
         self.builder
             .append_data(&mut pax, "././@PaxHeader", records.as_slice())
             .map_err(ArchiveError::Stream)?;
-        let mut header = Self::header(EntryType::Regular, stat, map.len() as u64 + data);
+        // A POSIX (ustar) header: GNU tar applies the PAX sparse keys only to those.
+        let mut header = Self::fill_header(Header::new_ustar(), EntryType::Regular, stat, map.len() as u64 + data);
         let mut hasher = Sha256::new();
         hasher.update(&map);
         let mut reader = SegmentReader {

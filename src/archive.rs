@@ -4,18 +4,22 @@
 //! checks, for `verify`), refusing anything that could write outside the target.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::ffi::CStr;
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
+use rustix::fs::{AtFlags, Mode, Stat, Timestamps};
+
 use crate::exclude::Excludes;
 use crate::manifest::{self, EntryKind, FileEntry, Manifest, Owner, Skipped, Totals};
 use crate::stream::HashingReader;
+use crate::walk::{self, Found, Visitor, Walk, fd, sparse};
 
 /// Read size when hashing and copying file contents.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -54,230 +58,237 @@ pub struct Packed {
     pub files: Vec<FileEntry>,
     pub totals: Totals,
     pub root: Option<Owner>,
+    /// What the walk skipped (see `crate::walk`), with the reason.
     pub skipped: Vec<Skipped>,
     /// Files whose size changed while they were read (only possible without a freeze).
     pub torn: Vec<String>,
 }
 
-/// Archives `root` (minus `excludes`) as tar into `out`, which the caller compresses.
-/// Paths that vanish during the walk are skipped; sockets are skipped silently, other special
-/// files are listed in `skipped`.
+/// Archives `root` (minus `excludes`) as tar into `out`, which the caller compresses. The tree is
+/// read with the descriptor walker (`crate::walk`): nothing outside it is opened; entries that
+/// vanish are left out, entries that cannot be read are skipped and listed in `skipped`; links
+/// that leave the tree (resolved against the tree itself, chains included) are skipped too.
+/// Only an unreadable root fails.
 pub fn pack<W: Write>(root: &Path, excludes: &Excludes, out: W) -> Result<(Packed, W), ArchiveError> {
-    let root_meta = fs::metadata(root).map_err(|_| ArchiveError::NoStateDir {
-        path: root.to_path_buf(),
+    let (root_fd, root_stat) = walk::open_root(root).map_err(|walk::WalkError::Root { path, source }| {
+        if matches!(source.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) {
+            ArchiveError::NoStateDir { path }
+        } else {
+            ArchiveError::Read { path, source }
+        }
     })?;
-    if !root_meta.is_dir() {
-        return Err(ArchiveError::NoStateDir {
-            path: root.to_path_buf(),
-        });
-    }
     let mut packer = Packer {
         root,
-        excludes,
         builder: tar::Builder::new(out),
         packed: Packed {
-            root: Some(owner_of(&root_meta)),
+            root: Some(owner_of(&root_stat)),
             ..Packed::default()
         },
+        links: Vec::new(),
     };
-    packer.walk(root, "")?;
+    let mut walk = Walk::new(excludes);
+    walk.run(root_fd.as_fd(), &mut packer)?;
+    packer.append_links(&mut walk)?;
+    packer.packed.skipped = walk.skipped;
     let out = packer.builder.into_inner().map_err(ArchiveError::Stream)?;
     Ok((packer.packed, out))
 }
 
 struct Packer<'a, W: Write> {
     root: &'a Path,
-    excludes: &'a Excludes,
     builder: tar::Builder<W>,
     packed: Packed,
+    /// Symlinks, archived last: whether one leaves the tree is only known once the whole tree is.
+    links: Vec<(String, String, Stat)>,
 }
 
 impl<W: Write> Packer<'_, W> {
-    fn walk(&mut self, dir: &Path, dir_rel: &str) -> Result<(), ArchiveError> {
-        let read_error = |source| ArchiveError::Read {
-            path: dir.to_path_buf(),
-            source,
-        };
-        let mut names = match fs::read_dir(dir) {
-            Ok(entries) => entries
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_error)?,
-            // A directory removed while we walk is as if it had been empty.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(read_error(e)),
-        };
-        names.sort();
-        for name in names {
-            let path = dir.join(&name);
-            let Some(name) = name.to_str() else {
-                self.skip(&path, "file name is not UTF-8");
-                continue;
-            };
-            let rel = if dir_rel.is_empty() {
-                name.to_string()
-            } else {
-                format!("{dir_rel}/{name}")
-            };
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(ArchiveError::Read { path, source }),
-            };
-            let file_type = meta.file_type();
-            if self.excludes.is_excluded(Path::new(&rel), file_type.is_dir()) {
-                continue;
-            }
-            if file_type.is_dir() {
-                self.append_dir(&rel, &meta)?;
-                self.walk(&path, &rel)?;
-            } else if file_type.is_file() {
-                self.append_file(&path, &rel)?;
-            } else if file_type.is_symlink() {
-                self.append_symlink(&path, &rel, &meta)?;
-            } else {
-                use std::os::unix::fs::FileTypeExt;
-                // Sockets belong to the running process, not to its state.
-                if !file_type.is_socket() {
-                    self.skip(&path, "special file (fifo or device) cannot be archived");
-                }
-            }
-        }
-        Ok(())
+    fn header(kind: EntryType, stat: &Stat, size: u64) -> Header {
+        Self::fill_header(Header::new_gnu(), kind, stat, size)
     }
 
-    fn skip(&mut self, path: &Path, reason: &str) {
-        tracing::warn!(path = %path.display(), reason, "not archived");
-        let shown = path
-            .strip_prefix(self.root)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .into_owned();
-        self.packed.skipped.push(Skipped {
-            path: shown,
-            reason: reason.to_string(),
-        });
-    }
-
-    fn header(kind: EntryType, meta: &fs::Metadata, size: u64) -> Header {
-        let mut header = Header::new_gnu();
+    fn fill_header(mut header: Header, kind: EntryType, stat: &Stat, size: u64) -> Header {
         header.set_entry_type(kind);
         header.set_size(size);
-        header.set_mode(meta.mode() & 0o7777);
-        header.set_uid(u64::from(meta.uid()));
-        header.set_gid(u64::from(meta.gid()));
-        header.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
+        header.set_mode(stat.st_mode & 0o7777);
+        header.set_uid(u64::from(stat.st_uid));
+        header.set_gid(u64::from(stat.st_gid));
+        header.set_mtime(u64::try_from(stat.st_mtime).unwrap_or(0));
         header
     }
 
-    fn append_dir(&mut self, rel: &str, meta: &fs::Metadata) -> Result<(), ArchiveError> {
-        let mut header = Self::header(EntryType::Directory, meta, 0);
-        self.builder
-            .append_data(&mut header, rel, io::empty())
-            .map_err(ArchiveError::Stream)?;
-        self.packed
-            .files
-            .push(entry_from(rel, EntryKind::Dir, meta, 0, None, None));
-        self.packed.totals.dirs += 1;
+    /// Appends the symlinks that stay inside the tree, judged against the whole tree until no
+    /// more leave (skipping one can change where another resolves).
+    fn append_links(&mut self, walk: &mut Walk<'_>) -> Result<(), ArchiveError> {
+        loop {
+            let escaping = manifest::escaping_links(&self.packed.files);
+            if escaping.is_empty() {
+                break;
+            }
+            for (path, reason) in escaping {
+                walk.skip(&path, reason);
+                self.packed.files.retain(|e| e.path != path);
+                self.links.retain(|(rel, _, _)| *rel != path);
+            }
+        }
+        for (rel, target, stat) in std::mem::take(&mut self.links) {
+            let mut header = Self::header(EntryType::Symlink, &stat, 0);
+            self.builder
+                .append_link(&mut header, &rel, &target)
+                .map_err(ArchiveError::Stream)?;
+            self.packed.totals.symlinks += 1;
+        }
         Ok(())
     }
 
-    fn append_file(&mut self, path: &Path, rel: &str) -> Result<(), ArchiveError> {
-        let file = match File::open(path) {
-            Ok(file) => file,
-            // Lock and temp files come and go; a file deleted since the listing is not state.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(ArchiveError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        let meta = file.metadata().map_err(|source| ArchiveError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let size = meta.len();
-        let mut header = Self::header(EntryType::Regular, &meta, size);
-        let mut reader = ExactReader {
+    /// A sparse file: a PAX header marking it (GNU sparse 1.0), then the map and the data
+    /// segments as the member's data. Returns the member's SHA-256 and the data bytes.
+    fn append_sparse(
+        &mut self,
+        rel: &str,
+        file: &File,
+        stat: &Stat,
+        segments: &[sparse::Segment],
+    ) -> Result<(String, u64, bool), ArchiveError> {
+        let size = u64::try_from(stat.st_size).unwrap_or(0);
+        let map = sparse::encode_map(segments, size);
+        let data: u64 = segments.iter().map(|(_, len)| len).sum();
+        let records = sparse::pax_records(rel, size);
+        let mut pax = Header::new_ustar();
+        pax.set_entry_type(EntryType::XHeader);
+        pax.set_size(records.len() as u64);
+        pax.set_mode(0o644);
+        self.builder
+            .append_data(&mut pax, "././@PaxHeader", records.as_slice())
+            .map_err(ArchiveError::Stream)?;
+        // A POSIX (ustar) header: GNU tar applies the PAX sparse keys only to those.
+        let mut header = Self::fill_header(Header::new_ustar(), EntryType::Regular, stat, map.len() as u64 + data);
+        let mut hasher = Sha256::new();
+        hasher.update(&map);
+        let mut reader = SegmentReader {
             file,
-            path,
-            remaining: size,
-            hasher: Sha256::new(),
+            segments: segments.to_vec(),
+            next: 0,
+            done: 0,
+            hasher,
             short: false,
             error: None,
         };
-        let result = self.builder.append_data(&mut header, rel, &mut reader);
-        if let Some(source) = reader.error.take() {
-            return Err(ArchiveError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
+        let result = self
+            .builder
+            .append_data(&mut header, rel, map.as_slice().chain(&mut reader));
+        if let Some(e) = reader.error.take() {
+            tracing::warn!(path = rel, error = %e, "read failed; the archived copy is padded with zeros");
+            reader.short = true;
         }
         result.map_err(ArchiveError::Stream)?;
-        if reader.short {
-            tracing::warn!(path = %path.display(), "file shrank while it was archived; the copy is torn (snapshots taken by the daemon freeze the container to avoid this)");
-            self.packed.torn.push(rel.to_string());
-        }
-        let sha = hex::encode(reader.hasher.finalize());
+        Ok((hex::encode(reader.hasher.finalize()), data, reader.short))
+    }
+}
+
+impl<W: Write> Visitor for Packer<'_, W> {
+    type Error = ArchiveError;
+
+    fn dir(&mut self, found: &Found<'_>, _dir_fd: BorrowedFd<'_>) -> Result<bool, ArchiveError> {
+        let mut header = Self::header(EntryType::Directory, found.stat, 0);
+        self.builder
+            .append_data(&mut header, found.rel, io::empty())
+            .map_err(ArchiveError::Stream)?;
         self.packed
             .files
-            .push(entry_from(rel, EntryKind::File, &meta, size, Some(sha), None));
+            .push(entry_from(found.rel, EntryKind::Dir, found.stat, 0, None, None));
+        self.packed.totals.dirs += 1;
+        Ok(true)
+    }
+
+    fn leave_dir(&mut self, _found: &Found<'_>, _dir_fd: BorrowedFd<'_>) -> Result<(), ArchiveError> {
+        Ok(())
+    }
+
+    fn file(&mut self, found: &Found<'_>, walk: &mut Walk<'_>) -> Result<(), ArchiveError> {
+        let rel = found.rel;
+        let (file, stat) = match found.open() {
+            Ok(opened) => opened,
+            Err(reason) => {
+                walk.skip(rel, reason);
+                return Ok(());
+            }
+        };
+        let size = u64::try_from(stat.st_size).unwrap_or(0);
+        let segments = sparse::data_segments(&file, size, u64::try_from(stat.st_blocks).unwrap_or(0)).unwrap_or(None);
+        let (sha, stored, short) = match &segments {
+            Some(segments) => self.append_sparse(rel, &file, &stat, segments)?,
+            None => {
+                let mut header = Self::header(EntryType::Regular, &stat, size);
+                let mut reader = ExactReader {
+                    file,
+                    remaining: size,
+                    hasher: Sha256::new(),
+                    short: false,
+                    error: None,
+                };
+                let result = self.builder.append_data(&mut header, rel, &mut reader);
+                if let Some(e) = reader.error.take() {
+                    tracing::warn!(path = rel, error = %e, "read failed; the archived copy is padded with zeros");
+                    reader.short = true;
+                }
+                result.map_err(ArchiveError::Stream)?;
+                (hex::encode(reader.hasher.finalize()), size, reader.short)
+            }
+        };
+        if short {
+            tracing::warn!(path = %self.root.join(rel).display(), "file shrank or failed while it was archived; the copy is torn (snapshots taken by the daemon freeze the container to avoid this)");
+            self.packed.torn.push(rel.to_string());
+        }
+        let mut entry = entry_from(rel, EntryKind::File, &stat, size, Some(sha), None);
+        entry.sparse = segments.map(|_| stored);
+        self.packed.files.push(entry);
         self.packed.totals.files += 1;
         self.packed.totals.bytes += size;
         Ok(())
     }
 
-    fn append_symlink(&mut self, path: &Path, rel: &str, meta: &fs::Metadata) -> Result<(), ArchiveError> {
-        let target = match fs::read_link(path) {
-            Ok(target) => target,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(ArchiveError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        let Some(target) = target.to_str().map(str::to_string) else {
-            self.skip(path, "symlink target is not UTF-8");
+    fn symlink(&mut self, found: &Found<'_>, target: &[u8], walk: &mut Walk<'_>) -> Result<(), ArchiveError> {
+        let Ok(target) = std::str::from_utf8(target) else {
+            walk.skip(found.rel, "symlink target is not UTF-8");
             return Ok(());
         };
-        if let Err(reason) = manifest::check_link_target(rel, &target) {
+        if let Err(reason) = manifest::check_link_target(found.rel, target) {
             // Restore refuses such links, so archiving one would make the snapshot unrestorable.
-            self.skip(path, reason);
+            walk.skip(found.rel, reason);
             return Ok(());
         }
-        let mut header = Self::header(EntryType::Symlink, meta, 0);
-        self.builder
-            .append_link(&mut header, rel, &target)
-            .map_err(ArchiveError::Stream)?;
-        self.packed
-            .files
-            .push(entry_from(rel, EntryKind::Symlink, meta, 0, None, Some(target)));
-        self.packed.totals.symlinks += 1;
+        self.packed.files.push(entry_from(
+            found.rel,
+            EntryKind::Symlink,
+            found.stat,
+            0,
+            None,
+            Some(target.to_string()),
+        ));
+        self.links
+            .push((found.rel.to_string(), target.to_string(), *found.stat));
         Ok(())
     }
 }
 
-fn owner_of(meta: &fs::Metadata) -> Owner {
+fn owner_of(stat: &Stat) -> Owner {
     Owner {
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
+        mode: stat.st_mode & 0o7777,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
     }
 }
 
-fn mtime_of(meta: &fs::Metadata) -> DateTime<Utc> {
-    let nanos = u32::try_from(meta.mtime_nsec()).unwrap_or(0);
-    DateTime::from_timestamp(meta.mtime(), nanos).unwrap_or_default()
+fn mtime_of(stat: &Stat) -> DateTime<Utc> {
+    let nanos = u32::try_from(stat.st_mtime_nsec).unwrap_or(0);
+    DateTime::from_timestamp(stat.st_mtime, nanos).unwrap_or_default()
 }
 
 fn entry_from(
     rel: &str,
     kind: EntryKind,
-    meta: &fs::Metadata,
+    stat: &Stat,
     bytes: u64,
     sha256: Option<String>,
     target: Option<String>,
@@ -285,53 +296,98 @@ fn entry_from(
     FileEntry {
         path: rel.to_string(),
         kind,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
+        mode: stat.st_mode & 0o7777,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
         bytes,
-        mtime: mtime_of(meta),
+        mtime: mtime_of(stat),
         sha256,
         target,
+        sparse: None,
     }
 }
 
 /// Yields exactly `remaining` bytes of a file that may be changing: stops at the size the
-/// header promised, pads with zeros if the file shrank, and hashes what it yields so the
-/// manifest always describes the archive.
-struct ExactReader<'a> {
+/// header promised, pads with zeros if the file shrank or a read failed, and hashes what it
+/// yields so the manifest always describes the archive.
+struct ExactReader {
     file: File,
-    path: &'a Path,
     remaining: u64,
     hasher: Sha256,
     short: bool,
-    /// A read error, kept so it is reported with the file's path rather than as a stream error.
+    /// A read error, kept to be reported with the file's path; the rest is zeros.
     error: Option<io::Error>,
 }
 
-impl Read for ExactReader<'_> {
+impl Read for ExactReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         if want == 0 {
             return Ok(0);
         }
         let n = loop {
+            if self.short {
+                buf[..want].fill(0);
+                break want;
+            }
             match self.file.read(&mut buf[..want]) {
-                Ok(0) => {
-                    self.short = true;
-                    buf[..want].fill(0);
-                    break want;
-                }
+                Ok(0) => self.short = true,
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let message = format!("reading {}: {e}", self.path.display());
                     self.error = Some(e);
-                    return Err(io::Error::other(message));
+                    self.short = true;
                 }
             }
         };
         self.hasher.update(&buf[..n]);
         self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Yields the data segments of a sparse file, in order, exactly as long as the map says (zeros
+/// where the file shrank or a read failed), hashing them.
+struct SegmentReader<'f> {
+    file: &'f File,
+    segments: Vec<sparse::Segment>,
+    next: usize,
+    /// Bytes of `segments[next]` already yielded.
+    done: u64,
+    hasher: Sha256,
+    short: bool,
+    error: Option<io::Error>,
+}
+
+impl Read for SegmentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let Some(&(offset, len)) = self.segments.get(self.next) else {
+            return Ok(0);
+        };
+        if self.done == len {
+            self.next += 1;
+            self.done = 0;
+            return self.read(buf);
+        }
+        let want = buf.len().min(usize::try_from(len - self.done).unwrap_or(usize::MAX));
+        let n = loop {
+            if self.short {
+                buf[..want].fill(0);
+                break want;
+            }
+            match self.file.read_at(&mut buf[..want], offset + self.done) {
+                Ok(0) => self.short = true,
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.error = Some(e);
+                    self.short = true;
+                }
+            }
+        };
+        self.hasher.update(&buf[..n]);
+        self.done += n as u64;
         Ok(n)
     }
 }
@@ -342,12 +398,18 @@ pub struct Unpacked {
     pub files: u64,
     pub bytes: u64,
     pub archive_bytes: u64,
+    /// Paths whose setuid/setgid bits were dropped on restore (never planted).
+    pub privilege_dropped: Vec<String>,
 }
 
+/// Permission bits restore applies: setuid and setgid are never planted.
+const RESTORE_MODE_MASK: u32 = 0o1777;
+
 /// Decompresses and reads the archive `compressed`, checking every entry and the archive's own
-/// size and SHA-256 against `manifest`. With `dest`, extracts into it (a fresh, empty directory)
-/// and then applies modes, owners (when running as root) and mtimes from the manifest.
-/// `source` names the archive in errors (for example its `s3://` URL).
+/// size and SHA-256 against `manifest`. With `dest`, extracts into it (a fresh, empty directory,
+/// written by descriptor: nothing is ever opened through a link) and applies modes (without
+/// setuid/setgid, which are reported), owners (when running as root) and mtimes from the
+/// manifest. `source` names the archive in errors (for example its `s3://` URL).
 pub fn unpack<R: Read>(
     compressed: R,
     manifest: &Manifest,
@@ -363,18 +425,27 @@ pub fn unpack<R: Read>(
         key: key.to_string(),
         reason,
     };
+    let dest_fd = match dest {
+        Some(dest) => Some(fd::open_dir_path(dest).map_err(|source| ArchiveError::Write {
+            path: dest.to_path_buf(),
+            source,
+        })?),
+        None => None,
+    };
     let mut counted = HashingReader::new(compressed);
     let decoder = zstd::stream::read::Decoder::new(&mut counted).map_err(|e| corrupt(e.to_string()))?;
     let mut archive = tar::Archive::new(decoder);
     let expected = manifest.by_path();
     let mut extractor = Extractor {
         key,
-        dest,
+        dest: dest.zip(dest_fd.as_ref().map(|f| f.as_fd())),
+        open_dirs: Vec::new(),
         expected: &expected,
         seen: HashSet::with_capacity(expected.len()),
         dirs: HashSet::new(),
         unpacked: Unpacked::default(),
         buffer: vec![0; COPY_BUFFER],
+        as_root: rustix::process::geteuid().is_root(),
     };
     let entries = archive.entries().map_err(|e| corrupt(e.to_string()))?;
     for entry in entries {
@@ -403,23 +474,32 @@ pub fn unpack<R: Read>(
             manifest.archive.sha256
         )));
     }
+    if extractor.dest.is_some() {
+        extractor.apply_dir_metadata(manifest)?;
+    }
     let mut unpacked = extractor.unpacked;
     unpacked.archive_bytes = archive_bytes;
-    if let Some(dest) = dest {
-        apply_metadata(dest, manifest)?;
-    }
     Ok(unpacked)
 }
 
 struct Extractor<'a> {
     key: &'a str,
-    dest: Option<&'a Path>,
+    /// The target directory: its path (for errors) and descriptor (for everything else).
+    dest: Option<(&'a Path, BorrowedFd<'a>)>,
+    /// Directories opened below `dest`, the current path's ancestors: (relative path, fd).
+    open_dirs: Vec<(String, OwnedFd)>,
     expected: &'a BTreeMap<&'a str, &'a FileEntry>,
     seen: HashSet<String>,
     /// Directories created from archive entries: the only places a later entry may go.
     dirs: HashSet<String>,
     unpacked: Unpacked,
     buffer: Vec<u8>,
+    as_root: bool,
+}
+
+/// A GNU sparse 1.0 member: its apparent size.
+struct SparseMember {
+    real_size: u64,
 }
 
 impl Extractor<'_> {
@@ -435,6 +515,95 @@ impl Extractor<'_> {
         ArchiveError::Mismatch {
             key: self.key.to_string(),
             reason,
+        }
+    }
+
+    fn write_error(&self, rel: &str, source: io::Error) -> ArchiveError {
+        let path = self
+            .dest
+            .map(|(d, _)| d.join(rel))
+            .unwrap_or_else(|| PathBuf::from(rel));
+        ArchiveError::Write { path, source }
+    }
+
+    /// The descriptor of the extracted directory `rel` ("" is the target), opened component by
+    /// component from the target without following links; the ancestors of the last one asked
+    /// for stay open, so archive order (a directory, then its contents) costs one open each.
+    fn dir_fd(&mut self, rel: &str) -> Result<BorrowedFd<'_>, ArchiveError> {
+        let Some((_, root)) = self.dest else {
+            return Err(self.write_error(rel, io::Error::other("no target")));
+        };
+        while let Some((open, _)) = self.open_dirs.last() {
+            if rel == open || rel.starts_with(&format!("{open}/")) {
+                break;
+            }
+            self.open_dirs.pop();
+        }
+        let mut current = self.open_dirs.last().map(|(p, _)| p.clone()).unwrap_or_default();
+        while current != rel {
+            let rest = if current.is_empty() {
+                rel
+            } else {
+                &rel[current.len() + 1..]
+            };
+            let component = rest.split('/').next().unwrap_or(rest);
+            let next = fd::join(&current, component);
+            let parent = self.open_dirs.last().map(|(_, f)| f.as_fd()).unwrap_or(root);
+            let name = fd::c_name(component.as_bytes()).map_err(|e| self.write_error(&next, e))?;
+            let opened = fd::open_dir_at(parent, &name).map_err(|e| self.write_error(&next, e))?;
+            self.open_dirs.push((next.clone(), opened));
+            current = next;
+        }
+        Ok(self.open_dirs.last().map(|(_, f)| f.as_fd()).unwrap_or(root))
+    }
+
+    /// Mode bits to apply for `entry`: setuid/setgid dropped and reported.
+    fn safe_mode(&mut self, path: &str, mode: u32) -> Mode {
+        if mode & 0o6000 != 0 {
+            tracing::warn!(
+                path,
+                mode = format!("{mode:o}"),
+                "dropped setuid/setgid bits on restore"
+            );
+            self.unpacked.privilege_dropped.push(path.to_string());
+        }
+        Mode::from_raw_mode(mode & RESTORE_MODE_MASK)
+    }
+
+    fn sparse_member<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &str,
+    ) -> Result<Option<SparseMember>, ArchiveError> {
+        let Some(extensions) = entry.pax_extensions().map_err(|e| self.refused(path, e.to_string()))? else {
+            return Ok(None);
+        };
+        let (mut major, mut minor, mut name, mut real_size) = (None, None, None, None);
+        for extension in extensions {
+            let extension = extension.map_err(|e| self.refused(path, e.to_string()))?;
+            let value = extension
+                .value()
+                .map_err(|_| self.refused(path, "PAX value is not UTF-8"))?;
+            match extension.key() {
+                Ok("GNU.sparse.major") => major = Some(value.to_string()),
+                Ok("GNU.sparse.minor") => minor = Some(value.to_string()),
+                Ok("GNU.sparse.name") => name = Some(value.to_string()),
+                Ok("GNU.sparse.realsize") => real_size = value.parse::<u64>().ok(),
+                Ok(key) if key.starts_with("GNU.sparse.") => {
+                    return Err(self.refused(path, format!("unsupported PAX sparse key {key}")));
+                }
+                _ => {}
+            }
+        }
+        match (major.as_deref(), minor.as_deref(), real_size) {
+            (None, None, None) => Ok(None),
+            (Some("1"), Some("0"), Some(real_size)) => {
+                if name.as_deref().is_some_and(|n| n != path) {
+                    return Err(self.refused(path, "GNU.sparse.name differs from the member's path"));
+                }
+                Ok(Some(SparseMember { real_size }))
+            }
+            _ => Err(self.refused(path, "only GNU sparse format 1.0 with a real size is restored")),
         }
     }
 
@@ -455,9 +624,8 @@ impl Extractor<'_> {
             EntryType::Fifo => return Err(self.refused(&path, "fifos are not restored")),
             other => return Err(self.refused(&path, format!("unsupported tar entry type {other:?}"))),
         };
-        if let Some((parent, _)) = path.rsplit_once('/')
-            && !self.dirs.contains(parent)
-        {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+        if !parent.is_empty() && !self.dirs.contains(parent) {
             return Err(self.refused(&path, "its parent directory is not an earlier directory entry"));
         }
         let Some(expected) = self.expected.get(path.as_str()).copied() else {
@@ -472,17 +640,13 @@ impl Extractor<'_> {
                 expected.kind
             )));
         }
-        let target = self.dest.map(|d| d.join(&path));
+        let c_name = fd::c_name(name.as_bytes()).map_err(|_| self.refused(&path, "contains a NUL byte"))?;
         match kind {
             EntryKind::Dir => {
-                if let Some(target) = &target {
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(target)
-                        .map_err(|source| ArchiveError::Write {
-                            path: target.clone(),
-                            source,
-                        })?;
+                if self.dest.is_some() {
+                    let parent_fd = self.dir_fd(parent)?;
+                    rustix::fs::mkdirat(parent_fd, c_name.as_c_str(), Mode::from_raw_mode(0o700))
+                        .map_err(|e| self.write_error(&path, e.into()))?;
                 }
                 self.dirs.insert(path);
             }
@@ -497,15 +661,22 @@ impl Extractor<'_> {
                         expected.target
                     )));
                 }
+                // The manifest's links were judged against its whole tree when it was decoded.
                 manifest::check_link_target(&path, &link).map_err(|reason| self.refused(&path, reason))?;
-                if let Some(target) = &target {
-                    std::os::unix::fs::symlink(&link, target).map_err(|source| ArchiveError::Write {
-                        path: target.clone(),
-                        source,
-                    })?;
+                if self.dest.is_some() {
+                    let target =
+                        fd::c_name(link.as_bytes()).map_err(|_| self.refused(&path, "link contains a NUL byte"))?;
+                    let as_root = self.as_root;
+                    let parent_fd = self.dir_fd(parent)?;
+                    let result = rustix::fs::symlinkat(target.as_c_str(), parent_fd, c_name.as_c_str())
+                        .and_then(|()| set_link_meta(parent_fd, &c_name, expected, as_root));
+                    result.map_err(|e| self.write_error(&path, e.into()))?;
                 }
             }
-            EntryKind::File => self.file(entry, &path, expected, target.as_deref())?,
+            EntryKind::File => {
+                let sparse = self.sparse_member(entry, &path)?;
+                self.file(entry, &path, &c_name, expected, sparse)?
+            }
         }
         Ok(())
     }
@@ -514,92 +685,195 @@ impl Extractor<'_> {
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         path: &str,
+        name: &CStr,
         expected: &FileEntry,
-        target: Option<&Path>,
+        sparse: Option<SparseMember>,
     ) -> Result<(), ArchiveError> {
-        let size = entry
+        let stored = entry
             .header()
             .size()
             .map_err(|e| self.mismatch(format!("{path:?}: {e}")))?;
-        if size != expected.bytes {
+        let apparent = sparse.as_ref().map_or(stored, |s| s.real_size);
+        if apparent != expected.bytes {
             return Err(self.mismatch(format!(
-                "{path:?} has {size} bytes in the archive, the manifest says {}",
+                "{path:?} has {apparent} bytes in the archive, the manifest says {}",
                 expected.bytes
             )));
         }
-        let mut out = match target {
-            Some(target) => Some(
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(target)
-                    .map_err(|source| ArchiveError::Write {
-                        path: target.to_path_buf(),
-                        source,
-                    })?,
-            ),
+        if sparse.is_some() != expected.sparse.is_some() {
+            return Err(self.mismatch(format!(
+                "{path:?} is sparse in only one of the archive and the manifest"
+            )));
+        }
+        let out = match self.dest {
+            Some(_) => {
+                let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+                let parent_fd = self.dir_fd(parent)?;
+                Some(fd::create_file_at(parent_fd, name, true).map_err(|e| self.write_error(path, e))?)
+            }
             None => None,
         };
-        let mut hasher = Sha256::new();
-        loop {
-            let n = entry.read(&mut self.buffer).map_err(|e| ArchiveError::Corrupt {
-                key: self.key.to_string(),
-                reason: format!("reading {path:?}: {e}"),
-            })?;
-            if n == 0 {
-                break;
+        let mut hashed = HashedEntry {
+            entry,
+            hasher: Sha256::new(),
+        };
+        let corrupt = |key: &str, e: String| ArchiveError::Corrupt {
+            key: key.to_string(),
+            reason: format!("reading {path:?}: {e}"),
+        };
+        let segments = match &sparse {
+            Some(member) => {
+                let (segments, _) =
+                    sparse::decode_map(&mut hashed, member.real_size).map_err(|reason| self.refused(path, reason))?;
+                segments
             }
-            hasher.update(&self.buffer[..n]);
-            if let (Some(out), Some(target)) = (out.as_mut(), target) {
-                out.write_all(&self.buffer[..n]).map_err(|source| ArchiveError::Write {
-                    path: target.to_path_buf(),
-                    source,
-                })?;
+            None => vec![(0, stored)],
+        };
+        let mut data = 0u64;
+        for (offset, len) in segments {
+            let mut done = 0u64;
+            while done < len {
+                let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(self.buffer.len());
+                let n = hashed
+                    .read(&mut self.buffer[..want])
+                    .map_err(|e| corrupt(self.key, e.to_string()))?;
+                if n == 0 {
+                    return Err(corrupt(self.key, "the member ends before its data".into()));
+                }
+                if let Some(out) = &out {
+                    use std::os::unix::fs::FileExt;
+                    out.write_all_at(&self.buffer[..n], offset + done)
+                        .map_err(|e| self.write_error(path, e))?;
+                }
+                done += n as u64;
             }
+            data += len;
         }
-        let sha = hex::encode(hasher.finalize());
+        if hashed
+            .read(&mut self.buffer[..1])
+            .map_err(|e| corrupt(self.key, e.to_string()))?
+            != 0
+        {
+            return Err(self.mismatch(format!("{path:?} holds more data than its sparse map describes")));
+        }
+        if let Some(stored) = expected.sparse
+            && stored != data
+        {
+            return Err(self.mismatch(format!(
+                "{path:?} holds {data} bytes of data, the manifest says {stored}"
+            )));
+        }
+        let sha = hex::encode(hashed.hasher.finalize());
         if expected.sha256.as_deref() != Some(sha.as_str()) {
             return Err(self.mismatch(format!(
                 "{path:?} has SHA-256 {sha}, the manifest says {}",
                 expected.sha256.as_deref().unwrap_or("none")
             )));
         }
+        if let Some(out) = out {
+            // Holes stay holes: the size is set, not written.
+            out.set_len(apparent).map_err(|e| self.write_error(path, e))?;
+            let mode = self.safe_mode(path, expected.mode);
+            set_meta(out.as_fd(), expected.uid, expected.gid, mode, expected, self.as_root)
+                .map_err(|e| self.write_error(path, e.into()))?;
+        }
         self.unpacked.files += 1;
-        self.unpacked.bytes += size;
+        self.unpacked.bytes += apparent;
+        Ok(())
+    }
+
+    /// Applies directory modes, owners and mtimes, children before parents so that setting a
+    /// directory's mtime or a read-only mode comes after everything inside it is written; then
+    /// the target's own from `manifest.root`. Files and links got theirs when written.
+    fn apply_dir_metadata(&mut self, manifest: &Manifest) -> Result<(), ArchiveError> {
+        for entry in manifest.files.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
+            let (parent, name) = entry.path.rsplit_once('/').unwrap_or(("", entry.path.as_str()));
+            let c_name = fd::c_name(name.as_bytes()).map_err(|e| self.write_error(&entry.path, e))?;
+            let parent_fd = self.dir_fd(parent)?;
+            let dir = fd::open_dir_at(parent_fd, &c_name).map_err(|e| self.write_error(&entry.path, e))?;
+            let mode = self.safe_mode(&entry.path, entry.mode);
+            set_meta(dir.as_fd(), entry.uid, entry.gid, mode, entry, self.as_root)
+                .map_err(|e| self.write_error(&entry.path, e.into()))?;
+        }
+        self.open_dirs.clear();
+        let as_root = self.as_root;
+        let root_mode = manifest.root.mode;
+        let root = self.dir_fd("")?;
+        if as_root {
+            rustix::fs::fchown(
+                root,
+                Some(rustix::fs::Uid::from_raw(manifest.root.uid)),
+                Some(rustix::fs::Gid::from_raw(manifest.root.gid)),
+            )
+            .map_err(|e| self.write_error("", e.into()))?;
+        }
+        let mode = self.safe_mode(".", root_mode);
+        let root = self.dir_fd("")?;
+        rustix::fs::fchmod(root, mode).map_err(|e| self.write_error("", e.into()))?;
         Ok(())
     }
 }
 
-/// Applies manifest modes, owners and mtimes, children before parents so that setting a
-/// directory's mtime or a read-only mode comes after everything inside it is written.
-fn apply_metadata(dest: &Path, manifest: &Manifest) -> Result<(), ArchiveError> {
-    let as_root = rustix::process::geteuid().is_root();
-    let write_error = |path: &Path, source: io::Error| ArchiveError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    for entry in manifest.files.iter().rev() {
-        let path = dest.join(&entry.path);
-        let mtime = filetime::FileTime::from_unix_time(entry.mtime.timestamp(), entry.mtime.timestamp_subsec_nanos());
-        if as_root {
-            std::os::unix::fs::lchown(&path, Some(entry.uid), Some(entry.gid)).map_err(|e| write_error(&path, e))?;
-        }
-        match entry.kind {
-            EntryKind::Symlink => {
-                filetime::set_symlink_file_times(&path, mtime, mtime).map_err(|e| write_error(&path, e))?;
-            }
-            EntryKind::File | EntryKind::Dir => {
-                fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode))
-                    .map_err(|e| write_error(&path, e))?;
-                filetime::set_file_times(&path, mtime, mtime).map_err(|e| write_error(&path, e))?;
-            }
-        }
-    }
+/// Owner (as root), mode and mtime onto an open descriptor; the owner first, as `chown` clears
+/// setuid bits anyway.
+fn set_meta(
+    target: BorrowedFd<'_>,
+    uid: u32,
+    gid: u32,
+    mode: Mode,
+    entry: &FileEntry,
+    as_root: bool,
+) -> rustix::io::Result<()> {
     if as_root {
-        std::os::unix::fs::lchown(dest, Some(manifest.root.uid), Some(manifest.root.gid))
-            .map_err(|e| write_error(dest, e))?;
+        rustix::fs::fchown(
+            target,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )?;
     }
-    fs::set_permissions(dest, fs::Permissions::from_mode(manifest.root.mode)).map_err(|e| write_error(dest, e))?;
-    Ok(())
+    rustix::fs::fchmod(target, mode)?;
+    rustix::fs::futimens(target, &times(entry))
+}
+
+fn set_link_meta(parent: BorrowedFd<'_>, name: &CStr, entry: &FileEntry, as_root: bool) -> rustix::io::Result<()> {
+    if as_root {
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(entry.uid)),
+            Some(rustix::fs::Gid::from_raw(entry.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    rustix::fs::utimensat(parent, name, &times(entry), AtFlags::SYMLINK_NOFOLLOW)
+}
+
+fn times(entry: &FileEntry) -> Timestamps {
+    let mtime = rustix::fs::Timespec {
+        tv_sec: entry.mtime.timestamp(),
+        tv_nsec: entry.mtime.timestamp_subsec_nanos().into(),
+    };
+    Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
+    }
+}
+
+/// A tar member's data, hashed as it is read.
+struct HashedEntry<'e, R> {
+    entry: &'e mut R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashedEntry<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = loop {
+            match self.entry.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }

@@ -33,3 +33,4 @@ pub mod spot;
 pub mod store;
 pub mod stream;
 pub mod systemd;
+pub mod walk;

@@ -2,7 +2,8 @@
 //! marks a snapshot complete; restore and verify check the archive and every file against it.
 //! Pure: types, encoding, validation and the diff between two manifests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Component, Path};
 
 use chrono::{DateTime, Utc};
@@ -13,8 +14,17 @@ use crate::snapshot_id::SnapshotId;
 /// The format this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Largest manifest (or other metadata object: `latest/`'s pointer, the mirror's index) read,
+/// in bytes. About 250,000 entries; a bigger one is refused before it is read, not parsed into
+/// memory several times over.
+pub const MAX_METADATA_BYTES: u64 = 64 * 1024 * 1024;
+/// Symlinks followed while resolving one link against the snapshot's tree (Linux's own limit).
+const MAX_LINK_HOPS: usize = 40;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    #[error("{key} is larger than {cap} bytes, the cap on metadata objects (MAX_METADATA_BYTES); refusing to read it")]
+    TooLarge { key: String, cap: u64 },
     #[error("manifest {key} is not valid JSON for format {FORMAT_VERSION}: {source}")]
     Decode { key: String, source: serde_json::Error },
     #[error(
@@ -137,6 +147,11 @@ pub struct FileEntry {
     /// Symlink target, as stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// For a file stored sparse: the bytes of data it holds (its holes are not stored). `bytes`
+    /// stays its apparent size; `sha256` then covers the archive member's data (the sparse map
+    /// followed by the data segments), see docs/format.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,10 +169,17 @@ pub struct ImageInfo {
 impl Manifest {
     /// Decodes and checks a manifest read from `key`; `expected` is the id the key implies.
     pub fn decode(bytes: &[u8], key: &str, expected: Option<SnapshotId>) -> Result<Manifest, ManifestError> {
+        if bytes.len() as u64 > MAX_METADATA_BYTES {
+            return Err(ManifestError::TooLarge {
+                key: key.to_string(),
+                cap: MAX_METADATA_BYTES,
+            });
+        }
         #[derive(Deserialize)]
         struct VersionOnly {
             format: u32,
         }
+        // Skims the document without building it: no second copy in memory.
         let version: VersionOnly = serde_json::from_slice(bytes).map_err(|source| ManifestError::Decode {
             key: key.to_string(),
             source,
@@ -216,6 +238,9 @@ impl Manifest {
                 _ => {}
             }
         }
+        if let Some((path, reason)) = escaping_links(&self.files).into_iter().next() {
+            return Err(unsafe_entry(&path, reason));
+        }
         Ok(())
     }
 
@@ -270,6 +295,102 @@ pub fn check_link_target(link_path: &str, target: &str) -> Result<(), &'static s
     Ok(())
 }
 
+/// The symlinks of `files` that leave the tree, each with the reason, judged the way the kernel
+/// would resolve them in the restored tree: component by component from the link's directory,
+/// following the other links recorded here (chains included, at most `MAX_LINK_HOPS`), `..`
+/// applied to where resolution actually is. A link whose resolution stops inside (a file used
+/// as a directory, a loop) cannot leave; past a missing component the rest is judged lexically.
+pub fn escaping_links(files: &[FileEntry]) -> Vec<(String, &'static str)> {
+    if !files.iter().any(|e| e.kind == EntryKind::Symlink) {
+        return Vec::new();
+    }
+    let tree: HashMap<&str, &FileEntry> = files.iter().map(|e| (e.path.as_str(), e)).collect();
+    files
+        .iter()
+        .filter_map(|entry| {
+            let target = entry.target.as_deref()?;
+            (entry.kind == EntryKind::Symlink)
+                .then(|| resolve_link(&tree, &entry.path, target).err())
+                .flatten()
+                .map(|reason| (entry.path.clone(), reason))
+        })
+        .collect()
+}
+
+/// Resolves the link at `link_path` with `target` against `tree`. `Err` when it leaves.
+fn resolve_link(tree: &HashMap<&str, &FileEntry>, link_path: &str, target: &str) -> Result<(), &'static str> {
+    const OUTSIDE: &str = "symlink pointing outside the state directory (resolved through the snapshot's links)";
+    if target.starts_with('/') {
+        return Err("symlink to an absolute path");
+    }
+    let mut current: Vec<&str> = link_path.split('/').collect();
+    current.pop();
+    // Components still to resolve, the next one last.
+    let mut pending: Vec<&str> = target.split('/').rev().collect();
+    let mut hops = 0;
+    let mut lexical = false;
+    while let Some(component) = pending.pop() {
+        match component {
+            "" | "." => {}
+            ".." => {
+                if current.pop().is_none() {
+                    return Err(OUTSIDE);
+                }
+            }
+            name => {
+                current.push(name);
+                if lexical {
+                    continue;
+                }
+                let here = current.join("/");
+                match tree.get(here.as_str()) {
+                    None => lexical = true,
+                    Some(entry) => match entry.kind {
+                        EntryKind::Dir => {}
+                        EntryKind::File if pending.iter().all(|c| c.is_empty() || *c == ".") => {}
+                        // A file used as a directory: resolution fails there (ENOTDIR).
+                        EntryKind::File => return Ok(()),
+                        EntryKind::Symlink => {
+                            hops += 1;
+                            if hops > MAX_LINK_HOPS {
+                                return Ok(()); // ELOOP: resolves to nothing
+                            }
+                            let next = entry.target.as_deref().unwrap_or_default();
+                            if next.starts_with('/') {
+                                return Err("symlink resolving through a link to an absolute path");
+                            }
+                            current.pop();
+                            pending.extend(next.split('/').rev());
+                        }
+                    },
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads and parses one JSON metadata object of at most `MAX_METADATA_BYTES` from `reader`
+/// (a file, a response body), in one pass and without keeping the text: `key` names it in the
+/// error.
+pub fn read_json_capped<T: serde::de::DeserializeOwned>(reader: impl Read, key: &str) -> Result<T, ManifestError> {
+    let mut limited = std::io::BufReader::new(reader.take(MAX_METADATA_BYTES + 1));
+    let value: T = serde_json::from_reader(&mut limited).map_err(|source| {
+        if limited.get_ref().limit() == 0 {
+            ManifestError::TooLarge {
+                key: key.to_string(),
+                cap: MAX_METADATA_BYTES,
+            }
+        } else {
+            ManifestError::Decode {
+                key: key.to_string(),
+                source,
+            }
+        }
+    })?;
+    Ok(value)
+}
+
 /// What differs between two manifests, by path.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ManifestDiff {
@@ -320,6 +441,7 @@ mod tests {
             mtime: DateTime::from_timestamp(1_772_200_000, 5).expect("valid time"),
             sha256: (kind == EntryKind::File).then(|| "e3b0".to_string()),
             target: (kind == EntryKind::Symlink).then(|| "b.txt".to_string()),
+            sparse: None,
         }
     }
 
@@ -429,6 +551,54 @@ mod tests {
         assert!(check_link_target("a/b/l", "../../../c").is_err());
         assert!(check_link_target("l", "x/../y").is_ok());
         assert!(check_link_target("l", "x/../../y").is_err());
+    }
+
+    fn link(path: &str, target: &str) -> FileEntry {
+        FileEntry {
+            target: Some(target.to_string()),
+            ..entry(path, EntryKind::Symlink)
+        }
+    }
+
+    #[test]
+    fn link_chains_are_resolved_against_the_tree() {
+        // `a/b -> ..` stays inside; `c -> a/b/..` looks inside lexically but resolves to the
+        // parent of the root.
+        let tree = vec![entry("a", EntryKind::Dir), link("a/b", ".."), link("c", "a/b/..")];
+        let escaping = escaping_links(&tree);
+        assert_eq!(escaping.len(), 1, "{escaping:?}");
+        assert_eq!(escaping[0].0, "c");
+        let err = manifest(tree).check_paths("k").expect_err("refused");
+        assert!(err.to_string().contains("\"c\""), "{err}");
+        // Chains that stay inside, loops and dangling links are fine.
+        let fine = vec![
+            entry("d", EntryKind::Dir),
+            entry("d/e", EntryKind::Dir),
+            link("d/e/up", ".."),
+            link("x", "d/e/up/e/up/.."),
+            link("loop1", "loop2"),
+            link("loop2", "loop1/.."),
+            link("dangling", "nowhere/../d"),
+            entry("f", EntryKind::File),
+            link("through-file", "f/../../.."),
+        ];
+        assert!(escaping_links(&fine).is_empty(), "{:?}", escaping_links(&fine));
+        // A link that leads to an absolute link.
+        let abs = vec![link("abs", "/etc"), link("via", "abs/passwd")];
+        assert_eq!(escaping_links(&abs).len(), 2);
+        // Past a missing component the rest is lexical.
+        assert_eq!(escaping_links(&[link("m", "missing/../..")]).len(), 1);
+    }
+
+    #[test]
+    fn metadata_past_the_cap_is_refused_without_reading_it_all() {
+        let huge = std::io::repeat(b' ').take(MAX_METADATA_BYTES + 10);
+        let err = read_json_capped::<serde_json::Value>(huge, "lab/latest/manifest.json").expect_err("too large");
+        assert!(matches!(err, ManifestError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("lab/latest/manifest.json"), "{err}");
+        assert!(err.to_string().contains(&MAX_METADATA_BYTES.to_string()), "{err}");
+        let small: serde_json::Value = read_json_capped(&b"{\"a\": 1}"[..], "k").expect("small");
+        assert_eq!(small["a"], 1);
     }
 
     #[test]

@@ -1,18 +1,35 @@
 //! The freeze window's work: bring a local mirror of the state directory up to date by copying
-//! only what changed (size, mtime, mode, owner or link target differ), removing what is gone.
-//! The container is frozen while this runs, so it must be quick; packing and uploading happen
-//! later from the mirror, with the container running again.
+//! only what changed, removing what is gone. The container is frozen while this runs, so it must
+//! be quick; packing and uploading happen later from the mirror, with the container running again.
+//!
+//! The state is read with the descriptor walker (`crate::walk`): nothing outside it is opened,
+//! whatever the app does. "Changed" is decided by a fingerprint the app cannot forge: device,
+//! inode, ctime, size, mtime, mode and owner of the source entry, recorded in an index beside
+//! the mirror (`<mirror>.index`) when its copy completed. The mirror itself is written by
+//! descriptor too (a link planted in it is never followed).
 
-use std::collections::HashSet;
-use std::ffi::OsString;
-use std::fs;
-use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::{CStr, CString};
+use std::fs::{self, File};
+use std::io::{self, BufWriter};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use rustix::fs::{AtFlags, FileType, Mode, Stat, Timestamps};
+use serde::{Deserialize, Serialize};
 
 use crate::exclude::Excludes;
+use crate::manifest::{self, Skipped};
+use crate::walk::{self, ChangeSet, Found, Visitor, Walk, fd, sparse};
+
+/// Suffix of the index kept beside the mirror: `<mirror>.index`.
+pub const INDEX_SUFFIX: &str = "index";
+const INDEX_VERSION: u32 = 1;
+/// Permission bits the mirror keeps: never setuid or setgid.
+const MIRROR_MODE_MASK: u32 = 0o1777;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -31,6 +48,10 @@ pub struct SyncStats {
     pub copied_bytes: u64,
     pub removed: u64,
     pub unchanged: u64,
+    /// Entries of the state that could not be read (see `Mirror::skipped`).
+    pub skipped: u64,
+    /// The sync walked the whole tree (rather than only the paths a tracker reported).
+    pub full_walk: bool,
 }
 
 impl SyncStats {
@@ -40,42 +61,361 @@ impl SyncStats {
     }
 }
 
-/// Makes `mirror` equal `source` (minus excludes). `cancel` stops it between entries; a
-/// cancelled mirror is left in a state the next sync repairs (mtimes are set after content).
+/// What identifies the content and metadata of a source entry: any write, chmod, chown,
+/// rename-over or replacement changes it, and the app cannot set ctime, device or inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Fingerprint(u64, u64, i64, u32, u64, i64, u32, u32, u32, u32);
+
+impl Fingerprint {
+    fn of(stat: &Stat) -> Fingerprint {
+        Fingerprint(
+            stat.st_dev,
+            stat.st_ino,
+            stat.st_ctime,
+            u32::try_from(stat.st_ctime_nsec).unwrap_or(0),
+            u64::try_from(stat.st_size).unwrap_or(0),
+            stat.st_mtime,
+            u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
+            stat.st_mode,
+            stat.st_uid,
+            stat.st_gid,
+        )
+    }
+}
+
+/// The index file: what each mirrored path was copied from, and what the last walk skipped.
+#[derive(Default, Serialize, Deserialize)]
+struct Index {
+    version: u32,
+    /// (device, inode) of the mirror directory the entries describe: a mirror removed or
+    /// replaced behind our back invalidates the index.
+    mirror: (u64, u64),
+    entries: BTreeMap<String, Fingerprint>,
+    skipped: BTreeMap<String, String>,
+}
+
+impl Index {
+    /// Forgets `rel` and everything under it.
+    fn forget(&mut self, rel: &str) {
+        self.entries.remove(rel);
+        self.skipped.remove(rel);
+        let prefix = format!("{rel}/");
+        let under: Vec<String> = self
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in under {
+            self.entries.remove(&key);
+        }
+        let under: Vec<String> = self
+            .skipped
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in under {
+            self.skipped.remove(&key);
+        }
+    }
+}
+
+/// `<mirror>.index`
+pub fn index_path(mirror: &Path) -> PathBuf {
+    let mut name = mirror.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{INDEX_SUFFIX}"));
+    mirror.with_file_name(name)
+}
+
+/// What the walk that filled the mirror at `mirror` skipped (from its index); empty when the
+/// directory is not a mirror. A snapshot of the mirror reports these as its own.
+pub fn skipped_of(mirror: &Path) -> Vec<Skipped> {
+    load_index(&index_path(mirror))
+        .map(|index| {
+            index
+                .skipped
+                .into_iter()
+                .map(|(path, reason)| Skipped { path, reason })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn load_index(path: &Path) -> Option<Index> {
+    let file = File::open(path).ok()?;
+    match manifest::read_json_capped::<Index>(file, &path.display().to_string()) {
+        Ok(index) if index.version == INDEX_VERSION => Some(index),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the mirror index; the next sync copies everything");
+            None
+        }
+    }
+}
+
+/// A mirror of `source` at `mirror`, with its index in memory. Keep one across syncs (the
+/// daemon does) so that a sync reads no index; `sync` below is the one-shot form.
+pub struct Mirror {
+    source: PathBuf,
+    mirror: PathBuf,
+    excludes: Excludes,
+    index: Index,
+    as_root: bool,
+}
+
+/// Makes `mirror` equal `source` (minus excludes), reading and saving the index. `cancel`
+/// stops it between entries; a cancelled mirror is left in a state the next sync repairs.
 ///
 /// `unfrozen_since`: the sync runs while the app may write (a warm-up before the first frozen
-/// sync). A file modified after that instant minus a second may change during its copy without
-/// its mtime telling, so its copy gets mtime 0 and the next (frozen) sync copies it again.
+/// sync). A file whose ctime is after that instant minus a second may change during its copy
+/// without its timestamps telling (coarse clocks), so it is not recorded as copied and the next
+/// (frozen) sync copies it again.
 pub fn sync(
     source: &Path,
     mirror: &Path,
     excludes: &Excludes,
     cancel: &Arc<AtomicBool>,
-    unfrozen_since: Option<std::time::SystemTime>,
+    unfrozen_since: Option<SystemTime>,
 ) -> Result<SyncStats, MirrorError> {
-    let mut stats = SyncStats::default();
-    let as_root = rustix::process::geteuid().is_root();
-    let meta = fs::metadata(source).map_err(|e| read_error(source, e))?;
-    if !mirror.is_dir() {
-        fs::create_dir_all(mirror).map_err(|e| write_error(mirror, e))?;
-        stats.copied += 1;
-    }
-    let context = Context {
-        excludes,
-        cancel,
-        as_root,
-        settled_before: unfrozen_since.map(|t| t - std::time::Duration::from_secs(1)),
-    };
-    sync_dir(source, mirror, Path::new(""), &context, &mut stats)?;
-    apply_meta(mirror, &meta, as_root, false)?;
-    Ok(stats)
+    let mut state = Mirror::open(source, mirror, excludes)?;
+    let result = state.sync(cancel, unfrozen_since);
+    state.save()?;
+    result
 }
 
-fn read_error(path: &Path, source: io::Error) -> MirrorError {
-    MirrorError::Read {
-        path: path.to_path_buf(),
-        source,
+impl Mirror {
+    /// Opens (creating it if needed) the mirror of `source` at `mirror` and loads its index.
+    pub fn open(source: &Path, mirror: &Path, excludes: &Excludes) -> Result<Mirror, MirrorError> {
+        fs::create_dir_all(mirror).map_err(|e| write_error(mirror, e))?;
+        let root = fd::open_dir_path(mirror).map_err(|e| write_error(mirror, e))?;
+        let stat = fd::stat_fd(&root).map_err(|e| write_error(mirror, e))?;
+        let identity = (stat.st_dev, stat.st_ino);
+        let index = match load_index(&index_path(mirror)) {
+            Some(index) if index.mirror == identity => index,
+            _ => Index {
+                version: INDEX_VERSION,
+                mirror: identity,
+                ..Index::default()
+            },
+        };
+        Ok(Mirror {
+            source: source.to_path_buf(),
+            mirror: mirror.to_path_buf(),
+            excludes: excludes.clone(),
+            index,
+            as_root: rustix::process::geteuid().is_root(),
+        })
     }
+
+    /// What the walks so far skipped, by path.
+    pub fn skipped(&self) -> Vec<Skipped> {
+        self.index
+            .skipped
+            .iter()
+            .map(|(path, reason)| Skipped {
+                path: path.clone(),
+                reason: reason.clone(),
+            })
+            .collect()
+    }
+
+    /// Writes the index beside the mirror (temp file + rename). Call it after a sync, outside
+    /// the freeze when it matters: a stale index only makes the next sync copy more.
+    pub fn save(&self) -> Result<(), MirrorError> {
+        let path = index_path(&self.mirror);
+        let temp = path.with_extension(format!("{INDEX_SUFFIX}.tmp"));
+        let write = || -> io::Result<()> {
+            let mut out = BufWriter::new(File::create(&temp)?);
+            serde_json::to_writer(&mut out, &self.index)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            fs::rename(&temp, &path)
+        };
+        write().map_err(|e| write_error(&path, e))
+    }
+
+    /// Walks the whole source and makes the mirror equal to it.
+    pub fn sync(&mut self, cancel: &AtomicBool, unfrozen_since: Option<SystemTime>) -> Result<SyncStats, MirrorError> {
+        let (source_root, source_stat) = walk::open_root(&self.source)
+            .map_err(|walk::WalkError::Root { path, source }| MirrorError::Read { path, source })?;
+        let mirror_root = fd::open_dir_path(&self.mirror).map_err(|e| write_error(&self.mirror, e))?;
+        let excludes = self.excludes.clone();
+        let mut walk = Walk::new(&excludes);
+        let mut copier = self.copier(cancel, unfrozen_since, mirror_root);
+        let finished = walk.run(source_root.as_fd(), &mut copier)?;
+        if !finished {
+            return Err(MirrorError::Cancelled);
+        }
+        copier.leave("", &source_stat)?;
+        let mut stats = copier.stats;
+        stats.full_walk = true;
+        stats.skipped = walk.skipped.len() as u64;
+        self.index.skipped = walk.skipped.into_iter().map(|s| (s.path, s.reason)).collect();
+        Ok(stats)
+    }
+
+    /// Syncs only what `changes` names (a `ChangeTracker`'s report): each path is re-opened by
+    /// descriptor from the root, component by component, never following a link; a directory
+    /// in `changes.paths` is synced with everything under it, one in `changes.dirs` only for its
+    /// own mode, owner and mtime. Anything unexpected (a parent missing from the mirror) falls
+    /// back to a full sync, which the stats say.
+    pub fn sync_changes(&mut self, changes: &ChangeSet, cancel: &AtomicBool) -> Result<SyncStats, MirrorError> {
+        let (source_root, _) = walk::open_root(&self.source)
+            .map_err(|walk::WalkError::Root { path, source }| MirrorError::Read { path, source })?;
+        let mirror_root = fd::open_dir_path(&self.mirror).map_err(|e| write_error(&self.mirror, e))?;
+        let mut stats = SyncStats::default();
+        let mut done_subtrees: Vec<String> = Vec::new();
+        for rel in &changes.paths {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(MirrorError::Cancelled);
+            }
+            if done_subtrees.iter().any(|d| rel.starts_with(&format!("{d}/"))) {
+                continue;
+            }
+            match self.sync_one(source_root.as_fd(), mirror_root.as_fd(), rel, cancel, &mut stats)? {
+                One::Done { subtree } => {
+                    if subtree {
+                        done_subtrees.push(rel.clone());
+                    }
+                }
+                One::NeedsFullWalk => return self.sync(cancel, None),
+            }
+        }
+        let parents: BTreeSet<&String> = changes.dirs.iter().collect();
+        for rel in parents {
+            if done_subtrees
+                .iter()
+                .any(|d| rel == d || rel.starts_with(&format!("{d}/")))
+            {
+                continue;
+            }
+            self.refresh_dir(source_root.as_fd(), mirror_root.as_fd(), rel, &mut stats)?;
+        }
+        stats.skipped = self.index.skipped.len() as u64;
+        Ok(stats)
+    }
+
+    fn copier<'m>(
+        &'m mut self,
+        cancel: &'m AtomicBool,
+        unfrozen_since: Option<SystemTime>,
+        base: OwnedFd,
+    ) -> Copier<'m> {
+        let settled_before = unfrozen_since.map(|t| {
+            let t = t - std::time::Duration::from_secs(1);
+            let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            (i64::try_from(since.as_secs()).unwrap_or(i64::MAX), since.subsec_nanos())
+        });
+        Copier {
+            mirror_path: &self.mirror,
+            index: &mut self.index,
+            as_root: self.as_root,
+            cancel,
+            settled_before,
+            levels: vec![Level {
+                fd: base,
+                seen: HashSet::new(),
+                changed: false,
+            }],
+            stats: SyncStats::default(),
+        }
+    }
+
+    /// Syncs one changed path `rel`.
+    fn sync_one(
+        &mut self,
+        source_root: BorrowedFd<'_>,
+        mirror_root: BorrowedFd<'_>,
+        rel: &str,
+        cancel: &AtomicBool,
+        stats: &mut SyncStats,
+    ) -> Result<One, MirrorError> {
+        let (parent_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let Ok(c_name) = fd::c_name(name.as_bytes()) else {
+            return Ok(One::Done { subtree: false });
+        };
+        let Ok(source_parent) = fd::open_dir_beneath(source_root, parent_rel) else {
+            // The parent is gone or is no longer a directory: its own change is in the set,
+            // or the next full walk reconciles it.
+            return Ok(One::Done { subtree: false });
+        };
+        let Ok(mirror_parent) = fd::open_dir_beneath(mirror_root, parent_rel) else {
+            return Ok(One::NeedsFullWalk);
+        };
+        let depth = parent_rel.split('/').filter(|c| !c.is_empty()).count();
+        let excludes = self.excludes.clone();
+        let mut walk = Walk::new(&excludes);
+        self.index.skipped.remove(rel);
+        let mut copier = self.copier(cancel, None, mirror_parent);
+        let finished = walk.entry(source_parent.as_fd(), parent_rel, &c_name, depth, &mut copier)?;
+        if !finished {
+            return Err(MirrorError::Cancelled);
+        }
+        let kept = copier.levels[0].seen.contains(&c_name);
+        let subtree = kept
+            && copier
+                .index
+                .entries
+                .get(rel)
+                .is_some_and(|f| FileType::from_raw_mode(f.7) == FileType::Directory);
+        let mut partial = copier.stats;
+        let mirror_parent = copier.levels.swap_remove(0).fd;
+        if !kept {
+            // Gone, excluded, or skipped now: the mirror must not keep the old copy.
+            let exists = fd::stat_at(mirror_parent.as_fd(), &c_name).is_ok();
+            fd::remove_at(mirror_parent.as_fd(), &c_name).map_err(|e| write_error(&self.mirror.join(rel), e))?;
+            self.index.forget(rel);
+            if exists {
+                partial.removed += 1;
+            }
+        }
+        for skipped in walk.skipped {
+            self.index.skipped.insert(skipped.path, skipped.reason);
+        }
+        add(stats, &partial);
+        Ok(One::Done { subtree })
+    }
+
+    /// Refreshes the mode, owner and mtime of the mirror's directory `rel` from the source's.
+    fn refresh_dir(
+        &mut self,
+        source_root: BorrowedFd<'_>,
+        mirror_root: BorrowedFd<'_>,
+        rel: &str,
+        stats: &mut SyncStats,
+    ) -> Result<(), MirrorError> {
+        let (Ok(source_dir), Ok(mirror_dir)) = (
+            fd::open_dir_beneath(source_root, rel),
+            fd::open_dir_beneath(mirror_root, rel),
+        ) else {
+            return Ok(());
+        };
+        let Ok(stat) = fd::stat_fd(&source_dir) else {
+            return Ok(());
+        };
+        let fingerprint = Fingerprint::of(&stat);
+        if self.index.entries.get(rel) == Some(&fingerprint) {
+            stats.unchanged += 1;
+            return Ok(());
+        }
+        apply_meta_fd(mirror_dir.as_fd(), &stat, self.as_root).map_err(|e| write_error(&self.mirror.join(rel), e))?;
+        if !rel.is_empty() {
+            self.index.entries.insert(rel.to_string(), fingerprint);
+        }
+        Ok(())
+    }
+}
+
+enum One {
+    Done { subtree: bool },
+    NeedsFullWalk,
+}
+
+fn add(total: &mut SyncStats, part: &SyncStats) {
+    total.copied += part.copied;
+    total.copied_bytes += part.copied_bytes;
+    total.removed += part.removed;
+    total.unchanged += part.unchanged;
 }
 
 fn write_error(path: &Path, source: io::Error) -> MirrorError {
@@ -85,153 +425,298 @@ fn write_error(path: &Path, source: io::Error) -> MirrorError {
     }
 }
 
-struct Context<'a> {
-    excludes: &'a Excludes,
-    cancel: &'a Arc<AtomicBool>,
+/// One open directory of the mirror during a walk.
+struct Level {
+    fd: OwnedFd,
+    /// Names the source has in this directory (what the mirror keeps).
+    seen: HashSet<CString>,
+    /// Something in it was created or removed: its mtime must be set again.
+    changed: bool,
+}
+
+/// The walk's visitor: copies what changed from the source into the mirror directory on top of
+/// `levels`.
+struct Copier<'m> {
+    mirror_path: &'m Path,
+    index: &'m mut Index,
     as_root: bool,
-    /// Files modified after this are copied but marked for the next sync.
-    settled_before: Option<std::time::SystemTime>,
+    cancel: &'m AtomicBool,
+    settled_before: Option<(i64, u32)>,
+    levels: Vec<Level>,
+    stats: SyncStats,
 }
 
-fn sync_dir(
-    source: &Path,
-    mirror: &Path,
-    rel: &Path,
-    cx: &Context<'_>,
-    stats: &mut SyncStats,
-) -> Result<(), MirrorError> {
-    let (excludes, cancel, as_root) = (cx.excludes, cx.cancel, cx.as_root);
-    let mut seen: HashSet<OsString> = HashSet::new();
-    let entries = match fs::read_dir(source) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(read_error(source, e)),
-    };
-    for entry in entries {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(MirrorError::Cancelled);
+impl Copier<'_> {
+    fn top(&mut self) -> &mut Level {
+        // The walk never leaves more directories than it entered: the base level stays.
+        let last = self.levels.len() - 1;
+        &mut self.levels[last]
+    }
+
+    fn top_fd(&self) -> BorrowedFd<'_> {
+        // As in `top`: the base level stays.
+        self.levels[self.levels.len() - 1].fd.as_fd()
+    }
+
+    fn write_error(&self, rel: &str, source: io::Error) -> MirrorError {
+        write_error(&self.mirror_path.join(rel), source)
+    }
+
+    /// Removes whatever is at `name` in the current mirror directory unless it is of `kind`.
+    /// Returns true when something of `kind` is there.
+    fn make_room(&mut self, name: &CStr, rel: &str, kind: FileType) -> Result<bool, MirrorError> {
+        let top = self.top_fd();
+        match fd::stat_at(top, name) {
+            Ok(stat) if fd::file_type(&stat) == kind => Ok(true),
+            Ok(_) => {
+                fd::remove_at(top, name).map_err(|e| self.write_error(rel, e))?;
+                self.index.forget(rel);
+                self.stats.removed += 1;
+                self.top().changed = true;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.write_error(rel, e)),
         }
-        let entry = entry.map_err(|e| read_error(source, e))?;
-        let name = entry.file_name();
-        let src = entry.path();
-        let dst = mirror.join(&name);
-        let rel_path = rel.join(&name);
-        let src_meta = match fs::symlink_metadata(&src) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(read_error(&src, e)),
+    }
+
+    /// After a directory's entries: remove what the source no longer has, set its metadata.
+    fn leave(&mut self, rel: &str, stat: &Stat) -> Result<(), MirrorError> {
+        let level = self
+            .levels
+            .pop()
+            .ok_or_else(|| self.write_error(rel, io::Error::other("mirror walk out of step")))?;
+        let mut changed = level.changed;
+        let names = fd::list_dir(level.fd.as_fd()).map_err(|e| self.write_error(rel, e))?;
+        for name in names {
+            if level.seen.contains(&name) {
+                continue;
+            }
+            let child_rel = fd::join(rel, &fd::shown(name.to_bytes()));
+            fd::remove_at(level.fd.as_fd(), &name).map_err(|e| self.write_error(&child_rel, e))?;
+            self.index.forget(&child_rel);
+            self.stats.removed += 1;
+            changed = true;
+        }
+        let fingerprint = Fingerprint::of(stat);
+        if changed || rel.is_empty() || self.index.entries.get(rel) != Some(&fingerprint) {
+            apply_meta_fd(level.fd.as_fd(), stat, self.as_root).map_err(|e| self.write_error(rel, e))?;
+        }
+        if !rel.is_empty() {
+            self.index.entries.insert(rel.to_string(), fingerprint);
+        }
+        Ok(())
+    }
+
+    fn settled(&self, before: &Stat, after: &Stat) -> bool {
+        let same = (
+            before.st_ctime,
+            before.st_ctime_nsec,
+            before.st_size,
+            before.st_mtime,
+            before.st_mtime_nsec,
+        ) == (
+            after.st_ctime,
+            after.st_ctime_nsec,
+            after.st_size,
+            after.st_mtime,
+            after.st_mtime_nsec,
+        );
+        let recent = self.settled_before.is_some_and(|(secs, nanos)| {
+            (after.st_ctime, u32::try_from(after.st_ctime_nsec).unwrap_or(0)) >= (secs, nanos)
+        });
+        same && !recent
+    }
+}
+
+impl Visitor for Copier<'_> {
+    type Error = MirrorError;
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn dir(&mut self, found: &Found<'_>, _dir_fd: BorrowedFd<'_>) -> Result<bool, MirrorError> {
+        let (_, name) = found.at();
+        let name = name.to_owned();
+        self.top().seen.insert(name.clone());
+        let exists = self.make_room(&name, found.rel, FileType::Directory)?;
+        if !exists {
+            rustix::fs::mkdirat(self.top_fd(), name.as_c_str(), Mode::from_raw_mode(0o700))
+                .map_err(|e| self.write_error(found.rel, e.into()))?;
+            self.index.forget(found.rel);
+            self.stats.copied += 1;
+            self.top().changed = true;
+        }
+        let child = fd::open_dir_at(self.top_fd(), &name).map_err(|e| self.write_error(found.rel, e))?;
+        self.levels.push(Level {
+            fd: child,
+            seen: HashSet::new(),
+            changed: !exists,
+        });
+        Ok(true)
+    }
+
+    fn leave_dir(&mut self, found: &Found<'_>, _dir_fd: BorrowedFd<'_>) -> Result<(), MirrorError> {
+        self.leave(found.rel, found.stat)
+    }
+
+    fn file(&mut self, found: &Found<'_>, walk: &mut Walk<'_>) -> Result<(), MirrorError> {
+        let (_, name) = found.at();
+        let name = name.to_owned();
+        self.top().seen.insert(name.clone());
+        let fingerprint = Fingerprint::of(found.stat);
+        if self.index.entries.get(found.rel) == Some(&fingerprint) {
+            self.stats.unchanged += 1;
+            return Ok(());
+        }
+        // From here until the copy completes, the mirror's copy is not a copy of anything.
+        self.index.entries.remove(found.rel);
+        let (source, stat) = match found.open() {
+            Ok(opened) => opened,
+            Err(reason) => {
+                walk.skip(found.rel, reason);
+                self.top().seen.remove(&name);
+                return Ok(());
+            }
         };
-        let file_type = src_meta.file_type();
-        if excludes.is_excluded(&rel_path, file_type.is_dir()) {
-            continue;
+        self.make_room(&name, found.rel, FileType::RegularFile)?;
+        let target = fd::create_file_at(self.top_fd(), &name, false).map_err(|e| self.write_error(found.rel, e))?;
+        let copied = match copy_content(&source, &target, &stat) {
+            Ok(bytes) => bytes,
+            Err(CopyError::Read(e)) => {
+                walk.skip(found.rel, format!("cannot read: {e}"));
+                self.top().seen.remove(&name);
+                return Ok(());
+            }
+            Err(CopyError::Write(e)) => return Err(self.write_error(found.rel, e)),
+        };
+        apply_meta_fd(target.as_fd(), &stat, self.as_root).map_err(|e| self.write_error(found.rel, e))?;
+        let after = fd::stat_fd(&source).map_err(|e| MirrorError::Read {
+            path: PathBuf::from(found.rel),
+            source: e,
+        })?;
+        if self.settled(&stat, &after) {
+            self.index.entries.insert(found.rel.to_string(), Fingerprint::of(&stat));
         }
-        if !(file_type.is_dir() || file_type.is_file() || file_type.is_symlink()) {
-            continue; // sockets, fifos, devices: the archive skips them too
-        }
-        seen.insert(name);
-        let dst_meta = fs::symlink_metadata(&dst).ok();
-        let same_kind = dst_meta.as_ref().is_some_and(|d| d.file_type() == file_type);
-        if !same_kind && dst_meta.is_some() {
-            remove(&dst)?;
-            stats.removed += 1;
-        }
-        if file_type.is_dir() {
-            if !same_kind {
-                fs::create_dir(&dst).map_err(|e| write_error(&dst, e))?;
-                stats.copied += 1;
-            }
-            sync_dir(&src, &dst, &rel_path, cx, stats)?;
-            apply_meta(&dst, &src_meta, as_root, false)?;
-        } else if file_type.is_symlink() {
-            let target = match fs::read_link(&src) {
-                Ok(target) => target,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(read_error(&src, e)),
-            };
-            if same_kind
-                && fs::read_link(&dst).ok().as_ref() == Some(&target)
-                && unchanged(&src_meta, dst_meta.as_ref())
-            {
-                stats.unchanged += 1;
-                continue;
-            }
-            if same_kind {
-                remove(&dst)?;
-            }
-            std::os::unix::fs::symlink(&target, &dst).map_err(|e| write_error(&dst, e))?;
-            apply_meta(&dst, &src_meta, as_root, true)?;
-            stats.copied += 1;
-        } else {
-            if same_kind && unchanged(&src_meta, dst_meta.as_ref()) {
-                stats.unchanged += 1;
-                continue;
-            }
-            match fs::copy(&src, &dst) {
-                Ok(bytes) => stats.copied_bytes += bytes,
-                // Gone since the listing: not state (a lock or temp file).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    seen.remove(entry.file_name().as_os_str());
-                    continue;
-                }
-                Err(e) => return Err(write_error(&dst, e)),
-            }
-            // The copy's metadata is the source's as it was listed: if the file changed during
-            // the copy (no freeze), its mtime moved on and the next sync copies it again.
-            apply_meta(&dst, &src_meta, as_root, false)?;
-            let unsettled = cx
-                .settled_before
-                .is_some_and(|t| src_meta.modified().map_or(true, |m| m >= t));
-            if unsettled {
-                filetime::set_file_mtime(&dst, filetime::FileTime::zero()).map_err(|e| write_error(&dst, e))?;
-            }
-            stats.copied += 1;
-        }
+        self.stats.copied += 1;
+        self.stats.copied_bytes += copied;
+        Ok(())
     }
-    // What the mirror has and the source no longer does.
-    let existing = fs::read_dir(mirror).map_err(|e| read_error(mirror, e))?;
-    for entry in existing.flatten() {
-        if !seen.contains(&entry.file_name()) {
-            remove(&entry.path())?;
-            stats.removed += 1;
+
+    fn symlink(&mut self, found: &Found<'_>, target: &[u8], _walk: &mut Walk<'_>) -> Result<(), MirrorError> {
+        let (_, name) = found.at();
+        let name = name.to_owned();
+        self.top().seen.insert(name.clone());
+        let fingerprint = Fingerprint::of(found.stat);
+        if self.index.entries.get(found.rel) == Some(&fingerprint) {
+            self.stats.unchanged += 1;
+            return Ok(());
         }
+        self.index.entries.remove(found.rel);
+        let top = self.top_fd();
+        if fd::stat_at(top, &name).is_ok() {
+            fd::remove_at(top, &name).map_err(|e| self.write_error(found.rel, e))?;
+        }
+        let target = fd::c_name(target).map_err(|e| self.write_error(found.rel, e))?;
+        rustix::fs::symlinkat(target.as_c_str(), top, name.as_c_str())
+            .map_err(|e| self.write_error(found.rel, e.into()))?;
+        apply_link_meta(top, &name, found.stat, self.as_root).map_err(|e| self.write_error(found.rel, e))?;
+        self.index.entries.insert(found.rel.to_string(), fingerprint);
+        self.top().changed = true;
+        self.stats.copied += 1;
+        Ok(())
     }
-    Ok(())
 }
 
-fn unchanged(src: &fs::Metadata, dst: Option<&fs::Metadata>) -> bool {
-    dst.is_some_and(|d| {
-        d.len() == src.len()
-            && d.mtime() == src.mtime()
-            && d.mtime_nsec() == src.mtime_nsec()
-            && (d.mode() & 0o7777) == (src.mode() & 0o7777)
-            && d.uid() == src.uid()
-            && d.gid() == src.gid()
-    })
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
 }
 
-fn remove(path: &Path) -> Result<(), MirrorError> {
-    let result = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+/// Copies `source` (described by `stat`) into `target`, keeping holes: only the data segments
+/// are read and written, then the file is extended to its size. Returns bytes copied.
+fn copy_content(source: &File, target: &File, stat: &Stat) -> Result<u64, CopyError> {
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    let segments =
+        sparse::data_segments(source, size, u64::try_from(stat.st_blocks).unwrap_or(0)).map_err(CopyError::Read)?;
+    let Some(segments) = segments else {
+        return copy_range(source, target, 0, None);
     };
-    result.map_err(|e| write_error(path, e))
+    let mut copied = 0;
+    for (offset, len) in segments {
+        copied += copy_range(source, target, offset, Some(len))?;
+    }
+    target.set_len(size).map_err(CopyError::Write)?;
+    Ok(copied)
 }
 
-fn apply_meta(path: &Path, meta: &fs::Metadata, as_root: bool, is_link: bool) -> Result<(), MirrorError> {
+/// Copies `len` bytes (to the end when `None`) at `offset` of `source` to the same offset.
+fn copy_range(source: &File, target: &File, offset: u64, len: Option<u64>) -> Result<u64, CopyError> {
+    use std::os::unix::fs::FileExt;
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut done = 0u64;
+    loop {
+        let want = len.map_or(buffer.len() as u64, |l| (l - done).min(buffer.len() as u64));
+        if want == 0 {
+            return Ok(done);
+        }
+        let n = match source.read_at(&mut buffer[..want as usize], offset + done) {
+            Ok(0) => return Ok(done), // shrank while copied: the fingerprint check catches it
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        target
+            .write_all_at(&buffer[..n], offset + done)
+            .map_err(CopyError::Write)?;
+        done += n as u64;
+    }
+}
+
+/// Owner (as root), mode (without setuid/setgid) and mtime of `stat` onto an open descriptor.
+fn apply_meta_fd(target: BorrowedFd<'_>, stat: &Stat, as_root: bool) -> io::Result<()> {
     if as_root {
-        std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid())).map_err(|e| write_error(path, e))?;
+        rustix::fs::fchown(
+            target,
+            Some(rustix::fs::Uid::from_raw(stat.st_uid)),
+            Some(rustix::fs::Gid::from_raw(stat.st_gid)),
+        )?;
     }
-    let mtime = filetime::FileTime::from_last_modification_time(meta);
-    if is_link {
-        filetime::set_symlink_file_times(path, mtime, mtime).map_err(|e| write_error(path, e))?;
-    } else {
-        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .map_err(|e| write_error(path, e))?;
-        filetime::set_file_mtime(path, mtime).map_err(|e| write_error(path, e))?;
-    }
+    rustix::fs::fchmod(target, Mode::from_raw_mode(stat.st_mode & MIRROR_MODE_MASK))?;
+    rustix::fs::futimens(target, &times(stat))?;
     Ok(())
+}
+
+fn apply_link_meta(parent: BorrowedFd<'_>, name: &CStr, stat: &Stat, as_root: bool) -> io::Result<()> {
+    if as_root {
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(stat.st_uid)),
+            Some(rustix::fs::Gid::from_raw(stat.st_gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    rustix::fs::utimensat(parent, name, &times(stat), AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
+fn times(stat: &Stat) -> Timestamps {
+    let mtime = rustix::fs::Timespec {
+        tv_sec: stat.st_mtime,
+        tv_nsec: stat.st_mtime_nsec as _,
+    };
+    Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
+    }
+}
+
+impl From<io::Error> for CopyError {
+    fn from(e: io::Error) -> Self {
+        CopyError::Write(e)
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +759,25 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_size_and_mtime_do_not_hide_a_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, dst) = (dir.path().join("src"), dir.path().join("mirror"));
+        fs::create_dir_all(&src).expect("dir");
+        let file = src.join("creds.json");
+        fs::write(&file, "AAAA").expect("write");
+        let old = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+        filetime::set_file_mtime(&file, old).expect("mtime");
+        run(&src, &dst);
+        // Same size, mtime put back: only ctime (and here the inode) tells.
+        fs::write(dir.path().join("new"), "BBBB").expect("write");
+        fs::rename(dir.path().join("new"), &file).expect("replace");
+        filetime::set_file_mtime(&file, old).expect("forge mtime");
+        let stats = run(&src, &dst);
+        assert_eq!(stats.copied, 1, "{stats:?}");
+        assert_eq!(fs::read_to_string(dst.join("creds.json")).expect("copied"), "BBBB");
+    }
+
+    #[test]
     fn a_cancelled_sync_stops_and_the_next_one_repairs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (src, dst) = (dir.path().join("src"), dir.path().join("mirror"));
@@ -287,24 +791,88 @@ mod tests {
     }
 
     #[test]
-    fn an_unfrozen_warm_up_marks_recent_files_for_the_next_sync() {
+    fn an_unfrozen_warm_up_is_reconciled_by_the_next_sync() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (src, dst) = (dir.path().join("src"), dir.path().join("mirror"));
         fs::create_dir_all(&src).expect("dir");
-        fs::write(src.join("old"), "settled").expect("write");
-        filetime::set_file_mtime(src.join("old"), filetime::FileTime::from_unix_time(1_700_000_000, 0)).expect("mtime");
         fs::write(src.join("hot"), "being written").expect("write");
         let warm = sync(
             &src,
             &dst,
             &excludes(&src),
             &Arc::new(AtomicBool::new(false)),
-            Some(std::time::SystemTime::now()),
+            Some(SystemTime::now()),
         )
         .expect("warm");
-        assert_eq!(warm.copied, 3);
-        // The frozen sync copies only the file that was hot during the warm-up.
+        assert_eq!(warm.copied, 1);
+        // Changed during the warm-up for all the sync knows (its ctime is recent): the frozen
+        // sync copies it again, and then it is settled.
         let frozen = run(&src, &dst);
-        assert_eq!((frozen.copied, frozen.unchanged), (1, 1), "{frozen:?}");
+        assert_eq!(frozen.copied, 1, "{frozen:?}");
+        let after = run(&src, &dst);
+        assert_eq!((after.copied, after.unchanged), (0, 1), "{after:?}");
+    }
+
+    #[test]
+    fn links_planted_in_the_mirror_are_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, dst, outside) = (
+            dir.path().join("src"),
+            dir.path().join("mirror"),
+            dir.path().join("outside"),
+        );
+        fs::create_dir_all(src.join("d")).expect("dir");
+        fs::create_dir_all(&outside).expect("dir");
+        fs::write(src.join("d/f"), "state").expect("write");
+        fs::write(src.join("g"), "state").expect("write");
+        fs::create_dir_all(&dst).expect("dir");
+        std::os::unix::fs::symlink(&outside, dst.join("d")).expect("plant");
+        std::os::unix::fs::symlink(outside.join("g"), dst.join("g")).expect("plant");
+        run(&src, &dst);
+        assert_eq!(
+            fs::read_dir(&outside).expect("list").count(),
+            0,
+            "nothing written outside"
+        );
+        assert_eq!(fs::read_to_string(dst.join("d/f")).expect("copied"), "state");
+        assert!(fs::symlink_metadata(dst.join("g")).expect("g").is_file());
+    }
+
+    #[test]
+    fn sync_changes_copies_only_the_named_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, dst) = (dir.path().join("src"), dir.path().join("mirror"));
+        fs::create_dir_all(src.join("a")).expect("dir");
+        fs::write(src.join("a/one"), "1").expect("write");
+        fs::write(src.join("two"), "2").expect("write");
+        let ex = excludes(&src);
+        let mut mirror = Mirror::open(&src, &dst, &ex).expect("open");
+        let cancel = AtomicBool::new(false);
+        mirror.sync(&cancel, None).expect("full");
+        fs::write(src.join("a/one"), "11").expect("write");
+        fs::write(src.join("two"), "22").expect("write");
+        fs::create_dir_all(src.join("new/deep")).expect("dir");
+        fs::write(src.join("new/deep/three"), "3").expect("write");
+        let changes = ChangeSet {
+            paths: ["a/one", "new"].iter().map(|s| s.to_string()).collect(),
+            dirs: ["", "a"].iter().map(|s| s.to_string()).collect(),
+        };
+        let stats = mirror.sync_changes(&changes, &cancel).expect("partial");
+        assert!(!stats.full_walk);
+        assert_eq!(fs::read_to_string(dst.join("a/one")).expect("copied"), "11");
+        assert_eq!(fs::read_to_string(dst.join("new/deep/three")).expect("copied"), "3");
+        assert_eq!(
+            fs::read_to_string(dst.join("two")).expect("untouched"),
+            "2",
+            "not named: not copied"
+        );
+        fs::remove_file(src.join("a/one")).expect("delete");
+        let gone = ChangeSet {
+            paths: ["a/one".to_string()].into(),
+            dirs: ["a".to_string()].into(),
+        };
+        let stats = mirror.sync_changes(&gone, &cancel).expect("partial");
+        assert_eq!(stats.removed, 1, "{stats:?}");
+        assert!(!dst.join("a/one").exists());
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::{MAX_METADATA_BYTES, Manifest, ManifestError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::{Store, StoreError};
 
@@ -115,7 +115,7 @@ pub async fn ids_in_minute(store: &Store, id: &SnapshotId) -> Result<Vec<Snapsho
 
 /// `latest/`'s manifest and its ETag, `None` when the repository has no snapshot yet.
 pub async fn latest(store: &Store) -> Result<Option<(Manifest, Option<String>)>, RepositoryError> {
-    let Some((bytes, etag)) = store.get_bytes(LATEST_MANIFEST).await? else {
+    let Some((bytes, etag)) = get_capped(store, LATEST_MANIFEST).await? else {
         return Ok(None);
     };
     let key = store.full_key(LATEST_MANIFEST);
@@ -157,11 +157,19 @@ pub async fn latest_for_writer(
 /// The manifest of snapshot `id`, `None` when it does not exist or is incomplete.
 pub async fn manifest(store: &Store, id: &SnapshotId) -> Result<Option<Manifest>, RepositoryError> {
     let relative = manifest_key(id);
-    let Some((bytes, _)) = store.get_bytes(&relative).await? else {
+    let Some((bytes, _)) = get_capped(store, &relative).await? else {
         return Ok(None);
     };
     let key = store.full_key(&relative);
     Ok(Some(Manifest::decode(&bytes, &key, Some(*id))?))
+}
+
+/// A metadata object, refused past `MAX_METADATA_BYTES` with an error naming its key.
+async fn get_capped(store: &Store, relative: &str) -> Result<Option<(bytes::Bytes, Option<String>)>, RepositoryError> {
+    match store.get_bytes_capped(relative, MAX_METADATA_BYTES).await {
+        Err(StoreError::TooLarge { key, cap, .. }) => Err(ManifestError::TooLarge { key, cap }.into()),
+        other => Ok(other?),
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,8 @@ pub struct RestoreReport {
     pub duration_ms: u64,
     /// Where the previous local state was moved, if anything was there.
     pub displaced: Option<PathBuf>,
+    /// Paths whose setuid/setgid bits were dropped (restore never plants them).
+    pub privilege_dropped: Vec<String>,
 }
 
 /// What is at a restore target.
@@ -210,6 +212,7 @@ pub async fn restore(store: &Store, request: &RestoreRequest) -> Result<RestoreR
         archive_bytes: unpacked.archive_bytes,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         displaced,
+        privilege_dropped: unpacked.privilege_dropped,
     })
 }
 

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::archive::{self, ArchiveError, Packed};
 use crate::exclude::Excludes;
 use crate::manifest::{ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, Owner};
+use crate::mirror;
 use crate::repository::{self, LATEST_ARCHIVE, LATEST_MANIFEST, RepositoryError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::{PutCondition, Store, StoreError};
@@ -71,7 +72,8 @@ pub struct SnapshotReport {
     pub duration_ms: u64,
     /// HTTP requests sent to S3 for this snapshot, retries included.
     pub requests: u64,
-    /// Paths that could not be archived (special files, non-UTF-8 names).
+    /// Paths that could not be archived (unreadable, vanished while read, special files,
+    /// non-UTF-8 names, too deep, links leaving the tree); the manifest has the reasons.
     pub skipped: Vec<String>,
     /// Files that changed size while being read (only without a freeze).
     pub torn: Vec<String>,
@@ -156,7 +158,9 @@ pub async fn take(store: &Store, request: SnapshotRequest) -> Result<SnapshotRep
     let id = SnapshotId::first_free(request.now, &taken);
     let archive_key = repository::archive_key(&id);
 
-    let (packed, archive_bytes, archive_sha256) = pack_and_upload(store, &request, &archive_key).await?;
+    let (mut packed, archive_bytes, archive_sha256) = pack_and_upload(store, &request, &archive_key).await?;
+    // Packing the daemon's mirror: what the walk that filled it skipped is this snapshot's too.
+    packed.skipped.extend(mirror::skipped_of(&request.source));
     let manifest = Manifest {
         format: FORMAT_VERSION,
         id,

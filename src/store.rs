@@ -70,6 +70,8 @@ pub enum StoreError {
         message: String,
         transient: bool,
     },
+    #[error("s3://{bucket}/{key} is larger than {cap} bytes, the cap for this object; refusing to read it")]
+    TooLarge { bucket: String, key: String, cap: u64 },
     #[error("upload of s3://{bucket}/{key} stopped: {reason}")]
     UploadAborted {
         bucket: String,
@@ -86,6 +88,7 @@ pub fn is_transient(error: &StoreError) -> bool {
         StoreError::NoSuchBucket { .. }
         | StoreError::AccessDenied { .. }
         | StoreError::PreconditionFailed { .. }
+        | StoreError::TooLarge { .. }
         | StoreError::UploadAborted { .. } => false,
     }
 }
@@ -232,6 +235,47 @@ impl Store {
             message: e.to_string(),
         })?;
         Ok(Some((body.into_bytes(), etag)))
+    }
+
+    /// Like `get_bytes`, for objects of at most `cap` bytes (manifests, pointers): a larger one
+    /// is refused from its Content-Length before its body is read, or as soon as the body passes
+    /// the cap, and the body is gathered into one buffer, never copied again.
+    pub async fn get_bytes_capped(
+        &self,
+        relative: &str,
+        cap: u64,
+    ) -> Result<Option<(Bytes, Option<String>)>, StoreError> {
+        let key = self.full_key(relative);
+        let too_large = || StoreError::TooLarge {
+            bucket: self.bucket.clone(),
+            key: key.clone(),
+            cap,
+        };
+        let mut output = match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
+            Ok(output) => output,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(err) => return Err(self.error("get", relative, err)),
+        };
+        let announced = output.content_length().and_then(|n| u64::try_from(n).ok());
+        if announced.is_some_and(|n| n > cap) {
+            return Err(too_large());
+        }
+        let etag = output.e_tag().map(str::to_string);
+        let mut buffer = bytes::BytesMut::with_capacity(usize::try_from(announced.unwrap_or(0)).unwrap_or(0));
+        loop {
+            let chunk = output.body.try_next().await.map_err(|e| StoreError::Unreachable {
+                op: "read",
+                bucket: self.bucket.clone(),
+                key: key.clone(),
+                message: e.to_string(),
+            })?;
+            let Some(chunk) = chunk else { break };
+            if (buffer.len() + chunk.len()) as u64 > cap {
+                return Err(too_large());
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(Some((buffer.freeze(), etag)))
     }
 
     /// A streaming body, or `None` when the key does not exist.

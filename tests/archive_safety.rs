@@ -202,3 +202,63 @@ fn entries_missing_from_the_manifest_are_refused() {
         "not in the manifest",
     );
 }
+
+#[test]
+fn link_chains_that_resolve_outside_are_refused() {
+    // Lexically each link stays inside; resolved through `a/b`, `c` is the root's parent.
+    let dir = |path: &str| {
+        serde_json::json!({"path": path, "type": "dir", "mode": 493, "uid": 0, "gid": 0, "bytes": 0,
+                           "mtime": "2026-03-01T09:59:00Z"})
+    };
+    let link = |path: &str, target: &str| {
+        serde_json::json!({"path": path, "type": "symlink", "mode": 511, "uid": 0, "gid": 0, "bytes": 0,
+                           "mtime": "2026-03-01T09:59:00Z", "target": target})
+    };
+    assert_refused(
+        "chain",
+        &[
+            Raw {
+                path: "a/",
+                kind: tar::EntryType::Directory,
+                link: None,
+                body: b"",
+            },
+            Raw {
+                path: "a/b",
+                kind: tar::EntryType::Symlink,
+                link: Some(".."),
+                body: b"",
+            },
+            Raw {
+                path: "c",
+                kind: tar::EntryType::Symlink,
+                link: Some("a/b/.."),
+                body: b"",
+            },
+        ],
+        serde_json::json!([dir("a"), link("a/b", ".."), link("c", "a/b/..")]),
+        "outside the state directory",
+    );
+}
+
+#[test]
+fn crafted_setuid_modes_are_not_planted() {
+    let s3 = S3Server::start();
+    let world = World::new(&s3, "suid", "");
+    let body = b"#!/bin/sh\n";
+    let mut entry = file_entry("tool", body);
+    entry["mode"] = serde_json::json!(0o6755);
+    let archive = archive(&[Raw {
+        path: "tool",
+        kind: tar::EntryType::Regular,
+        link: None,
+        body,
+    }]);
+    publish(&s3, "suid", &archive, serde_json::json!([entry]));
+    let target = world.dir.path().join("target");
+    let report = world.json(&["restore", "--to", target.to_str().expect("utf8"), "--json"]);
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(target.join("tool")).expect("restored").mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+    assert_eq!(report["privilege_dropped"], serde_json::json!(["tool"]), "{report}");
+}

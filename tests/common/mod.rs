@@ -1148,3 +1148,105 @@ pub fn kill9(pid: u32) {
 pub fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
+
+/// Swaps two names with `renameat2(RENAME_EXCHANGE)` in a loop on a thread of its own, as a
+/// hostile app would, until stopped (or `MAX_SWAPS`). Needs no privilege beyond write access.
+pub struct Swapper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Swapper {
+    /// A bound on any swap loop, whatever the test does.
+    pub const MAX_SWAPS: u64 = 20_000_000;
+
+    pub fn start(a: &Path, b: &Path) -> Swapper {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, b, flag) = (a.to_path_buf(), b.to_path_buf(), std::sync::Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut swaps = 0;
+            while !flag.load(Ordering::Relaxed) && swaps < Swapper::MAX_SWAPS {
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &a,
+                    rustix::fs::CWD,
+                    &b,
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .expect("renameat2(RENAME_EXCHANGE)");
+                swaps += 1;
+                if swaps % 64 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            swaps
+        });
+        Swapper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop; returns how many swaps it made.
+    pub fn stop(mut self) -> u64 {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().expect("swapper thread"))
+    }
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Runs `cmd` to completion, killing it (and failing the test) if it is still running after
+/// `limit`: a hang is a failure, not a stuck suite.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let finished = wait_for(limit, || matches!(child.try_wait(), Ok(Some(_))));
+    if !finished {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("output");
+        panic!(
+            "still running after {limit:?} (killed)\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// True when `marker` occurs in any object of `bucket`, archives decompressed first.
+pub fn bucket_contains(s3: &S3Server, bucket: &str, marker: &[u8]) -> bool {
+    s3.keys(bucket).iter().any(|key| {
+        let raw = s3.object(bucket, key);
+        let body = if key.ends_with(".zst") {
+            zstd::decode_all(raw.as_slice()).expect("archive decompresses")
+        } else {
+            raw
+        };
+        body.windows(marker.len()).any(|w| w == marker)
+    })
+}
+
+/// True when `marker` occurs in a regular file under `root` (links are not followed).
+pub fn tree_contains(root: &Path, marker: &[u8]) -> bool {
+    let Ok(entries) = fs::read_dir(root) else { return false };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => tree_contains(&path, marker),
+            Ok(meta) if meta.is_file() => fs::read(&path).is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker)),
+            _ => false,
+        }
+    })
+}

@@ -210,7 +210,7 @@ impl Daemon {
                     tracing::error!(error = %e, "cannot start the container again after the snapshot copy");
                     self.supervision.stop_abandoned();
                     let observed = if e.is_missing() {
-                        Observed::Missing
+                        Observed::Missing { at: Utc::now() }
                     } else {
                         Observed::StartFailed
                     };

@@ -38,8 +38,8 @@ pub enum Observed {
     /// The container is not running, seen by inspecting it (no event, e.g. after the events
     /// stream reconnected).
     FoundStopped,
-    /// The container no longer exists (`destroy` event, or Docker answered 404).
-    Missing,
+    /// The container no longer exists (`destroy` event at `at`, or Docker answered 404).
+    Missing { at: DateTime<Utc> },
     /// Health probes failed past the threshold.
     Unhealthy,
     /// A (re)start or recreation failed.
@@ -157,8 +157,12 @@ impl Supervision {
             return Decision::Ignore("crash loop: waiting for an operator");
         }
         match observed {
-            Observed::Missing if self.planned_stop => Decision::Ignore("removed during a planned stop"),
-            Observed::Missing => {
+            Observed::Missing { .. } if self.planned_stop => Decision::Ignore("removed during a planned stop"),
+            // Recreating removes the old container: its `destroy` arrives after the new one started.
+            Observed::Missing { at } if self.started_at.is_some_and(|started| at < started) => {
+                Decision::Ignore("removed before the last start")
+            }
+            Observed::Missing { .. } => {
                 self.restart_due = None;
                 Decision::Recreate
             }
@@ -262,13 +266,18 @@ mod tests {
             ),
             (
                 "a removed container is recreated, not counted",
-                vec![See(Missing, 5)],
+                vec![See(Missing { at: t(5) }, 5)],
                 Decision::Recreate,
             ),
             (
                 "removed during a planned stop (recreation) is expected",
-                vec![PlannedStop, See(Missing, 5)],
+                vec![PlannedStop, See(Missing { at: t(5) }, 5)],
                 Decision::Ignore("removed during a planned stop"),
+            ),
+            (
+                "the old container's removal reported after the recreation started the new one",
+                vec![PlannedStop, Started(10), See(Missing { at: t(9) }, 11)],
+                Decision::Ignore("removed before the last start"),
             ),
             (
                 "unhealthy: stop it, then restart",
@@ -319,7 +328,7 @@ mod tests {
                     See(StartFailed, 3),
                     Taken,
                     See(StartFailed, 4),
-                    See(Missing, 5),
+                    See(Missing { at: t(5) }, 5),
                 ],
                 Decision::Ignore("crash loop: waiting for an operator"),
             ),

@@ -88,7 +88,7 @@ impl Daemon {
                 tracing::error!(error = %e, "cannot start the container again");
                 self.supervision.stop_abandoned();
                 let observed = if e.is_missing() {
-                    Observed::Missing
+                    Observed::Missing { at: Utc::now() }
                 } else {
                     Observed::StartFailed
                 };

@@ -124,9 +124,9 @@ impl Daemon {
                 self.update(|s| s.container.state = "exited".into());
                 Observed::Died { at }
             }
-            ContainerEvent::Destroyed => {
+            ContainerEvent::Destroyed { at } => {
                 self.update(|s| s.container.state = "missing".into());
-                Observed::Missing
+                Observed::Missing { at }
             }
         };
         let decision = self.supervision.observe(observed, Utc::now());
@@ -138,7 +138,7 @@ impl Daemon {
         tracing::info!("Docker events stream reconnected");
         let observed = match self.container.state().await {
             Ok(RunState::Running | RunState::Paused) => return,
-            Ok(RunState::Missing) => Observed::Missing,
+            Ok(RunState::Missing) => Observed::Missing { at: Utc::now() },
             Ok(state) => {
                 tracing::warn!(
                     ?state,
@@ -224,7 +224,9 @@ impl Daemon {
                 self.update(|s| s.container.state = "running".into());
             }
             Err(e) if e.is_missing() => {
-                let decision = self.supervision.observe(Observed::Missing, Utc::now());
+                let decision = self
+                    .supervision
+                    .observe(Observed::Missing { at: Utc::now() }, Utc::now());
                 self.carry_out(decision, "the container was removed").await;
             }
             Err(e) => {

@@ -82,8 +82,10 @@ pub enum ContainerEvent {
     OutOfMemory,
     Paused,
     Unpaused,
-    /// Removed.
-    Destroyed,
+    /// Removed at `at`.
+    Destroyed {
+        at: DateTime<Utc>,
+    },
     /// Anything else (exec, attach, health_status, …).
     Other,
 }
@@ -98,7 +100,7 @@ impl ContainerEvent {
             "oom" => ContainerEvent::OutOfMemory,
             "pause" => ContainerEvent::Paused,
             "unpause" => ContainerEvent::Unpaused,
-            "destroy" => ContainerEvent::Destroyed,
+            "destroy" => ContainerEvent::Destroyed { at },
             _ => ContainerEvent::Other,
         }
     }

@@ -108,7 +108,7 @@ fn fifo_swaps_never_hang_a_snapshot() {
     write(&world.state.join("other.txt"), b"kept", 0o644);
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &world.state.join("p"),
+        world.state.join("p"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
@@ -298,7 +298,7 @@ fn restore_drops_setuid_and_setgid() {
     fs::create_dir_all(world.state.join("open")).expect("dir");
     fs::set_permissions(world.state.join("open"), fs::Permissions::from_mode(0o7777)).expect("7777");
     rustix::fs::chown(
-        &world.state.join("bin/tool"),
+        world.state.join("bin/tool"),
         Some(rustix::fs::Uid::from_raw(1000)),
         Some(rustix::fs::Gid::from_raw(1000)),
     )

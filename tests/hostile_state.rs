@@ -20,6 +20,8 @@ use spotkeeper::mirror;
 
 /// Snapshots taken while names are being swapped.
 const SNAPSHOTS_UNDER_SWAP: usize = 6;
+/// Mirror syncs (in process, cheap) while names are being swapped.
+const MIRROR_SYNCS_UNDER_SWAP: usize = 50;
 /// Whatever happens, no snapshot of these tiny states may take longer (a hang, not a timing).
 const HANG_LIMIT: Duration = Duration::from_secs(120);
 
@@ -48,7 +50,7 @@ fn excludes(root: &Path) -> Excludes {
 }
 
 /// Item 1: a directory swapped with a link to a host directory, and a file swapped with a link
-/// to a host file, while CLI snapshots run and while the daemon's mirror warms up unfrozen and
+/// to a host file, while CLI snapshots run (12) and while the daemon's mirror warms up unfrozen and
 /// then syncs frozen: no byte of the host file reaches the bucket, the mirror or a restore.
 #[test]
 fn host_files_never_reach_the_bucket_or_the_mirror_whatever_is_swapped() {
@@ -65,7 +67,7 @@ fn host_files_never_reach_the_bucket_or_the_mirror_whatever_is_swapped() {
     let dir_swap = Swapper::start(&world.state.join("d"), &world.state.join("l"));
     let file_swap = Swapper::start(&world.state.join("f"), &world.state.join("fl"));
 
-    for round in 0..SNAPSHOTS_UNDER_SWAP {
+    for round in 0..2 * SNAPSHOTS_UNDER_SWAP {
         let out = snapshot_bounded(&world);
         assert!(
             out.status.success(),
@@ -77,7 +79,7 @@ fn host_files_never_reach_the_bucket_or_the_mirror_whatever_is_swapped() {
     let mirror_dir = world.work.join("mirror-test");
     let cancel = Arc::new(AtomicBool::new(false));
     let ex = excludes(&world.state);
-    for _ in 0..SNAPSHOTS_UNDER_SWAP {
+    for _ in 0..MIRROR_SYNCS_UNDER_SWAP {
         mirror::sync(&world.state, &mirror_dir, &ex, &cancel, Some(SystemTime::now())).expect("warm-up");
         assert!(!tree_contains(&mirror_dir, &marker), "warm-up copied a host file");
     }

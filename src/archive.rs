@@ -208,7 +208,8 @@ impl<W: Write> Visitor for Packer<'_, W> {
     fn file(&mut self, found: &Found<'_>, walk: &mut Walk<'_>) -> Result<(), ArchiveError> {
         let rel = found.rel;
         let (file, stat) = match found.open() {
-            Ok(opened) => opened,
+            Ok(Some(opened)) => opened,
+            Ok(None) => return Ok(()),
             Err(reason) => {
                 walk.skip(rel, reason);
                 return Ok(());

@@ -573,7 +573,11 @@ impl Visitor for Copier<'_> {
         // From here until the copy completes, the mirror's copy is not a copy of anything.
         self.index.entries.remove(found.rel);
         let (source, stat) = match found.open() {
-            Ok(opened) => opened,
+            Ok(Some(opened)) => opened,
+            Ok(None) => {
+                self.top().seen.remove(&name);
+                return Ok(());
+            }
             Err(reason) => {
                 walk.skip(found.rel, reason);
                 self.top().seen.remove(&name);

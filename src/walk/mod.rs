@@ -53,9 +53,14 @@ pub struct Found<'a> {
 impl Found<'_> {
     /// Opens the file for reading and checks, with `fstat` of what was opened, that it is the
     /// regular file the walk listed (same device and inode). The returned `Stat` is the one to
-    /// record. `Err` carries the reason to report when the entry must be skipped.
-    pub fn open(&self) -> Result<(File, Stat), String> {
-        let file = fd::open_file_at(self.parent, self.name).map_err(|e| format!("cannot open: {e}"))?;
+    /// record. `Ok(None)`: it vanished (a temp or lock file, not state). `Err` carries the reason
+    /// to report when the entry must be skipped.
+    pub fn open(&self) -> Result<Option<(File, Stat)>, String> {
+        let file = match fd::open_file_at(self.parent, self.name) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot open: {e}")),
+        };
         let stat = fd::stat_fd(&file).map_err(|e| format!("cannot stat what was opened: {e}"))?;
         if fd::file_type(&stat) != FileType::RegularFile {
             return Err("was replaced by something that is not a regular file while it was read".into());
@@ -63,7 +68,7 @@ impl Found<'_> {
         if (stat.st_dev, stat.st_ino) != (self.stat.st_dev, self.stat.st_ino) {
             return Err("was replaced by another file while it was read".into());
         }
-        Ok((file, stat))
+        Ok(Some((file, stat)))
     }
 
     /// The parent directory's descriptor and this entry's name in it.

@@ -275,10 +275,11 @@ fn drill_two_daemons_on_one_prefix_the_second_writer_is_refused() {
     assert!(stderr.contains("refusing to replace latest/"), "{stderr}");
     let latest: serde_json::Value =
         serde_json::from_slice(&t.s3.object("daemon", &t.world.key("latest/manifest.json"))).expect("latest");
+    // writer-id: the id, then the machine identity it belongs to.
     let first_writer = fs::read_to_string(t.world.work.join("writer-id")).expect("writer id");
     assert_eq!(
         latest["host"]["writer"],
-        serde_json::json!(first_writer.trim()),
+        serde_json::json!(first_writer.lines().next().unwrap_or_default().trim()),
         "latest/ is the first writer's"
     );
     assert_latest_complete(&t.s3, &t.world);

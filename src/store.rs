@@ -704,43 +704,6 @@ fn percent_encode_key(key: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_source_is_percent_encoded() {
-        assert_eq!(
-            percent_encode_key("lab/snapshots/2026-02-27-14-00/state.tar.zst"),
-            "lab/snapshots/2026-02-27-14-00/state.tar.zst"
-        );
-        assert_eq!(percent_encode_key("my lab/ü+x"), "my%20lab/%C3%BC%2Bx");
-    }
-
-    #[test]
-    fn only_network_and_server_faults_are_transient() {
-        let unreachable = StoreError::Unreachable {
-            op: "get",
-            bucket: "b".into(),
-            key: "k".into(),
-            message: "connection refused".into(),
-        };
-        assert!(is_transient(&unreachable));
-        let denied = StoreError::AccessDenied {
-            op: "get",
-            bucket: "b".into(),
-            key: "k".into(),
-            message: "denied".into(),
-        };
-        assert!(!is_transient(&denied));
-        assert!(!is_transient(&StoreError::NoSuchBucket {
-            op: "list",
-            bucket: "b".into(),
-            key: "".into()
-        }));
-    }
-}
-
 /// Bytes sent per frame of an uploaded part; each frame marks progress for the watchdog.
 const PROGRESS_FRAME: usize = 64 * 1024;
 
@@ -780,5 +743,42 @@ impl http_body::Body for FramedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.bytes.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_is_percent_encoded() {
+        assert_eq!(
+            percent_encode_key("lab/snapshots/2026-02-27-14-00/state.tar.zst"),
+            "lab/snapshots/2026-02-27-14-00/state.tar.zst"
+        );
+        assert_eq!(percent_encode_key("my lab/ü+x"), "my%20lab/%C3%BC%2Bx");
+    }
+
+    #[test]
+    fn only_network_and_server_faults_are_transient() {
+        let unreachable = StoreError::Unreachable {
+            op: "get",
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "connection refused".into(),
+        };
+        assert!(is_transient(&unreachable));
+        let denied = StoreError::AccessDenied {
+            op: "get",
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "denied".into(),
+        };
+        assert!(!is_transient(&denied));
+        assert!(!is_transient(&StoreError::NoSuchBucket {
+            op: "list",
+            bucket: "b".into(),
+            key: "".into()
+        }));
     }
 }

@@ -9,6 +9,8 @@
 #   pulumi/test.sh              the Pulumi program under Pulumi's mocks
 #   testing/sandbox-check.sh    the binary's snapshot, restore and `run` inside an emulation of the
 #                               unit's sandbox (mounts, capabilities, system call filter)
+#   testing/systemd-check.sh    the unit under a real systemd as PID 1 (systemd-nspawn): READY,
+#                               journal fields, restart after SIGKILL, watchdog, stop, config error
 # Runs as root on a fresh Debian 12 machine: installs systemd and cloud-init with apt-get when
 # missing. Env: SPOTKEEPER_BIN (default target/debug/spotkeeper; when it is set it must exist,
 # when the default is absent the checks that need a binary say "skip"). Exit 0 only when every
@@ -166,8 +168,9 @@ run_suite cloud-init/test.sh "$repo/cloud-init/test.sh"
 run_suite pulumi/test.sh "$repo/pulumi/test.sh"
 if [[ $have_bin == yes ]]; then
   run_suite testing/sandbox-check.sh "$repo/testing/sandbox-check.sh"
+  run_suite testing/systemd-check.sh "$repo/testing/systemd-check.sh"
 else
-  echo "skip   testing/sandbox-check.sh: no binary at $bin (set SPOTKEEPER_BIN)"
+  echo "skip   testing/sandbox-check.sh, testing/systemd-check.sh: no binary at $bin (set SPOTKEEPER_BIN)"
 fi
 
 echo "deployment-checks: $passed passed, $failed failed"

@@ -40,7 +40,12 @@ fn init_logging() {
         && let Ok(journald) = tracing_journald::layer()
     {
         registry
-            .with(journald.with_syslog_identifier("spotkeeper".into()))
+            // Fields under their own names (`SNAPSHOT_ID=…`), not the default `F_SNAPSHOT_ID`.
+            .with(
+                journald
+                    .with_syslog_identifier("spotkeeper".into())
+                    .with_field_prefix(None),
+            )
             .init();
         return;
     }

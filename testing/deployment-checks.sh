@@ -81,11 +81,11 @@ fi
 
 # --- the unit against the binary --------------------------------------------------------------
 prevent="$(directive RestartPreventExitStatus)"
-config_code="$(sed -n 's/^pub const CONFIG: u8 = \([0-9]*\);/\1/p' "$repo/src/exit.rs")"
+config_code="$(sed -n 's/^ *Config = \([0-9]*\),.*/\1/p' "$repo/src/exit.rs")"
 if [[ -n "$config_code" && "$prevent" == "$config_code" ]]; then
-  ok "RestartPreventExitStatus=$prevent is exit::CONFIG in src/exit.rs"
+  ok "RestartPreventExitStatus=$prevent is Exit::Config in src/exit.rs"
 else
-  bad "RestartPreventExitStatus=$prevent, but src/exit.rs has CONFIG = ${config_code:-?}"
+  bad "RestartPreventExitStatus=$prevent, but src/exit.rs has Config = ${config_code:-?}"
 fi
 if [[ $have_bin == yes ]]; then
   printf '[s3]\nbucket = "b-1"\nbukket = "typo"\n' >"$work/bad.toml"

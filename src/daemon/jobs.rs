@@ -203,21 +203,7 @@ impl Daemon {
         if stopped {
             // The copy is consistent whether or not the start works; a failed start is the
             // supervisor's business (backoff), not a reason to lose the snapshot.
-            let at = Utc::now();
-            match self.container.start().await {
-                Ok(()) => self.supervision.started(at),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the container again after the snapshot copy");
-                    self.supervision.stop_abandoned();
-                    let observed = if e.is_missing() {
-                        Observed::Missing { at: Utc::now() }
-                    } else {
-                        Observed::StartFailed
-                    };
-                    let decision = self.supervision.observe(observed, Utc::now());
-                    self.carry_out(decision, "start after a snapshot copy failed").await;
-                }
-            }
+            self.start_container("after a snapshot copy").await;
         }
         let stats = synced?;
         tracing::debug!(?stats, freeze_ms = freeze.as_millis() as u64, "mirror synced");

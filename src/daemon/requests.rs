@@ -55,7 +55,7 @@ impl Daemon {
             Ok(outcome) => outcome,
             Err(e) => {
                 // Without a safety copy the restore would risk the only copy of recent changes.
-                self.start_after_planned_stop().await;
+                self.start_container("after a refused manual restore").await;
                 return Err(e);
             }
         };
@@ -65,7 +65,7 @@ impl Daemon {
             s.container.crash_loop = false;
             s.phase = "running".into();
         });
-        self.start_after_planned_stop().await;
+        self.start_container("after a manual restore").await;
         let report = restored?;
         self.prune_displaced();
         self.say(&format!("running; restored {}", report.id));
@@ -73,29 +73,6 @@ impl Daemon {
             restored: report,
             safety_snapshot: safety,
         })
-    }
-
-    /// Starts the container after a stop of ours; a failure goes to the supervisor (backoff),
-    /// a missing container is recreated.
-    pub(super) async fn start_after_planned_stop(&mut self) {
-        let at = Utc::now();
-        match self.container.start().await {
-            Ok(()) => {
-                self.supervision.started(at);
-                self.update(|s| s.container.state = "running".into());
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the container again");
-                self.supervision.stop_abandoned();
-                let observed = if e.is_missing() {
-                    Observed::Missing { at: Utc::now() }
-                } else {
-                    Observed::StartFailed
-                };
-                let decision = self.supervision.observe(observed, Utc::now());
-                self.carry_out(decision, "start after a planned stop failed").await;
-            }
-        }
     }
 
     /// Stops the container for good and takes the final snapshot, whatever the engine answers:

@@ -217,22 +217,29 @@ impl Daemon {
         tracing::info!(container = %self.container.name, why, "starting the container again");
         self.update(|s| s.container.restarts += 1);
         self.metrics.record(names::CONTAINER_RESTARTS, 1.0, Unit::Count);
-        let started = Utc::now();
+        self.start_container(why).await;
+    }
+
+    /// Starts the container (after a stop of ours, or a backoff) and tells the policy: a death
+    /// from before this start is then stale. A failure goes to the policy too (backoff); a
+    /// container that is gone is recreated.
+    pub(super) async fn start_container(&mut self, why: &str) {
+        let at = Utc::now();
         match self.container.start().await {
             Ok(()) => {
-                self.supervision.started(started);
+                self.supervision.started(at);
                 self.update(|s| s.container.state = "running".into());
             }
-            Err(e) if e.is_missing() => {
-                let decision = self
-                    .supervision
-                    .observe(Observed::Missing { at: Utc::now() }, Utc::now());
-                self.carry_out(decision, "the container was removed").await;
-            }
             Err(e) => {
-                tracing::warn!(error = %e, "restart failed");
-                let decision = self.supervision.observe(Observed::StartFailed, Utc::now());
-                self.carry_out(decision, "restart failed").await;
+                tracing::error!(container = %self.container.name, why, error = %e, "cannot start the container");
+                self.supervision.stop_abandoned();
+                let observed = if e.is_missing() {
+                    Observed::Missing { at: Utc::now() }
+                } else {
+                    Observed::StartFailed
+                };
+                let decision = self.supervision.observe(observed, Utc::now());
+                self.carry_out(decision, why).await;
             }
         }
     }

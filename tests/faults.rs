@@ -288,3 +288,32 @@ fn displaced_copies_are_pruned_to_the_newest_two() {
     let kept: Vec<_> = fs::read_dir(&root).expect("displaced root").flatten().collect();
     assert_eq!(kept.len(), 2, "{kept:?}");
 }
+
+/// Item 2, the last resort: Docker refuses both stop and kill. The container is frozen for the
+/// final snapshot, which holds the last write, and thawed before the daemon exits.
+#[test]
+fn sigterm_when_docker_refuses_stop_and_kill_freezes_for_the_final_snapshot_then_thaws() {
+    if !docker_available() {
+        return;
+    }
+    let (t, proxy) = faulty("nokill", "");
+    let mut daemon = Daemon::start(&t.world);
+    running(&t.world, &daemon);
+    write(&t.world.state.join("marker.txt"), b"frozen-final", 0o644);
+    proxy.fail("POST", &format!("/containers/{}/stop", t.container), 100);
+    proxy.fail("POST", &format!("/containers/{}/kill", t.container), 100);
+    let exit = daemon.stop();
+    assert!(exit.success(), "exit {exit:?}; log:\n{}", daemon.log());
+    assert!(
+        daemon.log().contains("freezing the container for the final snapshot"),
+        "log:\n{}",
+        daemon.log()
+    );
+    assert!(proxy.failed("POST", "/kill") >= 1);
+    assert_eq!(latest_file(&t.world, "marker.txt"), b"frozen-final");
+    assert!(
+        container_running(&t.container),
+        "the container must be left running and thawed, not frozen"
+    );
+    remove_container(&t.container);
+}

@@ -374,7 +374,7 @@ impl Daemon {
                 next_gauges = now + chrono::TimeDelta::seconds(60);
             }
             if self.stuck_frozen {
-                self.thaw_stuck().await;
+                self.thaw().await;
             }
             if self.supervision.state() == policy::Supervised::Finishing {
                 // The instance is going away: no more scheduled work; wait for the end.

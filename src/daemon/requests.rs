@@ -174,6 +174,11 @@ impl Daemon {
             result = self.final_snapshot("final", stop_timeout) => result,
             _ = aborted => Err(DaemonError::Aborted),
         };
+        if result.is_err() {
+            // Aborted (or failed) while the container may be frozen for the final copy: it must
+            // not stay frozen after spotkeeper exits.
+            self.thaw().await;
+        }
         self.metrics.flush(Duration::from_secs(5)).await;
         self.remove_env_file();
         match result {

@@ -244,7 +244,7 @@ impl Daemon {
         }
     }
 
-    /// Thaws the container until the engine says it is thawed. A failure is loud: an error in
+    /// Makes sure the container is not frozen (`runtime::thaw`). A failure is loud: an error in
     /// `status`, the ContainerFrozen metric, and a retry every few seconds from the main loop.
     pub(super) async fn thaw(&mut self) -> bool {
         let result = runtime::thaw(&self.container, THAW_ATTEMPTS).await;
@@ -275,22 +275,6 @@ impl Daemon {
                 self.stuck_frozen = true;
                 false
             }
-        }
-    }
-
-    /// Called from the main loop while a thaw has failed.
-    pub(super) async fn thaw_stuck(&mut self) {
-        match self.container.state().await {
-            Ok(RunState::Paused) => {
-                self.thaw().await;
-            }
-            Ok(_) => {
-                // Thawed by someone else (or gone): no longer stuck.
-                self.stuck_frozen = false;
-                self.metrics.record(names::CONTAINER_FROZEN, 0.0, Unit::Count);
-                self.update(|s| s.container.frozen_error = None);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot inspect the frozen container"),
         }
     }
 }

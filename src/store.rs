@@ -136,6 +136,9 @@ pub struct Store {
     bucket: String,
     prefix: String,
     requests: RequestCounter,
+    /// The longest one request can take with its retries (`[s3] timeout` per attempt): while
+    /// within it, a slow request counts as progress for the watchdog.
+    request_bound: Duration,
 }
 
 impl Store {
@@ -170,6 +173,7 @@ impl Store {
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
             requests,
+            request_bound: (config.timeout + CONNECT_TIMEOUT) * MAX_ATTEMPTS,
         }
     }
 
@@ -337,7 +341,7 @@ impl Store {
             PutCondition::Absent => request.if_none_match("*"),
             PutCondition::Matches(etag) => request.if_match(etag),
         };
-        match request.send().await {
+        match crate::systemd::alive_while(self.request_bound, request.send()).await {
             Ok(output) => Ok(output.e_tag),
             Err(err) => Err(self.error("put", relative, err)),
         }
@@ -383,14 +387,16 @@ impl Store {
         match result {
             Ok(parts) => {
                 let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
-                self.client
+                let request = self
+                    .client
                     .complete_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&key)
                     .upload_id(&upload_id)
                     .multipart_upload(completed)
                     .if_none_match("*")
-                    .send()
+                    .send();
+                crate::systemd::alive_while(self.request_bound, request)
                     .await
                     .map_err(|e| self.error("complete multipart upload of", relative, e))?;
                 Ok(())
@@ -487,13 +493,12 @@ impl Store {
                 .key(self.full_key(relative))
                 .upload_id(upload_id)
                 .part_number(next_part)
-                .body(progress_body(body));
+                .body(ByteStream::from(body));
             let store = self.clone();
             let part_number = next_part;
             let relative = relative.to_string();
             in_flight.spawn(async move {
-                let output = request
-                    .send()
+                let output = crate::systemd::alive_while(store.request_bound, request.send())
                     .await
                     .map_err(|e| store.error("upload part of", &relative, e))?;
                 Ok(CompletedPart::builder()
@@ -533,12 +538,15 @@ impl Store {
     /// Server-side copy within the bucket (objects up to 5 GiB).
     pub async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
         let source = format!("{}/{}", self.bucket, percent_encode_key(&self.full_key(from)));
-        self.client
+        let request = self
+            .client
             .copy_object()
             .bucket(&self.bucket)
             .key(self.full_key(to))
             .copy_source(source)
-            .send()
+            .send();
+        // A server-side copy of a large archive takes a while without a byte of progress here.
+        crate::systemd::alive_while(self.request_bound, request)
             .await
             .map_err(|e| self.error("copy to", to, e))?;
         Ok(())
@@ -702,48 +710,6 @@ fn percent_encode_key(key: &str) -> String {
         }
     }
     out
-}
-
-/// Bytes sent per frame of an uploaded part; each frame marks progress for the watchdog.
-const PROGRESS_FRAME: usize = 64 * 1024;
-
-/// A request body that hands its bytes to the connection a frame at a time, marking progress
-/// (`systemd::progress`) as each is taken: a part that trickles to a slow S3 is alive, one that
-/// stalls is not. Retryable: the SDK's retries start again from the first frame.
-fn progress_body(bytes: Bytes) -> ByteStream {
-    ByteStream::new(aws_smithy_types::body::SdkBody::retryable(move || {
-        aws_smithy_types::body::SdkBody::from_body_1_x(FramedBody { bytes: bytes.clone() })
-    }))
-}
-
-struct FramedBody {
-    bytes: Bytes,
-}
-
-impl http_body::Body for FramedBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if self.bytes.is_empty() {
-            return std::task::Poll::Ready(None);
-        }
-        let take = self.bytes.len().min(PROGRESS_FRAME);
-        let frame = self.bytes.split_to(take);
-        crate::systemd::progress();
-        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.bytes.len() as u64)
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //!
 //! The watchdog: a task pings WATCHDOG=1 every half `WATCHDOG_USEC`, but only while something
 //! showed progress within that half: the main loop each time round, and long steps as they go
-//! (parts uploaded, chunks downloaded, files copied or restored) through `progress()`. A long
+//! (entries walked, chunks packed or downloaded) through `progress()`, and calls bounded by their
+//! own timeouts (S3 requests, a container's stop) through `alive_while`. A long
 //! snapshot that moves is never killed; a daemon stuck anywhere stops the pings and systemd kills
 //! it within about twice `WatchdogSec`.
 
@@ -77,6 +78,29 @@ pub fn progress() {
     LAST_PROGRESS_MS.fetch_max(ms, Ordering::Relaxed);
 }
 
+/// Runs `work`, a call bounded by its own timeouts, marking progress every second while it runs
+/// and for at most `bound`: a slow but live request (a part trickling to a slow S3, a container
+/// taking its grace period to stop) is not a hang. Past `bound` it marks nothing, so a call that
+/// hangs beyond its own limits still stops the pings.
+pub async fn alive_while<F: std::future::Future>(bound: Duration, work: F) -> F::Output {
+    marking_while(bound, Duration::from_secs(1), progress, work).await
+}
+
+/// `alive_while` with the tick and the mark as arguments (for tests).
+async fn marking_while<F: std::future::Future>(bound: Duration, tick: Duration, mark: impl Fn(), work: F) -> F::Output {
+    let deadline = Instant::now() + bound;
+    let mut work = std::pin::pin!(work);
+    loop {
+        if Instant::now() < deadline {
+            mark();
+        }
+        tokio::select! {
+            output = &mut work => return output,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
 /// How long ago progress was last marked.
 pub fn since_progress() -> Duration {
     let now = epoch().elapsed();
@@ -137,6 +161,27 @@ pub fn stderr_is_journal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_bounded_call_marks_progress_only_within_its_bound() {
+        use std::sync::atomic::AtomicU32;
+        let marks = AtomicU32::new(0);
+        let mark = || {
+            marks.fetch_add(1, Ordering::Relaxed);
+        };
+        // A call that outlives its bound: marked at the start and each tick within the bound
+        // (at most 5 ticks of 10 ms in 50 ms, fewer if the machine is slow), never after it.
+        let output = marking_while(
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+            mark,
+            tokio::time::sleep(Duration::from_millis(300)),
+        )
+        .await;
+        assert_eq!(output, ());
+        let counted = marks.load(Ordering::Relaxed);
+        assert!((1..=6).contains(&counted), "{counted} marks");
+    }
 
     #[test]
     fn progress_moves_the_mark_and_the_watchdog_judges_by_it() {

@@ -97,6 +97,7 @@ impl Container {
         };
         let mut progress = self.docker.create_image(Some(options), None, credentials);
         while let Some(step) = progress.next().await {
+            crate::systemd::progress();
             step.map_err(|source| RuntimeError::Pull {
                 image: image.to_string(),
                 source,
@@ -212,7 +213,10 @@ impl ContainerRuntime for Container {
         let options = StopContainerOptionsBuilder::new().t(seconds).build();
         // The client's own timeout must outlast Docker's grace period.
         let docker = self.docker.clone().with_timeout(timeout + API_TIMEOUT);
-        match docker.stop_container(&self.name, Some(options)).await {
+        // Docker's grace period can be long: waiting it out is not a hang (the watchdog).
+        let stopped =
+            crate::systemd::alive_while(timeout + API_TIMEOUT, docker.stop_container(&self.name, Some(options)));
+        match stopped.await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 304 | 404, ..

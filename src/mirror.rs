@@ -128,20 +128,6 @@ pub fn index_path(mirror: &Path) -> PathBuf {
     mirror.with_file_name(name)
 }
 
-/// What the walk that filled the mirror at `mirror` skipped (from its index); empty when the
-/// directory is not a mirror. A snapshot of the mirror reports these as its own.
-pub fn skipped_of(mirror: &Path) -> Vec<Skipped> {
-    load_index(&index_path(mirror))
-        .map(|index| {
-            index
-                .skipped
-                .into_iter()
-                .map(|(path, reason)| Skipped { path, reason })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn load_index(path: &Path) -> Option<Index> {
     let file = File::open(path).ok()?;
     match manifest::read_json_capped::<Index>(file, &path.display().to_string()) {

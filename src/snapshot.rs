@@ -11,8 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::archive::{self, ArchiveError, Packed};
 use crate::exclude::Excludes;
-use crate::manifest::{ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, Owner};
-use crate::mirror;
+use crate::manifest::{ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, Owner, Skipped};
 use crate::repository::{self, LATEST_ARCHIVE, LATEST_MANIFEST, RepositoryError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::{PutCondition, Store, StoreError};
@@ -59,6 +58,9 @@ pub struct SnapshotRequest {
     /// Replace `latest/` even when the state does not descend from it.
     pub force: bool,
     pub now: DateTime<Utc>,
+    /// Entries skipped before packing (by the walk that filled the daemon's mirror): this
+    /// snapshot's too, listed in its manifest.
+    pub also_skipped: Vec<Skipped>,
 }
 
 /// What a snapshot did.
@@ -159,8 +161,7 @@ pub async fn take(store: &Store, request: SnapshotRequest) -> Result<SnapshotRep
     let archive_key = repository::archive_key(&id);
 
     let (mut packed, archive_bytes, archive_sha256) = pack_and_upload(store, &request, &archive_key).await?;
-    // Packing the daemon's mirror: what the walk that filled it skipped is this snapshot's too.
-    packed.skipped.extend(mirror::skipped_of(&request.source));
+    packed.skipped.extend(request.also_skipped.iter().cloned());
     let manifest = Manifest {
         format: FORMAT_VERSION,
         id,

@@ -43,6 +43,7 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         base,
         force: args.force,
         now: Utc::now(),
+        also_skipped: Vec::new(),
     };
     let report = snapshot::take(store, request).await?;
     record::remember(

@@ -82,32 +82,58 @@ impl Daemon {
     /// frozen sync only copies what changed since: a new machine's first snapshot would otherwise
     /// freeze the container for a full copy. Files written during it are copied again frozen.
     pub(super) async fn warm_mirror(&mut self) {
-        let source = self.config.state.dir.clone();
-        let mirror_dir = self.config.state.work_dir.join(MIRROR_DIR);
-        let excludes = self.excludes.clone();
+        let mut mirror = match self.take_mirror() {
+            Ok(mirror) => mirror,
+            Err(e) => {
+                tracing::warn!(error = %e, "mirror warm-up failed; the first snapshot copies everything frozen");
+                return;
+            }
+        };
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
-            mirror::sync(
-                &source,
-                &mirror_dir,
-                &excludes,
-                &Arc::new(AtomicBool::new(false)),
-                Some(std::time::SystemTime::now()),
-            )
+            let stats = mirror.sync(&AtomicBool::new(false), Some(std::time::SystemTime::now()));
+            (mirror, stats)
         })
         .await;
         match result {
-            Ok(Ok(stats)) => tracing::info!(
-                copied = stats.copied,
-                copied_bytes = stats.copied_bytes,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "mirror warmed up"
-            ),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "mirror warm-up failed; the first snapshot copies everything frozen")
+            Ok((mirror, stats)) => {
+                self.return_mirror(mirror);
+                match stats {
+                    Ok(stats) => tracing::info!(
+                        copied = stats.copied,
+                        copied_bytes = stats.copied_bytes,
+                        duration_ms = started.elapsed().as_millis() as u64,
+                        "mirror warmed up"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mirror warm-up failed; the first snapshot copies everything frozen")
+                    }
+                }
             }
             Err(e) => tracing::warn!(error = %e, "mirror warm-up task failed"),
         }
+    }
+
+    /// The mirror, held across ticks so that its index is read once, not inside each freeze;
+    /// opened (index read from disk) when it is not held, at the first use or after a failure.
+    fn take_mirror(&mut self) -> Result<Mirror, MirrorError> {
+        match self.mirror.take() {
+            Some(mirror) => Ok(mirror),
+            None => Mirror::open(
+                &self.config.state.dir,
+                &self.config.state.work_dir.join(MIRROR_DIR),
+                &self.excludes,
+            ),
+        }
+    }
+
+    /// Holds the mirror again and writes its index (outside any freeze: a stale index only
+    /// makes the next sync copy more, so a failure to write it is logged, not fatal).
+    fn return_mirror(&mut self, mirror: Mirror) {
+        if let Err(e) = mirror.save() {
+            tracing::warn!(error = %e, "cannot save the mirror index; the next start copies more");
+        }
+        self.mirror = Some(mirror);
     }
 
     /// Brings the mirror up to date, holding the container still as `hold` says. Returns the
@@ -135,9 +161,8 @@ impl Daemon {
                 state == RunState::Running
             }
         };
-        let source = self.config.state.dir.clone();
-        let mirror_dir = self.config.state.work_dir.join(MIRROR_DIR);
-        let excludes = self.excludes.clone();
+        // Opened (or taken) before the freeze: reading the index is no work for a frozen app.
+        let mut mirror = self.take_mirror()?;
         let cancel = Arc::new(AtomicBool::new(false));
         let cap = self.config.snapshot.freeze_cap;
         let started = Instant::now();
@@ -166,8 +191,10 @@ impl Daemon {
             }
         }
         let worker_cancel = Arc::clone(&cancel);
-        let mut worker =
-            tokio::task::spawn_blocking(move || mirror::sync(&source, &mirror_dir, &excludes, &worker_cancel, None));
+        let mut worker = tokio::task::spawn_blocking(move || {
+            let stats = mirror.sync(&worker_cancel, None);
+            (mirror, stats)
+        });
         let joined = tokio::select! {
             joined = &mut worker => Some(joined),
             _ = tokio::time::sleep(cap), if guard.is_some() => None,
@@ -178,28 +205,27 @@ impl Daemon {
             self.thaw().await;
         }
         let freeze = started.elapsed();
-        let synced = match joined {
-            Some(Ok(Ok(stats))) => {
-                if stats.changed() {
-                    self.pending_upload = true;
-                }
-                Ok(stats)
-            }
-            Some(Ok(Err(e))) => {
-                self.pending_upload = true;
-                Err(DaemonError::from(e))
-            }
-            Some(Err(e)) => {
-                self.pending_upload = true;
-                Err(DaemonError::Task(e.to_string()))
-            }
+        let joined = match joined {
+            Some(joined) => joined.map(|(mirror, stats)| (mirror, stats.map_err(DaemonError::from))),
             None => {
                 cancel.store(true, Ordering::Relaxed);
-                let _ = worker.await;
-                self.pending_upload = true;
-                Err(MirrorError::Cancelled.into())
+                worker
+                    .await
+                    .map(|(mirror, _)| (mirror, Err(MirrorError::Cancelled.into())))
             }
         };
+        let synced = match joined {
+            Ok((mirror, stats)) => {
+                self.return_mirror(mirror);
+                stats
+            }
+            // The mirror is lost with the task: the next sync opens it again from disk.
+            Err(e) => Err(DaemonError::Task(e.to_string())),
+        };
+        // Anything that may have changed the mirror makes an upload pending.
+        if synced.as_ref().map_or(true, |stats| stats.changed()) {
+            self.pending_upload = true;
+        }
         if stopped {
             // The copy is consistent whether or not the start works; a failed start is the
             // supervisor's business (backoff), not a reason to lose the snapshot.
@@ -219,6 +245,7 @@ impl Daemon {
             source: self.config.state.work_dir.join(MIRROR_DIR),
             excludes: self.excludes.clone(),
             compression_level: self.config.snapshot.compression_level,
+            also_skipped: self.mirror.as_ref().map(Mirror::skipped).unwrap_or_default(),
             host: Host {
                 hostname: self.hostname.clone(),
                 instance_id: self.instance_id.clone(),

@@ -32,7 +32,7 @@ use crate::exclude::Excludes;
 use crate::exit::{self, Exit};
 use crate::manifest::{Host, ImageInfo};
 use crate::metrics::{Metrics, Unit, names};
-use crate::mirror::{self, MirrorError, SyncStats};
+use crate::mirror::{Mirror, MirrorError, SyncStats};
 use crate::record::{self, RecordError};
 use crate::repository::{self, RepositoryError};
 use crate::restore::{self, RestoreError, RestoreRequest};
@@ -257,6 +257,8 @@ struct Daemon {
     secrets_client: Option<aws_sdk_ssm::Client>,
     secrets: Option<Secrets>,
     image: Option<ImageInfo>,
+    /// The mirror snapshots are packed from, with its index; `None` while a sync holds it.
+    mirror: Option<Mirror>,
     /// The pure supervisor: planned stops, backoff, crash loop, finishing.
     supervision: Supervision,
     /// The log driver the container is created with (the configured one, or the fallback).
@@ -299,6 +301,7 @@ impl Daemon {
             .map(|secrets| secrets::client(secrets, sdk_config));
         Ok(Daemon {
             repository: config.repository_url(),
+            mirror: None,
             supervision: Supervision::new(container_config.restart_limit, container_config.restart_window),
             log_driver: container_config.log_driver.clone(),
             config,

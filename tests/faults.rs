@@ -122,6 +122,20 @@ fn docker_faults_never_lose_a_change_nor_leave_the_app_frozen() {
     assert_eq!(out["outcome"], "uploaded", "the change stayed pending: {out}");
     assert_eq!(latest_file(&t.world, "marker.txt"), b"inspect");
 
+    // What the mirror's walk skipped (a FIFO is never opened) is listed by the daemon's snapshot.
+    let fifo = t.world.state.join("app.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let out = t.world.json(&["snapshot", "--json"]);
+    assert!(out["skipped"].as_u64() >= Some(1), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&t.s3.object(&t.world.bucket, &t.world.key("latest/manifest.json"))).expect("latest");
+    assert!(manifest["skipped"].to_string().contains("app.fifo"), "{manifest}");
+    fs::remove_file(&fifo).expect("remove fifo");
+
     // 3: unpause fails more often than one thaw retries.
     proxy.fail("POST", &format!("/containers/{}/unpause", t.container), 12);
     write(&t.world.state.join("marker.txt"), b"thaw", 0o644);

@@ -34,6 +34,8 @@ pub mod names {
     pub const LINEAGE_CONFLICT: &str = "LineageConflict";
     /// 1 while the container is stuck frozen (a thaw failed), 0 once it thawed.
     pub const CONTAINER_FROZEN: &str = "ContainerFrozen";
+    /// Entries of the state the last snapshot could not archive.
+    pub const SKIPPED_ENTRIES: &str = "SkippedEntries";
 }
 
 /// Units used here.

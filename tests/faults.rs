@@ -331,3 +331,43 @@ fn sigterm_when_docker_refuses_stop_and_kill_freezes_for_the_final_snapshot_then
     );
     remove_container(&t.container);
 }
+
+/// Issue 11's change tracking in the daemon: with nothing changed, a snapshot freezes nothing and
+/// uploads nothing; a change is copied and uploaded, frozen once.
+#[test]
+fn a_quiet_app_is_never_frozen_and_a_change_is_copied() {
+    if !docker_available() {
+        return;
+    }
+    let (t, proxy) = faulty("quiet", "");
+    // The fake app writes once at start, then not for an hour.
+    let config = fs::read_to_string(&t.world.config).expect("config");
+    fs::write(
+        &t.world.config,
+        config.replacen("WRITE_INTERVAL_MS = \"20\"", "WRITE_INTERVAL_MS = \"3600000\"", 1),
+    )
+    .expect("config");
+    let mut daemon = Daemon::start(&t.world);
+    running(&t.world, &daemon);
+    let first = t.world.json(&["snapshot", "--json"]);
+    assert_eq!(first["outcome"], "uploaded", "{first}");
+    let pauses = proxy.requests("POST", "/pause");
+    let before = snapshot_count(&t);
+    let quiet = t.world.json(&["snapshot", "--json"]);
+    assert_eq!(quiet["outcome"], "unchanged", "{quiet}\nlog:\n{}", daemon.log());
+    assert_eq!(quiet["freeze_ms"], 0, "{quiet}");
+    assert_eq!(
+        proxy.requests("POST", "/pause"),
+        pauses,
+        "nothing changed, nothing frozen"
+    );
+    assert_eq!(snapshot_count(&t), before);
+
+    write(&t.world.state.join("agents/new.jsonl"), b"{\"seq\":1}\n", 0o644);
+    let changed = t.world.json(&["snapshot", "--json"]);
+    assert_eq!(changed["outcome"], "uploaded", "{changed}");
+    assert_eq!(proxy.requests("POST", "/pause"), pauses + 1);
+    assert_eq!(latest_file(&t.world, "agents/new.jsonl"), b"{\"seq\":1}\n");
+    assert!(daemon.stop().success(), "log:\n{}", daemon.log());
+    remove_container(&t.container);
+}

@@ -55,6 +55,12 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), CommandError>
             human_bytes(s.archive_bytes)
         ),
     }
+    if let Some(s) = status.last_snapshot.as_ref().filter(|s| s.skipped > 0) {
+        println!(
+            "                {} entries could not be archived (listed in the manifest's skipped)",
+            s.skipped
+        );
+    }
     if let Some(since) = status.unchanged_since {
         println!("                unchanged since {since}");
     }

@@ -59,6 +59,12 @@ impl Daemon {
             .record(names::ARCHIVE_BYTES, report.archive_bytes as f64, Unit::Bytes);
         self.metrics
             .record(names::FREEZE_WINDOW, freeze_ms as f64, Unit::Milliseconds);
+        self.metrics
+            .record(names::SKIPPED_ENTRIES, report.skipped.len() as f64, Unit::Count);
+        if !report.skipped.is_empty() {
+            tracing::warn!(snapshot_id = %report.id, skipped = report.skipped.len(),
+                "entries of the state could not be archived; they are listed in the snapshot's manifest");
+        }
         tracing::info!(snapshot_id = %report.id, reason, files = report.files, archive_bytes = report.archive_bytes,
             duration_ms = report.duration_ms, freeze_ms, requests = report.requests, "snapshot complete");
         self.notifier.status(&format!("running; last snapshot {}", report.id));
@@ -71,6 +77,7 @@ impl Daemon {
                 archive_bytes: report.archive_bytes,
                 files: report.files,
                 requests: report.requests,
+                skipped: report.skipped.len(),
             });
             s.unchanged_since = None;
             s.last_error = None;
@@ -114,6 +121,20 @@ impl Daemon {
         }
     }
 
+    /// Watches the state directory for changes (inotify), so a sync copies only what changed
+    /// and a tick with nothing changed freezes nothing. Started again after a restore swapped
+    /// the directory. Without it (no inotify, a watch limit), every sync walks everything.
+    pub(super) fn start_tracker(&mut self) {
+        self.tracker = None;
+        match ChangeTracker::start(&self.config.state.dir, &self.excludes) {
+            Ok(tracker) => {
+                tracing::info!(watched = tracker.watched(), "watching the state directory for changes");
+                self.tracker = Some(tracker);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the state directory; every snapshot walks all of it"),
+        }
+    }
+
     /// The mirror, held across ticks so that its index is read once, not inside each freeze;
     /// opened (index read from disk) when it is not held, at the first use or after a failure.
     fn take_mirror(&mut self) -> Result<Mirror, MirrorError> {
@@ -140,6 +161,12 @@ impl Daemon {
     /// sync stats and how long the container was held. Marks the upload pending as soon as the
     /// mirror may have changed, before anything else can fail.
     pub(super) async fn sync_mirror(&mut self, hold: Hold) -> Result<(SyncStats, Duration), DaemonError> {
+        // The change tracker saw nothing since the last sync: nothing is frozen, nothing copied.
+        if let Some(tracker) = &self.tracker
+            && !tracker.has_changes()
+        {
+            return Ok((SyncStats::default(), Duration::ZERO));
+        }
         let consistency = self.container_config.consistency;
         let running = match hold {
             Hold::AlreadyQuiet => false,
@@ -190,9 +217,18 @@ impl Daemon {
                 Consistency::None => {}
             }
         }
+        // Taken while the app is held still: every change made before the freeze is in it.
+        let changes = self.tracker.as_ref().map(ChangeTracker::take);
         let worker_cancel = Arc::clone(&cancel);
         let mut worker = tokio::task::spawn_blocking(move || {
-            let stats = mirror.sync(&worker_cancel, None);
+            let stats = match changes {
+                Some(Changes::Paths(set)) => mirror.sync_changes(&set, &worker_cancel),
+                Some(Changes::FullWalk { reason }) => {
+                    tracing::info!(reason, "walking the whole state");
+                    mirror.sync(&worker_cancel, None)
+                }
+                None => mirror.sync(&worker_cancel, None),
+            };
             (mirror, stats)
         });
         let joined = tokio::select! {
@@ -225,6 +261,13 @@ impl Daemon {
         // Anything that may have changed the mirror makes an upload pending.
         if synced.as_ref().map_or(true, |stats| stats.changed()) {
             self.pending_upload = true;
+        }
+        // The changes taken for a sync that did not complete are no longer in the tracker:
+        // only a full walk is sure to copy them.
+        if synced.is_err()
+            && let Some(tracker) = &self.tracker
+        {
+            tracker.request_full_walk("the previous sync did not complete");
         }
         if stopped {
             // The copy is consistent whether or not the start works; a failed start is the
@@ -268,6 +311,10 @@ impl Daemon {
     }
 
     pub(super) async fn prune_tick(&mut self) {
+        // Daily: what inotify cannot see (writes through mmap) is caught by a full walk.
+        if let Some(tracker) = &self.tracker {
+            tracker.request_full_walk("the daily full walk");
+        }
         let result = prune::prune(&self.store, &self.config.retention, Utc::now(), false).await;
         let status = match result {
             Ok(outcomes) => {

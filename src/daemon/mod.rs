@@ -43,6 +43,7 @@ use crate::snapshot_id::SnapshotId;
 use crate::spot::{InstanceAction, Rebalance, SpotWatcher};
 use crate::store::{self, Store};
 use crate::systemd::{self, Notifier};
+use crate::walk::{ChangeTracker, Changes};
 use crate::{drill, prune, schedule};
 use policy::{Decision, Observed, Supervision};
 
@@ -172,6 +173,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
     }
     daemon.spawn_watchers(events_tx.clone());
     daemon.prune_displaced();
+    daemon.start_tracker();
     daemon.warm_mirror().await;
     let result = daemon.main_loop(&mut events).await;
     let _ = std::fs::remove_file(&daemon.config.daemon.socket);
@@ -259,6 +261,8 @@ struct Daemon {
     image: Option<ImageInfo>,
     /// The mirror snapshots are packed from, with its index; `None` while a sync holds it.
     mirror: Option<Mirror>,
+    /// What changed in the state directory since the last sync (inotify).
+    tracker: Option<ChangeTracker>,
     /// The pure supervisor: planned stops, backoff, crash loop, finishing.
     supervision: Supervision,
     /// The log driver the container is created with (the configured one, or the fallback).
@@ -302,6 +306,7 @@ impl Daemon {
         Ok(Daemon {
             repository: config.repository_url(),
             mirror: None,
+            tracker: None,
             supervision: Supervision::new(container_config.restart_limit, container_config.restart_window),
             log_driver: container_config.log_driver.clone(),
             config,

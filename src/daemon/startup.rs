@@ -298,8 +298,12 @@ impl Daemon {
         self.metrics
             .record(names::RESTORE_DURATION, report.duration_ms as f64, Unit::Milliseconds);
         self.last_snapshot_id = report.latest.or(Some(report.id));
-        // The mirror no longer matches the state.
+        // The mirror no longer matches the state, and a tracker watches the directory that was
+        // moved aside.
         self.pending_upload = true;
+        if self.tracker.is_some() {
+            self.start_tracker();
+        }
         Ok(report)
     }
 

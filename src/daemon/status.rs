@@ -61,6 +61,9 @@ pub struct SnapshotStatus {
     pub archive_bytes: u64,
     pub files: u64,
     pub requests: u64,
+    /// Entries of the state that could not be archived (listed in the manifest).
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

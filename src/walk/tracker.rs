@@ -156,6 +156,14 @@ impl ChangeTracker {
         }
     }
 
+    /// Whether the next `take` would report anything (draining the kernel queue first), without
+    /// taking it: the daemon freezes the app only when there is something to copy.
+    pub fn has_changes(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        inner.drain();
+        inner.full_walk.is_some() || !inner.changes.is_empty()
+    }
+
     /// Asks for a full walk at the next `take` (for example the daily one), with `reason`.
     pub fn request_full_walk(&self, reason: &str) {
         let mut inner = lock(&self.inner);
@@ -408,15 +416,19 @@ mod tests {
         fs::write(root.join("agents/a1/s.jsonl"), "1\n").expect("write");
         fs::write(root.join("other"), "x").expect("write");
         let tracker = ChangeTracker::start(root, &excludes(root)).expect("start");
+        assert!(tracker.has_changes(), "nothing is known before the first walk");
         assert!(
             matches!(tracker.take(), Changes::FullWalk { .. }),
             "the first take walks everything"
         );
         assert_eq!(tracker.watched(), 3);
+        assert!(!tracker.has_changes());
         assert!(paths(tracker.take()).is_empty());
 
-        fs::write(root.join("agents/a1/s.jsonl"), "1\n2\n").expect("append");
         fs::write(root.join("x.lock"), "").expect("excluded");
+        assert!(!tracker.has_changes(), "an excluded file is no change");
+        fs::write(root.join("agents/a1/s.jsonl"), "1\n2\n").expect("append");
+        assert!(tracker.has_changes() && tracker.has_changes(), "looking takes nothing");
         let set = paths(tracker.take());
         assert_eq!(set.paths, BTreeSet::from(["agents/a1/s.jsonl".to_string()]), "{set:?}");
 

@@ -991,7 +991,10 @@ pub struct DockerProxy {
     pub path: PathBuf,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     faults: std::sync::Arc<std::sync::Mutex<Vec<DockerFault>>>,
+    /// Request lines answered with an injected error.
     served: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every request line seen.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl DockerProxy {
@@ -1002,20 +1005,23 @@ impl DockerProxy {
         let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let faults = std::sync::Arc::new(std::sync::Mutex::new(Vec::<DockerFault>::new()));
         let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (g, f, s) = (
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (g, f, s, a) = (
             std::sync::Arc::clone(&generation),
             std::sync::Arc::clone(&faults),
             std::sync::Arc::clone(&served),
+            std::sync::Arc::clone(&seen),
         );
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let born = g.load(std::sync::atomic::Ordering::SeqCst);
-                let (g, f, s) = (
+                let (g, f, s, a) = (
                     std::sync::Arc::clone(&g),
                     std::sync::Arc::clone(&f),
                     std::sync::Arc::clone(&s),
+                    std::sync::Arc::clone(&a),
                 );
-                std::thread::spawn(move || docker_connection(client, born, &g, &f, &s));
+                std::thread::spawn(move || docker_connection(client, born, &g, &f, &s, &a));
             }
         });
         DockerProxy {
@@ -1023,6 +1029,7 @@ impl DockerProxy {
             generation,
             faults,
             served,
+            seen,
         }
     }
 
@@ -1053,14 +1060,23 @@ impl DockerProxy {
 
     /// How many injected errors were served for requests matching `method` and `path`.
     pub fn failed(&self, method: &str, path: &str) -> usize {
-        let wanted = format!("{method} ");
-        self.served
-            .lock()
-            .expect("served")
-            .iter()
-            .filter(|line| line.starts_with(&wanted) && line.contains(path))
-            .count()
+        count_requests(&self.served, method, path)
     }
+
+    /// How many requests matching `method` and `path` the proxy saw, failed or passed on.
+    pub fn requests(&self, method: &str, path: &str) -> usize {
+        count_requests(&self.seen, method, path)
+    }
+}
+
+fn count_requests(lines: &std::sync::Mutex<Vec<String>>, method: &str, path: &str) -> usize {
+    let wanted = format!("{method} ");
+    lines
+        .lock()
+        .expect("request log")
+        .iter()
+        .filter(|line| line.starts_with(&wanted) && line.contains(path))
+        .count()
 }
 
 fn docker_connection(
@@ -1069,6 +1085,7 @@ fn docker_connection(
     generation: &std::sync::atomic::AtomicU64,
     faults: &std::sync::Mutex<Vec<DockerFault>>,
     served: &std::sync::Mutex<Vec<String>>,
+    seen: &std::sync::Mutex<Vec<String>>,
 ) {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
@@ -1085,6 +1102,7 @@ fn docker_connection(
     let request_line = text.lines().next().unwrap_or_default().to_string();
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    seen.lock().expect("seen").push(request_line.clone());
     let injected = {
         let mut faults = faults.lock().expect("faults");
         faults

@@ -128,22 +128,23 @@ pub trait ContainerRuntime: Clone + Send + Sync + 'static {
     fn events(&self, since: DateTime<Utc>) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>>;
 }
 
-/// Makes sure the container is not frozen: looks first (a container that is not paused needs
-/// nothing), then unpauses until the engine reports it no longer paused: `attempts` tries,
-/// backing off from 100 ms to 2 s. A container that stays frozen is an error the caller reports.
+/// Makes sure the container is not frozen: unpauses, then checks that the engine no longer
+/// reports it paused (after our own freeze this ends the freeze with the first call); an unpause
+/// refused because there is nothing to thaw (stopped, gone) is fine once the engine confirms it.
+/// `attempts` tries, backing off from 100 ms to 2 s. A container that stays frozen is an error the
+/// caller reports.
 pub async fn thaw<R: ContainerRuntime>(runtime: &R, attempts: u32) -> Result<(), RuntimeError> {
     let mut delay = Duration::from_millis(100);
     let mut last = String::from("no attempt made");
     for attempt in 1..=attempts.max(1) {
+        let unpaused = runtime.unpause().await;
         match runtime.state().await {
-            Ok(RunState::Paused) => match runtime.unpause().await {
-                Ok(()) => match runtime.state().await {
-                    Ok(RunState::Paused) => last = "the engine still reports it paused".into(),
-                    Ok(_) => return Ok(()),
-                    Err(e) => last = e.to_string(),
-                },
-                Err(e) => last = e.to_string(),
-            },
+            Ok(RunState::Paused) => {
+                last = match unpaused {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "the engine still reports it paused".into(),
+                }
+            }
             Ok(_) => return Ok(()),
             Err(e) => last = e.to_string(),
         }

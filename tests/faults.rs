@@ -84,7 +84,13 @@ fn stop_consistency_failed_start_loses_nothing_and_planned_stops_are_not_crashes
     proxy.fail("POST", &format!("/containers/{}/start", t.container), 1);
     let out = t.world.json(&["snapshot", "--json"]);
     assert_eq!(out["outcome"], "uploaded", "{out}\nlog:\n{}", daemon.log());
-    assert_eq!(proxy.failed("POST", "/start"), 1);
+    assert_eq!(
+        proxy.failed("POST", "/start"),
+        1,
+        "the snapshot did not stop and start the container: {out}\nrequests: {:?}\nlog:\n{}",
+        proxy.seen(),
+        daemon.log()
+    );
     assert_eq!(latest_file(&t.world, "marker.txt"), b"v2");
     // The supervisor starts it again after its backoff.
     assert!(
@@ -95,6 +101,51 @@ fn stop_consistency_failed_start_loses_nothing_and_planned_stops_are_not_crashes
     write(&t.world.state.join("marker.txt"), b"v3", 0o644);
     assert!(daemon.stop().success(), "log:\n{}", daemon.log());
     assert_eq!(latest_file(&t.world, "marker.txt"), b"v3", "final snapshot");
+}
+
+/// A slow boot after a stop-consistency snapshot is not a failed health check: with probes
+/// every second and an app that answers only after 6 s, the daemon used to count three
+/// failures, stop the booting app and restart it, every snapshot.
+#[test]
+fn a_slow_boot_after_a_stop_snapshot_is_not_a_failed_health_check() {
+    if !docker_available() {
+        return;
+    }
+    let (t, _proxy) = faulty("slowboot", "consistency = \"stop\"");
+    let config = fs::read_to_string(&t.world.config).expect("config");
+    let config = config.replacen(
+        "[container.environment]\n",
+        "[container.environment]\nBOOT_MS = \"6000\"\n",
+        1,
+    );
+    fs::write(&t.world.config, config).expect("config");
+    let mut daemon = Daemon::start(&t.world);
+    running(&t.world, &daemon);
+    write(&t.world.state.join("marker.txt"), b"slow", 0o644);
+    let out = t.world.json(&["snapshot", "--json"]);
+    assert_eq!(out["outcome"], "uploaded", "{out}\nlog:\n{}", daemon.log());
+    // The app answers again once its boot is over; by then three probes have failed.
+    assert!(
+        wait_for(Duration::from_secs(90), || common::http_get(t.port, "/healthz")
+            .is_some()),
+        "the app never answered again; log:\n{}",
+        daemon.log()
+    );
+    let s = status(&t.world).expect("status");
+    assert_eq!(
+        s["container"]["restarts"],
+        0,
+        "a booting app was restarted: {s}\nlog:\n{}",
+        daemon.log()
+    );
+    assert_eq!(s["phase"], "running", "{s}");
+    assert_eq!(
+        common::count(&daemon.log(), "health check failed"),
+        0,
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.stop().success(), "log:\n{}", daemon.log());
 }
 
 /// Items 9, 3, 8 and 2, in one daemon's life: an inspect error fails the snapshot instead of

@@ -208,8 +208,10 @@ impl Daemon {
                 }
                 Consistency::Stop => {
                     self.supervision.stopping_on_purpose();
+                    self.health.hold();
                     if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
                         self.supervision.stop_abandoned();
+                        self.health.release();
                         return Err(e.into());
                     }
                     stopped = true;
@@ -273,6 +275,7 @@ impl Daemon {
             // The copy is consistent whether or not the start works; a failed start is the
             // supervisor's business (backoff), not a reason to lose the snapshot.
             self.start_container("after a snapshot copy").await;
+            self.health.release();
         }
         let stats = synced?;
         tracing::debug!(?stats, freeze_ms = freeze.as_millis() as u64, "mirror synced");

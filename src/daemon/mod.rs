@@ -8,6 +8,7 @@
 //! (snapshot, prune, secrets, drill), `requests` what comes from outside (control requests, Spot
 //! notices, signals), `status` what `spotkeeper status` shows.
 
+mod health;
 mod jobs;
 pub mod policy;
 mod requests;
@@ -269,6 +270,8 @@ struct Daemon {
     log_driver: String,
     /// Set while frozen: health probes that time out then are not failures.
     frozen: Arc<AtomicBool>,
+    /// When a failed health probe counts (not while stopped for a snapshot, nor while booting).
+    health: Arc<health::HealthGate>,
     /// A thaw failed: the container may still be frozen; the loop keeps thawing it.
     stuck_frozen: bool,
     /// The mirror holds changes that no snapshot has uploaded yet. Set by anything that may
@@ -320,6 +323,7 @@ impl Daemon {
             secrets: None,
             image: None,
             frozen: Arc::new(AtomicBool::new(false)),
+            health: Arc::new(health::HealthGate::default()),
             stuck_frozen: false,
             pending_upload: true,
             last_snapshot_id: None,

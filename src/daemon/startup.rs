@@ -315,6 +315,7 @@ impl Daemon {
         match &result {
             Ok(at) => {
                 self.supervision.started(*at);
+                self.health.started(self.container_config.start_timeout);
                 self.update(|s| s.container.state = "running".into());
                 tracing::info!(container = %self.container.name, "container started");
             }

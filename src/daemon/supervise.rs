@@ -82,13 +82,14 @@ impl Daemon {
         if let Some(url) = self.container_config.health_url.clone() {
             let interval = self.container_config.health_interval;
             let frozen = Arc::clone(&self.frozen);
+            let gate = Arc::clone(&self.health);
             tokio::spawn(async move {
                 let mut failures = 0u32;
                 let mut healthy = true;
                 loop {
                     tokio::time::sleep(interval).await;
                     let ok = runtime::probe(&url).await;
-                    if frozen.load(Ordering::Relaxed) {
+                    if frozen.load(Ordering::Relaxed) || !gate.counts(ok) {
                         continue;
                     }
                     failures = if ok { 0 } else { failures + 1 };
@@ -228,6 +229,7 @@ impl Daemon {
         match self.container.start().await {
             Ok(()) => {
                 self.supervision.started(at);
+                self.health.started(self.container_config.start_timeout);
                 self.update(|s| s.container.state = "running".into());
             }
             Err(e) => {

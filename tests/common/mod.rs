@@ -1063,6 +1063,11 @@ impl DockerProxy {
         count_requests(&self.served, method, path)
     }
 
+    /// Every request line the proxy saw, in order (for failure messages).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("request log").clone()
+    }
+
     /// How many requests matching `method` and `path` the proxy saw, failed or passed on.
     pub fn requests(&self, method: &str, path: &str) -> usize {
         count_requests(&self.seen, method, path)

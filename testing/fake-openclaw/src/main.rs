@@ -44,6 +44,7 @@ struct Config {
     interval: Duration,
     env_file: PathBuf,
     crash_after: Option<Duration>,
+    boot: Duration,
 }
 
 fn env_u64(name: &str, default: u64) -> Result<u64, String> {
@@ -81,6 +82,7 @@ fn config() -> Result<Config, String> {
         interval: Duration::from_millis(env_u64("WRITE_INTERVAL_MS", 50)?.max(1)),
         env_file,
         crash_after,
+        boot: Duration::from_millis(env_u64("BOOT_MS", 0)?),
     })
 }
 
@@ -135,6 +137,10 @@ fn run() -> Result<(), String> {
         last_seq: AtomicU64::new(highest),
     });
 
+    // A slow boot, as a large app has: nothing answers /healthz until it is over.
+    if !cfg.boot.is_zero() {
+        thread::sleep(cfg.boot);
+    }
     let listener = TcpListener::bind(("0.0.0.0", cfg.port)).map_err(|e| format!("bind 0.0.0.0:{}: {e}", cfg.port))?;
     {
         let stats = Arc::clone(&stats);

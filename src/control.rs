@@ -27,6 +27,11 @@ pub enum ControlError {
     AlreadyRunning { path: PathBuf },
     #[error("the daemon sent an answer that is not valid JSON: {0}")]
     Protocol(String),
+    #[error(
+        "the daemon on {path} closed the connection without answering: it may have stopped or crashed \
+         (`systemctl status spotkeeper`, `journalctl -u spotkeeper`)"
+    )]
+    Hangup { path: PathBuf },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +140,9 @@ pub async fn call(path: &Path, request: &Request) -> Result<Option<Reply>, Contr
     let mut line = String::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, BufReader::new(&mut stream).read_line(&mut line)).await;
     match read {
+        Ok(Ok(0)) => Err(ControlError::Hangup {
+            path: path.to_path_buf(),
+        }),
         Ok(Ok(_)) => serde_json::from_str(&line)
             .map(Some)
             .map_err(|e| ControlError::Protocol(format!("{e}: {line:?}"))),

@@ -10,7 +10,7 @@ use crate::manifest::ManifestError;
 use crate::repository::RepositoryError;
 use crate::restore::RestoreError;
 use crate::snapshot::SnapshotError;
-use crate::store::StoreError;
+use crate::store::{Problem, StoreError};
 
 /// The process exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -87,9 +87,10 @@ impl From<Exit> for std::process::ExitCode {
 
 /// S3 errors.
 pub fn of_store(error: &StoreError) -> Exit {
-    match error {
-        StoreError::NoSuchBucket { .. } => Exit::NotFound,
-        _ => Exit::Io,
+    if error.problem() == Some(&Problem::NoSuchBucket) {
+        Exit::NotFound
+    } else {
+        Exit::Io
     }
 }
 
@@ -165,17 +166,21 @@ mod tests {
         use crate::snapshot_id::SnapshotId;
         let id: SnapshotId = "2026-02-27-14-00".parse().expect("id");
         let repository = "s3://b/p".to_string();
-        let no_bucket = StoreError::NoSuchBucket {
+        let context = crate::store::Context {
             op: "get",
             bucket: "b".into(),
             key: "k".into(),
+            endpoint: "127.0.0.1:9".into(),
+            timeout: std::time::Duration::from_secs(30),
+            attempts: 5,
         };
-        let unreachable = StoreError::Unreachable {
-            op: "get",
-            bucket: "b".into(),
-            key: "k".into(),
-            message: "refused".into(),
-        };
+        let no_bucket = StoreError::request(Problem::NoSuchBucket, context.clone());
+        let unreachable = StoreError::request(
+            Problem::Unreachable {
+                cause: "connection refused".into(),
+            },
+            context,
+        );
         let cases: Vec<(Exit, Exit)> = vec![
             (of_store(&no_bucket), Exit::NotFound),
             (of_store(&unreachable), Exit::Io),

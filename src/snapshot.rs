@@ -14,7 +14,7 @@ use crate::exclude::Excludes;
 use crate::manifest::{ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, Owner, Skipped};
 use crate::repository::{self, LATEST_ARCHIVE, LATEST_MANIFEST, RepositoryError};
 use crate::snapshot_id::SnapshotId;
-use crate::store::{PutCondition, Store, StoreError};
+use crate::store::{Problem, PutCondition, Store};
 use crate::stream::ChunkWriter;
 
 /// Chunks queued between the packer and the uploader.
@@ -156,6 +156,8 @@ pub async fn take(store: &Store, request: SnapshotRequest) -> Result<SnapshotRep
         latest: latest_id.unwrap_or(SnapshotId::new(request.now, 1)),
         origin,
     })?;
+    // The previous snapshot's size is the estimate of this one's, for the progress bar.
+    let _progress = crate::progress::begin("snapshot", latest.as_ref().map(|(m, _)| m.totals.bytes), None);
     let taken = repository::ids_in_minute(store, &SnapshotId::new(request.now, 1)).await?;
     let id = SnapshotId::first_free(request.now, &taken);
     let archive_key = repository::archive_key(&id);
@@ -260,7 +262,7 @@ async fn update_latest(
         .await
     {
         Ok(_) => Ok(()),
-        Err(StoreError::PreconditionFailed { .. }) => Err(SnapshotError::LatestMoved {
+        Err(e) if e.problem() == Some(&Problem::PreconditionFailed) => Err(SnapshotError::LatestMoved {
             repository: repository_url(store),
             id: manifest.id,
         }),

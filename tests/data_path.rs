@@ -358,7 +358,7 @@ fn unreachable_s3_is_an_error_never_an_empty_repository() {
         let (code, stderr) = failure(&world.run(&args));
         assert_eq!(code, 6, "{args:?}: {stderr}");
         assert!(
-            stderr.contains("cannot reach S3") && stderr.contains("b-unreachable"),
+            stderr.contains("cannot connect to S3 at 127.0.0.1") && stderr.contains("b-unreachable"),
             "{stderr}"
         );
         assert!(!stderr.contains("no snapshot"), "{stderr}");
@@ -381,7 +381,7 @@ fn missing_bucket_and_wrong_credentials_are_named() {
     let (code, stderr) = failure(&denied.run(&["snapshot"]));
     assert_eq!(code, 6, "{stderr}");
     assert!(
-        stderr.contains("access denied") && stderr.contains("s3://exists"),
+        stderr.contains("S3 rejected the credentials") && stderr.contains("s3://exists"),
         "{stderr}"
     );
     assert!(!stderr.contains("wrong-secret"), "credentials never appear in output");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::interceptors::{BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef};
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -20,6 +20,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::S3Config;
+
+mod problem;
+
+pub use problem::{Context, Failure, Problem};
 
 /// Size of every multipart part but the last; S3's minimum is 5 MiB.
 pub const PART_SIZE: usize = 12 * 1024 * 1024;
@@ -36,40 +40,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot reach S3 to {op} s3://{bucket}/{key}: {message}")]
-    Unreachable {
-        op: &'static str,
-        bucket: String,
-        key: String,
-        message: String,
-    },
-    #[error("bucket {bucket:?} does not exist (while trying to {op} s3://{bucket}/{key})")]
-    NoSuchBucket {
-        op: &'static str,
-        bucket: String,
-        key: String,
-    },
-    #[error("access denied to {op} s3://{bucket}/{key}: {message}")]
-    AccessDenied {
-        op: &'static str,
-        bucket: String,
-        key: String,
-        message: String,
-    },
-    #[error("s3://{bucket}/{key} was changed by someone else (conditional {op} failed)")]
-    PreconditionFailed {
-        op: &'static str,
-        bucket: String,
-        key: String,
-    },
-    #[error("S3 failed to {op} s3://{bucket}/{key}: {message}")]
-    Service {
-        op: &'static str,
-        bucket: String,
-        key: String,
-        message: String,
-        transient: bool,
-    },
+    /// A request failed; the message names what, where, why and what to do.
+    #[error("{}", problem::message(&.0.problem, &.0.context))]
+    Request(Box<Failed>),
     #[error("s3://{bucket}/{key} is larger than {cap} bytes, the cap for this object; refusing to read it")]
     TooLarge { bucket: String, key: String, cap: u64 },
     #[error("upload of s3://{bucket}/{key} stopped: {reason}")]
@@ -80,17 +53,30 @@ pub enum StoreError {
     },
 }
 
+/// A failed request: its class and what it was doing.
+#[derive(Debug)]
+pub struct Failed {
+    pub problem: Problem,
+    pub context: Context,
+}
+
+impl StoreError {
+    pub fn request(problem: Problem, context: Context) -> StoreError {
+        StoreError::Request(Box::new(Failed { problem, context }))
+    }
+
+    /// The class of a failed request (`None` for the errors that are not a request's).
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            StoreError::Request(failed) => Some(&failed.problem),
+            _ => None,
+        }
+    }
+}
+
 /// True when trying again later may succeed: the network, timeouts, throttling, 5xx.
 pub fn is_transient(error: &StoreError) -> bool {
-    match error {
-        StoreError::Unreachable { .. } => true,
-        StoreError::Service { transient, .. } => *transient,
-        StoreError::NoSuchBucket { .. }
-        | StoreError::AccessDenied { .. }
-        | StoreError::PreconditionFailed { .. }
-        | StoreError::TooLarge { .. }
-        | StoreError::UploadAborted { .. } => false,
-    }
+    error.problem().is_some_and(Problem::is_transient)
 }
 
 /// Metadata of one listed object.
@@ -139,6 +125,10 @@ pub struct Store {
     /// The longest one request can take with its retries (`[s3] timeout` per attempt): while
     /// within it, a slow request counts as progress for the watchdog.
     request_bound: Duration,
+    /// `host:port` of the endpoint, for messages.
+    endpoint: String,
+    /// `[s3] timeout`, for messages.
+    timeout: Duration,
 }
 
 impl Store {
@@ -148,6 +138,9 @@ impl Store {
         let requests = RequestCounter::default();
         let mut builder = aws_sdk_s3::config::Builder::from(sdk_config)
             .interceptor(requests.clone())
+            .interceptor(RetryLog {
+                timeout: config.timeout,
+            })
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(MAX_ATTEMPTS)
@@ -165,10 +158,19 @@ impl Store {
             .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
             .filter(|e| !e.is_empty());
+        let shown = match &endpoint {
+            Some(url) => host_and_port(url),
+            None => format!(
+                "s3.{}.amazonaws.com:443",
+                sdk_config.region().map_or(crate::aws::DEFAULT_REGION, |r| r.as_ref())
+            ),
+        };
         if let Some(endpoint) = endpoint {
             builder = builder.endpoint_url(endpoint).force_path_style(true);
         }
         Store {
+            endpoint: shown,
+            timeout: config.timeout,
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
@@ -220,7 +222,31 @@ impl Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        classify(op, &self.bucket, &self.full_key(relative), err)
+        // The whole chain, for -vv; the person reads the classified one-liner.
+        tracing::debug!(op, key = %self.full_key(relative), error = %DisplayErrorContext(&err), "S3 request failed");
+        StoreError::request(problem::classify(&failure_of(&err)), self.context(op, relative))
+    }
+
+    /// What a message about `op` on `relative` needs to know.
+    fn context(&self, op: &'static str, relative: &str) -> Context {
+        Context {
+            op,
+            bucket: self.bucket.clone(),
+            key: self.full_key(relative),
+            endpoint: self.endpoint.clone(),
+            timeout: self.timeout,
+            attempts: MAX_ATTEMPTS,
+        }
+    }
+
+    /// A body that broke off while it was read.
+    fn interrupted(&self, relative: &str, cause: &(dyn std::error::Error + 'static)) -> StoreError {
+        StoreError::request(
+            Problem::Interrupted {
+                cause: problem::innermost_cause(cause),
+            },
+            self.context("read", relative),
+        )
     }
 
     /// The whole object, or `None` when the key does not exist.
@@ -232,12 +258,11 @@ impl Store {
             Err(err) => return Err(self.error("get", relative, err)),
         };
         let etag = output.e_tag().map(str::to_string);
-        let body = output.body.collect().await.map_err(|e| StoreError::Unreachable {
-            op: "read",
-            bucket: self.bucket.clone(),
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.interrupted(relative, &e))?;
         Ok(Some((body.into_bytes(), etag)))
     }
 
@@ -267,12 +292,11 @@ impl Store {
         let etag = output.e_tag().map(str::to_string);
         let mut buffer = bytes::BytesMut::with_capacity(usize::try_from(announced.unwrap_or(0)).unwrap_or(0));
         loop {
-            let chunk = output.body.try_next().await.map_err(|e| StoreError::Unreachable {
-                op: "read",
-                bucket: self.bucket.clone(),
-                key: key.clone(),
-                message: e.to_string(),
-            })?;
+            let chunk = output
+                .body
+                .try_next()
+                .await
+                .map_err(|e| self.interrupted(relative, &e))?;
             let Some(chunk) = chunk else { break };
             if (buffer.len() + chunk.len()) as u64 > cap {
                 return Err(too_large());
@@ -578,13 +602,14 @@ impl Store {
             match (output.is_truncated(), output.next_continuation_token) {
                 (Some(true), Some(next)) => token = Some(next),
                 (Some(true), None) => {
-                    return Err(StoreError::Service {
-                        op: "list",
-                        bucket: self.bucket.clone(),
-                        key: self.full_key(relative_prefix),
-                        message: "listing is truncated but S3 gave no continuation token".into(),
-                        transient: true,
-                    });
+                    return Err(StoreError::request(
+                        Problem::Other {
+                            status: None,
+                            code: None,
+                            message: "the listing is truncated but S3 gave no continuation token".into(),
+                        },
+                        self.context("list", relative_prefix),
+                    ));
                 }
                 _ => return Ok(objects),
             }
@@ -642,60 +667,134 @@ pub enum PutCondition {
     Matches(String),
 }
 
-fn classify<E>(
-    op: &'static str,
-    bucket: &str,
-    key: &str,
-    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> StoreError
+/// The plain facts of an SDK error (`problem::classify` decides what they mean).
+fn failure_of<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let bucket = bucket.to_string();
-    let key = key.to_string();
-    let message = DisplayErrorContext(&err).to_string();
-    match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            return StoreError::Unreachable {
-                op,
-                bucket,
-                key,
-                message,
-            };
-        }
-        SdkError::ResponseError(_) => {
-            return StoreError::Service {
-                op,
-                bucket,
-                key,
-                message,
-                transient: true,
-            };
-        }
-        _ => {}
+    // The chain found nothing (every source tried failed or was empty; off EC2 the last one
+    // tried is the instance metadata service).
+    let no_credentials = error_chain(err).any(|e| e.is::<aws_credential_types::provider::error::CredentialsError>());
+    match err {
+        SdkError::DispatchFailure(dispatch) => Failure {
+            timed_out: dispatch.is_timeout(),
+            not_sent: true,
+            no_credentials,
+            message: Some(problem::innermost_cause(err)),
+            ..Failure::default()
+        },
+        SdkError::TimeoutError(_) => Failure {
+            timed_out: true,
+            not_sent: true,
+            ..Failure::default()
+        },
+        SdkError::ConstructionFailure(_) => Failure {
+            not_sent: true,
+            no_credentials,
+            message: Some(problem::innermost_cause(err)),
+            ..Failure::default()
+        },
+        _ => Failure {
+            no_credentials,
+            status: err.raw_response().map(|r| r.status().as_u16()),
+            code: err.code().map(str::to_string),
+            message: err
+                .message()
+                .map(str::to_string)
+                .or_else(|| Some(problem::innermost_cause(err))),
+            ..Failure::default()
+        },
     }
-    let status = err.raw_response().map(|r| r.status().as_u16());
-    match (err.code(), status) {
-        (Some("NoSuchBucket"), _) => StoreError::NoSuchBucket { op, bucket, key },
-        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"), _)
-        | (_, Some(403)) => StoreError::AccessDenied {
-            op,
-            bucket,
-            key,
-            message: err.message().unwrap_or(&message).to_string(),
-        },
-        (Some("PreconditionFailed"), _) | (_, Some(412)) => StoreError::PreconditionFailed { op, bucket, key },
-        (code, status) => StoreError::Service {
-            op,
-            bucket,
-            key,
-            message,
-            transient: status.is_some_and(|s| s >= 500 || s == 429)
-                || matches!(
-                    code,
-                    Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")
-                ),
-        },
+}
+
+/// `err` and every error beneath it.
+fn error_chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
+/// `host:port` of an endpoint URL, for messages.
+fn host_and_port(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+    {
+        authority.to_string()
+    } else {
+        let port = if scheme == "http" { 80 } else { 443 };
+        format!("{authority}:{port}")
+    }
+}
+
+/// Logs each retry of a request at WARN, with what went wrong the time before: a person sees
+/// why a command waits instead of a silent pause (the SDK makes `MAX_ATTEMPTS` attempts).
+#[derive(Debug)]
+struct RetryLog {
+    timeout: Duration,
+}
+
+/// What the previous attempt of the current request met.
+#[derive(Debug, Clone)]
+struct LastAttempt(String);
+
+impl aws_smithy_types::config_bag::Storable for LastAttempt {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+impl Intercept for RetryLog {
+    fn name(&self) -> &'static str {
+        "RetryLog"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let failed = match context.output_or_error() {
+            Some(Err(e)) if e.is_timeout_error() || e.as_connector_error().is_some_and(|c| c.is_timeout()) => {
+                Some(format!("S3 did not answer within {} s", self.timeout.as_secs()))
+            }
+            Some(Err(e)) if e.is_connector_error() => Some(format!("cannot connect: {}", problem::innermost_cause(e))),
+            Some(Err(_)) => Some(match context.response() {
+                Some(response) => format!("S3 answered HTTP {}", response.status().as_u16()),
+                None => "the request failed".to_string(),
+            }),
+            _ => None,
+        };
+        if let Some(failed) = failed {
+            cfg.interceptor_state().store_put(LastAttempt(failed));
+        }
+        Ok(())
+    }
+
+    /// Before transmit, not before attempt: only then does the request carry its full URI.
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let attempt = cfg
+            .load::<aws_smithy_runtime_api::client::retries::RequestAttempts>()
+            .map_or(1, |a| a.attempts());
+        if attempt > 1 {
+            let operation = cfg
+                .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+                .map_or("request", |m| m.name());
+            let uri = context.request().uri();
+            let target = uri.split('?').next().unwrap_or(uri);
+            let why = cfg
+                .load::<LastAttempt>()
+                .map_or("the previous attempt failed", |l| l.0.as_str());
+            tracing::warn!("S3 {operation} {target}: {why}; retrying, attempt {attempt} of {MAX_ATTEMPTS}");
+        }
+        Ok(())
     }
 }
 
@@ -726,25 +825,9 @@ mod tests {
     }
 
     #[test]
-    fn only_network_and_server_faults_are_transient() {
-        let unreachable = StoreError::Unreachable {
-            op: "get",
-            bucket: "b".into(),
-            key: "k".into(),
-            message: "connection refused".into(),
-        };
-        assert!(is_transient(&unreachable));
-        let denied = StoreError::AccessDenied {
-            op: "get",
-            bucket: "b".into(),
-            key: "k".into(),
-            message: "denied".into(),
-        };
-        assert!(!is_transient(&denied));
-        assert!(!is_transient(&StoreError::NoSuchBucket {
-            op: "list",
-            bucket: "b".into(),
-            key: "".into()
-        }));
+    fn endpoints_are_shown_as_host_and_port() {
+        assert_eq!(host_and_port("http://127.0.0.1:9000"), "127.0.0.1:9000");
+        assert_eq!(host_and_port("https://minio.lan/base"), "minio.lan:443");
+        assert_eq!(host_and_port("http://user:pw@minio.lan/"), "minio.lan:80");
     }
 }

@@ -8,6 +8,8 @@ use chrono::Weekday;
 use serde::{Deserialize, Serialize};
 
 use crate::duration;
+
+mod diagnose;
 use crate::exclude::Excludes;
 use crate::retention::RetentionPolicy;
 
@@ -22,17 +24,53 @@ pub const DEFAULT_EXCLUDES: [&str; 6] = ["/.env", "*.lock", "*.tmp", "*.sock", "
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error(
+        "cannot read config file {path}: {}{}",
+        plain_io(source),
+        if source.kind() == std::io::ErrorKind::NotFound { missing_file_hint(path) } else { String::new() }
+    )]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path}: {key} = {value:?} is not valid: {reason}")]
+    /// `value` is shown as TOML writes it: strings quoted, numbers bare.
+    #[error("config file {path}: {key} = {value} is not valid: {reason}")]
     Invalid {
         path: PathBuf,
         key: &'static str,
         value: String,
         reason: String,
     },
+    #[error("config file {path}: {key} is required: {what}")]
+    Missing {
+        path: PathBuf,
+        key: &'static str,
+        what: &'static str,
+    },
+}
+
+/// `No such file or directory`, without `(os error 2)`.
+fn plain_io(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// Where a missing config file was looked for, and how to point elsewhere.
+fn missing_file_hint(path: &Path) -> String {
+    let from = if std::env::var_os("SPOTKEEPER_CONFIG").is_some_and(|v| Path::new(&v) == path) {
+        "named by SPOTKEEPER_CONFIG"
+    } else if path == Path::new(DEFAULT_CONFIG_PATH) {
+        "the default path"
+    } else {
+        "named by --config"
+    };
+    format!(
+        " ({from}). Name another with --config PATH or SPOTKEEPER_CONFIG; `make install` puts an example at \
+         /etc/spotkeeper/spotkeeper.toml.example (also docs/spotkeeper.example.toml); `spotkeeper check-config` \
+         checks a file"
+    )
 }
 
 /// A request that gets no answer from S3 for this long is retried (a stalled connection).
@@ -336,7 +374,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: diagnose::parse_error(text, &e),
         })?;
         let v = Validator { path };
         let state = v.state(raw.state)?;
@@ -392,12 +430,37 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A string value that is wrong (shown quoted, as in TOML).
     fn invalid(&self, key: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             key,
-            value: value.into(),
+            value: format!("{:?}", value.into()),
             reason: reason.into(),
+        }
+    }
+
+    /// A number that is wrong (shown bare, as in TOML).
+    fn invalid_number(
+        &self,
+        key: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A key that must be there and is not.
+    fn missing(&self, key: &'static str, what: &'static str) -> ConfigError {
+        ConfigError::Missing {
+            path: self.path.to_path_buf(),
+            key,
+            what,
         }
     }
 
@@ -440,8 +503,10 @@ impl Validator<'_> {
     }
 
     fn s3(&self, raw: Option<RawS3>) -> Result<S3Config, ConfigError> {
-        let raw = raw.ok_or_else(|| self.invalid("s3", "", "the [s3] section with a bucket is required"))?;
-        let bucket = raw.bucket.ok_or_else(|| self.invalid("s3.bucket", "", "is required"))?;
+        let raw = raw.ok_or_else(|| self.missing("s3", "a [s3] section with the bucket that holds the snapshots"))?;
+        let bucket = raw
+            .bucket
+            .ok_or_else(|| self.missing("s3.bucket", "the bucket that holds the snapshots"))?;
         if let Err(reason) = check_bucket_name(&bucket) {
             return Err(self.invalid("s3.bucket", bucket, reason));
         }
@@ -516,7 +581,7 @@ impl Validator<'_> {
         };
         policy.validate().map_err(|e| ConfigError::Parse {
             path: self.path.to_path_buf(),
-            message: e.to_string(),
+            message: format!("[retention]: {e}"),
         })?;
         Ok(policy)
     }
@@ -530,9 +595,9 @@ impl Validator<'_> {
         }
         let compression_level = raw.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
         if !(1..=19).contains(&compression_level) {
-            return Err(self.invalid(
+            return Err(self.invalid_number(
                 "snapshot.compression_level",
-                compression_level.to_string(),
+                compression_level,
                 "must be between 1 and 19",
             ));
         }
@@ -548,9 +613,12 @@ impl Validator<'_> {
     }
 
     fn secrets(&self, raw: RawSecrets) -> Result<SecretsConfig, ConfigError> {
-        let ssm_path = raw
-            .ssm_path
-            .ok_or_else(|| self.invalid("secrets.ssm_path", "", "is required in [secrets]"))?;
+        let ssm_path = raw.ssm_path.ok_or_else(|| {
+            self.missing(
+                "secrets.ssm_path",
+                "the SSM Parameter Store path to read secrets from, when [secrets] is present",
+            )
+        })?;
         if !ssm_path.starts_with('/') || ssm_path.contains("//") {
             return Err(self.invalid(
                 "secrets.ssm_path",
@@ -596,7 +664,7 @@ impl Validator<'_> {
         }
         let image = raw
             .image
-            .ok_or_else(|| self.invalid("container.image", "", "is required in [container]"))?;
+            .ok_or_else(|| self.missing("container.image", "the image to run, when [container] is present"))?;
         if image.is_empty() || image.chars().any(char::is_whitespace) {
             return Err(self.invalid(
                 "container.image",
@@ -633,7 +701,7 @@ impl Validator<'_> {
         }
         let restart_limit = raw.restart_limit.unwrap_or(DEFAULT_RESTART_LIMIT);
         if restart_limit == 0 {
-            return Err(self.invalid("container.restart_limit", "0", "must be at least 1"));
+            return Err(self.invalid_number("container.restart_limit", 0, "must be at least 1"));
         }
         let environment = raw.environment.unwrap_or_default();
         if let Some(key) = environment.keys().find(|k| !crate::secrets::is_env_name(k)) {

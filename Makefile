@@ -4,6 +4,15 @@ DESTDIR ?=
 PREFIX ?= /usr/local
 
 SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+MAN_DIR ?= $(PREFIX)/share/man/man1
+BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
+ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/site-functions
+FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
+BIN := target/release/spotkeeper
+# One release build serves `make release`, `make demo` and `make install`: the same targets with
+# the same features, so none of them rebuilds what another built (the demo's S3 server is an
+# example; building it with the binary unifies their dependencies' features once).
+RELEASE_BUILD = $(CARGO) build --locked --release --bin spotkeeper --example demo-s3
 INSTANCE_TYPES ?= t4g.small t4g.medium
 REGION ?=
 
@@ -24,10 +33,9 @@ fmt:
 	$(CARGO) fmt --all
 
 release:
-	$(CARGO) build --locked --release
+	$(RELEASE_BUILD)
 
-demo:
-	$(CARGO) build --locked --release --bin spotkeeper --example demo-s3
+demo: release
 	./demo/run.sh
 
 BENCH_SCALES ?= small,medium
@@ -46,7 +54,14 @@ release-aarch64:
 	  $(CARGO) build --locked --release --target aarch64-unknown-linux-gnu
 
 install: release
-	install -D -m 0755 target/release/spotkeeper $(DESTDIR)$(PREFIX)/bin/spotkeeper
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/spotkeeper
+	install -d $(DESTDIR)$(MAN_DIR) $(DESTDIR)$(BASH_COMPLETION_DIR) $(DESTDIR)$(ZSH_COMPLETION_DIR) $(DESTDIR)$(FISH_COMPLETION_DIR)
+	$(BIN) man >$(DESTDIR)$(MAN_DIR)/spotkeeper.1
+	for sub in run status snapshot restore list verify prune check-config completions man; do \
+	  $(BIN) man $$sub >$(DESTDIR)$(MAN_DIR)/spotkeeper-$$sub.1 || exit 1; done
+	$(BIN) completions bash >$(DESTDIR)$(BASH_COMPLETION_DIR)/spotkeeper
+	$(BIN) completions zsh >$(DESTDIR)$(ZSH_COMPLETION_DIR)/_spotkeeper
+	$(BIN) completions fish >$(DESTDIR)$(FISH_COMPLETION_DIR)/spotkeeper.fish
 	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
 	sed 's#/usr/local/bin/spotkeeper#$(PREFIX)/bin/spotkeeper#g' systemd/spotkeeper.service >$(DESTDIR)$(SYSTEMD_UNIT_DIR)/spotkeeper.service
 	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/spotkeeper.service

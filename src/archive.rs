@@ -246,6 +246,8 @@ impl<W: Write> Visitor for Packer<'_, W> {
         self.packed.files.push(entry);
         self.packed.totals.files += 1;
         self.packed.totals.bytes += size;
+        crate::progress::add_bytes(size);
+        crate::progress::add_items(1);
         Ok(())
     }
 
@@ -875,6 +877,7 @@ impl<R: Read> Read for HashedEntry<'_, R> {
             }
         };
         self.hasher.update(&buf[..n]);
+        crate::progress::add_bytes(n as u64);
         Ok(n)
     }
 }

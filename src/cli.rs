@@ -19,6 +19,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "SPOTKEEPER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
+    /// More detail on stderr: -v for progress notes (INFO), -vv for every step and the full
+    /// chain of each error (DEBUG). `SPOTKEEPER_LOG` (a tracing filter) overrides both.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,6 +59,43 @@ pub enum Command {
     Prune(PruneArgs),
     /// Validate the config file and print the effective configuration.
     CheckConfig,
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
+    ///
+    /// For example `spotkeeper completions bash > /usr/share/bash-completion/completions/spotkeeper`
+    /// (`make install` does this for bash, zsh and fish).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) of spotkeeper, or of one subcommand, on stdout:
+    /// `spotkeeper man | man -l -`, `spotkeeper man restore | man -l -`.
+    Man(ManArgs),
+}
+
+impl Cli {
+    /// Whether the command was asked for JSON output: its errors are then JSON on stdout too.
+    pub fn json(&self) -> bool {
+        match &self.command {
+            Command::Status(a) => a.json,
+            Command::Snapshot(a) => a.json,
+            Command::Restore(a) => a.json,
+            Command::List(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Prune(a) => a.json,
+            Command::Run | Command::CheckConfig | Command::Completions(_) | Command::Man(_) => false,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A subcommand whose page to print (`spotkeeper-SUBCOMMAND(1)`).
+    #[arg(value_name = "SUBCOMMAND")]
+    pub subcommand: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +174,38 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_is_known_for_every_command_that_has_it() {
+        let cli = Cli::try_parse_from(["spotkeeper", "list", "--json"]).expect("parse");
+        assert!(cli.json());
+        let cli = Cli::try_parse_from(["spotkeeper", "-vv", "verify"]).expect("parse");
+        assert!(!cli.json());
+        assert_eq!(cli.verbose, 2);
+        let cli = Cli::try_parse_from(["spotkeeper", "completions", "fish"]).expect("parse");
+        assert!(!cli.json());
+    }
+
+    #[test]
+    fn make_install_installs_a_man_page_for_every_subcommand() {
+        let makefile = include_str!("../Makefile");
+        let line = makefile
+            .lines()
+            .find(|l| l.contains("for sub in"))
+            .expect("the Makefile's man page loop");
+        let listed: Vec<&str> = line
+            .split("for sub in")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .expect("the list")
+            .split_whitespace()
+            .collect();
+        let known: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        assert_eq!(listed, known, "the Makefile's list of man pages");
     }
 
     #[test]

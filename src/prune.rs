@@ -79,6 +79,7 @@ async fn delete(store: &Store, listing: &Listing, outcomes: &mut [Outcome]) -> R
         .filter(|s| s.complete)
         .map(|s| repository::manifest_key(&s.id))
         .collect();
+    let _progress = crate::progress::begin("prune", None, Some(doomed.len() as u64));
     let mut failures = store.delete(&manifests).await?;
     let rest: Vec<String> = doomed
         .iter()
@@ -91,6 +92,7 @@ async fn delete(store: &Store, listing: &Listing, outcomes: &mut [Outcome]) -> R
         })
         .collect();
     failures.extend(store.delete(&rest).await?);
+    crate::progress::add_items(doomed.len() as u64);
     for (key, reason) in failures {
         let id = key
             .strip_prefix(repository::SNAPSHOTS_DIR)

@@ -342,6 +342,8 @@ pub async fn unpack_stream(
     dest: Option<PathBuf>,
     key: String,
 ) -> Result<archive::Unpacked, RestoreError> {
+    let task = if dest.is_some() { "restore" } else { "verify" };
+    let _progress = crate::progress::begin(task, Some(manifest.totals.bytes), Some(manifest.totals.files));
     let manifest = manifest.clone();
     let reader = SyncIoBridge::new(stream.into_async_read());
     let network_error = Arc::new(Mutex::new(None));

@@ -138,6 +138,28 @@ pub fn spawn_watchdog(notifier: Notifier) {
     });
 }
 
+/// How often long work's progress reaches `systemctl status`.
+const PROGRESS_STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Shows the progress of long work (a snapshot, a restore, the drill) in STATUS, as
+/// `snapshot: 120.0 MiB of 400.0 MiB (30%), 12.0 MiB/s, about 24 s left`; work shorter than one
+/// period is not shown. The job's own STATUS line replaces it when the work ends.
+pub fn spawn_progress_status(notifier: Notifier) {
+    if !notifier.enabled {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PROGRESS_STATUS_EVERY).await;
+            if let Some(reading) = crate::progress::reading()
+                && reading.elapsed >= PROGRESS_STATUS_EVERY
+            {
+                notifier.status(&crate::progress::describe(&reading));
+            }
+        }
+    });
+}
+
 /// Half of `WATCHDOG_USEC`, the interval to ping at; `None` when the watchdog is off.
 pub fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0;

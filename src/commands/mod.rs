@@ -35,6 +35,8 @@ pub enum CommandError {
     Record(#[from] RecordError),
     #[error("{0}")]
     PartialPrune(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
     #[error(transparent)]
@@ -76,6 +78,7 @@ impl CommandError {
             CommandError::Restore(e) => exit::of_restore(e),
             CommandError::Record(_) | CommandError::Output(_) => Exit::Io,
             CommandError::PartialPrune(_) => Exit::Partial,
+            CommandError::Usage(_) => Exit::Usage,
             CommandError::Daemon(e) => e.exit(),
             CommandError::Control(_) | CommandError::Runtime(_) => Exit::Io,
             CommandError::Remote { code, .. } => Exit::from_code(*code),
@@ -87,9 +90,18 @@ impl CommandError {
 
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> Result<(), CommandError> {
+    match &cli.command {
+        Command::Completions(args) => return completions(args.shell),
+        Command::Man(args) => return man(args.subcommand.as_deref()),
+        _ => {}
+    }
+    if !matches!(cli.command, Command::Run) {
+        crate::progress::draw_on_terminal();
+    }
     let config = Config::load(&cli.config)?;
     match cli.command {
-        Command::CheckConfig => check_config::run(&config, &cli.config),
+        Command::Completions(_) | Command::Man(_) => Ok(()),
+        Command::CheckConfig => check_config::run(&config, &cli.config).await,
         Command::Run => run::run(config).await,
         Command::Status(args) => status::run(&config, &args).await,
         Command::Snapshot(args) => snapshot::run(&config, &args).await,
@@ -98,6 +110,31 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Verify(args) => verify::run(&config, &connect(&config).await, &args).await,
         Command::Prune(args) => prune::run(&config, &connect(&config).await, &args).await,
     }
+}
+
+/// `spotkeeper completions SHELL`: the script on stdout.
+fn completions(shell: clap_complete::Shell) -> Result<(), CommandError> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut out = io::stdout().lock();
+    clap_complete::generate(shell, &mut command, "spotkeeper", &mut out);
+    Ok(())
+}
+
+/// `spotkeeper man [SUBCOMMAND]`: the manual page (roff) of spotkeeper or of one subcommand
+/// (`spotkeeper-snapshot(1)`), on stdout.
+fn man(subcommand: Option<&str>) -> Result<(), CommandError> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let page = match subcommand {
+        None => command,
+        Some(name) => {
+            let sub = command
+                .find_subcommand(name)
+                .ok_or_else(|| CommandError::Usage(format!("no subcommand named {name:?}")))?;
+            sub.clone().name(format!("spotkeeper-{name}"))
+        }
+    };
+    clap_mangen::Man::new(page).render(&mut io::stdout().lock())?;
+    Ok(())
 }
 
 async fn connect(config: &Config) -> Store {
@@ -134,31 +171,4 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// `1.2 MiB`-style sizes for people.
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_bytes_picks_a_readable_unit() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(268_057_104), "255.6 MiB");
-    }
-}
+use crate::progress::human_bytes;

@@ -141,6 +141,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     spawn_signals(events_tx.clone());
     systemd::spawn_watchdog(notifier);
+    systemd::spawn_progress_status(notifier);
     // The socket first: a second daemon on this machine must fail before touching anything.
     let listener = control::bind(&config.daemon.socket).await?;
     spawn_control(listener, events_tx.clone(), Arc::clone(&status));

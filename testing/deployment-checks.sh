@@ -102,7 +102,7 @@ else
   echo "skip   exit code of the binary on a bad config: no binary at $bin"
 fi
 
-# The defaults, from the binary when there is one (the effective config), else from src/config.rs.
+# The defaults, from the binary when there is one (the effective config), else from src/config/mod.rs.
 if [[ $have_bin == yes ]]; then
   printf '[s3]\nbucket = "b-1"\n' >"$work/min.toml"
   "$bin" check-config --config "$work/min.toml" 2>/dev/null >"$work/effective.toml"
@@ -110,12 +110,12 @@ if [[ $have_bin == yes ]]; then
   work_dir="$(sed -n 's/^work_dir = "\(.*\)"$/\1/p' "$work/effective.toml")"
   source_of_defaults="the binary's effective config"
 else
-  state_dir="$(sed -n 's/^pub const DEFAULT_STATE_DIR: &str = "\(.*\)";/\1/p' "$repo/src/config.rs")"
-  work_dir="$(sed -n 's/^pub const DEFAULT_WORK_DIR: &str = "\(.*\)";/\1/p' "$repo/src/config.rs")"
-  source_of_defaults="src/config.rs"
+  state_dir="$(sed -n 's/^pub const DEFAULT_STATE_DIR: &str = "\(.*\)";/\1/p' "$repo/src/config/mod.rs")"
+  work_dir="$(sed -n 's/^pub const DEFAULT_WORK_DIR: &str = "\(.*\)";/\1/p' "$repo/src/config/mod.rs")"
+  source_of_defaults="src/config/mod.rs"
 fi
-socket="$(sed -n 's/^pub const DEFAULT_SOCKET: &str = "\(.*\)";/\1/p' "$repo/src/config.rs")"
-env_file="$(sed -n 's/^pub const DEFAULT_ENV_FILE: &str = "\(.*\)";/\1/p' "$repo/src/config.rs")"
+socket="$(sed -n 's/^pub const DEFAULT_SOCKET: &str = "\(.*\)";/\1/p' "$repo/src/config/mod.rs")"
+env_file="$(sed -n 's/^pub const DEFAULT_ENV_FILE: &str = "\(.*\)";/\1/p' "$repo/src/config/mod.rs")"
 # Is $1 equal to or below one of the paths in $2 (space-separated; a leading - is systemd's "optional")?
 covered() {
   local p

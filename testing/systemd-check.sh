@@ -6,7 +6,8 @@
 #   2 journal        a snapshot is logged with the structured field SNAPSHOT_ID
 #   3 kill-restart   SIGKILL: systemd restarts it after RestartSec, and the new start keeps the
 #                    local state (a marker written after the last snapshot survives; KeepLocal)
-#   4 watchdog-slow  a snapshot longer than WatchdogSec is not killed by the watchdog
+#   4 watchdog-slow  a snapshot longer than WatchdogSec is not killed by the watchdog, and shows its
+#                    progress in STATUS while it runs
 #   5 watchdog-hung  a SIGSTOPped (hung) daemon is killed by the watchdog and restarted
 #   6 stop           `systemctl stop` takes the final snapshot; /run/openclaw/.env is gone after it
 #   7 config-error   an unknown config key: exit status 3, and no restart (RestartPreventExitStatus=)
@@ -554,15 +555,28 @@ check_watchdog_slow_snapshot() {
   timeouts="$(watchdog_timeouts)"
   head -c $((SLOW_STATE_MIB * 1024 * 1024)) /dev/urandom >"$state_dir/systemd-check-incompressible.bin"
   touch "$slow_flag"
+  # While it runs, sample the unit's STATUS= once a second: the daemon shows the snapshot's progress.
+  rm -f "$run_dir/status-samples" "$run_dir/status-stop"
+  (for _ in $(seq 180); do
+    [[ -f "$run_dir/status-stop" ]] && break
+    prop StatusText >>"$run_dir/status-samples" 2>/dev/null
+    sleep 1
+  done) &
+  local sampler=$! progress_seen
   started=$SECONDS
   out="$(box_within 180 "$BOX_BIN" --config "$BOX_CONFIG" snapshot --json 2>&1)" || rc=$?
   took=$((SECONDS - started))
+  touch "$run_dir/status-stop"
+  wait "$sampler" || true
+  progress_seen="$(grep -m1 '^snapshot: .*MiB' "$run_dir/status-samples" || true)"
   rm -f "$slow_flag" "$state_dir/systemd-check-incompressible.bin"
   local watchdog_log=""
   [[ "$(watchdog_timeouts)" -gt "$timeouts" ]] && watchdog_log="$(journal -o cat | grep -i 'watchdog timeout' | tail -1)"
   if [[ $rc -eq 0 && "$(prop NRestarts)" == "$restarts" && "$(prop MainPID)" == "$pid" && -z "$watchdog_log" ]]; then
-    if ((took > WATCHDOG_SEC)); then
-      pass "$name" "a ${took}s snapshot under WatchdogSec=${WATCHDOG_SEC}s completed, daemon not killed (NRestarts=$restarts)"
+    if ((took > WATCHDOG_SEC)) && [[ -z "$progress_seen" ]]; then
+      fail "$name" "the ${took}s snapshot completed but its progress never showed in STATUS (samples: $(sort -u "$run_dir/status-samples" | head -3 | paste -sd'|'))"
+    elif ((took > WATCHDOG_SEC)); then
+      pass "$name" "a ${took}s snapshot under WatchdogSec=${WATCHDOG_SEC}s completed, daemon not killed (NRestarts=$restarts); STATUS showed \"$progress_seen\""
     else
       fail "$name" "the snapshot took only ${took}s, not longer than WatchdogSec=${WATCHDOG_SEC}s: the check proved nothing"
     fi

@@ -130,7 +130,13 @@ pub fn add_bytes(n: u64) {
     if DRAW.load(Ordering::Relaxed)
         && (METER.total_bytes.load(Ordering::Relaxed) > 0 || METER.total_items.load(Ordering::Relaxed) == 0)
     {
-        with_bar(|bar| bar.set_position(bytes));
+        with_bar(|bar| {
+            // An estimate that was too small grows with the work instead of passing 100 %.
+            if bar.length().is_some_and(|length| bytes > length) {
+                bar.set_length(bytes);
+            }
+            bar.set_position(bytes);
+        });
     }
 }
 
@@ -154,8 +160,8 @@ fn with_bar(f: impl FnOnce(&ProgressBar)) {
 }
 
 /// A one-line account of `reading` for systemd's STATUS: `snapshot: 120.0 MiB of 400.0 MiB
-/// (30%), 12.0 MiB/s, about 23 s left`. Totals that were estimates can be passed: past 100 % it
-/// says so without an ETA.
+/// (30%), 12.0 MiB/s, about 23 s left`. A byte total that the work has outgrown (an estimate)
+/// is left out, and so is the time left.
 pub fn describe(reading: &Reading) -> String {
     let seconds = reading.elapsed.as_secs_f64();
     let rate = if seconds > 0.0 {
@@ -164,18 +170,21 @@ pub fn describe(reading: &Reading) -> String {
         0.0
     };
     let mut text = format!("{}: {}", reading.task, human_bytes(reading.bytes));
-    if let Some(total) = reading.total_bytes {
+    // An estimate that was too small (a snapshot guesses from the previous one) is dropped.
+    let total_bytes = reading.total_bytes.filter(|total| *total >= reading.bytes);
+    if let Some(total) = total_bytes {
         let percent = reading.bytes.saturating_mul(100) / total;
         text.push_str(&format!(" of {} ({percent}%)", human_bytes(total)));
     }
+    let unit = if reading.task == "prune" { "snapshots" } else { "files" };
     if let Some(total) = reading.total_items {
-        text.push_str(&format!(", {} of {total} items", reading.items));
+        text.push_str(&format!(", {} of {total} {unit}", reading.items));
     } else if reading.items > 0 {
-        text.push_str(&format!(", {} items", reading.items));
+        text.push_str(&format!(", {} {unit}", reading.items));
     }
     if rate >= 1.0 {
         text.push_str(&format!(", {}/s", human_bytes(rate as u64)));
-        if let Some(total) = reading.total_bytes
+        if let Some(total) = total_bytes
             && total > reading.bytes
         {
             let left = (total - reading.bytes) as f64 / rate;
@@ -246,15 +255,15 @@ mod tests {
                 sample(120 * MIB, Some(400 * MIB), 0, None, 10),
                 "restore: 120.0 MiB of 400.0 MiB (30%), 12.0 MiB/s, about 24 s left",
             ),
-            // An estimate that was too small: no percentage past 100 lies about time left.
+            // An estimate that was too small is left out, with the time left.
             (
                 sample(500 * MIB, Some(400 * MIB), 0, None, 10),
-                "restore: 500.0 MiB of 400.0 MiB (125%), 50.0 MiB/s",
+                "restore: 500.0 MiB, 50.0 MiB/s",
             ),
-            (sample(0, None, 3, Some(7), 2), "restore: 0 B, 3 of 7 items"),
+            (sample(0, None, 3, Some(7), 2), "restore: 0 B, 3 of 7 files"),
             (
                 sample(2 * MIB, None, 12, None, 1),
-                "restore: 2.0 MiB, 12 items, 2.0 MiB/s",
+                "restore: 2.0 MiB, 12 files, 2.0 MiB/s",
             ),
         ];
         for (reading, expected) in cases {

@@ -12,6 +12,8 @@ use aws_sdk_ssm::Client;
 use aws_sdk_ssm::error::DisplayErrorContext;
 
 use crate::config::SecretsConfig;
+use crate::store::Problem;
+use crate::store::problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -129,16 +131,13 @@ pub async fn fetch(client: &Client, path: &str) -> Result<Secrets, SecretsError>
             .send()
             .await
             .map_err(|e| {
-                use aws_sdk_ssm::error::SdkError;
-                let transient = match &e {
-                    SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-                    SdkError::ServiceError(s) => s.raw().status().as_u16() >= 500 || s.raw().status().as_u16() == 429,
-                    _ => false,
-                };
+                // The whole chain for -vv; the journal gets one line with the next step.
+                tracing::debug!(path, error = %DisplayErrorContext(&e), "SSM request failed");
+                let problem = problem::classify(&problem::failure_of(&e));
                 SecretsError::Ssm {
                     path: path.to_string(),
-                    message: DisplayErrorContext(&e).to_string(),
-                    transient,
+                    message: ssm_message(&problem, path),
+                    transient: problem.is_transient(),
                 }
             })?;
         for parameter in output.parameters() {
@@ -152,6 +151,37 @@ pub async fn fetch(client: &Client, path: &str) -> Result<Secrets, SecretsError>
         }
     }
     Secrets::from_parameters(parameters)
+}
+
+/// The words for a failed SSM read of `path` (the S3 classes, with SSM's permission).
+pub fn ssm_message(problem: &Problem, path: &str) -> String {
+    match problem {
+        Problem::NoCredentials => problem::NO_CREDENTIALS.to_string(),
+        Problem::CredentialsRejected { code } => {
+            format!(
+                "SSM rejected the credentials ({code}): check the access key and secret, or renew the session token"
+            )
+        }
+        Problem::ClockSkew => {
+            "this machine's clock is too far from AWS's: set it right (systemd-timesyncd or chrony)".into()
+        }
+        Problem::AccessDenied => format!(
+            "access denied: the credentials in use need ssm:GetParametersByPath on {path} (and kms:Decrypt for \
+             SecureString parameters)"
+        ),
+        Problem::Unreachable { cause } | Problem::Interrupted { cause } => {
+            format!("cannot connect to SSM: {cause}: check the network, any proxy and [secrets] endpoint")
+        }
+        Problem::TimedOut => "SSM did not answer in time: check the network".into(),
+        Problem::Throttled { code } => format!("SSM is throttling requests ({code}): it is retried with backoff"),
+        Problem::Other { status, code, message } => format!(
+            "SSM answered{}{}: {message}",
+            status.map(|s| format!(" HTTP {s}")).unwrap_or_default(),
+            code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
+        ),
+        // S3's own classes; SSM has no buckets and no conditional writes.
+        Problem::NoSuchBucket | Problem::PreconditionFailed => "SSM answered with an unexpected error".into(),
+    }
 }
 
 /// Writes the env file: 0700 directory, 0600 temp file in it, fsync, rename. Returns whether the

@@ -5,6 +5,12 @@
 
 use std::time::Duration;
 
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+/// What a person is told when the credentials chain finds nothing (S3 and SSM alike).
+pub const NO_CREDENTIALS: &str = "no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and \
+     AWS_SECRET_ACCESS_KEY, or give the instance a role";
+
 /// The facts of one failed request, taken from the SDK's error.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Failure {
@@ -14,6 +20,8 @@ pub struct Failure {
     pub not_sent: bool,
     /// The credentials chain found nothing.
     pub no_credentials: bool,
+    /// An answer began but broke off, or could not be read.
+    pub broken: bool,
     /// The HTTP status, when S3 answered.
     pub status: Option<u16>,
     /// S3's error code (`NoSuchBucket`, `SlowDown`…), when it sent one.
@@ -58,6 +66,11 @@ pub fn classify(failure: &Failure) -> Problem {
     }
     if failure.timed_out {
         return Problem::TimedOut;
+    }
+    if failure.broken {
+        return Problem::Interrupted {
+            cause: failure.message.clone().unwrap_or_else(|| "the answer broke off".into()),
+        };
     }
     if failure.not_sent {
         return Problem::Unreachable {
@@ -154,10 +167,7 @@ pub fn message(problem: &Problem, context: &Context) -> String {
     } = context;
     let what = format!("cannot {op} s3://{bucket}/{key}");
     match problem {
-        Problem::NoCredentials => format!(
-            "{what}: no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-             or give the instance a role"
-        ),
+        Problem::NoCredentials => format!("{what}: {NO_CREDENTIALS}"),
         Problem::CredentialsRejected { code } => format!(
             "{what}: S3 rejected the credentials ({code}): check the access key and secret (AWS_PROFILE or \
              AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or renew the session token"
@@ -182,7 +192,7 @@ pub fn message(problem: &Problem, context: &Context) -> String {
              the network and any proxy"
         ),
         Problem::Interrupted { cause } => {
-            format!("{what}: the download from S3 at {endpoint} broke off: {cause}: try again")
+            format!("{what}: the answer from S3 at {endpoint} broke off: {cause}: try again")
         }
         Problem::TimedOut => format!(
             "{what}: S3 at {endpoint} did not answer within {} s ({attempts} attempts): check the network, or \
@@ -203,6 +213,49 @@ pub fn message(problem: &Problem, context: &Context) -> String {
             }
             format!("{what}: {answer}: {message}")
         }
+    }
+}
+
+/// The plain facts of an AWS SDK error, S3's or SSM's (`classify` decides what they mean).
+pub fn failure_of<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    // The chain found nothing (every source tried failed or was empty; off EC2 the last one
+    // tried is the instance metadata service).
+    let no_credentials = std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |e| e.source())
+        .any(|e| e.is::<aws_credential_types::provider::error::CredentialsError>());
+    match err {
+        SdkError::DispatchFailure(dispatch) => Failure {
+            timed_out: dispatch.is_timeout(),
+            not_sent: true,
+            no_credentials,
+            message: Some(innermost_cause(err)),
+            ..Failure::default()
+        },
+        SdkError::TimeoutError(_) => Failure {
+            timed_out: true,
+            not_sent: true,
+            ..Failure::default()
+        },
+        SdkError::ResponseError(_) => Failure {
+            broken: true,
+            message: Some(innermost_cause(err)),
+            ..Failure::default()
+        },
+        SdkError::ConstructionFailure(_) => Failure {
+            not_sent: true,
+            no_credentials,
+            message: Some(innermost_cause(err)),
+            ..Failure::default()
+        },
+        _ => Failure {
+            no_credentials,
+            status: err.raw_response().map(|r| r.status().as_u16()),
+            code: err.code().map(str::to_string),
+            message: err.message().map(str::to_string).or_else(|| Some(innermost_cause(err))),
+            ..Failure::default()
+        },
     }
 }
 
@@ -273,7 +326,7 @@ mod tests {
     #[test]
     fn each_class_has_one_message_naming_the_next_step() {
         use crate::exit::Exit;
-        let cases: [(Failure, &str, Exit, bool); 12] = [
+        let cases: [(Failure, &str, Exit, bool); 13] = [
             (
                 Failure {
                     no_credentials: true,
@@ -339,6 +392,16 @@ mod tests {
                     ..Failure::default()
                 },
                 "S3 at 127.0.0.1:9 did not answer within 30 s (5 attempts): check the network, or raise [s3] timeout",
+                Exit::Io,
+                true,
+            ),
+            (
+                Failure {
+                    broken: true,
+                    message: Some("connection reset by peer".into()),
+                    ..Failure::default()
+                },
+                "the answer from S3 at 127.0.0.1:9 broke off: connection reset by peer: try again",
                 Exit::Io,
                 true,
             ),

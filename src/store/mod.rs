@@ -21,9 +21,9 @@ use tokio::task::JoinSet;
 
 use crate::config::S3Config;
 
-mod problem;
+pub mod problem;
 
-pub use problem::{Context, Failure, Problem};
+pub use problem::{Context, Failure, Problem, failure_of};
 
 /// Size of every multipart part but the last; S3's minimum is 5 MiB.
 pub const PART_SIZE: usize = 12 * 1024 * 1024;
@@ -224,7 +224,10 @@ impl Store {
     {
         // The whole chain, for -vv; the person reads the classified one-liner.
         tracing::debug!(op, key = %self.full_key(relative), error = %DisplayErrorContext(&err), "S3 request failed");
-        StoreError::request(problem::classify(&failure_of(&err)), self.context(op, relative))
+        StoreError::request(
+            problem::classify(&problem::failure_of(&err)),
+            self.context(op, relative),
+        )
     }
 
     /// What a message about `op` on `relative` needs to know.
@@ -304,6 +307,48 @@ impl Store {
             buffer.extend_from_slice(&chunk);
         }
         Ok(Some((buffer.freeze(), etag)))
+    }
+
+    /// `length` bytes of the object from `offset` (a ranged GET), or `None` when the key does not
+    /// exist. Fewer bytes than asked (the object is shorter) is an error: a reader of packs asks
+    /// for exactly what its index says is there.
+    pub async fn get_range(&self, relative: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
+        if length == 0 {
+            return Ok(Some(Bytes::new()));
+        }
+        let range = format!("bytes={offset}-{}", offset + length - 1);
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(relative))
+            .range(range)
+            .send();
+        let output = match crate::systemd::alive_while(self.request_bound, request).await {
+            Ok(output) => output,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(err) => return Err(self.error("get", relative, err)),
+        };
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.interrupted(relative, &e))?
+            .into_bytes();
+        if body.len() as u64 != length {
+            return Err(StoreError::request(
+                Problem::Other {
+                    status: None,
+                    code: None,
+                    message: format!(
+                        "asked for {length} bytes at offset {offset}, got {}: the object is shorter than its index says",
+                        body.len()
+                    ),
+                },
+                self.context("get", relative),
+            ));
+        }
+        Ok(Some(body))
     }
 
     /// A streaming body, or `None` when the key does not exist.
@@ -665,53 +710,6 @@ pub enum PutCondition {
     Absent,
     /// Only if the current object has this ETag (`If-Match`).
     Matches(String),
-}
-
-/// The plain facts of an SDK error (`problem::classify` decides what they mean).
-fn failure_of<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Failure
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    // The chain found nothing (every source tried failed or was empty; off EC2 the last one
-    // tried is the instance metadata service).
-    let no_credentials = error_chain(err).any(|e| e.is::<aws_credential_types::provider::error::CredentialsError>());
-    match err {
-        SdkError::DispatchFailure(dispatch) => Failure {
-            timed_out: dispatch.is_timeout(),
-            not_sent: true,
-            no_credentials,
-            message: Some(problem::innermost_cause(err)),
-            ..Failure::default()
-        },
-        SdkError::TimeoutError(_) => Failure {
-            timed_out: true,
-            not_sent: true,
-            ..Failure::default()
-        },
-        SdkError::ConstructionFailure(_) => Failure {
-            not_sent: true,
-            no_credentials,
-            message: Some(problem::innermost_cause(err)),
-            ..Failure::default()
-        },
-        _ => Failure {
-            no_credentials,
-            status: err.raw_response().map(|r| r.status().as_u16()),
-            code: err.code().map(str::to_string),
-            message: err
-                .message()
-                .map(str::to_string)
-                .or_else(|| Some(problem::innermost_cause(err))),
-            ..Failure::default()
-        },
-    }
-}
-
-/// `err` and every error beneath it.
-fn error_chain<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(err), |e| e.source())
 }
 
 /// `host:port` of an endpoint URL, for messages.

@@ -1,0 +1,188 @@
+//! rustic_core's storage backend over spotkeeper's own S3 client (`Store`): one S3 stack, with
+//! the AWS credential chain, `[s3] timeout`, retries and custom endpoints. The repository lives
+//! under `PREFIX/repo/` in restic's layout (`config`, `keys/`, `snapshots/`, `index/`,
+//! `data/<2 hex>/<id>`), so stock `restic -r s3:.../PREFIX/repo` reads it.
+//!
+//! rustic_core is synchronous and calls the backend from its own threads (rayon, packers):
+//! every call blocks on the tokio runtime through `handle`. Callers must therefore run
+//! rustic_core inside `spawn_blocking` (or another thread that drives no async task), never
+//! directly from async code.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use rustic_core::{BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend};
+
+use crate::store::{PutCondition, Store, StoreError};
+
+/// Where the repository lives under the configured prefix.
+pub const REPO_DIR: &str = "repo";
+
+/// The backend: a `Store` and the runtime its calls run on.
+#[derive(Clone)]
+pub struct S3Backend {
+    store: Store,
+    handle: tokio::runtime::Handle,
+    root: String,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Backend({})", self.location())
+    }
+}
+
+impl S3Backend {
+    /// The repository under `PREFIX/repo/` of `store`; calls block on `handle`.
+    pub fn new(store: Store, handle: tokio::runtime::Handle) -> S3Backend {
+        S3Backend {
+            store,
+            handle,
+            root: REPO_DIR.to_string(),
+        }
+    }
+
+    /// The key (relative to the store's prefix) of a repository file.
+    pub fn key(&self, tpe: FileType, id: &Id) -> String {
+        key_of(&self.root, tpe, id)
+    }
+
+    fn block<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> RusticResult<T> {
+        crate::systemd::progress();
+        let result = self.handle.block_on(call);
+        crate::systemd::progress();
+        result.map_err(|e| {
+            RusticError::with_source(ErrorKind::Backend, "S3 {op} of {key} failed", e)
+                .attach_context("op", op)
+                .attach_context("key", self.store.url(key))
+        })
+    }
+
+    fn missing(&self, key: &str) -> Box<RusticError> {
+        RusticError::new(ErrorKind::Backend, "{key} does not exist").attach_context("key", self.store.url(key))
+    }
+}
+
+/// restic's layout: `config`, `data/<first two hex>/<id>`, `<type dir>/<id>`.
+pub fn key_of(root: &str, tpe: FileType, id: &Id) -> String {
+    let hex = id.to_hex();
+    let hex = hex.as_str();
+    match tpe {
+        FileType::Config => format!("{root}/config"),
+        FileType::Pack => format!("{root}/data/{}/{hex}", &hex[..2]),
+        _ => format!("{root}/{}/{hex}", tpe.dirname()),
+    }
+}
+
+impl ReadBackend for S3Backend {
+    fn location(&self) -> String {
+        format!("s3:{}", self.store.url(&self.root))
+    }
+
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        if tpe == FileType::Config {
+            // rustic_core expects the config as one entry with the zero id, or none.
+            let key = self.key(tpe, &Id::default());
+            let listed = self.block("list", &key, self.store.list(&key))?;
+            return Ok(listed
+                .iter()
+                .find(|o| o.key == key)
+                .map(|o| vec![(Id::default(), u32::try_from(o.size).unwrap_or(u32::MAX))])
+                .unwrap_or_default());
+        }
+        // The trailing slash keeps `data/` from matching `database/`; packs sit one level down.
+        let prefix = format!("{}/{}/", self.root, tpe.dirname());
+        let listed = self.block("list", &prefix, self.store.list(&prefix))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.key.rsplit('/').next()?;
+                let id = Id::parse_some(name, tpe)?;
+                // A name that parses but sits in the wrong place is not restic's: skip it.
+                (self.key(tpe, &id) == o.key).then_some((id, u32::try_from(o.size).ok()?))
+            })
+            .collect())
+    }
+
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
+        let key = self.key(tpe, id);
+        match self.block("get", &key, self.store.get_bytes(&key))? {
+            Some((body, _)) => Ok(body),
+            None => Err(self.missing(&key)),
+        }
+    }
+
+    fn read_partial(&self, tpe: FileType, id: &Id, _cacheable: bool, offset: u32, length: u32) -> RusticResult<Bytes> {
+        let key = self.key(tpe, id);
+        match self.block(
+            "get",
+            &key,
+            self.store.get_range(&key, u64::from(offset), u64::from(length)),
+        )? {
+            Some(body) => Ok(body),
+            None => Err(self.missing(&key)),
+        }
+    }
+
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.store.full_key(&self.key(tpe, id))
+    }
+}
+
+impl WriteBackend for S3Backend {
+    fn write_bytes(&self, tpe: FileType, id: &Id, _cacheable: bool, content: BytesList) -> RusticResult<()> {
+        let key = self.key(tpe, id);
+        let parts = content.into_vec();
+        let body = if parts.len() == 1 {
+            parts.into_iter().next().unwrap_or_default()
+        } else {
+            Bytes::from(parts.concat())
+        };
+        // Every file but `config` is named by the hash of its bytes, so writing it again writes
+        // the same bytes: an unconditional PUT is safe (also when the SDK retries one whose
+        // answer was lost). `config` is rewritten on purpose by rustic_core.
+        self.block(
+            "put",
+            &key,
+            self.store
+                .put_bytes(&key, body, "application/octet-stream", &[], PutCondition::None),
+        )?;
+        Ok(())
+    }
+
+    fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
+        let key = self.key(tpe, id);
+        let refused = self.block("delete", &key, self.store.delete(std::slice::from_ref(&key)))?;
+        match refused.into_iter().next() {
+            None => Ok(()),
+            Some((key, why)) => Err(
+                RusticError::new(ErrorKind::Backend, "S3 refused to delete {key}: {why}")
+                    .attach_context("key", self.store.url(&key))
+                    .attach_context("why", why),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_is_restics() {
+        let id: Id = "b56cc31bd6a7a1f5e2e1a5e08ea9e1c0c1f9f06c8a3a0b6e3f1a2b3c4d5e6f70"
+            .parse()
+            .expect("id");
+        let hex = "b56cc31bd6a7a1f5e2e1a5e08ea9e1c0c1f9f06c8a3a0b6e3f1a2b3c4d5e6f70";
+        assert_eq!(key_of("repo", FileType::Config, &Id::default()), "repo/config");
+        assert_eq!(key_of("repo", FileType::Pack, &id), format!("repo/data/b5/{hex}"));
+        assert_eq!(key_of("repo", FileType::Index, &id), format!("repo/index/{hex}"));
+        assert_eq!(key_of("repo", FileType::Snapshot, &id), format!("repo/snapshots/{hex}"));
+        assert_eq!(key_of("repo", FileType::Key, &id), format!("repo/keys/{hex}"));
+    }
+}

@@ -64,10 +64,15 @@ fn drill_kill_9_during_snapshots_never_breaks_latest_or_leaves_the_container_fro
         if round > 0 && daemon.log().contains("left frozen") {
             thawed_after_crash += 1;
         }
-        assert_eq!(
-            docker(&["inspect", "-f", "{{.State.Paused}}", &t.container]),
-            "false",
-            "round {round}"
+        // Not left frozen by the kill: a tick may freeze it for a moment (every 3 s here), so
+        // the container must be running unpaused within a few ticks, not at this very instant.
+        let unpaused = wait_for(Duration::from_secs(15), || {
+            docker(&["inspect", "-f", "{{.State.Paused}}", &t.container]) == "false"
+        });
+        assert!(
+            unpaused,
+            "round {round}: the container stays frozen; log:\n{}",
+            daemon.log()
         );
         // Change something so every tick uploads.
         write(

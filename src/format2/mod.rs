@@ -49,6 +49,7 @@ pub enum Format2Error {
 /// gives it back; one that fails loses it, and the next operation opens the repository again.
 pub struct Repo {
     repo: Option<Repository<OpenStatus>>,
+    cache: Option<PathBuf>,
     backends: RepositoryBackends,
     credentials: Credentials,
     location: String,
@@ -64,10 +65,15 @@ pub struct Backup {
     pub data_added_packed: u64,
 }
 
-fn options() -> RepositoryOptions {
-    // No local cache: the daemon keeps the repository open instead, and a person's command
-    // must not leave caches of a state's metadata under ~/.cache.
-    RepositoryOptions::default().no_cache(true)
+/// With `cache`, rustic_core keeps the index, snapshots and tree packs there (encrypted, as in
+/// the repository), so a snapshot reads its parent's trees from disk instead of one request
+/// each; the daemon's lives in `work_dir`. Without it, nothing is cached: a person's command must
+/// not leave a state's metadata under ~/.cache.
+fn options(cache: Option<&Path>) -> RepositoryOptions {
+    match cache {
+        Some(dir) => RepositoryOptions::default().cache_dir(dir.to_path_buf()),
+        None => RepositoryOptions::default().no_cache(true),
+    }
 }
 
 /// Errors of rustic_core, with the repository named.
@@ -80,12 +86,13 @@ fn wrap(location: &str) -> impl Fn(Box<RusticError>) -> Format2Error + use<> {
 }
 
 impl Repo {
-    /// Creates the repository (version 2, zstd) with `password` as its first key.
-    pub fn init(backend: S3Backend, password: &Password) -> Result<Repo, Format2Error> {
+    /// Creates the repository (version 2, zstd) with `password` as its first key; `cache` as in
+    /// `open`.
+    pub fn init(backend: S3Backend, password: &Password, cache: Option<&Path>) -> Result<Repo, Format2Error> {
         let location = rustic_core::ReadBackend::location(&backend);
         let wrap = wrap(&location);
         let backends = RepositoryBackends::new(Arc::new(backend) as Arc<dyn WriteBackend>, None);
-        let repo = Repository::new(&options(), &backends).map_err(&wrap)?;
+        let repo = Repository::new(&options(cache), &backends).map_err(&wrap)?;
         if repo.config_id().map_err(&wrap)?.is_some() {
             return Err(Format2Error::Exists { location });
         }
@@ -100,18 +107,21 @@ impl Repo {
             .map_err(&wrap)?;
         Ok(Repo {
             repo: Some(repo),
+            cache: cache.map(Path::to_path_buf),
             backends,
             credentials,
             location,
         })
     }
 
-    /// Opens the repository with `password`.
-    pub fn open(backend: S3Backend, password: &Password) -> Result<Repo, Format2Error> {
+    /// Opens the repository with `password`, caching its metadata in `cache` (a directory of
+    /// its own) when given.
+    pub fn open(backend: S3Backend, password: &Password, cache: Option<&Path>) -> Result<Repo, Format2Error> {
         let location = rustic_core::ReadBackend::location(&backend);
         let backends = RepositoryBackends::new(Arc::new(backend) as Arc<dyn WriteBackend>, None);
         let mut repo = Repo {
             repo: None,
+            cache: cache.map(Path::to_path_buf),
             backends,
             credentials: Credentials::password(password.expose()),
             location,
@@ -127,7 +137,7 @@ impl Repo {
             return Ok(repo);
         }
         let wrap = wrap(&self.location);
-        let repo = Repository::new(&options(), &self.backends).map_err(&wrap)?;
+        let repo = Repository::new(&options(self.cache.as_deref()), &self.backends).map_err(&wrap)?;
         if repo.config_id().map_err(&wrap)?.is_none() {
             return Err(Format2Error::Missing {
                 location: self.location.clone(),

@@ -254,25 +254,39 @@ impl Store {
 
     /// The whole object, or `None` when the key does not exist.
     pub async fn get_bytes(&self, relative: &str) -> Result<Option<(Bytes, Option<String>)>, StoreError> {
-        let key = self.full_key(relative);
-        let output = match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
-            Ok(output) => output,
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
-            Err(err) => return Err(self.error("get", relative, err)),
-        };
-        let etag = output.e_tag().map(str::to_string);
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.interrupted(relative, &e))?;
-        Ok(Some((body.into_bytes(), etag)))
+        self.get_bytes_capped(relative, u64::MAX).await
+    }
+
+    /// Runs `call` (a whole GET) again when its answer broke off while its body was read: the
+    /// SDK retries a request, not a body that fails after the answer began. A GET can always be
+    /// repeated; each retry is a WARN line, as the SDK's own are.
+    async fn again_if_broken<T>(&self, mut call: impl AsyncFnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Err(e) if attempt < MAX_ATTEMPTS && matches!(e.problem(), Some(Problem::Interrupted { .. })) => {
+                    attempt += 1;
+                    tracing::warn!("{e}; retrying, attempt {attempt} of {MAX_ATTEMPTS}");
+                    tokio::time::sleep(INITIAL_BACKOFF * attempt).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Like `get_bytes`, for objects of at most `cap` bytes (manifests, pointers): a larger one
     /// is refused from its Content-Length before its body is read, or as soon as the body passes
     /// the cap, and the body is gathered into one buffer, never copied again.
     pub async fn get_bytes_capped(
+        &self,
+        relative: &str,
+        cap: u64,
+    ) -> Result<Option<(Bytes, Option<String>)>, StoreError> {
+        self.again_if_broken(async || self.get_bytes_capped_once(relative, cap).await)
+            .await
+    }
+
+    async fn get_bytes_capped_once(
         &self,
         relative: &str,
         cap: u64,
@@ -313,6 +327,11 @@ impl Store {
     /// exist. Fewer bytes than asked (the object is shorter) is an error: a reader of packs asks
     /// for exactly what its index says is there.
     pub async fn get_range(&self, relative: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
+        self.again_if_broken(async || self.get_range_once(relative, offset, length).await)
+            .await
+    }
+
+    async fn get_range_once(&self, relative: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
         if length == 0 {
             return Ok(Some(Bytes::new()));
         }

@@ -433,6 +433,21 @@ struct Copier<'m> {
 }
 
 impl Copier<'_> {
+    /// Marks `found` as seen at its level. Its name when it must be copied; `None` when the index
+    /// says the mirror's copy is current. A copy that is needed is dropped from the index first:
+    /// from then until the copy completes, the mirror's copy is not a copy of anything.
+    fn needs_copy(&mut self, found: &Found<'_>) -> Option<std::ffi::CString> {
+        let (_, name) = found.at();
+        let name = name.to_owned();
+        self.top().seen.insert(name.clone());
+        if self.index.entries.get(found.rel) == Some(&Fingerprint::of(found.stat)) {
+            self.stats.unchanged += 1;
+            return None;
+        }
+        self.index.entries.remove(found.rel);
+        Some(name)
+    }
+
     fn top(&mut self) -> &mut Level {
         // The walk never leaves more directories than it entered: the base level stays.
         let last = self.levels.len() - 1;
@@ -548,16 +563,9 @@ impl Visitor for Copier<'_> {
     }
 
     fn file(&mut self, found: &Found<'_>, walk: &mut Walk<'_>) -> Result<(), MirrorError> {
-        let (_, name) = found.at();
-        let name = name.to_owned();
-        self.top().seen.insert(name.clone());
-        let fingerprint = Fingerprint::of(found.stat);
-        if self.index.entries.get(found.rel) == Some(&fingerprint) {
-            self.stats.unchanged += 1;
+        let Some(name) = self.needs_copy(found) else {
             return Ok(());
-        }
-        // From here until the copy completes, the mirror's copy is not a copy of anything.
-        self.index.entries.remove(found.rel);
+        };
         let (source, stat) = match found.open() {
             Ok(Some(opened)) => opened,
             Ok(None) => {
@@ -595,15 +603,9 @@ impl Visitor for Copier<'_> {
     }
 
     fn symlink(&mut self, found: &Found<'_>, target: &[u8], _walk: &mut Walk<'_>) -> Result<(), MirrorError> {
-        let (_, name) = found.at();
-        let name = name.to_owned();
-        self.top().seen.insert(name.clone());
-        let fingerprint = Fingerprint::of(found.stat);
-        if self.index.entries.get(found.rel) == Some(&fingerprint) {
-            self.stats.unchanged += 1;
+        let Some(name) = self.needs_copy(found) else {
             return Ok(());
-        }
-        self.index.entries.remove(found.rel);
+        };
         let top = self.top_fd();
         if fd::stat_at(top, &name).is_ok() {
             fd::remove_at(top, &name).map_err(|e| self.write_error(found.rel, e))?;
@@ -612,7 +614,9 @@ impl Visitor for Copier<'_> {
         rustix::fs::symlinkat(target.as_c_str(), top, name.as_c_str())
             .map_err(|e| self.write_error(found.rel, e.into()))?;
         apply_link_meta(top, &name, found.stat, self.as_root).map_err(|e| self.write_error(found.rel, e))?;
-        self.index.entries.insert(found.rel.to_string(), fingerprint);
+        self.index
+            .entries
+            .insert(found.rel.to_string(), Fingerprint::of(found.stat));
         self.top().changed = true;
         self.stats.copied += 1;
         Ok(())

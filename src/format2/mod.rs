@@ -148,6 +148,9 @@ impl Repo {
 
     /// Backs up `source` (stored as `/state`), tagged `spotkeeper` and `tags`, under the stable
     /// `host` name (the parent snapshot is found by host, and Spot hostnames change).
+    ///
+    /// rustic_core walks `source` by path: give it spotkeeper's own frozen mirror (filled by the
+    /// descriptor-based walker), never the live state directory, which the app can rearrange.
     pub fn backup(&mut self, source: &Path, host: &str, tags: &[String]) -> Result<Backup, Format2Error> {
         let wrap = wrap(&self.location);
         let repo = self.take()?.to_indexed_ids().map_err(&wrap)?;

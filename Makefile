@@ -57,7 +57,7 @@ install: release
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/spotkeeper
 	install -d $(DESTDIR)$(MAN_DIR) $(DESTDIR)$(BASH_COMPLETION_DIR) $(DESTDIR)$(ZSH_COMPLETION_DIR) $(DESTDIR)$(FISH_COMPLETION_DIR)
 	$(BIN) man >$(DESTDIR)$(MAN_DIR)/spotkeeper.1
-	for sub in run status snapshot restore list verify prune check-config completions man; do \
+	for sub in run status snapshot restore list verify prune check-config init key completions man; do \
 	  $(BIN) man $$sub >$(DESTDIR)$(MAN_DIR)/spotkeeper-$$sub.1 || exit 1; done
 	$(BIN) completions bash >$(DESTDIR)$(BASH_COMPLETION_DIR)/spotkeeper
 	$(BIN) completions zsh >$(DESTDIR)$(ZSH_COMPLETION_DIR)/_spotkeeper

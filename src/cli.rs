@@ -59,6 +59,16 @@ pub enum Command {
     Prune(PruneArgs),
     /// Validate the config file and print the effective configuration.
     CheckConfig,
+    /// Create the format-2 repository (an encrypted restic repository under PREFIX/repo/) with
+    /// the password that [repository] names.
+    ///
+    /// With --create-password, first creates that SSM SecureString with 32 random bytes (never
+    /// overwriting one). Losing the password loses every backup: escrow it with `spotkeeper key
+    /// show`. The daemon and `snapshot` also create the repository on their first format-2
+    /// snapshot when nothing is under PREFIX/repo/ yet.
+    Init(InitArgs),
+    /// The repository password, for escrow (`key show`).
+    Key(KeyArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
     ///
     /// For example `spotkeeper completions bash > /usr/share/bash-completion/completions/spotkeeper`
@@ -79,9 +89,40 @@ impl Cli {
             Command::List(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Prune(a) => a.json,
-            Command::Run | Command::CheckConfig | Command::Completions(_) | Command::Man(_) => false,
+            Command::Run
+            | Command::CheckConfig
+            | Command::Completions(_)
+            | Command::Man(_)
+            | Command::Init(_)
+            | Command::Key(_) => false,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Also create the SSM SecureString that [repository] password_ssm names, with 32 random
+    /// bytes (64 hex digits); refused when it exists.
+    #[arg(long)]
+    pub create_password: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub command: KeyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print the repository password on stdout, for escrow (a password manager, a safe).
+    ///
+    /// Only to a terminal, unless --yes: a password in a pipe or a file is easy to leak.
+    Show {
+        /// Print it even though stdout is not a terminal.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]

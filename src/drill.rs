@@ -50,6 +50,7 @@ pub struct DrillReport {
 /// Runs the drill on `snapshot` (default `latest/`). The scratch directory is removed on every path.
 pub async fn run(
     store: &Store,
+    engine: Option<&crate::format2::Engine>,
     work_dir: &Path,
     repository: &str,
     snapshot: Option<SnapshotId>,
@@ -84,7 +85,7 @@ pub async fn run(
         now: Utc::now(),
     };
     let result = async {
-        let report = restore::restore(store, &request).await?;
+        let report = restore::restore(store, engine, &request).await?;
         let id = report.id;
         let root = scratch.clone();
         let databases = tokio::task::spawn_blocking(move || check_databases(&root, id))

@@ -103,6 +103,27 @@ pub fn of_repository(error: &RepositoryError) -> Exit {
     match error {
         RepositoryError::Store(e) => of_store(e),
         RepositoryError::Manifest(e) => of_manifest(e),
+        RepositoryError::Format2(e) => of_format2(e),
+        RepositoryError::Password(
+            crate::format2::PasswordError::Invalid { .. } | crate::format2::PasswordError::Exposed { .. },
+        ) => Exit::Config,
+        RepositoryError::Password(_) => Exit::Io,
+        RepositoryError::NeedsPassword { .. } => Exit::Config,
+    }
+}
+
+pub fn of_format2(error: &crate::format2::Format2Error) -> Exit {
+    use crate::format2::Format2Error;
+    if let Some(store) = error.store_error() {
+        return of_store(store);
+    }
+    match error {
+        _ if error.is_wrong_password() => Exit::Config,
+        Format2Error::Check { .. } => Exit::Integrity,
+        Format2Error::Missing { .. } | Format2Error::NoSnapshot { .. } => Exit::NotFound,
+        Format2Error::Exists { .. } => Exit::Refused,
+        Format2Error::Task(_) => Exit::Failure,
+        Format2Error::Repository { .. } | Format2Error::Source { .. } => Exit::Io,
     }
 }
 
@@ -114,7 +135,10 @@ pub fn of_restore(error: &RestoreError) -> Exit {
         RestoreError::NoSnapshot { .. }
         | RestoreError::SnapshotNotFound { .. }
         | RestoreError::ArchiveMissing { .. } => Exit::NotFound,
-        RestoreError::Refused { .. } | RestoreError::LatestMissing { .. } => Exit::Refused,
+        RestoreError::Refused { .. } | RestoreError::LatestMissing { .. } | RestoreError::Ambiguous { .. } => {
+            Exit::Refused
+        }
+        RestoreError::Unsafe { .. } => Exit::Integrity,
         RestoreError::Task(_) => Exit::Failure,
     }
 }

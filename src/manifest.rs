@@ -31,6 +31,10 @@ pub enum ManifestError {
         "manifest {key} has format {found}; this spotkeeper reads format {FORMAT_VERSION} and older: upgrade spotkeeper"
     )]
     UnsupportedFormat { key: String, found: u32 },
+    #[error("the latest pointer {key} is not valid: {reason}")]
+    Pointer { key: String, reason: String },
+    #[error("the latest pointer {key} has format {found}; this spotkeeper reads format 2: upgrade spotkeeper")]
+    PointerFormat { key: String, found: u32 },
     #[error("manifest {key} is for snapshot {found}, expected {expected}")]
     WrongId {
         key: String,

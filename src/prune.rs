@@ -1,9 +1,12 @@
-//! Applying the retention policy to a repository: list, decide (the pure `retention::plan` plus
-//! the `latest/` guard), delete manifests first and then the rest of each doomed snapshot.
+//! Applying the retention policy to a repository: list both formats, decide (the pure
+//! `retention::plan` over all of them, plus the head guard), then delete. Format 1: manifests
+//! first, then the rest of each doomed snapshot. Format 2: forget the doomed restic snapshots,
+//! then a two-phase prune of packs (`format2::Repo::prune`, grace `PACK_GRACE`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::format2::{self, Engine};
 use crate::repository::{self, Listing, RepositoryError};
 use crate::retention::{self, Action, Decision, RetentionPolicy, SnapshotSummary};
 use crate::snapshot_id::SnapshotId;
@@ -16,35 +19,105 @@ pub struct Outcome {
     pub decision: Decision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// 1 or 2.
+    pub format: u8,
 }
+
+/// How long a pack that no snapshot needs stays before a prune deletes it: longer than any
+/// snapshot runs, so one that started before the mark and reuses the pack recovers it.
+pub const PACK_GRACE: std::time::Duration = std::time::Duration::from_secs(23 * 3600);
 
 /// Lists and decides; deletes unless `dry_run`. A failed listing returns before any decision.
 pub async fn prune(
     store: &Store,
+    engine: Option<&Engine>,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<Vec<Outcome>, RepositoryError> {
     let listing = repository::list(store).await?;
-    let latest = repository::latest(store).await?.map(|(m, _)| m.id);
-    let mut outcomes: Vec<Outcome> = plan(&listing, latest, policy, now)
+    let format2 = match engine {
+        Some(engine) => repository::list_format2(engine).await?,
+        None if repository::has_pointer(store).await? => {
+            return Err(RepositoryError::NeedsPassword {
+                repository: store.url("").trim_end_matches('/').to_string(),
+            });
+        }
+        None => Vec::new(),
+    };
+    for foreign in format2.iter().filter(|l| l.id.is_none()) {
+        tracing::warn!(restic_id = %foreign.restic_id, "a restic snapshot tagged spotkeeper without a spotkeeper id; left alone");
+    }
+    let latest = repository::head(store).await?.map(|(head, _)| head.id());
+    let in_format2 = |id: SnapshotId| format2.iter().any(|l| l.id == Some(id));
+    let mut outcomes: Vec<Outcome> = plan(&listing, &format2, latest, policy, now)
         .into_iter()
-        .map(|decision| Outcome { decision, error: None })
+        .map(|decision| Outcome {
+            format: if in_format2(decision.id) { 2 } else { 1 },
+            decision,
+            error: None,
+        })
         .collect();
     if !dry_run {
         delete(store, &listing, &mut outcomes).await?;
+        if let Some(engine) = engine {
+            forget(engine, &format2, &mut outcomes).await?;
+        }
     }
     Ok(outcomes)
 }
 
-/// The policy's decisions, plus one guard the policy cannot see: the snapshot `latest/` points to.
+/// Forgets the doomed format-2 snapshots, then prunes packs in two phases. A failed forget is
+/// reported on each snapshot; the pack prune runs in any case (it only removes what no snapshot
+/// uses, after the grace period).
+async fn forget(engine: &Engine, format2: &[format2::Listed], outcomes: &mut [Outcome]) -> Result<(), RepositoryError> {
+    let doomed: Vec<String> = format2
+        .iter()
+        .filter(|l| {
+            outcomes
+                .iter()
+                .any(|o| Some(o.decision.id) == l.id && o.format == 2 && o.decision.action == Action::Delete)
+        })
+        .map(|l| l.restic_id.clone())
+        .collect();
+    if !doomed.is_empty() {
+        let ids = doomed.clone();
+        if let Err(e) = engine.with(move |repo| repo.forget(&ids)).await {
+            tracing::error!(error = %e, "could not forget format-2 snapshots");
+            for outcome in outcomes
+                .iter_mut()
+                .filter(|o| o.format == 2 && o.decision.action == Action::Delete)
+            {
+                outcome.error = Some(e.to_string());
+            }
+        }
+    }
+    let summary = match engine.with(|repo| repo.prune(PACK_GRACE)).await {
+        Ok(summary) => summary,
+        // No repository under repo/ yet (format 1 only, before the first format-2 snapshot).
+        Err(format2::Format2Error::Missing { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(
+        forgotten = doomed.len(),
+        packs_deleted = summary.packs_deleted,
+        packs_marked = summary.packs_marked,
+        bytes_deleted = summary.bytes_deleted,
+        "format-2 packs pruned (marked packs are deleted after the grace period)"
+    );
+    Ok(())
+}
+
+/// The policy's decisions over both formats, plus one guard the policy cannot see: the snapshot
+/// the head (`latest.json` or `latest/`) points to.
 pub fn plan(
     listing: &Listing,
+    format2: &[format2::Listed],
     latest: Option<SnapshotId>,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
 ) -> Vec<Decision> {
-    let summaries: Vec<SnapshotSummary> = listing
+    let mut summaries: Vec<SnapshotSummary> = listing
         .snapshots
         .iter()
         .map(|s| SnapshotSummary {
@@ -52,6 +125,14 @@ pub fn plan(
             complete: s.complete,
         })
         .collect();
+    // A format-2 snapshot is complete once it is listed (restic writes the snapshot file last).
+    summaries.extend(
+        format2
+            .iter()
+            .filter_map(|l| l.id)
+            .filter(|id| !listing.snapshots.iter().any(|s| s.id == *id))
+            .map(|id| SnapshotSummary { id, complete: true }),
+    );
     let mut decisions = retention::plan(&summaries, policy, now);
     for decision in &mut decisions {
         if Some(decision.id) == latest && decision.action == Action::Delete {
@@ -71,7 +152,7 @@ async fn delete(store: &Store, listing: &Listing, outcomes: &mut [Outcome]) -> R
         .filter(|s| {
             outcomes
                 .iter()
-                .any(|o| o.decision.id == s.id && o.decision.action == Action::Delete)
+                .any(|o| o.decision.id == s.id && o.format == 1 && o.decision.action == Action::Delete)
         })
         .collect();
     let manifests: Vec<String> = doomed

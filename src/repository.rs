@@ -6,9 +6,15 @@
 //! PREFIX/latest/state.tar.zst           copy of the newest complete snapshot's archive
 //! PREFIX/latest/manifest.json           its manifest, written after the archive: the pointer
 //! ```
+//!
+//! That is format 1. Format 2 (`crate::format2`) is a restic repository under `PREFIX/repo/` with
+//! its pointer `PREFIX/latest.json`; once that pointer exists it is the head of the repository,
+//! and format 1's snapshots are history (read, restored, pruned by age).
 
 use std::collections::BTreeMap;
 
+use crate::format2::pointer::{self, Pointer};
+use crate::format2::{self, Engine};
 use crate::manifest::{MAX_METADATA_BYTES, Manifest, ManifestError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::{Store, StoreError};
@@ -33,6 +39,108 @@ pub enum RepositoryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Format2(#[from] crate::format2::Format2Error),
+    #[error(transparent)]
+    Password(#[from] crate::format2::PasswordError),
+    #[error(
+        "{repository} holds format 2 snapshots (an encrypted restic repository under repo/, pointer latest.json), \
+         and this config has no [repository] section with the password: add `password_ssm` (or `password_file`) \
+         under [repository]; docs/format.md explains"
+    )]
+    NeedsPassword { repository: String },
+}
+
+impl RepositoryError {
+    /// The S3 failure underneath, whichever format's code met it.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            RepositoryError::Store(e) => Some(e),
+            RepositoryError::Format2(e) => e.store_error(),
+            _ => None,
+        }
+    }
+
+    /// An S3 failure worth retrying (never "no snapshot").
+    pub fn is_transient(&self) -> bool {
+        self.store_error().is_some_and(crate::store::is_transient)
+    }
+}
+
+/// The head of the repository: what `latest` means.
+#[derive(Debug, Clone)]
+pub enum Head {
+    /// Format 1's `latest/manifest.json` (no `latest.json` yet).
+    One(Manifest),
+    /// Format 2's `latest.json`.
+    Two(Pointer),
+}
+
+impl Head {
+    pub fn id(&self) -> SnapshotId {
+        match self {
+            Head::One(m) => m.id,
+            Head::Two(p) => p.id,
+        }
+    }
+
+    pub fn parent(&self) -> Option<SnapshotId> {
+        match self {
+            Head::One(m) => m.parent,
+            Head::Two(p) => p.parent,
+        }
+    }
+
+    pub fn writer(&self) -> Option<&str> {
+        match self {
+            Head::One(m) => m.host.writer.as_deref(),
+            Head::Two(p) => p.writer.as_deref(),
+        }
+    }
+
+    pub fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Head::One(m) => m.created_at,
+            Head::Two(p) => p.created_at,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Head::One(m) => m.totals.bytes,
+            Head::Two(p) => p.bytes,
+        }
+    }
+
+    /// The lineage guard's view of it.
+    pub fn lineage(&self) -> (SnapshotId, Option<SnapshotId>, Option<&str>) {
+        (self.id(), self.parent(), self.writer())
+    }
+}
+
+/// The head and the ETag of the object it was read from. `latest.json` wins over format 1's
+/// `latest/`; an unreadable `latest.json` is an error (`RepositoryError::Manifest`), never a
+/// silent fall back to the older format.
+pub async fn head(store: &Store) -> Result<Option<(Head, Option<String>)>, RepositoryError> {
+    if let Some((pointer, etag)) = pointer::read(store).await? {
+        return Ok(Some((Head::Two(pointer), etag)));
+    }
+    Ok(latest(store).await?.map(|(m, etag)| (Head::One(m), etag)))
+}
+
+/// Format 2's snapshots, or none when the repository under `repo/` does not exist yet.
+pub async fn list_format2(engine: &Engine) -> Result<Vec<format2::Listed>, RepositoryError> {
+    match engine.list().await {
+        Ok(listed) => Ok(listed),
+        Err(format2::Format2Error::Missing { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `latest.json` exists (a format-2 repository), for the error when no password is
+/// configured.
+pub async fn has_pointer(store: &Store) -> Result<bool, RepositoryError> {
+    Ok(store.head_metadata(pointer::POINTER_KEY).await?.is_some())
 }
 
 /// `snapshots/<id>/state.tar.zst`

@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use tokio_util::io::SyncIoBridge;
 
 use crate::archive::{self, ArchiveError};
+use crate::format2::{self, Engine};
 use crate::manifest::Manifest;
-use crate::repository::{self, LATEST_ARCHIVE, RepositoryError};
+use crate::repository::{self, Head, LATEST_ARCHIVE, RepositoryError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::Store;
 
@@ -66,6 +67,24 @@ pub enum RestoreError {
         repository: String,
         id: SnapshotId,
         keys: String,
+    },
+    #[error(
+        "{repository} holds more than one format-2 snapshot with id {id} (restic ids {restic_ids}): two writers \
+         took snapshots in the same minute; refusing to guess. Restore one by hand with restic (docs/format.md)"
+    )]
+    Ambiguous {
+        repository: String,
+        id: SnapshotId,
+        restic_ids: String,
+    },
+    #[error(
+        "refusing to restore snapshot {id}: it holds {reason} at {path}; nothing was changed (restore never plants \
+         such entries)"
+    )]
+    Unsafe {
+        id: SnapshotId,
+        path: PathBuf,
+        reason: String,
     },
     #[error("download of {key} failed: {source}")]
     Download { key: String, source: io::Error },
@@ -134,37 +153,113 @@ pub fn inspect(target: &Path) -> Result<TargetState, RestoreError> {
     }
 }
 
-/// Resolves the manifest to restore: `snapshot` or `latest/`. Also returns `latest/`'s id.
+/// What a restore reads.
+#[derive(Debug, Clone)]
+pub enum Chosen {
+    /// Format 1: an archive and its manifest.
+    One(Box<Manifest>),
+    /// Format 2: a snapshot of the restic repository.
+    Two(Chosen2),
+}
+
+#[derive(Debug, Clone)]
+pub struct Chosen2 {
+    pub id: SnapshotId,
+    pub restic_id: String,
+    pub files: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+impl Chosen {
+    pub fn id(&self) -> SnapshotId {
+        match self {
+            Chosen::One(m) => m.id,
+            Chosen::Two(c) => c.id,
+        }
+    }
+}
+
+/// The engine, or the error that says format 2 needs a password.
+fn need_engine<'a>(engine: Option<&'a Engine>, repository: &str) -> Result<&'a Engine, RestoreError> {
+    engine.ok_or_else(|| {
+        RepositoryError::NeedsPassword {
+            repository: repository.to_string(),
+        }
+        .into()
+    })
+}
+
+/// Resolves what to restore: `snapshot` (format 2 first, then format 1) or the head
+/// (`latest.json`, else format 1's `latest/`). Also returns the head's id.
 pub async fn resolve(
     store: &Store,
+    engine: Option<&Engine>,
     snapshot: Option<SnapshotId>,
     repository: &str,
-) -> Result<(Manifest, Option<SnapshotId>), RestoreError> {
+) -> Result<(Chosen, Option<SnapshotId>), RestoreError> {
     if let Some(id) = snapshot {
-        let manifest = repository::manifest(store, &id)
-            .await?
-            .ok_or_else(|| RestoreError::SnapshotNotFound {
-                repository: repository.to_string(),
-                id,
-            })?;
-        // latest/ only informs the local record: a damaged one must not block a named snapshot.
-        let latest = match repository::latest(store).await {
-            Ok(latest) => latest.map(|(m, _)| m.id),
+        // The head only informs the local record: a damaged one must not block a named snapshot.
+        let head = match repository::head(store).await {
+            Ok(head) => head.map(|(h, _)| h.id()),
             Err(RepositoryError::Manifest(e)) => {
-                tracing::warn!(error = %e, "ignoring an unreadable latest/manifest.json");
+                tracing::warn!(error = %e, "ignoring an unreadable latest pointer");
                 None
             }
             Err(e) => return Err(e.into()),
         };
-        return Ok((manifest, latest));
+        if let Some(engine) = engine {
+            let listed = repository::list_format2(engine).await?;
+            let found: Vec<&format2::Listed> = listed.iter().filter(|l| l.id == Some(id)).collect();
+            match found.as_slice() {
+                [] => {}
+                [one] => return Ok((Chosen::Two(chosen2(one, id)), head)),
+                many => {
+                    return Err(RestoreError::Ambiguous {
+                        repository: repository.to_string(),
+                        id,
+                        restic_ids: many.iter().map(|l| l.restic_id.clone()).collect::<Vec<_>>().join(", "),
+                    });
+                }
+            }
+        }
+        if let Some(manifest) = repository::manifest(store, &id).await? {
+            return Ok((Chosen::One(Box::new(manifest)), head));
+        }
+        if engine.is_none() && repository::has_pointer(store).await? {
+            need_engine(engine, repository)?;
+        }
+        return Err(RestoreError::SnapshotNotFound {
+            repository: repository.to_string(),
+            id,
+        });
     }
-    if let Some((manifest, _)) = repository::latest(store).await? {
-        let id = manifest.id;
-        return Ok((manifest, Some(id)));
+    match repository::head(store).await? {
+        Some((Head::Two(pointer), _)) => {
+            need_engine(engine, repository)?;
+            let id = pointer.id;
+            return Ok((
+                Chosen::Two(Chosen2 {
+                    id,
+                    restic_id: pointer.restic_id,
+                    files: Some(pointer.files),
+                    bytes: Some(pointer.bytes),
+                }),
+                Some(id),
+            ));
+        }
+        Some((Head::One(manifest), _)) => {
+            let id = manifest.id;
+            return Ok((Chosen::One(Box::new(manifest)), Some(id)));
+        }
+        None => {}
     }
-    // No latest/: only a listing that succeeded and found no complete snapshot means "none".
+    // No head: only listings that succeeded and found no complete snapshot mean "none".
     let listing = repository::list(store).await?;
-    let complete: Vec<SnapshotId> = listing.snapshots.iter().filter(|s| s.complete).map(|s| s.id).collect();
+    let mut complete: Vec<SnapshotId> = listing.snapshots.iter().filter(|s| s.complete).map(|s| s.id).collect();
+    if let Some(engine) = engine {
+        complete.extend(repository::list_format2(engine).await?.iter().filter_map(|l| l.id));
+        complete.sort_unstable();
+    }
     match complete.last() {
         Some(newest) => Err(RestoreError::LatestMissing {
             repository: repository.to_string(),
@@ -177,14 +272,30 @@ pub async fn resolve(
     }
 }
 
+fn chosen2(listed: &format2::Listed, id: SnapshotId) -> Chosen2 {
+    Chosen2 {
+        id,
+        restic_id: listed.restic_id.clone(),
+        files: listed.files,
+        bytes: listed.bytes,
+    }
+}
+
 /// Restores per `request`. See the module doc for the guarantees.
-pub async fn restore(store: &Store, request: &RestoreRequest) -> Result<RestoreReport, RestoreError> {
+pub async fn restore(
+    store: &Store,
+    engine: Option<&Engine>,
+    request: &RestoreRequest,
+) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let target_state = inspect(&request.target)?;
     check_target(request, target_state)?;
-    let (manifest, latest) = resolve(store, request.snapshot, &request.repository).await?;
+    let (chosen, latest) = resolve(store, engine, request.snapshot, &request.repository).await?;
     let staging = prepare_staging(request)?;
-    let result = download_and_unpack(store, &manifest, &staging, request.snapshot.is_none()).await;
+    let result = match &chosen {
+        Chosen::One(manifest) => download_and_unpack(store, manifest, &staging, request.snapshot.is_none()).await,
+        Chosen::Two(two) => restore_format2(need_engine(engine, &request.repository)?, two, &staging).await,
+    };
     let unpacked = match result {
         Ok(unpacked) => unpacked,
         Err(e) => {
@@ -204,7 +315,7 @@ pub async fn restore(store: &Store, request: &RestoreRequest) -> Result<RestoreR
     }
     let displaced = swap_in(request, &staging, target_state)?;
     Ok(RestoreReport {
-        id: manifest.id,
+        id: chosen.id(),
         latest,
         target: request.target.clone(),
         files: unpacked.files,
@@ -291,6 +402,125 @@ fn remove_staging(staging: &Path) {
         && e.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(path = %staging.display(), error = %e, "could not remove restore staging directory");
+    }
+}
+
+/// Format 2: rustic_core restores the snapshot into `staging` (every blob's MAC and hash checked
+/// as it is decrypted, packs read in parallel), then the staged tree is checked as format 1's
+/// archives are: no link may leave the tree, nothing but files, directories and links, and
+/// setuid/setgid bits are dropped. A repository written by someone else is untrusted input too.
+pub async fn restore_format2(
+    engine: &Engine,
+    two: &Chosen2,
+    staging: &Path,
+) -> Result<archive::Unpacked, RestoreError> {
+    let _progress = crate::progress::begin("restore", two.bytes, two.files);
+    let restic_id = two.restic_id.clone();
+    let dest = staging.to_path_buf();
+    let description = engine
+        .with(move |repo| repo.restore(&restic_id, &dest))
+        .await
+        .map_err(RepositoryError::from)?;
+    let root = format2::root_of(description.as_deref());
+    let staging = staging.to_path_buf();
+    let id = two.id;
+    tokio::task::spawn_blocking(move || {
+        let unpacked = sanitize_staged(&staging, id)?;
+        set_root(&staging, root)?;
+        Ok(unpacked)
+    })
+    .await
+    .map_err(|e| RestoreError::Task(e.to_string()))?
+}
+
+/// Gives the staged root the state directory's owner (as root) and mode, setuid/setgid never
+/// planted; without a record (a snapshot not written by spotkeeper), 0700.
+fn set_root(staging: &Path, root: Option<crate::manifest::Owner>) -> Result<(), RestoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = root.unwrap_or(crate::manifest::Owner {
+        mode: 0o700,
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+    });
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(staging, Some(root.uid), Some(root.gid)).map_err(io_error(staging))?;
+    }
+    fs::set_permissions(staging, fs::Permissions::from_mode(root.mode & 0o1777)).map_err(io_error(staging))
+}
+
+/// Walks a staged tree (never following links): counts it, drops setuid/setgid bits, refuses
+/// links that leave it and any special file.
+pub fn sanitize_staged(root: &Path, id: SnapshotId) -> Result<archive::Unpacked, RestoreError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut unpacked = archive::Unpacked {
+        files: 0,
+        bytes: 0,
+        archive_bytes: 0,
+        privilege_dropped: Vec::new(),
+    };
+    let mut entries: Vec<crate::manifest::FileEntry> = Vec::new();
+    let mut pending = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel_dir)) = pending.pop() {
+        for entry in fs::read_dir(&dir).map_err(io_error(&dir))? {
+            let entry = entry.map_err(io_error(&dir))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(unsafe_entry(id, &path, "a name that is not UTF-8"));
+            };
+            let rel = if rel_dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            let meta = fs::symlink_metadata(&path).map_err(io_error(&path))?;
+            let kind = meta.file_type();
+            let mode = meta.mode() & 0o7777;
+            if (kind.is_file() || kind.is_dir()) && mode & 0o6000 != 0 {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o1777)).map_err(io_error(&path))?;
+                unpacked.privilege_dropped.push(rel.clone());
+            }
+            let (entry_kind, target) = if kind.is_dir() {
+                pending.push((path.clone(), rel.clone()));
+                (crate::manifest::EntryKind::Dir, None)
+            } else if kind.is_file() {
+                unpacked.files += 1;
+                unpacked.bytes += meta.len();
+                (crate::manifest::EntryKind::File, None)
+            } else if kind.is_symlink() {
+                let target = fs::read_link(&path).map_err(io_error(&path))?;
+                let Some(target) = target.to_str().map(str::to_string) else {
+                    return Err(unsafe_entry(id, &path, "a link whose target is not UTF-8"));
+                };
+                (crate::manifest::EntryKind::Symlink, Some(target))
+            } else {
+                return Err(unsafe_entry(id, &path, "a device, socket or pipe"));
+            };
+            entries.push(crate::manifest::FileEntry {
+                path: rel,
+                kind: entry_kind,
+                mode,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                bytes: 0,
+                mtime: chrono::DateTime::<Utc>::default(),
+                sha256: None,
+                target,
+                sparse: None,
+            });
+        }
+    }
+    if let Some((path, reason)) = crate::manifest::escaping_links(&entries).into_iter().next() {
+        return Err(unsafe_entry(id, &root.join(path), reason));
+    }
+    Ok(unpacked)
+}
+
+fn unsafe_entry(id: SnapshotId, path: &Path, reason: &str) -> RestoreError {
+    RestoreError::Unsafe {
+        id,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
     }
 }
 

@@ -11,8 +11,12 @@ use tokio::sync::mpsc;
 
 use crate::archive::{self, ArchiveError, Packed};
 use crate::exclude::Excludes;
-use crate::manifest::{ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, Owner, Skipped};
-use crate::repository::{self, LATEST_ARCHIVE, LATEST_MANIFEST, RepositoryError};
+use crate::format2::Engine;
+use crate::format2::pointer::{self, Pointer};
+use crate::manifest::{
+    ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, ManifestError, Owner, Skipped,
+};
+use crate::repository::{self, Head, LATEST_ARCHIVE, LATEST_MANIFEST, RepositoryError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::{Problem, PutCondition, Store};
 use crate::stream::ChunkWriter;
@@ -79,8 +83,10 @@ pub struct SnapshotReport {
     pub skipped: Vec<String>,
     /// Files that changed size while being read (only without a freeze).
     pub torn: Vec<String>,
-    #[serde(skip)]
-    pub manifest: Manifest,
+    pub created_at: DateTime<Utc>,
+    /// Format 2: restic's id of the snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restic_id: Option<String>,
 }
 
 /// What one snapshot attempt did: the `--json` schema of `spotkeeper snapshot`, the same with
@@ -99,6 +105,9 @@ pub enum SnapshotOutcome {
         requests: u64,
         /// Entries that could not be archived (listed in the manifest).
         skipped: usize,
+        /// Format 2: restic's id of the snapshot (`restic restore RESTIC_ID`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restic_id: Option<String>,
     },
     Unchanged {
         since: SnapshotId,
@@ -118,6 +127,7 @@ impl SnapshotReport {
             freeze_ms,
             requests: self.requests,
             skipped: self.skipped.len(),
+            restic_id: self.restic_id.clone(),
         }
     }
 }
@@ -143,8 +153,210 @@ pub fn check_lineage(
     }
 }
 
-/// Takes one snapshot of `request.source` into `store`, then updates `latest/`.
-pub async fn take(store: &Store, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
+/// Takes one snapshot of `request.source`: format 2 when an engine (a password) is given, else
+/// format 1, which is refused once the prefix holds format 2.
+pub async fn take(
+    store: &Store,
+    engine: Option<&Engine>,
+    request: SnapshotRequest,
+) -> Result<SnapshotReport, SnapshotError> {
+    match engine {
+        Some(engine) => take_format2(store, engine, request).await,
+        None => {
+            if repository::has_pointer(store).await? {
+                return Err(RepositoryError::NeedsPassword {
+                    repository: repository_url(store),
+                }
+                .into());
+            }
+            take_format1(store, request).await
+        }
+    }
+}
+
+/// The restic host of every snapshot: stable, because rustic_core finds a snapshot's parent by
+/// host (and paths), and Spot machines' hostnames change. The real hostname is in `latest.json`.
+pub const FORMAT2_HOST: &str = "spotkeeper";
+
+/// Format 2: backs up the mirror into the restic repository (creating it when the prefix has
+/// none), then moves `latest.json` to it under the lineage guard.
+async fn take_format2(
+    store: &Store,
+    engine: &Engine,
+    request: SnapshotRequest,
+) -> Result<SnapshotReport, SnapshotError> {
+    let started = Instant::now();
+    let requests_before = store.requests();
+    let (head, etag) = head_for_writer(store, engine).await?;
+    let writer = request.host.writer.as_deref().unwrap_or_default();
+    check_lineage(head.as_ref().map(Head::lineage), request.base, writer, request.force).map_err(|origin| {
+        SnapshotError::Diverged {
+            repository: repository_url(store),
+            latest: head.as_ref().map_or(SnapshotId::new(request.now, 1), Head::id),
+            origin,
+        }
+    })?;
+    let _progress = crate::progress::begin("snapshot", head.as_ref().map(Head::bytes), None);
+    let listed = ensure_format2(engine).await?;
+    let minute = SnapshotId::new(request.now, 1);
+    let mut taken = repository::ids_in_minute(store, &minute).await?;
+    taken.extend(
+        listed
+            .iter()
+            .filter_map(|l| l.id)
+            .filter(|id| SnapshotId::new(id.time(), 1) == minute),
+    );
+    let id = SnapshotId::first_free(request.now, &taken);
+    let source = request.source.clone();
+    let tags = vec![id.to_string()];
+    let now = request.now;
+    let skipped: Vec<Skipped> = request.also_skipped.clone();
+    // The root's owner and mode and the skipped paths go into the snapshot's description,
+    // which is encrypted like everything in the repository (`restic snapshots --json` shows it).
+    let root = root_owner(&request.source)?;
+    let description = Some(crate::format2::description(&root, &skipped));
+    let backup = engine
+        .with(move |repo| repo.backup(&source, FORMAT2_HOST, &tags, now, description))
+        .await
+        .map_err(RepositoryError::from)?;
+    let pointer = Pointer {
+        format: pointer::POINTER_FORMAT,
+        id,
+        restic_id: backup.id.clone(),
+        parent: head.as_ref().map(Head::id),
+        writer: request.host.writer.clone(),
+        hostname: request.host.hostname.clone(),
+        created_at: request.now,
+        files: backup.files,
+        bytes: backup.bytes,
+        skipped: skipped.len() as u64,
+    };
+    let moved = || SnapshotError::LatestMoved {
+        repository: repository_url(store),
+        id,
+    };
+    match pointer::write(store, &pointer, etag).await {
+        Ok(()) => {}
+        Err(pointer::WriteError::Moved) => return Err(moved()),
+        Err(pointer::WriteError::Store(e)) => return Err(RepositoryError::from(e).into()),
+    }
+    if let Some(Head::One(_)) = head {
+        retire_format1_latest(store).await;
+    }
+    Ok(SnapshotReport {
+        id,
+        parent: pointer.parent,
+        files: backup.files,
+        bytes: backup.bytes,
+        archive_bytes: backup.data_added_packed,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        requests: store.requests() - requests_before,
+        skipped: skipped.iter().map(|s| s.path.clone()).collect(),
+        torn: Vec::new(),
+        created_at: request.now,
+        restic_id: Some(backup.id),
+    })
+}
+
+/// The owner and mode of the directory being snapshotted (the mirror's root has the state
+/// directory's).
+fn root_owner(source: &std::path::Path) -> Result<Owner, SnapshotError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(source)
+        .map_err(|e| ArchiveError::Stream(std::io::Error::new(e.kind(), format!("{}: {e}", source.display()))))?;
+    Ok(Owner {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
+}
+
+/// The head a format-2 writer judges against, and the ETag its pointer must match (`None`: the
+/// pointer must not exist yet). A `latest.json` that cannot be read is stood in for by the newest
+/// format-2 snapshot, whose lineage is unknown: only a state restored from or uploaded as exactly
+/// that snapshot passes the guard.
+async fn head_for_writer(store: &Store, engine: &Engine) -> Result<(Option<Head>, Option<String>), SnapshotError> {
+    match repository::head(store).await {
+        Ok(Some((Head::Two(pointer), etag))) => Ok((Some(Head::Two(pointer)), etag)),
+        Ok(Some((Head::One(manifest), _))) => Ok((Some(Head::One(manifest)), None)),
+        Ok(None) => Ok((None, None)),
+        // A pointer of a newer format is another version's, never "damaged": refuse.
+        Err(RepositoryError::Manifest(damaged)) if !matches!(damaged, ManifestError::PointerFormat { .. }) => {
+            let listed = repository::list_format2(engine).await?;
+            let Some(newest) = listed.iter().rev().find(|l| l.id.is_some()) else {
+                return Err(RepositoryError::Manifest(damaged).into());
+            };
+            let etag = store
+                .get_bytes(pointer::POINTER_KEY)
+                .await
+                .map_err(RepositoryError::from)?
+                .and_then(|(_, etag)| etag);
+            tracing::warn!(error = %damaged, stand_in = ?newest.id, "latest.json cannot be read; the newest format-2 snapshot stands in for it");
+            let stand_in = Pointer {
+                format: pointer::POINTER_FORMAT,
+                id: newest.id.unwrap_or(SnapshotId::new(newest.time, 1)),
+                restic_id: newest.restic_id.clone(),
+                parent: None,
+                writer: None,
+                hostname: newest.hostname.clone(),
+                created_at: newest.time,
+                files: newest.files.unwrap_or(0),
+                bytes: newest.bytes.unwrap_or(0),
+                skipped: 0,
+            };
+            Ok((Some(Head::Two(stand_in)), etag))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Format 2's snapshots; creates the repository first when nothing at all is under `repo/` (a
+/// new prefix, or one that only held format 1). A `repo/` with objects but no readable config is
+/// never initialised over: that is an error for a person.
+async fn ensure_format2(engine: &Engine) -> Result<Vec<crate::format2::Listed>, SnapshotError> {
+    match engine.list().await {
+        Ok(listed) => Ok(listed),
+        Err(crate::format2::Format2Error::Missing { location }) => {
+            let prefix = format!("{}/", crate::format2::backend::REPO_DIR);
+            let present = engine.store().list(&prefix).await.map_err(RepositoryError::from)?;
+            if !present.is_empty() {
+                return Err(RepositoryError::from(crate::format2::Format2Error::Repository {
+                    location: location.clone(),
+                    source: rustic_core::RusticError::new(
+                        rustic_core::ErrorKind::Backend,
+                        "objects exist under repo/ but there is no repo/config: refusing to create a repository over \
+                         them; see docs/format.md (by-hand recovery)",
+                    ),
+                })
+                .into());
+            }
+            tracing::info!(repository = %location, "creating the format-2 repository (first snapshot of format 2 here)");
+            engine.init().await.map_err(RepositoryError::from)?;
+            Ok(Vec::new())
+        }
+        Err(e) => Err(RepositoryError::from(e).into()),
+    }
+}
+
+/// After the first format-2 snapshot: format 1's `latest/` is no longer the head. Removing it
+/// makes an older spotkeeper refuse to boot-restore (it sees snapshots but no `latest/`) instead
+/// of restoring state older than this; its snapshots stay, pruned by age.
+async fn retire_format1_latest(store: &Store) {
+    let keys = [LATEST_MANIFEST.to_string(), LATEST_ARCHIVE.to_string()];
+    match store.delete(&keys[..1]).await {
+        Ok(failed) if failed.is_empty() => {
+            if let Err(e) = store.delete(&keys[1..]).await {
+                tracing::warn!(error = %e, "could not remove format 1's latest/state.tar.zst; prune leaves it");
+            }
+            tracing::info!("format 1's latest/ retired: latest.json is the head now");
+        }
+        Ok(failed) => tracing::warn!(?failed, "could not retire format 1's latest/manifest.json"),
+        Err(e) => tracing::warn!(error = %e, "could not retire format 1's latest/manifest.json"),
+    }
+}
+
+/// Format 1: one archive and manifest per snapshot, then `latest/`.
+async fn take_format1(store: &Store, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let requests_before = store.requests();
     let latest = repository::latest_for_writer(store, None).await?;
@@ -216,7 +428,8 @@ pub async fn take(store: &Store, request: SnapshotRequest) -> Result<SnapshotRep
         requests: store.requests() - requests_before,
         skipped: packed.skipped.iter().map(|s| s.path.clone()).collect(),
         torn: packed.torn,
-        manifest,
+        created_at: manifest.created_at,
+        restic_id: None,
     })
 }
 

@@ -1,7 +1,8 @@
-//! Format 2's engine on spotkeeper's own S3 client: rustic_core writes a restic repository
-//! through `Store` onto s3s-fs, a second snapshot after a small change uploads little, and
-//! Debian's stock `restic` lists, checks (`--read-data`) and restores what spotkeeper wrote,
-//! byte for byte. Nothing here is wired into the commands yet (issue 12's first step).
+//! Format 2: rustic_core writes a restic repository through spotkeeper's own `Store` onto s3s-fs;
+//! a snapshot after a small change uploads little; Debian's stock `restic` lists, checks
+//! (`--read-data`) and restores what spotkeeper wrote, byte for byte; and the commands (`snapshot`,
+//! `list`, `restore`, `verify`, `prune`, `init`, `key show`) work on it, migrate a format-1
+//! prefix, keep the lineage guard, refuse a hostile repository and never store plaintext.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{ACCESS_KEY, S3Server, SECRET_KEY, World, shape, write};
+use common::{ACCESS_KEY, S3Server, SECRET_KEY, World, failure, noise, shape, write};
 use spotkeeper::format2::{Password, Repo, S3Backend};
 use spotkeeper::store::Store;
 
@@ -96,7 +97,13 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
         let mut repo = Repo::init(S3Backend::new(store_a.clone(), handle.clone()), &pw, Some(&dir)).expect("init");
         let before = store_a.requests();
         let first = repo
-            .backup(&source, "lab-host", &["2026-11-30-12-00".into()])
+            .backup(
+                &source,
+                "lab-host",
+                &["2026-11-30-12-00".into()],
+                chrono::Utc::now(),
+                None,
+            )
             .expect("first backup");
         (first, store_a.requests() - before)
     });
@@ -125,7 +132,13 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
         let mut repo = Repo::open(S3Backend::new(store_c.clone(), handle), &pw, Some(&dir)).expect("open");
         let before = store_c.requests();
         let second = repo
-            .backup(&source, "lab-host", &["2026-11-30-12-20".into()])
+            .backup(
+                &source,
+                "lab-host",
+                &["2026-11-30-12-20".into()],
+                chrono::Utc::now(),
+                None,
+            )
             .expect("second backup");
         let requests = store_c.requests() - before;
         repo.check_read_data().expect("check --read-data");
@@ -221,4 +234,312 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
         shape(&world.state),
         "restic's restore matches the state"
     );
+}
+
+/// Strings planted in the state: none may appear in any object of the bucket.
+const PLANTED: [&str; 3] = [
+    "refresh_token=PLANTED-1f7c2a9e-oauth-refresh-token-of-the-agent",
+    "sk-live-PLANTED-4b1d8e77c0a94f2e9d3b6a5c8e7f1a2b3c4d5e6f",
+    "PLANTED: a chat message nobody but the owner may read, 2026",
+];
+
+/// A world whose config has `[repository] password_file` (0600, outside the state).
+fn format2_world(s3: &S3Server, bucket: &str) -> (World, std::path::PathBuf) {
+    let world = World::new(s3, bucket, "lab");
+    let password_file = world.dir.path().join("repository-password");
+    write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
+    world.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
+    (world, password_file)
+}
+
+fn plant_secrets(root: &Path) {
+    let mut db = noise(256 * 1024, 7);
+    for (i, secret) in PLANTED.iter().enumerate() {
+        let at = 1000 + i * 50_000;
+        db[at..at + secret.len()].copy_from_slice(secret.as_bytes());
+    }
+    write(&root.join("credentials/oauth.sqlite"), &db, 0o600);
+    let text: String = (0..50)
+        .map(|i| format!("{{\"seq\":{i},\"text\":\"{}\"}}\n", PLANTED[2]))
+        .collect();
+    write(&root.join("agents/main/sessions/secret.jsonl"), text.as_bytes(), 0o600);
+}
+
+/// No object under the bucket holds a planted string.
+fn assert_no_plaintext(s3: &S3Server, bucket: &str) {
+    let keys = s3.keys(bucket);
+    assert!(!keys.is_empty());
+    for key in &keys {
+        let body = s3.object(bucket, key);
+        for secret in PLANTED {
+            let needle = &secret.as_bytes()[..33];
+            assert!(
+                !body.windows(needle.len()).any(|w| w == needle),
+                "{key} holds plaintext of the state ({secret:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_commands_snapshot_list_restore_verify_and_prune_format_2_and_store_no_plaintext() {
+    let s3 = S3Server::start();
+    let (world, password_file) = format2_world(&s3, "f2cli");
+    build_state(&world.state);
+    plant_secrets(&world.state);
+    // The state directory's own mode is part of the snapshot (the container's user needs it).
+    fs::set_permissions(&world.state, std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
+
+    // The first snapshot creates the repository (nothing was under repo/).
+    let first = world.json(&["snapshot", "--json"]);
+    assert_eq!(first["outcome"], "uploaded", "{first}");
+    let first_restic = first["restic_id"].as_str().expect("restic_id").to_string();
+    assert_eq!(first_restic.len(), 64);
+    let keys = s3.keys("f2cli");
+    assert!(keys.contains(&world.key("latest.json")), "{keys:?}");
+    assert!(keys.contains(&world.key("repo/config")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.contains("/snapshots/") && !k.contains("/repo/")),
+        "no format 1: {keys:?}"
+    );
+
+    // A small change: a snapshot adds a few KiB, its parent is the first.
+    let mut session = fs::read(world.state.join("agents/main/sessions/3.jsonl")).expect("session");
+    session.extend_from_slice(b"{\"seq\":200,\"text\":\"one more line\"}\n");
+    write(&world.state.join("agents/main/sessions/3.jsonl"), &session, 0o644);
+    let second = world.json(&["snapshot", "--json"]);
+    assert_eq!(second["parent"], first["id"], "{second}");
+    assert!(
+        second["archive_bytes"].as_u64().expect("bytes added") < 64 * 1024,
+        "the change is a few KiB: {second}"
+    );
+
+    let list = world.json(&["list", "--json"]);
+    let rows = list.as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{list}");
+    assert_eq!(rows[0]["id"], second["id"]);
+    assert_eq!(rows[0]["latest"], true);
+    assert_eq!(rows[0]["format"], 2);
+    assert_eq!(rows[0]["restic_id"], second["restic_id"]);
+    assert_eq!(rows[1]["restic_id"].as_str(), Some(first_restic.as_str()));
+
+    // Restore latest, and the first snapshot by spotkeeper id, into empty directories.
+    let latest = world.dir.path().join("latest");
+    world.ok(&["restore", "--to", latest.to_str().expect("utf-8")]);
+    assert_eq!(shape(&latest), shape(&world.state), "the restore matches the state");
+    let mode =
+        |p: &Path| std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).expect("meta").permissions()) & 0o7777;
+    assert_eq!(mode(&latest), 0o750, "the state directory's own mode is restored");
+    let older = world.dir.path().join("older");
+    let first_id = first["id"].as_str().expect("id");
+    world.ok(&[
+        "restore",
+        "--snapshot",
+        first_id,
+        "--to",
+        older.to_str().expect("utf-8"),
+    ]);
+    assert_ne!(
+        fs::read(older.join("agents/main/sessions/3.jsonl")).expect("older"),
+        session,
+        "the first snapshot is the state before the change"
+    );
+
+    let verified = world.ok(&["verify"]);
+    assert!(verified.contains("ok"), "{verified}");
+    let deep = world.ok(&["verify", "--deep"]);
+    assert!(deep.contains("every pack read back"), "{deep}");
+
+    // Nothing is deleted by the policy yet; the dry run says so for both.
+    let plan = world.json(&["prune", "--dry-run", "--json"]);
+    assert_eq!(plan.as_array().expect("decisions").len(), 2, "{plan}");
+    assert!(
+        plan.as_array()
+            .expect("decisions")
+            .iter()
+            .all(|d| d["action"] == "keep" && d["format"] == 2)
+    );
+    world.ok(&["prune"]);
+
+    assert_no_plaintext(&s3, "f2cli");
+
+    // Stock restic restores latest by tag, as docs/format.md says.
+    let theirs = world.dir.path().join("restic");
+    let out = restic(
+        &world,
+        &s3,
+        &password_file,
+        &[
+            "restore",
+            "latest",
+            "--tag",
+            "spotkeeper",
+            "--target",
+            theirs.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restic restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(shape(&theirs.join("state")), shape(&world.state));
+
+    // `key show` prints the password only with --yes when stdout is not a terminal.
+    let out = world.run(&["key", "show"]);
+    let (code, stderr) = failure(&out);
+    assert_eq!(code, 7, "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(PASSWORD));
+    assert_eq!(world.ok(&["key", "show", "--yes"]).trim(), PASSWORD);
+
+    // A wrong password is a config error naming the cause, and changes nothing.
+    write(&password_file, b"not-the-password\n", 0o600);
+    let (code, stderr) = failure(&world.run(&["list"]));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("password is wrong"), "{stderr}");
+    let (code, stderr) = failure(&world.run(&["init"]));
+    assert!(code == 3 || code == 7, "{code}: {stderr}");
+}
+
+#[test]
+fn a_format_1_prefix_migrates_to_format_2_and_stays_readable() {
+    let s3 = S3Server::start();
+    let world = World::new(&s3, "migrate", "lab");
+    build_state(&world.state);
+    let old = world.json(&["snapshot", "--json"]);
+    assert!(old.get("restic_id").is_none(), "format 1 first: {old}");
+    assert!(s3.keys("migrate").contains(&world.key("latest/manifest.json")));
+
+    let password_file = world.dir.path().join("repository-password");
+    write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
+    let with_password = format!("[repository]\npassword_file = {password_file:?}\n");
+    world.write_config(&with_password);
+
+    // Format 1 restores with the new config (what a boot restore of this version reads).
+    let restored = world.dir.path().join("from-format-1");
+    world.ok(&["restore", "--to", restored.to_str().expect("utf-8")]);
+    assert_eq!(shape(&restored), shape(&world.state));
+
+    // The first snapshot writes format 2 on top of format 1's latest, and retires latest/.
+    write(&world.state.join("memory/new.md"), b"after the upgrade", 0o644);
+    let new = world.json(&["snapshot", "--json"]);
+    assert!(new["restic_id"].is_string(), "{new}");
+    assert_eq!(new["parent"], old["id"], "the lineage crosses formats: {new}");
+    let keys = s3.keys("migrate");
+    assert!(
+        !keys.contains(&world.key("latest/manifest.json")),
+        "format 1's latest/ is retired: {keys:?}"
+    );
+    assert!(keys.contains(&world.key(&format!("snapshots/{}/manifest.json", old["id"].as_str().expect("id")))));
+
+    let list = world.json(&["list", "--json"]);
+    let formats: Vec<(String, u64, bool)> = list
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().expect("id").to_string(),
+                r["format"].as_u64().expect("format"),
+                r["latest"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        formats,
+        vec![
+            (new["id"].as_str().expect("id").to_string(), 2, true),
+            (old["id"].as_str().expect("id").to_string(), 1, false)
+        ]
+    );
+    // The old snapshot is still restorable by id.
+    let again = world.dir.path().join("old-by-id");
+    world.ok(&[
+        "restore",
+        "--snapshot",
+        old["id"].as_str().expect("id"),
+        "--to",
+        again.to_str().expect("utf-8"),
+    ]);
+    assert!(!again.join("memory/new.md").exists());
+
+    // Without the password, format 2 is refused with the way out, and nothing is written.
+    world.write_config("");
+    let before = s3.keys("migrate");
+    let (code, stderr) = failure(&world.run(&["snapshot"]));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("[repository]"), "{stderr}");
+    assert_eq!(s3.keys("migrate"), before);
+
+    // Prune judges both formats by one policy: a far future deletes the old format-1 snapshot
+    // and keeps the head.
+    world.write_config(&with_password);
+    let future = (chrono::Utc::now() + chrono::Duration::days(400)).to_rfc3339();
+    let plan = world.json(&["prune", "--dry-run", "--json", "--now", &future]);
+    let rows = plan.as_array().expect("decisions");
+    assert!(
+        rows.iter()
+            .any(|d| d["id"] == new["id"] && d["action"] == "keep" && d["format"] == 2),
+        "{plan}"
+    );
+}
+
+#[test]
+fn a_second_writer_is_refused_and_the_pointer_never_moves_under_it() {
+    let s3 = S3Server::start();
+    let (a, password_file) = format2_world(&s3, "twowriters");
+    build_state(&a.state);
+    let first = a.json(&["snapshot", "--json"]);
+    let b = a.sibling();
+    b.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
+    write(&b.state.join("other.txt"), b"another machine's state", 0o644);
+    let pointer_before = s3.object("twowriters", &a.key("latest.json"));
+    let (code, stderr) = failure(&b.run(&["snapshot"]));
+    assert_eq!(code, 7, "{stderr}");
+    assert!(stderr.contains("Another machine may be writing"), "{stderr}");
+    assert_eq!(s3.object("twowriters", &a.key("latest.json")), pointer_before);
+    // A still writes on top of its own snapshot.
+    let second = a.json(&["snapshot", "--json"]);
+    assert_eq!(second["parent"], first["id"]);
+}
+
+#[test]
+fn a_hostile_repository_cannot_plant_a_link_out_of_the_target() {
+    let s3 = S3Server::start();
+    let (world, _) = format2_world(&s3, "hostile");
+    // Someone with the password writes a snapshot holding a link to /etc and a setuid file: the
+    // mirror never produces these, so the engine is driven directly.
+    let evil = world.dir.path().join("evil");
+    write(&evil.join("bin/tool"), b"#!/bin/sh\n", 0o4755);
+    std::os::unix::fs::symlink("/etc", evil.join("etc-link")).expect("symlink");
+    let (store_a, source) = (store(&world), evil.clone());
+    blocking(move |handle| {
+        let pw = Password::new(PASSWORD, "test").expect("password");
+        let mut repo = Repo::init(S3Backend::new(store_a, handle), &pw, None).expect("init");
+        repo.backup(
+            &source,
+            "spotkeeper",
+            &["2026-11-30-12-00".into()],
+            chrono::Utc::now(),
+            None,
+        )
+        .expect("backup");
+    });
+    let target = world.dir.path().join("target");
+    let (code, stderr) = failure(&world.run(&[
+        "restore",
+        "--snapshot",
+        "2026-11-30-12-00",
+        "--to",
+        target.to_str().expect("utf-8"),
+    ]));
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("etc-link") && stderr.contains("absolute"), "{stderr}");
+    assert!(!target.exists(), "nothing was planted");
+    let staging: Vec<_> = fs::read_dir(world.dir.path())
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("spotkeeper-staging"))
+        .collect();
+    assert!(staging.is_empty(), "the staging directory was removed");
 }

@@ -1,4 +1,5 @@
-//! `spotkeeper list`: every snapshot, newest first, with totals from the manifests' metadata.
+//! `spotkeeper list`: every snapshot of both formats, newest first: format 1 with totals from the
+//! manifests' metadata, format 2 with restic's id and what each snapshot added to the repository.
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
@@ -20,20 +21,65 @@ struct Row {
     created_at: DateTime<Utc>,
     complete: bool,
     latest: bool,
+    /// Format 1: the archive's size. Format 2: the new data this snapshot added (packed).
     archive_bytes: Option<u64>,
     files: Option<u64>,
     bytes: Option<u64>,
+    format: u8,
+    /// Format 2: restic's id (`restic restore RESTIC_ID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restic_id: Option<String>,
 }
 
-pub async fn run(config: &Config, store: &Store, args: &ListArgs) -> Result<(), CommandError> {
+pub async fn run(
+    config: &Config,
+    store: &Store,
+    engine: Option<&crate::format2::Engine>,
+    args: &ListArgs,
+) -> Result<(), CommandError> {
     let listing = repository::list(store).await?;
-    let latest = repository::latest(store).await?.map(|(m, _)| m.id);
+    let latest = match repository::head(store).await {
+        Ok(head) => head.map(|(h, _)| h.id()),
+        // `list` is how a person looks at a damaged repository: say it, and list anyway.
+        Err(repository::RepositoryError::Manifest(e)) => {
+            tracing::warn!(error = %e, "the latest pointer cannot be read; no snapshot is marked latest");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let format2 = match engine {
+        Some(engine) => repository::list_format2(engine).await?,
+        None => {
+            if repository::has_pointer(store).await? {
+                tracing::warn!(
+                    "this prefix holds format 2 snapshots, which need [repository] password_ssm or password_file \
+                     to be listed; only format 1 is shown"
+                );
+            }
+            Vec::new()
+        }
+    };
     let rows: Vec<Result<Row, CommandError>> = stream::iter(listing.snapshots.into_iter().rev())
         .map(|listed| row(store, listed, latest))
         .buffered(HEADS_IN_FLIGHT)
         .collect()
         .await;
-    let rows = rows.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut rows = rows.into_iter().collect::<Result<Vec<_>, _>>()?;
+    rows.extend(format2.into_iter().filter_map(|l| {
+        let id = l.id?;
+        Some(Row {
+            id,
+            created_at: l.time,
+            complete: true,
+            latest: latest == Some(id),
+            archive_bytes: l.data_added,
+            files: l.files,
+            bytes: l.bytes,
+            format: 2,
+            restic_id: Some(l.restic_id),
+        })
+    }));
+    rows.sort_by(|a, b| b.id.cmp(&a.id).then(b.format.cmp(&a.format)));
     for key in &listing.foreign {
         tracing::warn!(key = %store.full_key(key), "object under snapshots/ that belongs to no snapshot id; left alone");
     }
@@ -45,8 +91,8 @@ pub async fn run(config: &Config, store: &Store, args: &ListArgs) -> Result<(), 
         return Ok(());
     }
     println!(
-        "{:<22} {:<10} {:>8} {:>12} {:>12}",
-        "ID", "STATE", "FILES", "SIZE", "ARCHIVE"
+        "{:<22} {:<10} {:>8} {:>12} {:>12}  {:<6} RESTIC ID",
+        "ID", "STATE", "FILES", "SIZE", "STORED", "FORMAT"
     );
     for row in rows {
         let state = match (row.complete, row.latest) {
@@ -56,12 +102,14 @@ pub async fn run(config: &Config, store: &Store, args: &ListArgs) -> Result<(), 
         };
         let show = |v: Option<u64>, f: fn(u64) -> String| v.map(f).unwrap_or_else(|| "-".into());
         println!(
-            "{:<22} {:<10} {:>8} {:>12} {:>12}",
+            "{:<22} {:<10} {:>8} {:>12} {:>12}  {:<6} {}",
             row.id.to_string(),
             state,
             show(row.files, |n| n.to_string()),
             show(row.bytes, human_bytes),
             show(row.archive_bytes, human_bytes),
+            row.format,
+            row.restic_id.as_deref().map_or("-", |id| &id[..8.min(id.len())]),
         );
     }
     Ok(())
@@ -76,6 +124,8 @@ async fn row(store: &Store, listed: Listed, latest: Option<SnapshotId>) -> Resul
         archive_bytes: listed.archive_bytes,
         files: None,
         bytes: None,
+        format: 1,
+        restic_id: None,
     };
     if !listed.complete {
         return Ok(row);

@@ -1,6 +1,8 @@
 //! One file per subcommand. Each returns a `CommandError`, which knows its exit code.
 
 mod check_config;
+mod init;
+mod key;
 mod list;
 mod prune;
 mod restore;
@@ -15,6 +17,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{Config, ConfigError};
 use crate::control::{Reply, Request};
 use crate::exit::{self, Exit};
+use crate::format2::Engine;
 use crate::record::RecordError;
 use crate::repository::RepositoryError;
 use crate::restore::RestoreError;
@@ -37,6 +40,9 @@ pub enum CommandError {
     PartialPrune(String),
     #[error("{0}")]
     Usage(String),
+    /// Refused to protect data (exit 7).
+    #[error("{0}")]
+    Refused(String),
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
     #[error(transparent)]
@@ -50,6 +56,10 @@ pub enum CommandError {
     NoDaemon(String),
     #[error(transparent)]
     Drill(#[from] crate::drill::DrillError),
+    #[error(transparent)]
+    Mirror(#[from] crate::mirror::MirrorError),
+    #[error(transparent)]
+    Format2(#[from] crate::format2::Format2Error),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(
@@ -76,9 +86,11 @@ impl CommandError {
             CommandError::Drill(crate::drill::DrillError::Sqlite { .. }) => Exit::Integrity,
             CommandError::Drill(_) => Exit::Io,
             CommandError::Restore(e) => exit::of_restore(e),
-            CommandError::Record(_) | CommandError::Output(_) => Exit::Io,
+            CommandError::Record(_) | CommandError::Output(_) | CommandError::Mirror(_) => Exit::Io,
+            CommandError::Format2(e) => exit::of_format2(e),
             CommandError::PartialPrune(_) => Exit::Partial,
             CommandError::Usage(_) => Exit::Usage,
+            CommandError::Refused(_) => Exit::Refused,
             CommandError::Daemon(e) => e.exit(),
             CommandError::Control(_) | CommandError::Runtime(_) => Exit::Io,
             CommandError::Remote { code, .. } => Exit::from_code(*code),
@@ -106,9 +118,20 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Status(args) => status::run(&config, &args).await,
         Command::Snapshot(args) => snapshot::run(&config, &args).await,
         Command::Restore(args) => restore::run(&config, &args).await,
-        Command::List(args) => list::run(&config, &connect(&config).await, &args).await,
-        Command::Verify(args) => verify::run(&config, &connect(&config).await, &args).await,
-        Command::Prune(args) => prune::run(&config, &connect(&config).await, &args).await,
+        Command::List(args) => {
+            let (store, engine) = open(&config).await?;
+            list::run(&config, &store, engine.as_ref(), &args).await
+        }
+        Command::Verify(args) => {
+            let (store, engine) = open(&config).await?;
+            verify::run(&config, &store, engine.as_ref(), &args).await
+        }
+        Command::Prune(args) => {
+            let (store, engine) = open(&config).await?;
+            prune::run(&config, &store, engine.as_ref(), &args).await
+        }
+        Command::Init(args) => init::run(&config, &args).await,
+        Command::Key(args) => key::run(&config, &args).await,
     }
 }
 
@@ -137,8 +160,15 @@ fn man(subcommand: Option<&str>) -> Result<(), CommandError> {
     Ok(())
 }
 
-async fn connect(config: &Config) -> Store {
-    Store::connect(&config.s3, &crate::aws::sdk_config(config.s3.region.as_deref()).await)
+/// The store and, with a `[repository]` section, format 2's engine (password read now; no
+/// metadata cache: a person's command leaves nothing of the state's metadata behind).
+async fn open(config: &Config) -> Result<(Store, Option<Engine>), CommandError> {
+    let sdk = crate::aws::sdk_config(config.s3.region.as_deref()).await;
+    let store = Store::connect(&config.s3, &sdk);
+    let engine = crate::format2::engine_for(config, &sdk, store.clone(), None)
+        .await
+        .map_err(RepositoryError::from)?;
+    Ok((store, engine))
 }
 
 /// Sends `request` to a running daemon. `Ok(None)` when none runs; a daemon's error becomes

@@ -9,9 +9,14 @@ use crate::prune;
 use crate::retention::Action;
 use crate::store::Store;
 
-pub async fn run(config: &Config, store: &Store, args: &PruneArgs) -> Result<(), CommandError> {
+pub async fn run(
+    config: &Config,
+    store: &Store,
+    engine: Option<&crate::format2::Engine>,
+    args: &PruneArgs,
+) -> Result<(), CommandError> {
     let now = args.now.unwrap_or_else(Utc::now);
-    let outcomes = prune::prune(store, &config.retention, now, args.dry_run).await?;
+    let outcomes = prune::prune(store, engine, &config.retention, now, args.dry_run).await?;
     let (deleting, failed) = prune::counts(&outcomes);
     if args.json {
         print_json(&outcomes)?;
@@ -24,8 +29,9 @@ pub async fn run(config: &Config, store: &Store, args: &PruneArgs) -> Result<(),
                 Action::Delete => "deleted",
             };
             println!(
-                "{action:<7} {:<20}  {}",
+                "{action:<7} {:<20} format {}  {}",
                 outcome.decision.id.to_string(),
+                outcome.format,
                 outcome.decision.reason
             );
         }

@@ -43,7 +43,8 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
         // No daemon: the container must not be running on the state directory.
         refuse_while_container_runs(config).await?;
     }
-    let store = &super::connect(config).await;
+    let (store, engine) = super::open(config).await?;
+    let store = &store;
     let repository = config.repository_url();
     let is_state_dir = args.to.is_none();
     let local = record::load(&config.state.work_dir)?;
@@ -69,7 +70,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
         repository: repository.clone(),
         now: Utc::now(),
     };
-    let report = restore::restore(store, &request).await?;
+    let report = restore::restore(store, engine.as_ref(), &request).await?;
     if is_state_dir {
         crate::displaced::prune(&config.state.dir, crate::displaced::KEEP);
         record::remember(

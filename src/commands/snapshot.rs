@@ -21,7 +21,8 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         };
         return print_outcome(&outcome, args.json, " (taken by the daemon)");
     }
-    let store = &super::connect(config).await;
+    let (store, engine) = super::open(config).await?;
+    let store = &store;
     let repository = config.repository_url();
     let local = record::load(&config.state.work_dir)?;
     let base = local.as_ref().and_then(|r| r.base_for(&repository, &config.state.dir));
@@ -30,8 +31,17 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
             path: config.state.dir.clone(),
             message: e.to_string(),
         })?;
+    // Format 2's engine walks by path: it reads a mirror that spotkeeper's own walker (by
+    // descriptor, no link followed) filled, never the live state directory.
+    let (source, also_skipped, _lock) = match &engine {
+        Some(_) => {
+            let (mirror, skipped, lock) = fill_mirror(config, &excludes).await?;
+            (mirror, skipped, Some(lock))
+        }
+        None => (config.state.dir.clone(), Vec::new(), None),
+    };
     let request = SnapshotRequest {
-        source: config.state.dir.clone(),
+        source,
         excludes,
         compression_level: config.snapshot.compression_level,
         host: Host {
@@ -43,9 +53,9 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         base,
         force: args.force,
         now: Utc::now(),
-        also_skipped: Vec::new(),
+        also_skipped,
     };
-    let report = snapshot::take(store, request).await?;
+    let report = snapshot::take(store, engine.as_ref(), request).await?;
     record::remember(
         &config.state.work_dir,
         &repository,
@@ -54,6 +64,45 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         report.id,
     )?;
     print_outcome(&report.outcome(0), args.json, "")
+}
+
+/// The mirror a snapshot without the daemon reads (the daemon keeps its own).
+pub const CLI_MIRROR_DIR: &str = "snapshot-mirror";
+
+/// Brings `work_dir/snapshot-mirror` up to date with the state directory (copying only what
+/// changed since the last such snapshot), holding a lock so that two of these never share it.
+async fn fill_mirror(
+    config: &Config,
+    excludes: &Excludes,
+) -> Result<(std::path::PathBuf, Vec<crate::manifest::Skipped>, std::fs::File), CommandError> {
+    let mirror_dir = config.state.work_dir.join(CLI_MIRROR_DIR);
+    std::fs::create_dir_all(&config.state.work_dir)?;
+    let lock_path = config.state.work_dir.join(format!("{CLI_MIRROR_DIR}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(CommandError::Refused(format!(
+            "another `spotkeeper snapshot` is filling {} (it holds {}); wait for it",
+            mirror_dir.display(),
+            lock_path.display()
+        )));
+    }
+    let source = config.state.dir.clone();
+    let excludes = excludes.clone();
+    let target = mirror_dir.clone();
+    let skipped = tokio::task::spawn_blocking(move || {
+        let mut mirror = crate::mirror::Mirror::open(&source, &target, &excludes)?;
+        let synced = mirror.sync(&std::sync::atomic::AtomicBool::new(false), None);
+        mirror.save()?;
+        synced?;
+        Ok::<_, crate::mirror::MirrorError>(mirror.skipped())
+    })
+    .await
+    .map_err(|e| CommandError::Output(std::io::Error::other(e.to_string())))??;
+    Ok((mirror_dir, skipped, lock))
 }
 
 /// The result, once: the same schema with or without the daemon.
@@ -72,17 +121,29 @@ fn print_outcome(outcome: &SnapshotOutcome, json: bool, how: &str) -> Result<(),
             freeze_ms,
             requests,
             skipped,
+            restic_id,
             ..
         } => {
+            let (stored, listed_in) = match restic_id {
+                Some(restic_id) => (
+                    format!(
+                        "{} new data (format 2, restic {})",
+                        human_bytes(*archive_bytes),
+                        &restic_id[..8]
+                    ),
+                    "the snapshot's description (`restic snapshots --json`)",
+                ),
+                None => (
+                    format!("{} archive", human_bytes(*archive_bytes)),
+                    "the snapshot's manifest (snapshots/ID/manifest.json)",
+                ),
+            };
             println!(
-                "{id}  {files} files, {} -> {} archive, {duration_ms} ms, freeze {freeze_ms} ms, {requests} S3 requests{how}",
+                "{id}  {files} files, {} -> {stored}, {duration_ms} ms, freeze {freeze_ms} ms, {requests} S3 requests{how}",
                 human_bytes(*bytes),
-                human_bytes(*archive_bytes),
             );
             if *skipped > 0 {
-                println!(
-                    "{skipped} entries could not be archived: `spotkeeper list --json` shows them in the manifest"
-                );
+                println!("{skipped} entries could not be copied: {listed_in} lists them");
             }
         }
     }

@@ -118,6 +118,30 @@ pub struct Config {
     pub spot: SpotConfig,
     pub metrics: MetricsConfig,
     pub verify: VerifyConfig,
+    /// Format 2 (an encrypted restic repository under `PREFIX/repo/`) when present; without it
+    /// spotkeeper reads and writes format 1 and says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<RepositoryConfig>,
+}
+
+/// Where format 2's repository password comes from: exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum PasswordSource {
+    /// An SSM Parameter Store SecureString (its name).
+    #[serde(rename = "password_ssm")]
+    Ssm(String),
+    /// A 0600 file (local use).
+    #[serde(rename = "password_file")]
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RepositoryConfig {
+    #[serde(flatten)]
+    pub password: PasswordSource,
+    /// The SSM endpoint for `password_ssm` (tests); default `[secrets] endpoint`, else AWS's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssm_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -261,6 +285,15 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     verify: RawVerify,
+    repository: Option<RawRepository>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    password_ssm: Option<String>,
+    password_file: Option<PathBuf>,
+    ssm_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -387,6 +420,19 @@ impl Config {
         let spot = v.spot(raw.spot)?;
         let metrics = v.metrics(raw.metrics)?;
         let verify = v.verify(raw.verify)?;
+        let repository = raw.repository.map(|r| v.repository(r, secrets.as_ref())).transpose()?;
+        if let Some(RepositoryConfig {
+            password: PasswordSource::File(file),
+            ..
+        }) = &repository
+            && file.starts_with(&state.dir)
+        {
+            return Err(v.invalid(
+                "repository.password_file",
+                file.display().to_string(),
+                "must not be inside state.dir: the password would be in every snapshot",
+            ));
+        }
         if let Some(secrets) = &secrets
             && secrets.env_file.starts_with(&state.dir)
         {
@@ -407,6 +453,7 @@ impl Config {
             spot,
             metrics,
             verify,
+            repository,
         })
     }
 
@@ -610,6 +657,64 @@ impl Validator<'_> {
             compression_level,
             freeze_cap,
         })
+    }
+
+    fn repository(&self, raw: RawRepository, secrets: Option<&SecretsConfig>) -> Result<RepositoryConfig, ConfigError> {
+        let password = match (raw.password_ssm, raw.password_file) {
+            (Some(_), Some(file)) => {
+                return Err(self.invalid(
+                    "repository.password_file",
+                    file.display().to_string(),
+                    "give either repository.password_ssm or repository.password_file, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(self.missing(
+                    "repository.password_ssm",
+                    "the SSM SecureString that holds the repository password (or repository.password_file), \
+                     when [repository] is present",
+                ));
+            }
+            (Some(name), None) => {
+                if !name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+                    return Err(self.invalid(
+                        "repository.password_ssm",
+                        name,
+                        "must be a full parameter name starting with / (for example \"/openclaw-repository/prod/password\")",
+                    ));
+                }
+                // Everything under the secrets path goes into the container's environment.
+                if let Some(secrets) = secrets
+                    && name.starts_with(&format!("{}/", secrets.ssm_path.trim_end_matches('/')))
+                {
+                    return Err(self.invalid(
+                        "repository.password_ssm",
+                        name,
+                        format!(
+                            "must not be under secrets.ssm_path ({}): every parameter there is written into the \
+                             container's environment, and the repository password never leaves spotkeeper",
+                            secrets.ssm_path
+                        ),
+                    ));
+                }
+                PasswordSource::Ssm(name)
+            }
+            (None, Some(file)) => {
+                self.absolute_clean("repository.password_file", &file)?;
+                PasswordSource::File(file)
+            }
+        };
+        let ssm_endpoint = raw.ssm_endpoint.or_else(|| secrets.and_then(|s| s.endpoint.clone()));
+        if let Some(endpoint) = &ssm_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(self.invalid(
+                "repository.ssm_endpoint",
+                endpoint.clone(),
+                "expected an http:// or https:// URL",
+            ));
+        }
+        Ok(RepositoryConfig { password, ssm_endpoint })
     }
 
     fn secrets(&self, raw: RawSecrets) -> Result<SecretsConfig, ConfigError> {

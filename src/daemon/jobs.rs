@@ -50,7 +50,7 @@ impl Daemon {
         let report = self.upload_mirror().await?;
         self.pending_upload = false;
         self.last_snapshot_id = Some(report.id);
-        self.last_complete_at = Some(report.manifest.created_at);
+        self.last_complete_at = Some(report.created_at);
         self.last_snapshot_duration = Duration::from_millis(report.duration_ms);
         self.metrics.record(names::SNAPSHOT_SUCCESS, 1.0, Unit::Count);
         self.metrics
@@ -302,7 +302,7 @@ impl Daemon {
             force: false,
             now: Utc::now(),
         };
-        let report = snapshot::take(&self.store, request).await?;
+        let report = snapshot::take(&self.store, self.engine.as_ref(), request).await?;
         record::remember(
             &self.config.state.work_dir,
             &self.repository,
@@ -318,7 +318,14 @@ impl Daemon {
         if let Some(tracker) = &self.tracker {
             tracker.request_full_walk("the daily full walk");
         }
-        let result = prune::prune(&self.store, &self.config.retention, Utc::now(), false).await;
+        let result = prune::prune(
+            &self.store,
+            self.engine.as_ref(),
+            &self.config.retention,
+            Utc::now(),
+            false,
+        )
+        .await;
         let status = match result {
             Ok(outcomes) => {
                 let (deleted, failed) = prune::counts(&outcomes);
@@ -387,7 +394,14 @@ impl Daemon {
 
     /// The daily restore drill; a failure is loud (error log, STATUS, metric).
     pub(super) async fn verify_tick(&mut self) {
-        let result = drill::run(&self.store, &self.config.state.work_dir, &self.repository, None).await;
+        let result = drill::run(
+            &self.store,
+            self.engine.as_ref(),
+            &self.config.state.work_dir,
+            &self.repository,
+            None,
+        )
+        .await;
         let status = match result {
             Ok(report) => {
                 tracing::info!(snapshot_id = %report.id, files = report.files, databases = report.databases.len(),

@@ -42,7 +42,7 @@ use crate::secrets::{self, Secrets, SecretsError};
 use crate::snapshot::{self, SnapshotError, SnapshotOutcome, SnapshotRequest};
 use crate::snapshot_id::SnapshotId;
 use crate::spot::{InstanceAction, Rebalance, SpotWatcher};
-use crate::store::{self, Store};
+use crate::store::Store;
 use crate::systemd::{self, Notifier};
 use crate::walk::{ChangeTracker, Changes};
 use crate::{drill, prune, schedule};
@@ -50,6 +50,8 @@ use policy::{Decision, Observed, Supervision};
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
 pub const MIRROR_DIR: &str = "mirror";
+/// rustic_core's metadata cache for format 2 (encrypted, as in the repository), in work_dir.
+pub const REPO_CACHE_DIR: &str = "repo-cache";
 /// The longest the loop sleeps before looking at the wall clock (catches suspends).
 const MAX_NAP: Duration = Duration::from_secs(30);
 /// Retry bounds for start-up calls to S3 and SSM: never start fresh on an error.
@@ -148,10 +150,21 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
 
     let sdk_config = crate::aws::sdk_config(config.s3.region.as_deref()).await;
     let store = Store::connect(&config.s3, &sdk_config);
+    let cache = config.state.work_dir.join(REPO_CACHE_DIR);
+    let engine = crate::format2::engine_for(&config, &sdk_config, store.clone(), Some(cache))
+        .await
+        .map_err(RepositoryError::from)?;
+    if engine.is_none() {
+        tracing::warn!(
+            "no [repository] section: snapshots are written in format 1 (one unencrypted archive each); \
+             docs/format.md explains how to move to format 2"
+        );
+    }
     let mut daemon = Daemon::new(
         config,
         container_config,
         store,
+        engine,
         &sdk_config,
         notifier,
         Arc::clone(&status),
@@ -253,6 +266,8 @@ struct Daemon {
     config: Config,
     container_config: ContainerConfig,
     store: Store,
+    /// Format 2's repository, kept open between snapshots; `None`: format 1.
+    engine: Option<crate::format2::Engine>,
     notifier: Notifier,
     status: Arc<Mutex<Status>>,
     container: Container,
@@ -294,6 +309,7 @@ impl Daemon {
         config: Config,
         container_config: ContainerConfig,
         store: Store,
+        engine: Option<crate::format2::Engine>,
         sdk_config: &aws_config::SdkConfig,
         notifier: Notifier,
         status: Arc<Mutex<Status>>,
@@ -316,6 +332,7 @@ impl Daemon {
             config,
             container_config,
             store,
+            engine,
             notifier,
             status,
             container,

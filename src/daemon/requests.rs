@@ -40,9 +40,9 @@ impl Daemon {
         // Pin the snapshot now: once the safety snapshot is taken, latest/ is that snapshot, and
         // restoring "latest" would change nothing.
         let store = self.store.clone();
-        let (manifest, _) = restore::resolve(&store, snapshot, &self.repository).await?;
-        let snapshot = Some(manifest.id);
-        self.say(&format!("manual restore of {}: stopping the container", manifest.id));
+        let (chosen, _) = restore::resolve(&store, self.engine.as_ref(), snapshot, &self.repository).await?;
+        let snapshot = Some(chosen.id());
+        self.say(&format!("manual restore of {}: stopping the container", chosen.id()));
         self.supervision.stopping_on_purpose();
         if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
             self.supervision.stop_abandoned();

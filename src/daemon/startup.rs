@@ -102,7 +102,7 @@ impl Daemon {
         loop {
             match op().await {
                 Ok(value) => return Ok(value),
-                Err(RepositoryError::Store(e)) if store::is_transient(&e) => {
+                Err(e) if e.is_transient() => {
                     systemd::progress();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "{what}: S3 not reachable, retrying (never starting fresh on an error)");
                     self.notifier.status(&format!("{what}: waiting for S3"));
@@ -115,62 +115,87 @@ impl Daemon {
         }
     }
 
-    /// What the repository says about `latest/`, S3 errors retried; a `latest/` that cannot be
-    /// read falls back on the newest complete snapshot, lineage checked.
+    /// What the repository says about its head (`latest.json`, else format 1's `latest/`), S3
+    /// errors retried; a head that cannot be read falls back on the newest complete snapshot of
+    /// either format, lineage checked.
     async fn latest_view(
         &self,
         base: Option<SnapshotId>,
     ) -> Result<(boot::LatestView, Option<DateTime<Utc>>), DaemonError> {
         let store = self.store.clone();
-        let descends = |manifest: &crate::manifest::Manifest| {
-            snapshot::check_lineage(
-                Some((manifest.id, manifest.parent, manifest.host.writer.as_deref())),
-                base,
-                &self.writer,
-                false,
-            )
-            .is_ok()
+        let engine = self.engine.clone();
+        let descends = |lineage: (SnapshotId, Option<SnapshotId>, Option<&str>)| {
+            snapshot::check_lineage(Some(lineage), base, &self.writer, false).is_ok()
         };
         let newest_complete = || async {
             let listing = self.retry_s3("listing snapshots", || repository::list(&store)).await?;
-            Ok::<_, RepositoryError>(listing.snapshots.iter().rev().find(|s| s.complete).map(|s| s.id))
+            let one = listing.snapshots.iter().rev().find(|s| s.complete).map(|s| s.id);
+            let two = match &engine {
+                Some(engine) => self
+                    .retry_s3("listing format-2 snapshots", || repository::list_format2(engine))
+                    .await?
+                    .iter()
+                    .filter_map(|l| l.id.map(|id| (id, l.time)))
+                    .max(),
+                None => None,
+            };
+            Ok::<_, RepositoryError>((one, two))
         };
-        match self.retry_s3("reading latest/", || repository::latest(&store)).await {
-            Ok(Some((manifest, _))) => Ok((
+        match self
+            .retry_s3("reading the latest pointer", || repository::head(&store))
+            .await
+        {
+            Ok(Some((head, _))) => Ok((
                 boot::LatestView::Readable {
-                    id: manifest.id,
-                    local_descends: descends(&manifest),
+                    id: head.id(),
+                    local_descends: descends(head.lineage()),
                 },
-                Some(manifest.created_at),
+                Some(head.created_at()),
             )),
-            Ok(None) => Ok((
-                boot::LatestView::Absent {
-                    newest_complete: newest_complete().await?,
-                },
-                None,
-            )),
+            Ok(None) => {
+                let (one, two) = newest_complete().await?;
+                Ok((
+                    boot::LatestView::Absent {
+                        newest_complete: one.max(two.map(|(id, _)| id)),
+                    },
+                    None,
+                ))
+            }
             Err(RepositoryError::Manifest(e)) => {
-                tracing::error!(error = %e, "latest/ cannot be read; falling back on the newest complete snapshot");
-                let newest = newest_complete().await?;
+                tracing::error!(error = %e, "the latest pointer cannot be read; falling back on the newest complete snapshot");
+                let (one, two) = newest_complete().await?;
                 let mut local_descends = false;
                 let mut created_at = None;
-                if let Some(id) = newest {
-                    match self
-                        .retry_s3("reading the newest snapshot's manifest", || {
-                            repository::manifest(&store, &id)
-                        })
-                        .await
-                    {
-                        Ok(Some(manifest)) => {
-                            local_descends = descends(&manifest);
-                            created_at = Some(manifest.created_at);
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(snapshot_id = %id, error = %e, "cannot read the newest snapshot's manifest either")
-                        }
+                let newest = match (one, two) {
+                    // Format 2's snapshots carry no lineage of their own: only a state that is
+                    // exactly that snapshot descends from it.
+                    (one, Some((id, time))) if one.is_none_or(|o| o < id) => {
+                        local_descends = base == Some(id);
+                        created_at = Some(time);
+                        Some(id)
                     }
-                }
+                    (Some(id), _) => {
+                        match self
+                            .retry_s3("reading the newest snapshot's manifest", || {
+                                repository::manifest(&store, &id)
+                            })
+                            .await
+                        {
+                            Ok(Some(manifest)) => {
+                                local_descends =
+                                    descends((manifest.id, manifest.parent, manifest.host.writer.as_deref()));
+                                created_at = Some(manifest.created_at);
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(snapshot_id = %id, error = %e, "cannot read the newest snapshot's manifest either")
+                            }
+                        }
+                        Some(id)
+                    }
+                    // Unreachable: a format-2 snapshot with no format-1 one is taken above.
+                    (None, _) => None,
+                };
                 Ok((
                     boot::LatestView::Unreadable {
                         why: e.to_string(),
@@ -269,9 +294,9 @@ impl Daemon {
         let store = self.store.clone();
         let mut delay = STARTUP_RETRY_MIN;
         let report = loop {
-            match restore::restore(&store, &request).await {
+            match restore::restore(&store, self.engine.as_ref(), &request).await {
                 Ok(report) => break report,
-                Err(RestoreError::Repository(RepositoryError::Store(e))) if store::is_transient(&e) => {
+                Err(RestoreError::Repository(e)) if e.is_transient() => {
                     systemd::progress();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "restore: S3 not reachable, retrying");
                     self.notifier.extend(delay + EXTEND_STEP);

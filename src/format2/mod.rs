@@ -2,21 +2,22 @@
 //! client: content-defined chunks, deduplicated and encrypted (AES-256 + Poly1305), so a
 //! snapshot uploads what changed and stock `restic` can list, check and restore it.
 //!
-//! This is the repository engine and its storage edge; the commands and the daemon do not use it
-//! yet (docs/format2-research.md has the plan and the findings it rests on). Everything here is
-//! synchronous: call it from `spawn_blocking`, never from async code (see `backend`).
+//! `Repo` is the repository engine (synchronous: rustic_core runs on the calling thread and its
+//! own); `Engine` is its async face for the commands and the daemon, which keeps one repository
+//! open between snapshots. docs/format2-research.md has the findings it rests on.
 
 pub mod backend;
 pub mod password;
+pub mod pointer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustic_core::repofile::SnapshotFile;
+use rustic_core::repofile::{SnapshotFile, SnapshotId};
 use rustic_core::{
     BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, LocalDestination, LsOptions, OpenStatus,
-    PathList, Repository, RepositoryBackends, RepositoryOptions, RestoreOptions, RusticError, SnapshotOptions,
-    WriteBackend,
+    PathList, PruneOptions, Repository, RepositoryBackends, RepositoryOptions, RestoreOptions, RusticError,
+    SnapshotOptions, WriteBackend,
 };
 
 pub use backend::S3Backend;
@@ -29,8 +30,14 @@ pub const SNAPSHOT_ROOT: &str = "/state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Format2Error {
-    #[error("{location}: {source}")]
+    #[error("{location}: {}", describe(source))]
     Repository {
+        location: String,
+        #[source]
+        source: Box<RusticError>,
+    },
+    #[error("{location} failed its check: {}", describe(source))]
+    Check {
         location: String,
         #[source]
         source: Box<RusticError>,
@@ -43,6 +50,49 @@ pub enum Format2Error {
     NoSnapshot { location: String, wanted: String },
     #[error("cannot back up {path}: {message}")]
     Source { path: PathBuf, message: String },
+    #[error("repository task failed: {0}")]
+    Task(String),
+}
+
+impl Format2Error {
+    /// The S3 failure underneath, if a request failed (for retries and exit codes).
+    pub fn store_error(&self) -> Option<&crate::store::StoreError> {
+        let (Format2Error::Repository { source, .. } | Format2Error::Check { source, .. }) = self else {
+            return None;
+        };
+        store_error_in(source)
+    }
+
+    /// The password opened no key of the repository.
+    pub fn is_wrong_password(&self) -> bool {
+        matches!(self, Format2Error::Repository { source, .. } if source.is_incorrect_password())
+    }
+}
+
+fn store_error_in(error: &RusticError) -> Option<&crate::store::StoreError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(error) = cause {
+        if let Some(store) = error.downcast_ref::<crate::store::StoreError>() {
+            return Some(store);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// rustic_core's error in one line: ours when S3 failed (it names the key and the next step),
+/// else rustic_core's own concise form.
+fn describe(error: &RusticError) -> String {
+    if error.is_incorrect_password() {
+        return "the repository password is wrong: it opens none of the keys under repo/keys/ (check \
+                [repository] password_ssm or password_file)"
+            .into();
+    }
+    if let Some(store) = store_error_in(error) {
+        return store.to_string();
+    }
+    let text = error.display_log();
+    text.strip_prefix("Error: ").unwrap_or(&text).to_string()
 }
 
 /// An open repository. Indexing consumes rustic_core's handle, so each operation takes it and
@@ -61,6 +111,8 @@ pub struct Backup {
     /// restic's snapshot id (64 hex).
     pub id: String,
     pub files: u64,
+    /// Bytes of the files backed up.
+    pub bytes: u64,
     /// Bytes of new data added to the repository (after deduplication and compression).
     pub data_added_packed: u64,
 }
@@ -151,7 +203,14 @@ impl Repo {
     ///
     /// rustic_core walks `source` by path: give it spotkeeper's own frozen mirror (filled by the
     /// descriptor-based walker), never the live state directory, which the app can rearrange.
-    pub fn backup(&mut self, source: &Path, host: &str, tags: &[String]) -> Result<Backup, Format2Error> {
+    pub fn backup(
+        &mut self,
+        source: &Path,
+        host: &str,
+        tags: &[String],
+        time: chrono::DateTime<chrono::Utc>,
+        description: Option<String>,
+    ) -> Result<Backup, Format2Error> {
         let wrap = wrap(&self.location);
         let repo = self.take()?.to_indexed_ids().map_err(&wrap)?;
         let mut all_tags = vec![TAG.to_string()];
@@ -160,6 +219,8 @@ impl Repo {
             .label(TAG.to_string())
             .host(host.to_string())
             .command("spotkeeper snapshot".to_string())
+            .time(zoned(time))
+            .description(description)
             .add_tags(&all_tags.join(","))
             .map_err(&wrap)?
             .to_snapshot()
@@ -178,6 +239,7 @@ impl Repo {
         Ok(Backup {
             id: done.id.to_hex().as_str().to_string(),
             files: summary.total_files_processed,
+            bytes: summary.total_bytes_processed,
             data_added_packed: summary.data_added_packed,
         })
     }
@@ -193,8 +255,9 @@ impl Repo {
     }
 
     /// Restores the snapshot `id` (restic's id or a unique prefix) into `dest`, an empty or absent
-    /// directory.
-    pub fn restore(&mut self, id: &str, dest: &Path) -> Result<(), Format2Error> {
+    /// directory. Returns the snapshot's description (where spotkeeper keeps the state
+    /// directory's own owner and mode: `root_of`).
+    pub fn restore(&mut self, id: &str, dest: &Path) -> Result<Option<String>, Format2Error> {
         let wrap = wrap(&self.location);
         let repo = self.take()?.to_indexed().map_err(&wrap)?;
         let snapshot =
@@ -208,22 +271,269 @@ impl Repo {
             .map_err(&wrap)?;
         let nodes = repo.ls(&node, &LsOptions::default()).map_err(&wrap)?;
         let dest = LocalDestination::new(&format!("{}/", dest.display()), true, false).map_err(&wrap)?;
-        let options = RestoreOptions::default();
+        // Numeric owners: the container's users have no names on the host.
+        let options = RestoreOptions::default().numeric_id(true);
         let plan = repo
             .prepare_restore(&options, nodes.clone(), &dest, false)
             .map_err(&wrap)?;
         repo.restore(plan, &options, nodes, &dest).map_err(&wrap)?;
         self.repo = Some(repo.drop_index());
-        Ok(())
+        Ok(snapshot.description.clone())
     }
 
     /// Reads every pack back and checks every blob (`restic check --read-data`).
     pub fn check_read_data(&mut self) -> Result<(), Format2Error> {
+        self.check(true)
+    }
+
+    /// Checks the repository's structure (config, keys, index, every snapshot's trees, that each
+    /// pack the index names exists with its size) and, with `read_data`, reads every pack back and
+    /// checks every blob's hash. Every finding is logged by rustic_core; any error fails.
+    pub fn check(&mut self, read_data: bool) -> Result<(), Format2Error> {
         let wrap = wrap(&self.location);
         let repo = self.take()?;
-        let results = repo.check(CheckOptions::default().read_data(true));
+        // Never trust the local cache for a check: compare against what S3 holds.
+        let results = repo.check(CheckOptions::default().read_data(read_data).trust_cache(false));
         self.repo = Some(repo);
-        results.map_err(&wrap)?.is_ok().map_err(&wrap)?;
-        Ok(())
+        results.map_err(&wrap)?.is_ok().map_err(|source| Format2Error::Check {
+            location: self.location.clone(),
+            source,
+        })
     }
+
+    /// Removes the restic snapshots `ids` (64 hex each). Their data stays until `prune`.
+    pub fn forget(&mut self, ids: &[String]) -> Result<(), Format2Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let wrap = wrap(&self.location);
+        let repo = self.take()?;
+        let parsed: Result<Vec<SnapshotId>, _> = ids
+            .iter()
+            .map(|id| {
+                id.parse::<rustic_core::Id>()
+                    .map(SnapshotId::from)
+                    .map_err(|_| Format2Error::NoSnapshot {
+                        location: self.location.clone(),
+                        wanted: id.clone(),
+                    })
+            })
+            .collect();
+        let result = parsed.and_then(|ids| repo.delete_snapshots(&ids).map_err(&wrap));
+        self.repo = Some(repo);
+        result
+    }
+
+    /// Two-phase prune: packs no snapshot needs are marked, and deleted by a later prune only
+    /// when marked for at least `keep_delete` and still unneeded (a backup that began before the
+    /// mark and uses one of them recovers it). No lock is taken, and none is needed, as long as
+    /// no snapshot runs longer than `keep_delete`.
+    pub fn prune(&mut self, keep_delete: std::time::Duration) -> Result<PruneSummary, Format2Error> {
+        let wrap = wrap(&self.location);
+        let repo = self.take()?;
+        let span = rustic_core::jiff::Span::new().seconds(i64::try_from(keep_delete.as_secs()).unwrap_or(i64::MAX));
+        let options = PruneOptions::default().keep_delete(span).instant_delete(false);
+        let result = repo.prune_plan(&options).and_then(|plan| {
+            let summary = PruneSummary {
+                packs_deleted: plan.stats.packs_to_delete.remove,
+                packs_marked: plan.stats.packs_to_delete.keep,
+                bytes_deleted: plan.stats.size_to_delete.remove,
+            };
+            repo.prune(&options, plan).map(|()| summary)
+        });
+        self.repo = Some(repo);
+        result.map_err(&wrap)
+    }
+}
+
+/// What a prune of format 2 did to packs.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PruneSummary {
+    pub packs_deleted: u64,
+    /// Packs marked for deletion now (deleted by a prune after the grace period).
+    pub packs_marked: u64,
+    pub bytes_deleted: u64,
+}
+
+/// The description's line that records the state directory's own owner and mode (the snapshot
+/// stores the directory's content under `/state`, a virtual node without metadata).
+const ROOT_LINE: &str = "spotkeeper-root: ";
+
+/// A snapshot's description: the root's owner and mode, then the entries that were skipped.
+pub fn description(root: &crate::manifest::Owner, skipped: &[crate::manifest::Skipped]) -> String {
+    let mut text = format!("{ROOT_LINE}{}", serde_json::to_string(root).unwrap_or_default());
+    if !skipped.is_empty() {
+        text.push_str("\nskipped (could not be copied):");
+        for entry in skipped {
+            text.push_str(&format!("\n{}: {}", entry.path, entry.reason));
+        }
+    }
+    text
+}
+
+/// The root's owner and mode from a description `description` wrote.
+pub fn root_of(description: Option<&str>) -> Option<crate::manifest::Owner> {
+    description?
+        .lines()
+        .find_map(|line| line.strip_prefix(ROOT_LINE))
+        .and_then(|json| serde_json::from_str(json).ok())
+}
+
+/// chrono's UTC time as rustic_core's.
+fn zoned(time: chrono::DateTime<chrono::Utc>) -> rustic_core::jiff::Zoned {
+    let nanos = i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0);
+    rustic_core::jiff::Timestamp::new(time.timestamp(), nanos)
+        .unwrap_or(rustic_core::jiff::Timestamp::UNIX_EPOCH)
+        .to_zoned(rustic_core::jiff::tz::TimeZone::UTC)
+}
+
+/// Format 2 for async code: the store, the password and one repository kept open between calls
+/// (no key derivation or index load per snapshot). Every call runs rustic_core on a blocking
+/// thread, one at a time.
+#[derive(Clone)]
+pub struct Engine {
+    store: crate::store::Store,
+    password: Password,
+    cache: Option<PathBuf>,
+    repo: Arc<std::sync::Mutex<Option<Repo>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Engine({})", self.location())
+    }
+}
+
+impl Engine {
+    /// `cache`: a directory of spotkeeper's own for rustic_core's metadata cache (the daemon's
+    /// is in work_dir), or none.
+    pub fn new(store: crate::store::Store, password: Password, cache: Option<PathBuf>) -> Engine {
+        Engine {
+            store,
+            password,
+            cache,
+            repo: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    /// Where the repository is, as restic names it (`s3:` URLs differ by endpoint: see
+    /// docs/format.md).
+    pub fn location(&self) -> String {
+        self.store.url(backend::REPO_DIR)
+    }
+
+    pub fn store(&self) -> &crate::store::Store {
+        &self.store
+    }
+
+    /// Runs `work` on the open repository (opening it first if needed) on a blocking thread.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Repo) -> Result<T, Format2Error> + Send + 'static,
+    ) -> Result<T, Format2Error> {
+        let handle = tokio::runtime::Handle::current();
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut slot = engine.repo.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.is_none() {
+                let backend = S3Backend::new(engine.store.clone(), handle);
+                *slot = Some(Repo::open(backend, &engine.password, engine.cache.as_deref())?);
+            }
+            let Some(repo) = slot.as_mut() else {
+                return Err(Format2Error::Task("the repository could not be kept open".into()));
+            };
+            work(repo)
+        })
+        .await
+        .map_err(|e| Format2Error::Task(e.to_string()))?
+    }
+
+    /// Creates the repository; refuses when one exists.
+    pub async fn init(&self) -> Result<(), Format2Error> {
+        let handle = tokio::runtime::Handle::current();
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let backend = S3Backend::new(engine.store.clone(), handle);
+            let repo = Repo::init(backend, &engine.password, engine.cache.as_deref())?;
+            *engine.repo.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(repo);
+            Ok(())
+        })
+        .await
+        .map_err(|e| Format2Error::Task(e.to_string()))?
+    }
+
+    /// spotkeeper's snapshots in the repository, oldest first.
+    pub async fn list(&self) -> Result<Vec<Listed>, Format2Error> {
+        self.with(|repo| Ok(repo.snapshots()?.iter().map(Listed::of).collect()))
+            .await
+    }
+}
+
+/// One format-2 snapshot as `list`, `prune` and `restore` see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Listed {
+    /// restic's id (64 hex).
+    pub restic_id: String,
+    /// spotkeeper's id, from the snapshot's tags; `None` for a snapshot tagged `spotkeeper` by
+    /// someone else (left alone).
+    pub id: Option<crate::snapshot_id::SnapshotId>,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub hostname: String,
+    pub files: Option<u64>,
+    pub bytes: Option<u64>,
+    pub data_added: Option<u64>,
+}
+
+impl Listed {
+    fn of(snapshot: &SnapshotFile) -> Listed {
+        let time = chrono::DateTime::from_timestamp(
+            snapshot.time.timestamp().as_second(),
+            u32::try_from(snapshot.time.timestamp().subsec_nanosecond()).unwrap_or(0),
+        )
+        .unwrap_or_default();
+        Listed {
+            restic_id: snapshot.id.to_hex().as_str().to_string(),
+            id: snapshot.tags.iter().find_map(|tag| tag.parse().ok()),
+            time,
+            hostname: snapshot.hostname.clone(),
+            files: snapshot.summary.as_ref().map(|s| s.total_files_processed),
+            bytes: snapshot.summary.as_ref().map(|s| s.total_bytes_processed),
+            data_added: snapshot.summary.as_ref().map(|s| s.data_added_packed),
+        }
+    }
+}
+
+/// An SSM client for the repository password (`[repository] ssm_endpoint` overrides AWS's).
+pub fn ssm_client(config: &crate::config::RepositoryConfig, sdk: &aws_config::SdkConfig) -> aws_sdk_ssm::Client {
+    let mut builder = aws_sdk_ssm::config::Builder::from(sdk);
+    if let Some(endpoint) = &config.ssm_endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    aws_sdk_ssm::Client::from_conf(builder.build())
+}
+
+/// The password `[repository]` names, read now.
+pub async fn load_password(
+    config: &crate::config::RepositoryConfig,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Password, PasswordError> {
+    match &config.password {
+        crate::config::PasswordSource::File(path) => Password::from_file(path),
+        crate::config::PasswordSource::Ssm(name) => Password::from_ssm(&ssm_client(config, sdk), name).await,
+    }
+}
+
+/// The engine for `config`: `None` without a `[repository]` section (format 1). The password is
+/// read once, here.
+pub async fn engine_for(
+    config: &crate::config::Config,
+    sdk: &aws_config::SdkConfig,
+    store: crate::store::Store,
+    cache: Option<PathBuf>,
+) -> Result<Option<Engine>, PasswordError> {
+    let Some(repository) = &config.repository else {
+        return Ok(None);
+    };
+    let password = load_password(repository, sdk).await?;
+    Ok(Some(Engine::new(store, password, cache)))
 }

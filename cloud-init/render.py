@@ -43,6 +43,7 @@ VARIABLES: dict[str, tuple[str, str | None, str]] = {
     "bucket": (r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", None, "backup bucket ([s3] bucket)"),
     "prefix": (r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", None, "key prefix of the repository in the bucket ([s3] prefix)"),
     "ssm_path": (r"/([A-Za-z0-9_.-]+/)+", None, "SSM path of the secrets, with leading and trailing / ([secrets] ssm_path)"),
+    "repository_password_ssm": (r"(/[A-Za-z0-9_.-]+)+", None, "SecureString of the repository password, never under ssm_path ([repository] password_ssm)"),
     "image": (r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", None, "container image reference ([container] image)"),
     "container_name": (r"[A-Za-z0-9][A-Za-z0-9_.-]*", "openclaw", "container name ([container] name)"),
     "port": (r"[1-9][0-9]{0,4}", "18789", "gateway port, published on 127.0.0.1 only (reach it through SSM port forwarding)"),
@@ -85,6 +86,12 @@ def check_values(values: dict[str, str]) -> dict[str, str]:
         out[name] = value
     if ".." in out["prefix"].split("/") or "." in out["prefix"].split("/"):
         raise RenderError(f"variable prefix = {out['prefix']!r} has a . or .. segment")
+    # Everything under ssm_path is written into the container's environment; the password must not be.
+    if out["repository_password_ssm"].startswith(out["ssm_path"]):
+        raise RenderError(
+            f"variable repository_password_ssm = {out['repository_password_ssm']!r} is under ssm_path "
+            f"{out['ssm_path']!r}, whose parameters all reach the container's environment"
+        )
     return out
 
 
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             for name, (pattern, default, meaning) in VARIABLES.items():
                 shown = "(required)" if default is None else f"default {default!r}" if name != "unit" else "default: systemd/spotkeeper.service"
-                print(f"{name:18} {shown:28} {meaning}")
+                print(f"{name:24} {shown:28} {meaning}")
             return 0
         if args.extract:
             sys.stdout.write(extract(sys.stdin.read(), args.extract))

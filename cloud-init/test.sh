@@ -6,7 +6,8 @@
 #   4. its boot script parses (sh -n);
 #   5. the spotkeeper.toml it writes passes `spotkeeper check-config` (binary: $SPOTKEEPER_BIN,
 #      default target/debug/spotkeeper; skipped with a message when there is none);
-#   6. render.py refuses an unsafe value, an unknown variable and a missing one.
+#   6. render.py refuses an unsafe value, an unknown variable, a missing one and a repository
+#      password parameter under the secrets path (every parameter there reaches the container).
 # Installs cloud-init with apt-get when it is missing (as root). Exit 0 when everything passed.
 set -euo pipefail
 
@@ -35,6 +36,7 @@ cat >"$work/values.json" <<'EOF'
   "bucket": "openclaw-dev-backup-1a2b3c4",
   "prefix": "openclaw/dev",
   "ssm_path": "/openclaw/dev/",
+  "repository_password_ssm": "/openclaw-repository/dev/password",
   "image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/openclaw:2026.2.26",
   "artifacts_bucket": "openclaw-dev-artifacts-1a2b3c4",
   "artifacts_prefix": "bin/",
@@ -72,8 +74,9 @@ fi
 
 "$py" "$here/render.py" --extract /etc/spotkeeper/spotkeeper.toml <"$work/user-data.yaml" >"$work/spotkeeper.toml"
 if grep -qx 'bucket = "openclaw-dev-backup-1a2b3c4"' "$work/spotkeeper.toml" \
-  && grep -qx 'ssm_path = "/openclaw/dev/"' "$work/spotkeeper.toml"; then
-  ok "spotkeeper.toml holds the rendered bucket and SSM path"
+  && grep -qx 'ssm_path = "/openclaw/dev/"' "$work/spotkeeper.toml" \
+  && grep -qx 'password_ssm = "/openclaw-repository/dev/password"' "$work/spotkeeper.toml"; then
+  ok "spotkeeper.toml holds the rendered bucket, SSM path and repository password parameter"
 else
   bad "spotkeeper.toml does not hold the rendered values"
 fi
@@ -99,6 +102,7 @@ refuse "a quote in a value" --set 'prefix=lab"x'
 refuse "a space in a value" --set 'image=openclaw latest'
 refuse "an unknown variable" --set 'bukket=x'
 refuse "a .. prefix segment" --set 'prefix=lab/../other'
+refuse "a repository password under the secrets path" --set 'repository_password_ssm=/openclaw/dev/password'
 echo '{"stack": "x"}' >"$work/partial.json"
 if "$py" "$here/render.py" --values "$work/partial.json" >/dev/null 2>"$work/err"; then
   bad "render.py accepted missing required values"

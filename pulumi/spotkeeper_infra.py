@@ -7,8 +7,10 @@ compare them exactly. docs/deployment.md lists the config keys.
 Per stack (PROJECT `pulumi stack` name STACK, config stackPrefix P, default "openclaw"):
   S3 prefix     P/STACK              in the backup bucket (created, or config backupBucket)
   SSM path      /P/STACK/            the SecureString parameters from config `secrets`
+  password      /P-repository/STACK/password, format 2's repository password: a SecureString
+                outside the SSM path (all of which reaches the container), kept on destroy
   IAM role      P-STACK-instance     least privilege on exactly the above
-so two stacks never share a prefix, a secret or a role.
+so two stacks never share a prefix, a secret, a password or a role.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "cloud-init"))
@@ -39,6 +42,10 @@ ALARM_THRESHOLD_SECONDS = 3600
 DEBIAN_AMI_OWNER = "136693071363"
 ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/([a-z0-9._/-]+)(?::[\w.-]+)?(?:@sha256:[0-9a-f]{64})?$")
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+REPOSITORY_PASSWORD_BYTES = 32
+REPOSITORY_PASSWORD_DESCRIPTION = (
+    "spotkeeper repository password: losing it loses every backup; escrow it with `spotkeeper key show`"
+)
 
 
 @dataclass
@@ -76,6 +83,12 @@ class Settings:
     @property
     def ssm_path(self) -> str:
         return f"/{self.stack_prefix}/{self.stack}/"
+
+    @property
+    def repository_password_parameter(self) -> str:
+        """Format 2's repository password. Not under `ssm_path`: every parameter there is written
+        into the container's environment, and this one must never reach the container."""
+        return f"/{self.stack_prefix}-repository/{self.stack}/password"
 
     @property
     def role_name(self) -> str:
@@ -121,6 +134,13 @@ def check_settings(s: Settings) -> None:
         raise ValueError(
             f"stackPrefix-stack {s.label!r} must be lowercase letters, digits and -, at most 40 characters "
             "(it names buckets and the IAM role)"
+        )
+    if s.stack_prefix.endswith("-repository"):
+        # Its secrets path /P-repository/STACK/ would hold the password of stackPrefix P's stack.
+        raise ValueError(
+            f"stackPrefix {s.stack_prefix!r} must not end in -repository "
+            f"(/{s.stack_prefix}/STACK/password is the repository password of stackPrefix "
+            f"{s.stack_prefix.removesuffix('-repository')!r})"
         )
     if not s.availability_zone.startswith(s.region):
         raise ValueError(f"availabilityZone {s.availability_zone!r} is not in region {s.region!r}")
@@ -196,12 +216,14 @@ def instance_policy(
     region: str,
     account: str,
     ssm_path: str,
+    repository_password_parameter: str,
     metrics_namespace: str,
     image: str,
 ) -> dict:
     """The instance role's only permissions. Every statement is asserted exactly by the tests."""
     path = ssm_path.rstrip("/")
     parameter_arn = f"arn:aws:ssm:{region}:{account}:parameter{path}"
+    password_arn = f"arn:aws:ssm:{region}:{account}:parameter{repository_password_parameter}"
     statements: list[dict] = [
         {
             # Listing only under this stack's prefix (spotkeeper lists PREFIX/snapshots/...).
@@ -241,6 +263,26 @@ def instance_policy(
             "Condition": {
                 "StringEquals": {"kms:ViaService": f"ssm.{region}.amazonaws.com"},
                 "StringLike": {"kms:EncryptionContext:PARAMETER_ARN": f"{parameter_arn}/*"},
+            },
+        },
+        {
+            # Format 2's repository password: this one parameter, for spotkeeper alone (it is
+            # outside the secrets path, so it is never written into the container's environment).
+            "Sid": "ReadOwnRepositoryPassword",
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameter"],
+            "Resource": [password_arn],
+        },
+        {
+            "Sid": "DecryptOwnRepositoryPasswordViaSsm",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": ["*"],
+            "Condition": {
+                "StringEquals": {
+                    "kms:ViaService": f"ssm.{region}.amazonaws.com",
+                    "kms:EncryptionContext:PARAMETER_ARN": password_arn,
+                },
             },
         },
         {
@@ -294,6 +336,7 @@ def user_data_values(s: Settings, *, bucket: str, artifacts_bucket: str, sha256:
         "bucket": bucket,
         "prefix": s.s3_prefix,
         "ssm_path": s.ssm_path,
+        "repository_password_ssm": s.repository_password_parameter,
         "image": s.image,
         "port": str(s.port),
         "state_owner": s.state_owner,
@@ -381,6 +424,22 @@ def deploy(s: Settings | None = None) -> dict:
         for name, value in sorted(s.secrets.items())
     }
 
+    # --- Format 2's repository password ------------------------------------------------------
+    # Created once; Pulumi never changes it (a new password would make every backup unreadable)
+    # and `pulumi destroy` neither deletes it nor proceeds until it is unprotected on purpose.
+    password_bytes = pulumi_random.RandomBytes(f"{s.label}-repository-password-bytes", length=REPOSITORY_PASSWORD_BYTES)
+    repository_password = aws.ssm.Parameter(
+        f"{s.label}-repository-password",
+        name=s.repository_password_parameter,
+        description=REPOSITORY_PASSWORD_DESCRIPTION,
+        type="SecureString",
+        tier="Standard",
+        key_id="alias/aws/ssm",
+        value=password_bytes.base64,
+        tags=tags,
+        opts=pulumi.ResourceOptions(retain_on_delete=True, protect=True, ignore_changes=["value"]),
+    )
+
     # --- IAM ---------------------------------------------------------------------------------
     role = aws.iam.Role(
         f"{s.label}-role",
@@ -405,6 +464,7 @@ def deploy(s: Settings | None = None) -> dict:
                 region=s.region,
                 account=account,
                 ssm_path=s.ssm_path,
+                repository_password_parameter=s.repository_password_parameter,
                 metrics_namespace=s.metrics_namespace,
                 image=s.image,
             ),
@@ -486,6 +546,8 @@ def deploy(s: Settings | None = None) -> dict:
             {"resource_type": "volume", "tags": tags},
         ],
         tags=tags,
+        # spotkeeper reads the password at boot: the parameter exists before any instance does.
+        opts=pulumi.ResourceOptions(depends_on=[repository_password]),
     )
     group = aws.autoscaling.Group(
         f"{s.label}-asg",
@@ -535,6 +597,7 @@ def deploy(s: Settings | None = None) -> dict:
         "artifacts_bucket": artifacts,
         "binary_object": binary_object,
         "parameters": parameters,
+        "repository_password": repository_password,
         "role": role,
         "role_policy": role_policy,
         "instance_profile": profile,
@@ -553,6 +616,7 @@ def export(resources: dict) -> None:
     pulumi.export("prefix", s.s3_prefix)
     pulumi.export("repository", pulumi.Output.concat("s3://", resources["backup_bucket_name"], "/", s.s3_prefix))
     pulumi.export("ssmPath", s.ssm_path)
+    pulumi.export("repositoryPasswordParameter", resources["repository_password"].name)
     pulumi.export("roleName", resources["role"].name)
     pulumi.export("autoScalingGroup", resources["group"].name)
     pulumi.export("alarm", resources["alarm"].name)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pulumi
 import pytest
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import wait_for_rpcs
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +29,8 @@ ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 AZ = "eu-west-1b"
 SUBNET = "subnet-0pinned"
+# What the mocked RandomBytes "generates": recognisable, so the tests can follow it.
+PASSWORD_BASE64 = base64.b64encode(bytes(range(32))).decode()
 
 
 class Recorder(pulumi.runtime.Mocks):
@@ -35,6 +39,9 @@ class Recorder(pulumi.runtime.Mocks):
     def __init__(self, subnet_az: str | None = None) -> None:
         self.resources: list[pulumi.runtime.MockResourceArgs] = []
         self.calls: list[pulumi.runtime.MockCallArgs] = []
+        # (type, name) -> the engine's RegisterResourceRequest: protect, retainOnDelete,
+        # ignoreChanges and dependencies, which MockResourceArgs does not carry.
+        self.registrations: dict[tuple[str, str], object] = {}
         self.subnet_az = subnet_az
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -51,6 +58,9 @@ class Recorder(pulumi.runtime.Mocks):
             state["arn"] = f"arn:aws:sns:{REGION}:{ACCOUNT}:{physical}"
         elif args.typ == "aws:autoscaling/group:Group":
             state.setdefault("name", physical)
+        elif args.typ == "random:index/randomBytes:RandomBytes":
+            assert args.inputs["length"] == 32, "PASSWORD_BASE64 is 32 bytes"
+            state.update(base64=PASSWORD_BASE64, hex=bytes(range(32)).hex())
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -74,6 +84,18 @@ class Recorder(pulumi.runtime.Mocks):
         found = [r for r in self.of_type(typ) if r.name.endswith(name_suffix)]
         assert len(found) == 1, f"expected one {typ} *{name_suffix}, got {[r.name for r in found]}"
         return found[0].inputs
+
+
+class RecordingMonitor(MockMonitor):
+    """Pulumi's mock engine, also keeping each registration's resource options for the Recorder."""
+
+    def __init__(self, mocks: Recorder) -> None:
+        super().__init__(mocks)
+        self.recorder = mocks
+
+    def RegisterResource(self, request):
+        self.recorder.registrations[(request.type, request.name)] = request
+        return super().RegisterResource(request)
 
 
 class Deployment:
@@ -112,7 +134,7 @@ def deploy(binaries):
         arch = infra.arch_of(config.get("instanceType", infra.DEFAULT_INSTANCE_TYPE))
         config.setdefault("binary", str(binaries[arch]))
         mocks = Recorder(subnet_az=_subnet_az)
-        pulumi.runtime.set_mocks(mocks, project="spotkeeper", stack=stack, preview=False)
+        pulumi.runtime.set_mocks(mocks, project="spotkeeper", stack=stack, preview=False, monitor=RecordingMonitor(mocks))
         values = {"aws:region": REGION}
         for key, value in config.items():
             values[f"spotkeeper:{key}"] = value if isinstance(value, str) else json.dumps(value)
@@ -192,6 +214,7 @@ def test_user_data_contains_the_rendered_config_and_unit(deploy, binaries):
     config = tomllib.loads(render.extract(user_data, "/etc/spotkeeper/spotkeeper.toml"))
     assert config["s3"] == {"bucket": bucket, "prefix": "openclaw/dev", "region": REGION}
     assert config["secrets"]["ssm_path"] == "/openclaw/dev/"
+    assert config["repository"] == {"password_ssm": "/openclaw-repository/dev/password"}
     assert config["container"]["image"] == "openclaw/openclaw:2026.2.26"
     unit = render.extract(user_data, "/etc/systemd/system/spotkeeper.service")
     assert unit == (infra.REPO / "systemd" / "spotkeeper.service").read_text()
@@ -327,6 +350,24 @@ BASE_STATEMENTS = [
         },
     },
     {
+        "Sid": "ReadOwnRepositoryPassword",
+        "Effect": "Allow",
+        "Action": ["ssm:GetParameter"],
+        "Resource": ["arn:aws:ssm:eu-west-1:123456789012:parameter/openclaw-repository/dev/password"],
+    },
+    {
+        "Sid": "DecryptOwnRepositoryPasswordViaSsm",
+        "Effect": "Allow",
+        "Action": ["kms:Decrypt"],
+        "Resource": ["*"],
+        "Condition": {
+            "StringEquals": {
+                "kms:ViaService": "ssm.eu-west-1.amazonaws.com",
+                "kms:EncryptionContext:PARAMETER_ARN": "arn:aws:ssm:eu-west-1:123456789012:parameter/openclaw-repository/dev/password",
+            },
+        },
+    },
+    {
         "Sid": "PutOwnMetrics",
         "Effect": "Allow",
         "Action": ["cloudwatch:PutMetricData"],
@@ -395,6 +436,7 @@ def test_secrets_become_secure_string_parameters_under_the_stack_path(deploy):
     d = deploy(secrets={"OPENAI_API_KEY": "sk-test", "TELEGRAM_TOKEN": "123:abc"})
     params = d.mocks.of_type("aws:ssm/parameter:Parameter")
     assert sorted((p.inputs["name"], p.inputs["type"]) for p in params) == [
+        ("/openclaw-repository/dev/password", "SecureString"),
         ("/openclaw/dev/OPENAI_API_KEY", "SecureString"),
         ("/openclaw/dev/TELEGRAM_TOKEN", "SecureString"),
     ]
@@ -405,6 +447,59 @@ def test_secrets_become_secure_string_parameters_under_the_stack_path(deploy):
 def test_bad_secret_name_is_refused(deploy):
     with pytest.raises(ValueError, match="valid environment variable name"):
         deploy(secrets={"NOT-VALID": "x"})
+
+
+# --- the repository password -------------------------------------------------------------------
+
+
+def test_repository_password_is_32_random_bytes_in_a_kept_secure_string(deploy):
+    d = deploy()
+    assert d.mocks.one("random:index/randomBytes:RandomBytes") == {"length": 32}
+    parameter = d.mocks.one("aws:ssm/parameter:Parameter", "repository-password")
+    assert parameter == {
+        "name": "/openclaw-repository/dev/password",
+        "description": "spotkeeper repository password: losing it loses every backup; escrow it with `spotkeeper key show`",
+        "type": "SecureString",
+        "tier": "Standard",
+        "keyId": "alias/aws/ssm",
+        # Sent to the engine as a secret, so the stack state holds it encrypted.
+        "value": {rpc._special_sig_key: rpc._special_secret_sig, "value": PASSWORD_BASE64},
+        "tags": {"spotkeeper:stack": "openclaw-dev"},
+    }
+    # Never deleted, never replaced, never rotated by a later `pulumi up`: a new password would
+    # make every backup unreadable.
+    options = d.mocks.registrations[("aws:ssm/parameter:Parameter", "openclaw-dev-repository-password")]
+    assert (options.protect, options.retainOnDelete, list(options.ignoreChanges)) == (True, True, ["value"])
+
+
+def test_the_instance_is_launched_only_after_the_password_exists(deploy):
+    d = deploy()
+    launch_template = d.mocks.registrations[("aws:ec2/launchTemplate:LaunchTemplate", "openclaw-dev-lt")]
+    assert d.value(d.resources["repository_password"].urn) in launch_template.dependencies
+
+
+@pytest.mark.parametrize(("stack", "stack_prefix"), [("dev", "openclaw"), ("prod", "openclaw"), ("x", "lab"), ("dev", "a")])
+def test_repository_password_is_never_under_the_secrets_path(stack, stack_prefix):
+    s = infra.Settings(project="spotkeeper", stack=stack, region=REGION, availability_zone=AZ, image="i", stack_prefix=stack_prefix)
+    assert s.repository_password_parameter == f"/{stack_prefix}-repository/{stack}/password"
+    # Everything under ssm_path is written into the container's environment.
+    assert not s.repository_password_parameter.startswith(s.ssm_path)
+
+
+def test_a_stack_prefix_whose_secrets_path_could_hold_another_stacks_password_is_refused(deploy):
+    # stackPrefix openclaw-repository's secrets path /openclaw-repository/dev/ would hold (and
+    # its role read, and its container receive) the password of stackPrefix openclaw's dev stack.
+    with pytest.raises(ValueError, match="must not end in -repository"):
+        deploy(stackPrefix="openclaw-repository")
+
+
+def test_repository_password_parameter_is_a_stack_output(deploy, monkeypatch):
+    d = deploy()
+    exported = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
+    infra.export(d.resources)
+    assert d.value(exported["repositoryPasswordParameter"]) == "/openclaw-repository/dev/password"
+    assert exported["ssmPath"] == "/openclaw/dev/"
 
 
 # --- the alarm ---------------------------------------------------------------------------------
@@ -460,8 +555,14 @@ def test_second_stack_gets_disjoint_prefix_ssm_path_and_role(deploy):
     assert (list_prefixes(one), list_prefixes(two)) == (["openclaw/dev/*"], ["openclaw/prod/*"])
     assert [b.name for b in one.mocks.of_type("aws:s3/bucket:Bucket")] == ["openclaw-dev-artifacts"], "a shared bucket is not created"
     assert "arn:aws:s3:::openclaw-backups-shared/openclaw/prod/*" in resources(two)
-    assert {p.inputs["name"] for p in one.mocks.of_type("aws:ssm/parameter:Parameter")} == {"/openclaw/dev/K"}
-    assert {p.inputs["name"] for p in two.mocks.of_type("aws:ssm/parameter:Parameter")} == {"/openclaw/prod/K"}
+    assert {p.inputs["name"] for p in one.mocks.of_type("aws:ssm/parameter:Parameter")} == {
+        "/openclaw/dev/K",
+        "/openclaw-repository/dev/password",
+    }
+    assert {p.inputs["name"] for p in two.mocks.of_type("aws:ssm/parameter:Parameter")} == {
+        "/openclaw/prod/K",
+        "/openclaw-repository/prod/password",
+    }
 
 
 # --- settings ----------------------------------------------------------------------------------

@@ -240,3 +240,82 @@ fn a_crash_loop_stops_restarts_and_the_daemon_stays_up() {
     assert!(daemon.stop().success(), "log:\n{}", daemon.log());
     remove_container(&t.container);
 }
+
+/// Format 2 under the daemon: `init --create-password` makes the SSM parameter and the
+/// repository, the boot restore reads format 2, ticks and the final snapshot write it (the
+/// repository kept open, its cache in work_dir), and the password shows in no log, no env file
+/// and no `docker inspect`.
+#[test]
+fn the_daemon_runs_on_format_2_with_the_password_from_ssm() {
+    if !docker_available() {
+        return;
+    }
+    let name = "/openclaw-repository/f2d/password";
+    let t = setup("f2d", "", &format!("\n[repository]\npassword_ssm = {name:?}\n"));
+    let repository = format!(
+        "\n[repository]\npassword_ssm = {name:?}\nssm_endpoint = {:?}\n",
+        t.moto.endpoint()
+    );
+
+    // A previous machine created the password and the repository, and left a snapshot.
+    let previous = t.world.sibling();
+    previous.write_config(&repository);
+    let created = previous.ok(&["init", "--create-password"]);
+    assert!(created.contains("key show"), "{created}");
+    let password = previous.ok(&["key", "show", "--yes"]).trim().to_string();
+    assert_eq!(password.len(), 64, "32 random bytes in hex");
+    let out = previous.run(&["init", "--create-password"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "a second init is refused before anything is created"
+    );
+    common::write(
+        &previous.state.join("agents/main/sessions/old.jsonl"),
+        b"{\"seq\":0}\n",
+        0o644,
+    );
+    let seeded = previous.json(&["snapshot", "--json"]);
+    assert!(seeded["restic_id"].is_string(), "{seeded}");
+    fs::remove_dir(&t.world.state).expect("empty state dir");
+
+    let mut daemon = Daemon::start(&t.world);
+    let running = wait_for(Duration::from_secs(120), || {
+        status(&t.world).is_some_and(|s| s["phase"] == "running")
+    });
+    assert!(running, "daemon did not reach running; log:\n{}", daemon.log());
+    assert!(
+        t.world.state.join("agents/main/sessions/old.jsonl").exists(),
+        "restored from format 2's latest.json; log:\n{}",
+        daemon.log()
+    );
+    let ticked = wait_for(Duration::from_secs(60), || {
+        status(&t.world).is_some_and(|s| s["last_snapshot"]["id"].is_string())
+    });
+    assert!(ticked, "no scheduled snapshot; log:\n{}", daemon.log());
+    assert!(
+        t.world.work.join("repo-cache").is_dir(),
+        "the daemon caches the repository's metadata"
+    );
+
+    let code = daemon.stop();
+    assert!(code.success(), "daemon exit {code:?}; log:\n{}", daemon.log());
+    let list = t.world.json(&["list", "--json"]);
+    let rows = list.as_array().expect("rows");
+    assert!(rows.len() >= 3, "{list}");
+    assert!(rows.iter().all(|r| r["format"] == 2), "{list}");
+    let final_dir = t.world.dir.path().join("final");
+    t.world.ok(&["restore", "--to", final_dir.to_str().expect("utf8")]);
+    assert_eq!(
+        shape(&final_dir),
+        without_excluded(shape(&t.world.state)),
+        "the final snapshot is the state after stop"
+    );
+    sqlite_ok(&final_dir);
+
+    let env_file = t.world.dir.path().join("run/openclaw/.env");
+    assert!(!fs::read_to_string(&env_file).unwrap_or_default().contains(&password));
+    assert!(!docker(&["inspect", &t.container]).contains(&password));
+    assert!(!daemon.log().contains(&password), "the password in the daemon's log");
+    remove_container(&t.container);
+}

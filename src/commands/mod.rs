@@ -163,9 +163,17 @@ fn man(subcommand: Option<&str>) -> Result<(), CommandError> {
 /// The store and, with a `[repository]` section, format 2's engine (password read now; no
 /// metadata cache: a person's command leaves nothing of the state's metadata behind).
 async fn open(config: &Config) -> Result<(Store, Option<Engine>), CommandError> {
+    open_with_cache(config, None).await
+}
+
+/// `open` with rustic_core's metadata cache in `cache`.
+async fn open_with_cache(
+    config: &Config,
+    cache: Option<std::path::PathBuf>,
+) -> Result<(Store, Option<Engine>), CommandError> {
     let sdk = crate::aws::sdk_config(config.s3.region.as_deref()).await;
     let store = Store::connect(&config.s3, &sdk);
-    let engine = crate::format2::engine_for(config, &sdk, store.clone(), None)
+    let engine = crate::format2::engine_for(config, &sdk, store.clone(), cache)
         .await
         .map_err(RepositoryError::from)?;
     Ok((store, engine))

@@ -21,7 +21,11 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         };
         return print_outcome(&outcome, args.json, " (taken by the daemon)");
     }
-    let (store, engine) = super::open(config).await?;
+    // Format 2's metadata cache is the daemon's, in work_dir: only one of the two snapshots at a
+    // time (through the daemon when it runs), and a snapshot after a small change then reads its
+    // parent's trees from disk instead of S3.
+    let (store, engine) =
+        super::open_with_cache(config, Some(config.state.work_dir.join(crate::daemon::REPO_CACHE_DIR))).await?;
     let store = &store;
     let repository = config.repository_url();
     let local = record::load(&config.state.work_dir)?;

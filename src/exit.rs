@@ -119,7 +119,7 @@ pub fn of_format2(error: &crate::format2::Format2Error) -> Exit {
     }
     match error {
         _ if error.is_wrong_password() => Exit::Config,
-        Format2Error::Check { .. } => Exit::Integrity,
+        Format2Error::Check { .. } | Format2Error::Unsafe { .. } => Exit::Integrity,
         Format2Error::Missing { .. } | Format2Error::NoSnapshot { .. } => Exit::NotFound,
         Format2Error::Exists { .. } => Exit::Refused,
         Format2Error::Task(_) => Exit::Failure,

@@ -59,6 +59,13 @@ pub async fn prune(
         })
         .collect();
     if !dry_run {
+        // A migration whose retirement of format 1's latest/ failed is finished here.
+        if engine.is_some()
+            && repository::has_pointer(store).await?
+            && store.head_metadata(repository::LATEST_MANIFEST).await?.is_some()
+        {
+            crate::snapshot::retire_format1_latest(store).await;
+        }
         delete(store, &listing, &mut outcomes).await?;
         if let Some(engine) = engine {
             forget(engine, &format2, &mut outcomes).await?;

@@ -208,6 +208,13 @@ pub async fn resolve(
             Err(e) => return Err(e.into()),
         };
         if let Some(engine) = engine {
+            // The head is named by its restic id: another writer's snapshot that took the same
+            // spotkeeper id (same minute) never stands in for it.
+            if let Ok(Some((Head::Two(pointer), _))) = repository::head(store).await
+                && pointer.id == id
+            {
+                return Ok((Chosen::Two(chosen_of_pointer(pointer)), head));
+            }
             let listed = repository::list_format2(engine).await?;
             let found: Vec<&format2::Listed> = listed.iter().filter(|l| l.id == Some(id)).collect();
             match found.as_slice() {
@@ -237,15 +244,7 @@ pub async fn resolve(
         Some((Head::Two(pointer), _)) => {
             need_engine(engine, repository)?;
             let id = pointer.id;
-            return Ok((
-                Chosen::Two(Chosen2 {
-                    id,
-                    restic_id: pointer.restic_id,
-                    files: Some(pointer.files),
-                    bytes: Some(pointer.bytes),
-                }),
-                Some(id),
-            ));
+            return Ok((Chosen::Two(chosen_of_pointer(pointer)), Some(id)));
         }
         Some((Head::One(manifest), _)) => {
             let id = manifest.id;
@@ -269,6 +268,15 @@ pub async fn resolve(
         None => Err(RestoreError::NoSnapshot {
             repository: repository.to_string(),
         }),
+    }
+}
+
+fn chosen_of_pointer(pointer: crate::format2::pointer::Pointer) -> Chosen2 {
+    Chosen2 {
+        id: pointer.id,
+        restic_id: pointer.restic_id,
+        files: Some(pointer.files),
+        bytes: Some(pointer.bytes),
     }
 }
 
@@ -405,9 +413,10 @@ fn remove_staging(staging: &Path) {
     }
 }
 
-/// Format 2: rustic_core restores the snapshot into `staging` (every blob's MAC and hash checked
-/// as it is decrypted, packs read in parallel), then the staged tree is checked as format 1's
-/// archives are: no link may leave the tree, nothing but files, directories and links, and
+/// Format 2: every entry of the snapshot is checked before anything is written
+/// (`format2::checked_nodes`), rustic_core restores it into `staging` (every blob's MAC checked
+/// as it is decrypted, packs read in parallel), then the staged tree is checked again as format
+/// 1's archives are: no link may leave the tree, nothing but files, directories and links, and
 /// setuid/setgid bits are dropped. A repository written by someone else is untrusted input too.
 pub async fn restore_format2(
     engine: &Engine,
@@ -416,9 +425,10 @@ pub async fn restore_format2(
 ) -> Result<archive::Unpacked, RestoreError> {
     let _progress = crate::progress::begin("restore", two.bytes, two.files);
     let restic_id = two.restic_id.clone();
+    let tag = two.id.to_string();
     let dest = staging.to_path_buf();
     let description = engine
-        .with(move |repo| repo.restore(&restic_id, &dest))
+        .with(move |repo| repo.restore(&restic_id, &tag, &dest))
         .await
         .map_err(RepositoryError::from)?;
     let root = format2::root_of(description.as_deref());

@@ -148,6 +148,9 @@ pub fn check_lineage(
         _ if force => Ok(()),
         Some(base) if base == latest_id => Ok(()),
         Some(base) if latest_parent == Some(base) && latest_writer == Some(writer) => Ok(()),
+        // This writer's own first snapshot, whose record update was lost (killed, or the
+        // pointer's answer lost).
+        None if latest_parent.is_none() && latest_writer == Some(writer) => Ok(()),
         Some(base) => Err(format!("descends from {base}")),
         None => Err("was not restored from or uploaded to this repository by this machine".into()),
     }
@@ -215,8 +218,12 @@ async fn take_format2(
     // which is encrypted like everything in the repository (`restic snapshots --json` shows it).
     let root = root_owner(&request.source)?;
     let description = Some(crate::format2::description(&root, &skipped));
+    let parent = match &head {
+        Some(Head::Two(pointer)) => Some(pointer.restic_id.clone()),
+        _ => None,
+    };
     let backup = engine
-        .with(move |repo| repo.backup(&source, FORMAT2_HOST, &tags, now, description))
+        .with(move |repo| repo.backup(&source, FORMAT2_HOST, &tags, now, description, parent.as_deref()))
         .await
         .map_err(RepositoryError::from)?;
     let pointer = Pointer {
@@ -237,7 +244,11 @@ async fn take_format2(
     };
     match pointer::write(store, &pointer, etag).await {
         Ok(()) => {}
-        Err(pointer::WriteError::Moved) => return Err(moved()),
+        // The SDK retries a PUT whose answer was lost; the retry then finds our own pointer.
+        Err(pointer::WriteError::Moved) => match pointer::read(store).await {
+            Ok(Some((current, _))) if current.restic_id == pointer.restic_id => {}
+            _ => return Err(moved()),
+        },
         Err(pointer::WriteError::Store(e)) => return Err(RepositoryError::from(e).into()),
     }
     if let Some(Head::One(_)) = head {
@@ -286,8 +297,9 @@ async fn head_for_writer(store: &Store, engine: &Engine) -> Result<(Option<Head>
             let Some(newest) = listed.iter().rev().find(|l| l.id.is_some()) else {
                 return Err(RepositoryError::Manifest(damaged).into());
             };
+            // Capped: a pointer too large to be one is refused, never read whole.
             let etag = store
-                .get_bytes(pointer::POINTER_KEY)
+                .get_bytes_capped(pointer::POINTER_KEY, crate::manifest::MAX_METADATA_BYTES)
                 .await
                 .map_err(RepositoryError::from)?
                 .and_then(|(_, etag)| etag);
@@ -341,7 +353,7 @@ async fn ensure_format2(engine: &Engine) -> Result<Vec<crate::format2::Listed>, 
 /// After the first format-2 snapshot: format 1's `latest/` is no longer the head. Removing it
 /// makes an older spotkeeper refuse to boot-restore (it sees snapshots but no `latest/`) instead
 /// of restoring state older than this; its snapshots stay, pruned by age.
-async fn retire_format1_latest(store: &Store) {
+pub(crate) async fn retire_format1_latest(store: &Store) {
     let keys = [LATEST_MANIFEST.to_string(), LATEST_ARCHIVE.to_string()];
     match store.delete(&keys[..1]).await {
         Ok(failed) if failed.is_empty() => {
@@ -555,6 +567,10 @@ mod tests {
         assert!(err.contains("2026-02-27-13-40"), "{err}");
         assert!(check_lineage(written_here, Some(oldest), "host-a", false).is_err());
         assert!(check_lineage(written_here, None, "host-a", false).is_err());
+        // A first snapshot (no parent) this writer took but could not record.
+        let first_here = Some((latest, None, Some("host-a")));
+        assert!(check_lineage(first_here, None, "host-a", false).is_ok());
+        assert!(check_lineage(first_here, None, "host-b", false).is_err());
         assert!(check_lineage(written_here, None, "host-b", true).is_ok());
         assert!(check_lineage(written_here, Some(oldest), "host-b", true).is_ok());
     }

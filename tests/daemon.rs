@@ -317,5 +317,18 @@ fn the_daemon_runs_on_format_2_with_the_password_from_ssm() {
     assert!(!fs::read_to_string(&env_file).unwrap_or_default().contains(&password));
     assert!(!docker(&["inspect", &t.container]).contains(&password));
     assert!(!daemon.log().contains(&password), "the password in the daemon's log");
+
+    // A wrong password with local state present: the start-up stops (exit 3) before the app runs,
+    // instead of running it while every snapshot, the final one included, would fail.
+    remove_container(&t.container);
+    t.moto.put_parameter(name, "not-the-repository-password");
+    let mut wrong = Daemon::start(&t.world);
+    let exit = wrong.wait_exit(Duration::from_secs(120));
+    assert_eq!(exit.and_then(|e| e.code()), Some(3), "log:\n{}", wrong.log());
+    assert!(wrong.log().contains("password is wrong"), "log:\n{}", wrong.log());
+    assert!(
+        !docker(&["ps", "-a", "--format", "{{.Names}}"]).contains(&t.container),
+        "the app was not started"
+    );
     remove_container(&t.container);
 }

@@ -103,6 +103,7 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
                 &["2026-11-30-12-00".into()],
                 chrono::Utc::now(),
                 None,
+                None,
             )
             .expect("first backup");
         (first, store_a.requests() - before)
@@ -138,6 +139,7 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
                 &["2026-11-30-12-20".into()],
                 chrono::Utc::now(),
                 None,
+                None,
             )
             .expect("second backup");
         let requests = store_c.requests() - before;
@@ -161,7 +163,7 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
     let (store_d, pw, id, to) = (store(&world), password.clone(), second.id.clone(), mine.clone());
     blocking(move |handle| {
         let mut repo = Repo::open(S3Backend::new(store_d, handle), &pw, None).expect("open");
-        repo.restore(&id, &to).expect("restore");
+        repo.restore(&id, "2026-11-30-12-20", &to).expect("restore");
     });
     assert_eq!(
         shape(&mine),
@@ -522,6 +524,7 @@ fn a_hostile_repository_cannot_plant_a_link_out_of_the_target() {
             &["2026-11-30-12-00".into()],
             chrono::Utc::now(),
             None,
+            None,
         )
         .expect("backup");
     });
@@ -542,4 +545,75 @@ fn a_hostile_repository_cannot_plant_a_link_out_of_the_target() {
         .filter(|e| e.file_name().to_string_lossy().contains("spotkeeper-staging"))
         .collect();
     assert!(staging.is_empty(), "the staging directory was removed");
+}
+
+#[test]
+fn a_failing_s3_fails_the_snapshot_moves_no_pointer_and_the_next_one_completes() {
+    let s3 = S3Server::start();
+    s3.bucket("f2faults");
+    let proxy = common::FaultProxy::start(s3.port);
+    let mut world = World::with_endpoint(&proxy.endpoint(), "f2faults", "lab");
+    world.s3_extra = "timeout = \"3s\"\n".into();
+    let password_file = world.dir.path().join("repository-password");
+    write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
+    world.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
+    build_state(&world.state);
+    let first = world.json(&["snapshot", "--json"]);
+    let pointer = s3.object("f2faults", &world.key("latest.json"));
+
+    write(
+        &world.state.join("memory/during-the-outage.md"),
+        b"written while S3 failed",
+        0o644,
+    );
+    for mode in [common::ProxyMode::Error500, common::ProxyMode::Reset] {
+        proxy.set(mode);
+        let (code, stderr) = failure(&world.run(&["snapshot"]));
+        assert_eq!(code, 6, "{mode:?}: {stderr}");
+        assert_eq!(
+            s3.object("f2faults", &world.key("latest.json")),
+            pointer,
+            "{mode:?}: latest.json did not move"
+        );
+    }
+    proxy.set(common::ProxyMode::Forward);
+    let second = world.json(&["snapshot", "--json"]);
+    assert_eq!(second["parent"], first["id"], "{second}");
+    world.ok(&["verify"]);
+    let restored = world.dir.path().join("restored");
+    world.ok(&["restore", "--to", restored.to_str().expect("utf-8")]);
+    assert_eq!(
+        shape(&restored),
+        shape(&world.state),
+        "the change made during the outage is in"
+    );
+}
+
+#[test]
+fn config_is_written_once_so_two_inits_cannot_both_win() {
+    let s3 = S3Server::start();
+    let world = World::new(&s3, "f2init", "lab");
+    let store_a = store(&world);
+    blocking(move |handle| {
+        use rustic_core::{FileType, Id, WriteBackend};
+        use spotkeeper::format2::backend::S3Backend as Backend;
+        let first = Backend::new(store_a.clone(), handle.clone());
+        let second = Backend::new(store_a, handle);
+        let ours = bytes::Bytes::from_static(b"config of the first writer");
+        first
+            .write_bytes(FileType::Config, &Id::default(), false, ours.clone().into())
+            .expect("the first config");
+        // A retry of our own PUT (its answer lost) finds our bytes: not an error.
+        first
+            .write_bytes(FileType::Config, &Id::default(), false, ours.into())
+            .expect("our own config again");
+        let theirs = bytes::Bytes::from_static(b"config of a second writer");
+        let lost = second.write_bytes(FileType::Config, &Id::default(), false, theirs.into());
+        assert!(lost.is_err(), "a second config must not replace the first");
+        assert!(!second.written().1, "the loser knows it wrote no config");
+    });
+    assert_eq!(
+        s3.object("f2init", &world.key("repo/config")),
+        b"config of the first writer"
+    );
 }

@@ -89,6 +89,7 @@ async fn create_parameter(client: &aws_sdk_ssm::Client, name: &str) -> Result<()
             Err(RepositoryError::from(PasswordError::Ssm {
                 name: name.to_string(),
                 message: crate::secrets::ssm_message(&problem, name),
+                transient: problem.is_transient(),
             })
             .into())
         }

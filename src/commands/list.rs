@@ -38,14 +38,24 @@ pub async fn run(
     args: &ListArgs,
 ) -> Result<(), CommandError> {
     let listing = repository::list(store).await?;
-    let latest = match repository::head(store).await {
-        Ok(head) => head.map(|(h, _)| h.id()),
+    let head = match repository::head(store).await {
+        Ok(head) => head.map(|(h, _)| h),
         // `list` is how a person looks at a damaged repository: say it, and list anyway.
         Err(repository::RepositoryError::Manifest(e)) => {
             tracing::warn!(error = %e, "the latest pointer cannot be read; no snapshot is marked latest");
             None
         }
         Err(e) => return Err(e.into()),
+    };
+    let latest_one = match &head {
+        Some(repository::Head::One(manifest)) => Some(manifest.id),
+        _ => None,
+    };
+    // Two writers in one minute can give two restic snapshots one id: the head is the one whose
+    // restic id latest.json names.
+    let latest_restic = match &head {
+        Some(repository::Head::Two(pointer)) => Some(pointer.restic_id.clone()),
+        _ => None,
     };
     let format2 = match engine {
         Some(engine) => repository::list_format2(engine).await?,
@@ -60,7 +70,7 @@ pub async fn run(
         }
     };
     let rows: Vec<Result<Row, CommandError>> = stream::iter(listing.snapshots.into_iter().rev())
-        .map(|listed| row(store, listed, latest))
+        .map(|listed| row(store, listed, latest_one))
         .buffered(HEADS_IN_FLIGHT)
         .collect()
         .await;
@@ -71,7 +81,7 @@ pub async fn run(
             id,
             created_at: l.time,
             complete: true,
-            latest: latest == Some(id),
+            latest: latest_restic.as_deref() == Some(l.restic_id.as_str()),
             archive_bytes: l.data_added,
             files: l.files,
             bytes: l.bytes,

@@ -1054,6 +1054,52 @@ mod tests {
     }
 
     #[test]
+    fn the_repository_password_has_one_source_and_never_reaches_the_container() {
+        let base =
+            "[s3]\nbucket = \"b-1\"\n[secrets]\nssm_path = \"/openclaw/prod/\"\nendpoint = \"http://127.0.0.1:5000\"\n";
+        let ok = parse(&format!(
+            "{base}[repository]\npassword_ssm = \"/openclaw-repository/prod/password\"\n"
+        ))
+        .expect("valid");
+        let repository = ok.repository.expect("repository");
+        assert_eq!(
+            repository.password,
+            PasswordSource::Ssm("/openclaw-repository/prod/password".into())
+        );
+        // The SSM endpoint defaults to the secrets' (the same emulator or VPC endpoint).
+        assert_eq!(repository.ssm_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        // The effective config names the source, in the keys a person writes.
+        assert!(
+            parse(&format!("{base}[repository]\npassword_ssm = \"/r/p\"\n"))
+                .expect("valid")
+                .to_toml()
+                .contains("password_ssm = \"/r/p\"")
+        );
+        for (section, needle) in [
+            (
+                "password_ssm = \"/openclaw/prod/repository\"",
+                "container's environment",
+            ),
+            ("password_ssm = \"/openclaw/prod/deep/er\"", "container's environment"),
+            ("password_ssm = \"relative\"", "repository.password_ssm"),
+            ("password_ssm = \"/a\"\npassword_file = \"/etc/p\"", "not both"),
+            ("ssm_endpoint = \"http://x\"", "repository.password_ssm is required"),
+            ("password_file = \"/opt/openclaw/.openclaw/pw\"", "every snapshot"),
+            ("password_file = \"etc/p\"", "absolute"),
+        ] {
+            let msg = error(&format!("{base}[repository]\n{section}\n"));
+            assert!(msg.contains(needle), "{section}: {msg}");
+        }
+        // A sibling path that merely starts with the same letters is not under the secrets path.
+        assert!(
+            parse(&format!(
+                "{base}[repository]\npassword_ssm = \"/openclaw/prod-repository/pw\"\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn effective_config_round_trips() {
         let config = parse(
             "[state]\ndir = \"/srv/state\"\nwork_dir = \"/srv/spotkeeper\"\nexclude = [\"*.log\"]\n\

@@ -150,21 +150,10 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
 
     let sdk_config = crate::aws::sdk_config(config.s3.region.as_deref()).await;
     let store = Store::connect(&config.s3, &sdk_config);
-    let cache = config.state.work_dir.join(REPO_CACHE_DIR);
-    let engine = crate::format2::engine_for(&config, &sdk_config, store.clone(), Some(cache))
-        .await
-        .map_err(RepositoryError::from)?;
-    if engine.is_none() {
-        tracing::warn!(
-            "no [repository] section: snapshots are written in format 1 (one unencrypted archive each); \
-             docs/format.md explains how to move to format 2"
-        );
-    }
     let mut daemon = Daemon::new(
         config,
         container_config,
         store,
-        engine,
         &sdk_config,
         notifier,
         Arc::clone(&status),
@@ -266,8 +255,10 @@ struct Daemon {
     config: Config,
     container_config: ContainerConfig,
     store: Store,
-    /// Format 2's repository, kept open between snapshots; `None`: format 1.
+    /// Format 2's repository, kept open between snapshots; `None`: format 1 (or not loaded yet:
+    /// the password is read during start-up, after a frozen container is thawed).
     engine: Option<crate::format2::Engine>,
+    sdk_config: aws_config::SdkConfig,
     notifier: Notifier,
     status: Arc<Mutex<Status>>,
     container: Container,
@@ -309,7 +300,6 @@ impl Daemon {
         config: Config,
         container_config: ContainerConfig,
         store: Store,
-        engine: Option<crate::format2::Engine>,
         sdk_config: &aws_config::SdkConfig,
         notifier: Notifier,
         status: Arc<Mutex<Status>>,
@@ -332,7 +322,8 @@ impl Daemon {
             config,
             container_config,
             store,
-            engine,
+            engine: None,
+            sdk_config: sdk_config.clone(),
             notifier,
             status,
             container,

@@ -24,6 +24,7 @@ impl Daemon {
             self.say("reading secrets from SSM");
             self.load_secrets_with_retry().await?;
         }
+        self.load_repository().await?;
         self.say("deciding whether to restore");
         self.boot_restore().await?;
         self.say("preparing the container image");
@@ -89,6 +90,57 @@ impl Daemon {
         tracing::info!(count = secrets.len(), keys = ?secrets.keys(), env_file = %config.env_file.display(), "secrets written");
         self.update(|s| s.secrets = Some(secrets.len()));
         self.secrets = Some(secrets);
+        Ok(())
+    }
+
+    /// Format 2: reads the repository password (SSM errors that may pass are retried with
+    /// backoff, as the secrets are), and when the prefix holds `latest.json`, opens the
+    /// repository now: a wrong or missing password stops the start-up (exit 3) instead of letting
+    /// the app run while every snapshot, the final one included, fails.
+    pub(super) async fn load_repository(&mut self) -> Result<(), DaemonError> {
+        if let Some(repository) = self.config.repository.clone() {
+            self.say("reading the repository password");
+            let mut delay = STARTUP_RETRY_MIN;
+            let password = loop {
+                match crate::format2::load_password(&repository, &self.sdk_config).await {
+                    Ok(password) => break password,
+                    Err(e @ crate::format2::PasswordError::Ssm { transient: true, .. }) => {
+                        systemd::progress();
+                        tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "repository password: SSM not reachable, retrying");
+                        self.notifier.status("reading the repository password: waiting for SSM");
+                        self.notifier.extend(delay + EXTEND_STEP);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(STARTUP_RETRY_MAX);
+                    }
+                    Err(e) => return Err(RepositoryError::from(e).into()),
+                }
+            };
+            let cache = self.config.state.work_dir.join(REPO_CACHE_DIR);
+            self.engine = Some(crate::format2::Engine::new(self.store.clone(), password, Some(cache)));
+        } else {
+            tracing::warn!(
+                "no [repository] section: snapshots are written in format 1 (one unencrypted archive each); \
+                 docs/format.md explains how to move to format 2"
+            );
+        }
+        let store = self.store.clone();
+        if !self
+            .retry_s3("looking for latest.json", || repository::has_pointer(&store))
+            .await?
+        {
+            return Ok(());
+        }
+        let Some(engine) = self.engine.clone() else {
+            return Err(RepositoryError::NeedsPassword {
+                repository: self.repository.clone(),
+            }
+            .into());
+        };
+        self.say("opening the format-2 repository");
+        self.retry_s3("opening the format-2 repository", || async {
+            engine.with(|_| Ok(())).await.map_err(RepositoryError::from)
+        })
+        .await?;
         Ok(())
     }
 
@@ -160,6 +212,10 @@ impl Daemon {
                     },
                     None,
                 ))
+            }
+            // Another version's pointer: never guessed around.
+            Err(RepositoryError::Manifest(e @ crate::manifest::ManifestError::PointerFormat { .. })) => {
+                Err(RepositoryError::Manifest(e).into())
             }
             Err(RepositoryError::Manifest(e)) => {
                 tracing::error!(error = %e, "the latest pointer cannot be read; falling back on the newest complete snapshot");

@@ -24,6 +24,15 @@ pub struct S3Backend {
     store: Store,
     handle: tokio::runtime::Handle,
     root: String,
+    /// What this backend wrote of a repository's identity (keys, whether `config`), so that an
+    /// `init` that lost the race for `config` can take its key back.
+    written: std::sync::Arc<std::sync::Mutex<Written>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Written {
+    pub keys: Vec<Id>,
+    pub config: bool,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -39,7 +48,14 @@ impl S3Backend {
             store,
             handle,
             root: REPO_DIR.to_string(),
+            written: std::sync::Arc::default(),
         }
+    }
+
+    /// Keys written by this backend (and its clones), and whether it wrote `config`.
+    pub fn written(&self) -> (Vec<Id>, bool) {
+        let written = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (written.keys.clone(), written.config)
     }
 
     /// The key (relative to the store's prefix) of a repository file.
@@ -145,13 +161,55 @@ impl WriteBackend for S3Backend {
         };
         // Every file but `config` is named by the hash of its bytes, so writing it again writes
         // the same bytes: an unconditional PUT is safe (also when the SDK retries one whose
-        // answer was lost). `config` is rewritten on purpose by rustic_core.
+        // answer was lost). `config` is written once, only if absent (spotkeeper never changes
+        // it): two machines creating the repository at once cannot both win.
+        if tpe == FileType::Config {
+            let put = self.handle.block_on(self.store.put_bytes(
+                &key,
+                body.clone(),
+                "application/octet-stream",
+                &[],
+                PutCondition::Absent,
+            ));
+            match put {
+                Ok(_) => {}
+                // Ours, if a retry of a PUT whose answer was lost found our own bytes.
+                Err(e) if e.problem() == Some(&crate::store::Problem::PreconditionFailed) => {
+                    let existing = self.block("get", &key, self.store.get_bytes(&key))?;
+                    if existing.map(|(bytes, _)| bytes) != Some(body) {
+                        return Err(RusticError::new(
+                            ErrorKind::Backend,
+                            "{key} was created by another writer at the same moment; this one stands back",
+                        )
+                        .attach_context("key", self.store.url(&key)));
+                    }
+                }
+                Err(e) => {
+                    return Err(
+                        RusticError::with_source(ErrorKind::Backend, "S3 put of {key} failed", e)
+                            .attach_context("key", self.store.url(&key)),
+                    );
+                }
+            }
+            self.written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .config = true;
+            return Ok(());
+        }
         self.block(
             "put",
             &key,
             self.store
                 .put_bytes(&key, body, "application/octet-stream", &[], PutCondition::None),
         )?;
+        if tpe == FileType::Key {
+            self.written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keys
+                .push(*id);
+        }
         Ok(())
     }
 

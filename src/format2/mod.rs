@@ -13,10 +13,10 @@ pub mod pointer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustic_core::repofile::{SnapshotFile, SnapshotId};
+use rustic_core::repofile::{Node, NodeType, SnapshotFile, SnapshotId};
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, LocalDestination, LsOptions, OpenStatus,
-    PathList, PruneOptions, Repository, RepositoryBackends, RepositoryOptions, RestoreOptions, RusticError,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, FileType, KeyOptions, LocalDestination, LsOptions,
+    OpenStatus, PathList, PruneOptions, Repository, RepositoryBackends, RepositoryOptions, RestoreOptions, RusticError,
     SnapshotOptions, WriteBackend,
 };
 
@@ -52,6 +52,16 @@ pub enum Format2Error {
     Source { path: PathBuf, message: String },
     #[error("repository task failed: {0}")]
     Task(String),
+    #[error(
+        "refusing to restore snapshot {snapshot} of {location}: it holds {reason} at {path:?}; nothing was written \
+         (restore never plants such entries)"
+    )]
+    Unsafe {
+        location: String,
+        snapshot: String,
+        path: String,
+        reason: &'static str,
+    },
 }
 
 impl Format2Error {
@@ -143,6 +153,7 @@ impl Repo {
     pub fn init(backend: S3Backend, password: &Password, cache: Option<&Path>) -> Result<Repo, Format2Error> {
         let location = rustic_core::ReadBackend::location(&backend);
         let wrap = wrap(&location);
+        let watch = backend.clone();
         let backends = RepositoryBackends::new(Arc::new(backend) as Arc<dyn WriteBackend>, None);
         let repo = Repository::new(&options(cache), &backends).map_err(&wrap)?;
         if repo.config_id().map_err(&wrap)?.is_some() {
@@ -154,9 +165,22 @@ impl Repo {
             .hostname("spotkeeper".to_string())
             .username("spotkeeper".to_string())
             .with_created(true);
-        let repo = repo
-            .init(&credentials, &key, &ConfigOptions::default())
-            .map_err(&wrap)?;
+        let repo = match repo.init(&credentials, &key, &ConfigOptions::default()) {
+            Ok(repo) => repo,
+            Err(e) => {
+                // Lost the race for `config` (or failed before it): a key of ours would open a
+                // master key that no config uses, and the next open might pick it. Take it back.
+                let (keys, config) = watch.written();
+                if !config {
+                    for id in keys {
+                        if let Err(remove) = rustic_core::WriteBackend::remove(&watch, FileType::Key, &id, false) {
+                            tracing::warn!(error = %remove.display_log(), "could not remove the key of a failed init");
+                        }
+                    }
+                }
+                return Err(wrap(e));
+            }
+        };
         Ok(Repo {
             repo: Some(repo),
             cache: cache.map(Path::to_path_buf),
@@ -210,6 +234,7 @@ impl Repo {
         tags: &[String],
         time: chrono::DateTime<chrono::Utc>,
         description: Option<String>,
+        parent: Option<&str>,
     ) -> Result<Backup, Format2Error> {
         let wrap = wrap(&self.location);
         let repo = self.take()?.to_indexed_ids().map_err(&wrap)?;
@@ -232,7 +257,13 @@ impl Repo {
                 path: source.to_path_buf(),
                 message: e.to_string(),
             })?;
-        let options = BackupOptions::default().as_path(PathBuf::from(SNAPSHOT_ROOT));
+        // The parent is the snapshot latest.json names, never "the newest by time": an orphan, a
+        // second writer's or a forged future-dated snapshot must not lend unchanged files its
+        // content.
+        let mut options = BackupOptions::default().as_path(PathBuf::from(SNAPSHOT_ROOT));
+        if let Some(parent) = parent {
+            options.parent_opts.parents = vec![parent.to_string()];
+        }
         let done = repo.backup(&options, &paths, snapshot).map_err(&wrap)?;
         self.repo = Some(repo.drop_index());
         let summary = done.summary.clone().unwrap_or_default();
@@ -254,31 +285,52 @@ impl Repo {
         Ok(snapshots)
     }
 
-    /// Restores the snapshot `id` (restic's id or a unique prefix) into `dest`, an empty or absent
-    /// directory. Returns the snapshot's description (where spotkeeper keeps the state
-    /// directory's own owner and mode: `root_of`).
-    pub fn restore(&mut self, id: &str, dest: &Path) -> Result<Option<String>, Format2Error> {
+    /// Restores the snapshot `id` (restic's id) into `dest`, an empty or absent directory, if it
+    /// carries the tag `tag` (its spotkeeper id). Every entry of the snapshot is checked first
+    /// (`checked_nodes`): rustic_core joins names onto the target as they are, so a crafted tree
+    /// could otherwise write outside it. Returns the snapshot's description (where spotkeeper
+    /// keeps the state directory's own owner and mode: `root_of`).
+    pub fn restore(&mut self, id: &str, tag: &str, dest: &Path) -> Result<Option<String>, Format2Error> {
         let wrap = wrap(&self.location);
         let repo = self.take()?.to_indexed().map_err(&wrap)?;
-        let snapshot =
-            repo.get_snapshot_from_str(id, |s| s.tags.contains(TAG))
-                .map_err(|_| Format2Error::NoSnapshot {
-                    location: self.location.clone(),
-                    wanted: id.to_string(),
-                })?;
-        let node = repo
-            .node_from_snapshot_and_path(&snapshot, SNAPSHOT_ROOT)
-            .map_err(&wrap)?;
-        let nodes = repo.ls(&node, &LsOptions::default()).map_err(&wrap)?;
-        let dest = LocalDestination::new(&format!("{}/", dest.display()), true, false).map_err(&wrap)?;
-        // Numeric owners: the container's users have no names on the host.
-        let options = RestoreOptions::default().numeric_id(true);
-        let plan = repo
-            .prepare_restore(&options, nodes.clone(), &dest, false)
-            .map_err(&wrap)?;
-        repo.restore(plan, &options, nodes, &dest).map_err(&wrap)?;
+        let result = (|| {
+            let no_snapshot = || Format2Error::NoSnapshot {
+                location: self.location.clone(),
+                wanted: format!("{id} tagged {tag}"),
+            };
+            let snapshot = repo
+                .get_snapshot_from_str(id, |s| s.tags.contains(TAG))
+                .map_err(|_| no_snapshot())?;
+            // A full id is found whatever its tags: the tag is checked here.
+            if !snapshot.tags.contains(TAG) || !snapshot.tags.contains(tag) {
+                return Err(no_snapshot());
+            }
+            let node = repo
+                .node_from_snapshot_and_path(&snapshot, SNAPSHOT_ROOT)
+                .map_err(&wrap)?;
+            let listed: Vec<(PathBuf, Node)> = repo
+                .ls(&node, &LsOptions::default())
+                .map_err(&wrap)?
+                .collect::<Result<_, _>>()
+                .map_err(&wrap)?;
+            let nodes = checked_nodes(listed).map_err(|(path, reason)| Format2Error::Unsafe {
+                location: self.location.clone(),
+                snapshot: id.to_string(),
+                path,
+                reason,
+            })?;
+            let dest = LocalDestination::new(&format!("{}/", dest.display()), true, false).map_err(&wrap)?;
+            // Numeric owners: the container's users have no names on the host.
+            let options = RestoreOptions::default().numeric_id(true);
+            let plan = repo
+                .prepare_restore(&options, nodes.clone().into_iter().map(Ok), &dest, false)
+                .map_err(&wrap)?;
+            repo.restore(plan, &options, nodes.into_iter().map(Ok), &dest)
+                .map_err(&wrap)?;
+            Ok(snapshot.description.clone())
+        })();
         self.repo = Some(repo.drop_index());
-        Ok(snapshot.description.clone())
+        result
     }
 
     /// Reads every pack back and checks every blob (`restic check --read-data`).
@@ -353,6 +405,81 @@ pub struct PruneSummary {
     /// Packs marked for deletion now (deleted by a prune after the grace period).
     pub packs_marked: u64,
     pub bytes_deleted: u64,
+}
+
+/// Checks the entries a restore would write, before anything is written: every name a plain
+/// one (not empty, `.` or `..`, no `/` or NUL), every path relative and made of such names, no
+/// path twice, only files, directories and links, no link that leaves the tree (resolved
+/// against the other links, as `manifest::escaping_links` does for format 1). Extended
+/// attributes are dropped (a `security.capability` would plant a privilege). `Err` names the
+/// first offending path and why.
+pub fn checked_nodes(nodes: Vec<(PathBuf, Node)>) -> Result<Vec<(PathBuf, Node)>, (String, &'static str)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut links = Vec::new();
+    let mut checked = Vec::with_capacity(nodes.len());
+    for (path, mut node) in nodes {
+        let shown = path.to_string_lossy().into_owned();
+        let name = node.name().into_owned();
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') || bytes.contains(&0) {
+            return Err((shown, "a name that is empty, `.` or `..`, or holds `/`"));
+        }
+        if path.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || path.file_name() != Some(name.as_os_str())
+        {
+            return Err((
+                shown,
+                "a path that is absolute, climbs out with `..` or does not end in its name",
+            ));
+        }
+        let Some(text) = path.to_str() else {
+            return Err((shown, "a name that is not UTF-8"));
+        };
+        if !seen.insert(path.clone()) {
+            return Err((shown, "two entries at one path"));
+        }
+        let kind = match &node.node_type {
+            NodeType::File => crate::manifest::EntryKind::File,
+            NodeType::Dir => crate::manifest::EntryKind::Dir,
+            NodeType::Symlink { linktarget, .. } => {
+                links.push(crate::manifest::FileEntry {
+                    path: text.to_string(),
+                    kind: crate::manifest::EntryKind::Symlink,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    bytes: 0,
+                    mtime: chrono::DateTime::default(),
+                    sha256: None,
+                    target: Some(linktarget.clone()),
+                    sparse: None,
+                });
+                crate::manifest::EntryKind::Symlink
+            }
+            _ => return Err((shown, "a device, socket or pipe")),
+        };
+        if kind == crate::manifest::EntryKind::Dir {
+            links.push(crate::manifest::FileEntry {
+                path: text.to_string(),
+                kind,
+                mode: 0,
+                uid: 0,
+                gid: 0,
+                bytes: 0,
+                mtime: chrono::DateTime::default(),
+                sha256: None,
+                target: None,
+                sparse: None,
+            });
+        }
+        node.meta.extended_attributes.clear();
+        checked.push((path, node));
+    }
+    if let Some((path, reason)) = crate::manifest::escaping_links(&links).into_iter().next() {
+        return Err((path, reason));
+    }
+    Ok(checked)
 }
 
 /// The description's line that records the state directory's own owner and mode (the snapshot
@@ -536,4 +663,88 @@ pub async fn engine_for(
     };
     let password = load_password(repository, sdk).await?;
     Ok(Some(Engine::new(store, password, cache)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustic_core::repofile::Metadata;
+
+    fn node(name: &str, node_type: NodeType) -> Node {
+        Node::new_node(std::ffi::OsStr::new(name), node_type, Metadata::default())
+    }
+
+    fn file(path: &str) -> (PathBuf, Node) {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        (PathBuf::from(path), node(name, NodeType::File))
+    }
+
+    fn link(path: &str, target: &str) -> (PathBuf, Node) {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let node_type = NodeType::Symlink {
+            linktarget: target.to_string(),
+            linktarget_raw: None,
+        };
+        (PathBuf::from(path), node(name, node_type))
+    }
+
+    fn dir(path: &str) -> (PathBuf, Node) {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        (PathBuf::from(path), node(name, NodeType::Dir))
+    }
+
+    #[test]
+    fn a_crafted_tree_is_refused_before_anything_is_written() {
+        let fine = vec![dir("a"), file("a/b"), link("a/c", "b"), link("d", "a/b")];
+        assert_eq!(checked_nodes(fine).expect("a plain tree").len(), 4);
+        let named = |name: &str, path: &str| (PathBuf::from(path), node(name, NodeType::File));
+        let cases: Vec<(Vec<(PathBuf, Node)>, &str)> = vec![
+            (vec![named("..", "..")], "`..`"),
+            (vec![named("x", "../x")], "climbs out"),
+            (vec![named("passwd", "/etc/passwd")], "absolute"),
+            (vec![named("l/x", "l/x")], "holds `/`"),
+            (vec![named("x", "a/y")], "does not end in its name"),
+            (vec![file("a"), file("a")], "two entries"),
+            (vec![link("l", "/etc")], "absolute"),
+            (vec![dir("a"), link("a/l", "../..")], "outside"),
+            (
+                vec![(PathBuf::from("dev"), node("dev", NodeType::Dev { device: 1 }))],
+                "device",
+            ),
+        ];
+        for (nodes, why) in cases {
+            let (path, reason) = checked_nodes(nodes).expect_err(why);
+            assert!(reason.contains(why), "{path}: {reason} (expected {why})");
+        }
+    }
+
+    #[test]
+    fn extended_attributes_are_never_restored() {
+        // rustic_core does not export its attribute type: the node comes as a tree file holds it.
+        let n: Node = serde_json::from_str(
+            r#"{"name":"tool","type":"file","extended_attributes":[{"name":"security.capability","value":"AQID"}]}"#,
+        )
+        .expect("a node with an attribute");
+        assert_eq!(n.meta.extended_attributes.len(), 1);
+        let checked = checked_nodes(vec![(PathBuf::from("tool"), n)]).expect("a file");
+        assert!(checked[0].1.meta.extended_attributes.is_empty());
+    }
+
+    #[test]
+    fn the_root_record_round_trips_through_the_description() {
+        let root = crate::manifest::Owner {
+            mode: 0o750,
+            uid: 1000,
+            gid: 1000,
+        };
+        let skipped = vec![crate::manifest::Skipped {
+            path: "a/fifo".into(),
+            reason: "a FIFO".into(),
+        }];
+        let text = description(&root, &skipped);
+        assert_eq!(root_of(Some(&text)), Some(root));
+        assert!(text.contains("a/fifo: a FIFO"));
+        assert_eq!(root_of(Some("written by someone else")), None);
+        assert_eq!(root_of(None), None);
+    }
 }

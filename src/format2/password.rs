@@ -29,7 +29,12 @@ pub enum PasswordError {
     )]
     Exposed { path: PathBuf, mode: u32 },
     #[error("cannot read the repository password from SSM parameter {name}: {message}")]
-    Ssm { name: String, message: String },
+    Ssm {
+        name: String,
+        message: String,
+        /// Trying again later may work (the network, a timeout, throttling, a 5xx).
+        transient: bool,
+    },
 }
 
 impl Password {
@@ -91,6 +96,7 @@ impl Password {
             .await
             .map_err(|e| {
                 let problem = crate::store::problem::classify(&crate::store::problem::failure_of(&e));
+                let transient = problem.is_transient();
                 let message = if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) {
                     "it does not exist: create it (`spotkeeper init --create-password`) or fix the name".to_string()
                 } else {
@@ -99,6 +105,7 @@ impl Password {
                 PasswordError::Ssm {
                     name: name.to_string(),
                     message,
+                    transient,
                 }
             })?;
         let value = output.parameter().and_then(|p| p.value()).unwrap_or_default();

@@ -62,6 +62,7 @@ def main():
     parser.add_argument("--scale", default="medium")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--idle-seconds", type=int, default=60)
+    parser.add_argument("--format2", action="store_true", help="a [repository] password: snapshots in format 2")
     args = parser.parse_args()
     image = subprocess.run([str(REPO / "testing/build-fake-image.sh")], capture_output=True, text=True, check=True).stdout.strip()
     work = Path(tempfile.mkdtemp(prefix="spotkeeper-daemon-bench."))
@@ -72,6 +73,12 @@ def main():
     s3 = subprocess.Popen([str(S3), str(s3_port), str(work / "s3"), "bench-bucket"], stderr=subprocess.DEVNULL)
     config = work / "spotkeeper.toml"
     container = f"spotkeeper-bench-{os.getpid()}"
+    repository = ""
+    if args.format2:
+        password = work / "repository-password"
+        password.write_text("spotkeeper-bench\n")
+        password.chmod(0o600)
+        repository = f'[repository]\npassword_file = "{password}"\n'
     config.write_text(f"""[state]
 dir = "{state}"
 work_dir = "{work / 'spotkeeper'}"
@@ -98,7 +105,7 @@ enabled = false
 enabled = false
 [verify]
 daily = false
-""")
+{repository}""")
     log = open(work / "daemon.log", "w")
     daemon = subprocess.Popen([str(BIN), "--config", str(config), "run"], env=ENV, stderr=log, stdout=subprocess.DEVNULL)
     results = {"scale": args.scale, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "snapshots": []}
@@ -124,8 +131,10 @@ daily = false
     durations = [s["duration_ms"] for s in results["snapshots"]]
     out_dir = REPO / "bench/out"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"daemon-{datetime.date.today()}.json").write_text(json.dumps(results, indent=2))
-    print(f"| daemon figure ({args.scale}) | value |")
+    results["format"] = 2 if args.format2 else 1
+    suffix = "-format2" if args.format2 else ""
+    (out_dir / f"daemon-{datetime.date.today()}{suffix}.json").write_text(json.dumps(results, indent=2))
+    print(f"| daemon figure ({args.scale}, format {results['format']}) | value |")
     print("|---|---|")
     print(f"| first snapshot through the daemon (mirror warmed) | {first['duration_ms']} ms, freeze {first['freeze_ms']} ms |")
     print(f"| freeze window after a 20-minute change, median (min-max) of {args.runs} | {statistics.median(freezes)} ms ({min(freezes)}-{max(freezes)}) |")

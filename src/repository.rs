@@ -137,10 +137,15 @@ pub async fn list_format2(engine: &Engine) -> Result<Vec<format2::Listed>, Repos
     }
 }
 
-/// Whether `latest.json` exists (a format-2 repository), for the error when no password is
-/// configured.
+/// Whether `latest.json` exists (a format-2 repository), damaged or not, for the error when no
+/// password is configured. A GET, not a HEAD: S3 answers a HEAD's errors without a body, so
+/// rejected credentials would read as "access denied".
 pub async fn has_pointer(store: &Store) -> Result<bool, RepositoryError> {
-    Ok(store.head_metadata(pointer::POINTER_KEY).await?.is_some())
+    match store.get_bytes_capped(pointer::POINTER_KEY, MAX_METADATA_BYTES).await {
+        Ok(found) => Ok(found.is_some()),
+        Err(StoreError::TooLarge { .. }) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `snapshots/<id>/state.tar.zst`

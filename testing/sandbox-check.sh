@@ -61,6 +61,7 @@ import boto3
 endpoint = "http://127.0.0.1:$port"
 boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="sandbox")
 boto3.client("ssm", endpoint_url=endpoint).put_parameter(Name="/openclaw/sandbox/API_KEY", Value="s3cret", Type="SecureString")
+boto3.client("ssm", endpoint_url=endpoint).put_parameter(Name="/openclaw-repository/sandbox/password", Value="sandbox-repository-password", Type="SecureString")
 EOF
 
 root="$work/root"                       # stands for / inside the service's namespace
@@ -109,6 +110,11 @@ DRAIN_MS = "300"
 
 [daemon]
 socket = "$root/run/spotkeeper/control.sock"
+
+# Format 2, as the Pulumi program deploys it: rustic_core's threads and file calls run under the
+# unit's sandbox and system call filter too.
+[repository]
+password_ssm = "/openclaw-repository/sandbox/password"
 EOF
 
 tracer=()
@@ -133,8 +139,8 @@ ok() { echo "ok     $1"; passed=$((passed + 1)); }
 bad() { echo "FAILED $1"; failed=$((failed + 1)); }
 sk=("$bin" --config "$work/spotkeeper.toml")
 
-if sandboxed "${sk[@]}" snapshot >"$work/out" 2>&1; then
-  ok "snapshot of a uid-1000 state with 0600 files in 0700 directories"
+if sandboxed "${sk[@]}" snapshot >"$work/out" 2>&1 && "${sk[@]}" list --json 2>/dev/null | grep -q '"format": 2'; then
+  ok "snapshot (format 2) of a uid-1000 state with 0600 files in 0700 directories"
 else
   bad "snapshot:"; sed 's/^/         /' "$work/out"
 fi

@@ -617,3 +617,50 @@ fn config_is_written_once_so_two_inits_cannot_both_win() {
         b"config of the first writer"
     );
 }
+
+#[test]
+fn prune_forgets_old_format_2_snapshots_by_the_policy_and_never_the_head() {
+    let s3 = S3Server::start();
+    let (world, password_file) = format2_world(&s3, "f2prune");
+    build_state(&world.state);
+    // Snapshots of two months ago, written with their own times and ids, then today's head.
+    let (store_a, source) = (store(&world), world.state.clone());
+    let old_ids = ["2026-09-01-00-00", "2026-09-02-00-00", "2026-09-02-00-20"];
+    blocking(move |handle| {
+        let pw = Password::new(PASSWORD, "test").expect("password");
+        let mut repo = Repo::init(S3Backend::new(store_a, handle), &pw, None).expect("init");
+        for id in old_ids {
+            let time = chrono::NaiveDateTime::parse_from_str(id, "%Y-%m-%d-%H-%M")
+                .expect("time")
+                .and_utc();
+            repo.backup(&source, "spotkeeper", &[id.to_string()], time, None, None)
+                .expect("old backup");
+        }
+    });
+    let head = world.json(&["snapshot", "--json"]);
+    let plan = world.json(&["prune", "--dry-run", "--json"]);
+    let doomed: Vec<&str> = plan
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .filter(|d| d["action"] == "delete")
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(doomed.len(), 3, "older than 30 days: {plan}");
+    world.ok(&["prune"]);
+    let list = world.json(&["list", "--json"]);
+    let ids: Vec<&str> = list
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![head["id"].as_str().expect("id")], "{list}");
+    // restic agrees, and the head restores.
+    let out = restic(&world, &s3, &password_file, &["snapshots", "--json"]);
+    let snapshots: serde_json::Value = serde_json::from_slice(&out.stdout).expect("restic's JSON");
+    assert_eq!(snapshots.as_array().map(Vec::len), Some(1), "{snapshots}");
+    let restored = world.dir.path().join("after-prune");
+    world.ok(&["restore", "--to", restored.to_str().expect("utf-8")]);
+    assert_eq!(shape(&restored), shape(&world.state));
+}

@@ -27,6 +27,66 @@ pub struct S3Backend {
     /// What this backend wrote of a repository's identity (keys, whether `config`), so that an
     /// `init` that lost the race for `config` can take its key back.
     written: std::sync::Arc<std::sync::Mutex<Written>>,
+    budget: std::sync::Arc<Budget>,
+}
+
+/// Bytes of pack data that ranged reads may hold at once. rustic_core restores (and checks) with
+/// 20 reader threads of up to 40 MiB each and queues what it read for writing: unbounded, a
+/// restore's memory grew with the state (1,476 MB peak for a 1.5 GB state). Each read takes its
+/// length from this budget, and gives it back when rustic_core drops the bytes.
+pub const READ_BUDGET: u64 = 96 * 1024 * 1024;
+
+/// A counting budget of bytes; a read larger than the whole budget waits until it is all free.
+#[derive(Debug)]
+struct Budget {
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+    limit: u64,
+}
+
+impl Budget {
+    fn take(self: &std::sync::Arc<Self>, bytes: u64) -> Lease {
+        let bytes = bytes.min(self.limit);
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *used + bytes > self.limit {
+            used = self.freed.wait(used).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *used += bytes;
+        Lease {
+            budget: std::sync::Arc::clone(self),
+            bytes,
+        }
+    }
+}
+
+/// Part of the budget, returned on drop.
+struct Lease {
+    budget: std::sync::Arc<Budget>,
+    bytes: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut used = self
+            .budget
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *used -= self.bytes;
+        self.budget.freed.notify_all();
+    }
+}
+
+/// A ranged read's bytes, with the budget they hold.
+struct Leased {
+    body: Bytes,
+    _lease: Lease,
+}
+
+impl AsRef<[u8]> for Leased {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +109,11 @@ impl S3Backend {
             handle,
             root: REPO_DIR.to_string(),
             written: std::sync::Arc::default(),
+            budget: std::sync::Arc::new(Budget {
+                used: std::sync::Mutex::new(0),
+                freed: std::sync::Condvar::new(),
+                limit: READ_BUDGET,
+            }),
         }
     }
 
@@ -135,12 +200,14 @@ impl ReadBackend for S3Backend {
 
     fn read_partial(&self, tpe: FileType, id: &Id, _cacheable: bool, offset: u32, length: u32) -> RusticResult<Bytes> {
         let key = self.key(tpe, id);
+        // Held until rustic_core drops what it read (see `READ_BUDGET`).
+        let lease = self.budget.take(u64::from(length));
         match self.block(
             "get",
             &key,
             self.store.get_range(&key, u64::from(offset), u64::from(length)),
         )? {
-            Some(body) => Ok(body),
+            Some(body) => Ok(Bytes::from_owner(Leased { body, _lease: lease })),
             None => Err(self.missing(&key)),
         }
     }
@@ -230,6 +297,34 @@ impl WriteBackend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_wait_for_the_budget_and_get_it_back_when_the_bytes_are_dropped() {
+        let budget = std::sync::Arc::new(Budget {
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            limit: 100,
+        });
+        let first = Bytes::from_owner(Leased {
+            body: Bytes::from_static(b"x"),
+            _lease: budget.take(60),
+        });
+        let waiter = {
+            let budget = std::sync::Arc::clone(&budget);
+            std::thread::spawn(move || {
+                // 60 + 60 > 100: waits until the first read's bytes are gone; larger than the
+                // whole budget counts as all of it.
+                drop(budget.take(60));
+                drop(budget.take(1_000));
+            })
+        };
+        let clone = first.clone();
+        drop(first);
+        assert!(!waiter.is_finished(), "60 + 60 > 100 must wait while a clone holds the bytes");
+        drop(clone);
+        waiter.join().expect("the waiter got the budget");
+        assert_eq!(*budget.used.lock().expect("lock"), 0);
+    }
 
     #[test]
     fn the_layout_is_restics() {

@@ -320,7 +320,10 @@ mod tests {
         };
         let clone = first.clone();
         drop(first);
-        assert!(!waiter.is_finished(), "60 + 60 > 100 must wait while a clone holds the bytes");
+        assert!(
+            !waiter.is_finished(),
+            "60 + 60 > 100 must wait while a clone holds the bytes"
+        );
         drop(clone);
         waiter.join().expect("the waiter got the budget");
         assert_eq!(*budget.used.lock().expect("lock"), 0);

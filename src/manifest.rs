@@ -158,6 +158,25 @@ pub struct FileEntry {
     pub sparse: Option<u64>,
 }
 
+impl FileEntry {
+    /// An entry with only what `escaping_links` looks at (path, kind, link target): for judging
+    /// trees that are not archives, such as a staged restore or a format-2 snapshot's tree.
+    pub fn for_links(path: String, kind: EntryKind, target: Option<String>) -> FileEntry {
+        FileEntry {
+            path,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            bytes: 0,
+            mtime: DateTime::default(),
+            sha256: None,
+            target,
+            sparse: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skipped {
     pub path: String,

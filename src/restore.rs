@@ -200,26 +200,27 @@ pub async fn resolve(
     if let Some(id) = snapshot {
         // The head only informs the local record: a damaged one must not block a named snapshot.
         let head = match repository::head(store).await {
-            Ok(head) => head.map(|(h, _)| h.id()),
+            Ok(head) => head.map(|(h, _)| h),
             Err(RepositoryError::Manifest(e)) => {
                 tracing::warn!(error = %e, "ignoring an unreadable latest pointer");
                 None
             }
             Err(e) => return Err(e.into()),
         };
+        let head_id = head.as_ref().map(Head::id);
         if let Some(engine) = engine {
             // The head is named by its restic id: another writer's snapshot that took the same
             // spotkeeper id (same minute) never stands in for it.
-            if let Ok(Some((Head::Two(pointer), _))) = repository::head(store).await
+            if let Some(Head::Two(pointer)) = &head
                 && pointer.id == id
             {
-                return Ok((Chosen::Two(chosen_of_pointer(pointer)), head));
+                return Ok((Chosen::Two(chosen_of_pointer(pointer.clone())), head_id));
             }
             let listed = repository::list_format2(engine).await?;
             let found: Vec<&format2::Listed> = listed.iter().filter(|l| l.id == Some(id)).collect();
             match found.as_slice() {
                 [] => {}
-                [one] => return Ok((Chosen::Two(chosen2(one, id)), head)),
+                [one] => return Ok((Chosen::Two(chosen2(one, id)), head_id)),
                 many => {
                     return Err(RestoreError::Ambiguous {
                         repository: repository.to_string(),
@@ -230,9 +231,10 @@ pub async fn resolve(
             }
         }
         if let Some(manifest) = repository::manifest(store, &id).await? {
-            return Ok((Chosen::One(Box::new(manifest)), head));
+            return Ok((Chosen::One(Box::new(manifest)), head_id));
         }
-        if engine.is_none() && repository::has_pointer(store).await? {
+        // A format-2 prefix read without a password: say what is missing, not "not found".
+        if engine.is_none() && (matches!(head, Some(Head::Two(_))) || repository::has_pointer(store).await?) {
             need_engine(engine, repository)?;
         }
         return Err(RestoreError::SnapshotNotFound {
@@ -506,18 +508,7 @@ pub fn sanitize_staged(root: &Path, id: SnapshotId) -> Result<archive::Unpacked,
             } else {
                 return Err(unsafe_entry(id, &path, "a device, socket or pipe"));
             };
-            entries.push(crate::manifest::FileEntry {
-                path: rel,
-                kind: entry_kind,
-                mode,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                bytes: 0,
-                mtime: chrono::DateTime::<Utc>::default(),
-                sha256: None,
-                target,
-                sparse: None,
-            });
+            entries.push(crate::manifest::FileEntry::for_links(rel, entry_kind, target));
         }
     }
     if let Some((path, reason)) = crate::manifest::escaping_links(&entries).into_iter().next() {

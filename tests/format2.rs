@@ -143,7 +143,7 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
             )
             .expect("second backup");
         let requests = store_c.requests() - before;
-        repo.check_read_data().expect("check --read-data");
+        repo.check(true).expect("check --read-data");
         (second, requests, repo.snapshots().expect("snapshots").len())
     });
     assert_eq!(listed, 2);

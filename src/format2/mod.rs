@@ -333,11 +333,6 @@ impl Repo {
         result
     }
 
-    /// Reads every pack back and checks every blob (`restic check --read-data`).
-    pub fn check_read_data(&mut self) -> Result<(), Format2Error> {
-        self.check(true)
-    }
-
     /// Checks the repository's structure (config, keys, index, every snapshot's trees, that each
     /// pack the index names exists with its size) and, with `read_data`, reads every pack back and
     /// checks every blob's hash. Every finding is logged by rustic_core; any error fails.
@@ -416,7 +411,7 @@ pub struct PruneSummary {
 pub fn checked_nodes(nodes: Vec<(PathBuf, Node)>) -> Result<Vec<(PathBuf, Node)>, (String, &'static str)> {
     use std::os::unix::ffi::OsStrExt;
     let mut seen = std::collections::HashSet::new();
-    let mut links = Vec::new();
+    let mut tree = Vec::with_capacity(nodes.len());
     let mut checked = Vec::with_capacity(nodes.len());
     for (path, mut node) in nodes {
         let shown = path.to_string_lossy().into_owned();
@@ -439,44 +434,17 @@ pub fn checked_nodes(nodes: Vec<(PathBuf, Node)>) -> Result<Vec<(PathBuf, Node)>
         if !seen.insert(path.clone()) {
             return Err((shown, "two entries at one path"));
         }
-        let kind = match &node.node_type {
-            NodeType::File => crate::manifest::EntryKind::File,
-            NodeType::Dir => crate::manifest::EntryKind::Dir,
-            NodeType::Symlink { linktarget, .. } => {
-                links.push(crate::manifest::FileEntry {
-                    path: text.to_string(),
-                    kind: crate::manifest::EntryKind::Symlink,
-                    mode: 0,
-                    uid: 0,
-                    gid: 0,
-                    bytes: 0,
-                    mtime: chrono::DateTime::default(),
-                    sha256: None,
-                    target: Some(linktarget.clone()),
-                    sparse: None,
-                });
-                crate::manifest::EntryKind::Symlink
-            }
+        let (kind, target) = match &node.node_type {
+            NodeType::File => (crate::manifest::EntryKind::File, None),
+            NodeType::Dir => (crate::manifest::EntryKind::Dir, None),
+            NodeType::Symlink { linktarget, .. } => (crate::manifest::EntryKind::Symlink, Some(linktarget.clone())),
             _ => return Err((shown, "a device, socket or pipe")),
         };
-        if kind == crate::manifest::EntryKind::Dir {
-            links.push(crate::manifest::FileEntry {
-                path: text.to_string(),
-                kind,
-                mode: 0,
-                uid: 0,
-                gid: 0,
-                bytes: 0,
-                mtime: chrono::DateTime::default(),
-                sha256: None,
-                target: None,
-                sparse: None,
-            });
-        }
+        tree.push(crate::manifest::FileEntry::for_links(text.to_string(), kind, target));
         node.meta.extended_attributes.clear();
         checked.push((path, node));
     }
-    if let Some((path, reason)) = crate::manifest::escaping_links(&links).into_iter().next() {
+    if let Some((path, reason)) = crate::manifest::escaping_links(&tree).into_iter().next() {
         return Err((path, reason));
     }
     Ok(checked)

@@ -54,6 +54,18 @@ pub enum BootRefusal {
     },
 }
 
+/// What the state paths hold together: local state in any path makes the set local (nothing is
+/// restored over it); the set is absent only when every path is.
+pub fn set_state(paths: &[TargetState]) -> TargetState {
+    if paths.contains(&TargetState::NonEmpty) {
+        TargetState::NonEmpty
+    } else if paths.iter().all(|s| *s == TargetState::Absent) {
+        TargetState::Absent
+    } else {
+        TargetState::Empty
+    }
+}
+
 /// The decision. `repository` only names the place in a refusal.
 pub fn decide(local: TargetState, latest: &LatestView, repository: &str) -> Result<BootAction, BootRefusal> {
     let has_local = local == TargetState::NonEmpty;
@@ -101,6 +113,24 @@ pub fn decide(local: TargetState, latest: &LatestView, repository: &str) -> Resu
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn local_state_in_any_path_makes_the_set_local() {
+        use TargetState::{Absent, Empty, NonEmpty};
+        let cases = [
+            (vec![Absent], Absent),
+            (vec![Empty], Empty),
+            (vec![NonEmpty], NonEmpty),
+            (vec![Absent, Absent, Absent], Absent),
+            (vec![Absent, Empty, Absent], Empty),
+            (vec![NonEmpty, Absent, Absent], NonEmpty),
+            (vec![Empty, Empty, NonEmpty], NonEmpty),
+        ];
+        for (paths, want) in cases {
+            assert_eq!(set_state(&paths), want, "{paths:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -161,10 +161,14 @@ pub struct RestoreArgs {
     /// The snapshot to restore (default: `latest/`).
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<SnapshotId>,
-    /// Restore into DIR (empty or absent) instead of the state directory.
+    /// Restore into DIR (empty or absent) instead of the state paths: each path at DIR/<NAME>/
+    /// when the snapshot holds several, else the one path at DIR.
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
-    /// Move a non-empty state directory aside to <STATE_DIR>.displaced/<time>/ and restore.
+    /// Restore only the state path NAME (the others stay as they are; the local record too).
+    #[arg(long, value_name = "NAME")]
+    pub path: Option<String>,
+    /// Move non-empty state paths aside to <DIR>.displaced/<time>/ and restore.
     #[arg(long, conflicts_with = "to")]
     pub force: bool,
     /// Print the result as JSON.

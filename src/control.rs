@@ -39,7 +39,12 @@ pub enum ControlError {
 pub enum Request {
     Status,
     Snapshot,
-    Restore { snapshot: Option<SnapshotId> },
+    Restore {
+        snapshot: Option<SnapshotId>,
+        /// Only this state path (`restore --path NAME`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+    },
 }
 
 /// The daemon's answer: one variant per request, or an error with the exit code the CLI uses.

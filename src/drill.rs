@@ -77,8 +77,8 @@ pub async fn run(
     })?;
     let request = RestoreRequest {
         snapshot,
-        target: scratch.clone(),
-        is_state_dir: false,
+        destination: restore::Destination::Dir(scratch.clone()),
+        only: None,
         force: false,
         origin: None,
         repository: repository.to_string(),

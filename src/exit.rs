@@ -135,9 +135,11 @@ pub fn of_restore(error: &RestoreError) -> Exit {
         RestoreError::NoSnapshot { .. }
         | RestoreError::SnapshotNotFound { .. }
         | RestoreError::ArchiveMissing { .. } => Exit::NotFound,
-        RestoreError::Refused { .. } | RestoreError::LatestMissing { .. } | RestoreError::Ambiguous { .. } => {
-            Exit::Refused
-        }
+        RestoreError::Refused { .. }
+        | RestoreError::LatestMissing { .. }
+        | RestoreError::Ambiguous { .. }
+        | RestoreError::Paths { .. }
+        | RestoreError::Journal { .. } => Exit::Refused,
         RestoreError::Unsafe { .. } => Exit::Integrity,
         RestoreError::Task(_) => Exit::Failure,
     }

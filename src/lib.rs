@@ -15,6 +15,7 @@ pub mod duration;
 pub mod ecr;
 pub mod exclude;
 pub mod exit;
+pub mod failpoint;
 pub mod format2;
 pub mod manifest;
 pub mod metrics;

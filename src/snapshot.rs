@@ -52,7 +52,11 @@ pub enum SnapshotError {
 /// What to snapshot and how.
 #[derive(Debug, Clone)]
 pub struct SnapshotRequest {
+    /// Format 1: the directory to pack (one path). Format 2: a directory holding one directory
+    /// per state path, named as the path (spotkeeper's mirrors).
     pub source: PathBuf,
+    /// Format 2: each path's files and bytes (its owner and mode are read from `source`).
+    pub paths: Vec<crate::mirror::PathTotals>,
     pub excludes: Excludes,
     pub compression_level: i32,
     pub host: Host,
@@ -214,10 +218,19 @@ async fn take_format2(
     let tags = vec![id.to_string()];
     let now = request.now;
     let skipped: Vec<Skipped> = request.also_skipped.clone();
-    // The root's owner and mode and the skipped paths go into the snapshot's description,
-    // which is encrypted like everything in the repository (`restic snapshots --json` shows it).
-    let root = root_owner(&request.source)?;
-    let description = Some(crate::format2::description(&root, &skipped));
+    // Each path's name, owner, mode and totals and the skipped entries go into the snapshot's
+    // description, which is encrypted like everything in the repository (`restic snapshots
+    // --json` shows it).
+    let mut paths = Vec::with_capacity(request.paths.len());
+    for path in &request.paths {
+        paths.push(crate::format2::PathRecord {
+            name: path.name.clone(),
+            root: root_owner(&request.source.join(&path.name))?,
+            files: path.files,
+            bytes: path.bytes,
+        });
+    }
+    let description = Some(crate::format2::description(&paths, &skipped));
     let parent = match &head {
         Some(Head::Two(pointer)) => Some(pointer.restic_id.clone()),
         _ => None,

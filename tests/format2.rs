@@ -87,12 +87,15 @@ fn restic(world: &World, s3: &S3Server, password_file: &Path, args: &[&str]) -> 
 fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
     let s3 = S3Server::start();
     let world = World::new(&s3, "format2", "lab");
-    build_state(&world.state);
+    // What spotkeeper backs up: a directory holding one directory per state path.
+    let set = world.dir.path().join("set");
+    let state = set.join("state");
+    build_state(&state);
     let password = Password::new(PASSWORD, "test").expect("password");
 
     // The daemon's way: the repository's metadata cached in work_dir between snapshots.
     let cache = world.work.join("repo-cache");
-    let (source, store_a, pw, dir) = (world.state.clone(), store(&world), password.clone(), cache.clone());
+    let (source, store_a, pw, dir) = (set.clone(), store(&world), password.clone(), cache.clone());
     let (first, requests_first) = blocking(move |handle| {
         let mut repo = Repo::init(S3Backend::new(store_a.clone(), handle.clone()), &pw, Some(&dir)).expect("init");
         let before = store_a.requests();
@@ -124,11 +127,11 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
     });
 
     // A 20-minute change: one session grows, one small file appears.
-    let mut session = fs::read(world.state.join("agents/main/sessions/3.jsonl")).expect("session");
+    let mut session = fs::read(state.join("agents/main/sessions/3.jsonl")).expect("session");
     session.extend_from_slice(b"{\"seq\":200,\"session\":3,\"text\":\"one more\"}\n");
-    write(&world.state.join("agents/main/sessions/3.jsonl"), &session, 0o644);
-    write(&world.state.join("memory/note.md"), b"remember this", 0o644);
-    let (source, store_c, pw, dir) = (world.state.clone(), store(&world), password.clone(), cache.clone());
+    write(&state.join("agents/main/sessions/3.jsonl"), &session, 0o644);
+    write(&state.join("memory/note.md"), b"remember this", 0o644);
+    let (source, store_c, pw, dir) = (set.clone(), store(&world), password.clone(), cache.clone());
     let (second, requests_second, listed) = blocking(move |handle| {
         let mut repo = Repo::open(S3Backend::new(store_c.clone(), handle), &pw, Some(&dir)).expect("open");
         let before = store_c.requests();
@@ -163,13 +166,10 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
     let (store_d, pw, id, to) = (store(&world), password.clone(), second.id.clone(), mine.clone());
     blocking(move |handle| {
         let mut repo = Repo::open(S3Backend::new(store_d, handle), &pw, None).expect("open");
-        repo.restore(&id, "2026-11-30-12-20", &to).expect("restore");
+        repo.restore(&id, "2026-11-30-12-20", &[("state".to_string(), to)])
+            .expect("restore");
     });
-    assert_eq!(
-        shape(&mine),
-        shape(&world.state),
-        "spotkeeper's restore matches the state"
-    );
+    assert_eq!(shape(&mine), shape(&state), "spotkeeper's restore matches the state");
 
     // Stock restic: snapshots, check --read-data, restore.
     let password_file = world.dir.path().join("restic-password");
@@ -233,7 +233,7 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
     );
     assert_eq!(
         shape(&theirs.join("state")),
-        shape(&world.state),
+        shape(&state),
         "restic's restore matches the state"
     );
 }
@@ -512,22 +512,56 @@ fn a_hostile_repository_cannot_plant_a_link_out_of_the_target() {
     // Someone with the password writes a snapshot holding a link to /etc and a setuid file: the
     // mirror never produces these, so the engine is driven directly.
     let evil = world.dir.path().join("evil");
-    write(&evil.join("bin/tool"), b"#!/bin/sh\n", 0o4755);
-    std::os::unix::fs::symlink("/etc", evil.join("etc-link")).expect("symlink");
+    write(&evil.join("state/bin/tool"), b"#!/bin/sh\n", 0o4755);
+    std::os::unix::fs::symlink("/etc", evil.join("state/etc-link")).expect("symlink");
+    let path = |name: &str| spotkeeper::format2::PathRecord {
+        name: name.into(),
+        root: spotkeeper::manifest::Owner {
+            mode: 0o700,
+            uid: 0,
+            gid: 0,
+        },
+        files: 1,
+        bytes: 10,
+    };
     let (store_a, source) = (store(&world), evil.clone());
+    let descriptions = [
+        ("2026-11-30-12-00", vec![path("state")]),
+        // A description whose path name climbs out of the target.
+        ("2026-11-30-12-20", vec![path("../../escape")]),
+    ];
     blocking(move |handle| {
         let pw = Password::new(PASSWORD, "test").expect("password");
         let mut repo = Repo::init(S3Backend::new(store_a, handle), &pw, None).expect("init");
-        repo.backup(
-            &source,
-            "spotkeeper",
-            &["2026-11-30-12-00".into()],
-            chrono::Utc::now(),
-            None,
-            None,
-        )
-        .expect("backup");
+        for (id, paths) in descriptions {
+            repo.backup(
+                &source,
+                "spotkeeper",
+                &[id.into()],
+                chrono::Utc::now(),
+                Some(spotkeeper::format2::description(&paths, &[])),
+                None,
+            )
+            .expect("backup");
+        }
     });
+    let target = world.dir.path().join("target");
+    let (code, stderr) = failure(&world.run(&[
+        "restore",
+        "--snapshot",
+        "2026-11-30-12-20",
+        "--to",
+        target.to_str().expect("utf-8"),
+    ]));
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains("../../escape") && stderr.contains("a state path name"),
+        "{stderr}"
+    );
+    assert!(
+        !world.dir.path().join("escape").exists() && !target.exists(),
+        "nothing was written"
+    );
     let target = world.dir.path().join("target");
     let (code, stderr) = failure(&world.run(&[
         "restore",

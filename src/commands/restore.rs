@@ -17,6 +17,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
     if args.to.is_none() {
         let request = crate::control::Request::Restore {
             snapshot: args.snapshot,
+            path: args.path.clone(),
         };
         if let Some(reply) = super::via_daemon(config, &request).await? {
             let Reply::Restore(done) = reply else {
@@ -30,14 +31,10 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
                 SnapshotOutcome::Unchanged { since, .. } => format!("unchanged since {since}"),
             };
             println!(
-                "restored {} into {} through the daemon ({} files, safety snapshot: {safety}); container started again",
-                done.restored.id,
-                done.restored.target.display(),
-                done.restored.files,
+                "restored {} through the daemon ({} files, safety snapshot: {safety}); container started again",
+                done.restored.id, done.restored.files,
             );
-            if let Some(displaced) = &done.restored.displaced {
-                println!("previous local state kept at {}", displaced.display());
-            }
+            print_paths(&done.restored);
             return Ok(());
         }
         // No daemon: the container must not be running on the state directory.
@@ -46,10 +43,24 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
     let (store, engine) = super::open(config).await?;
     let store = &store;
     let repository = config.repository_url();
-    let is_state_dir = args.to.is_none();
+    if let Some(name) = &args.path
+        && args.to.is_none()
+        && config.state.path(name).is_none()
+    {
+        return Err(CommandError::Refused(format!(
+            "the config has no state path named {name:?} (it has: {})",
+            config
+                .state
+                .paths
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let local = record::load(&config.state.work_dir)?;
     let origin = local.as_ref().map(|r| {
-        if r.repository == repository && r.state_dir == config.state.dir {
+        if r.repository == repository && r.state_dir == config.state.primary().dir {
             format!(
                 "local state that descends from snapshot {} (latest/ was {} then; it may hold newer changes)",
                 r.snapshot_id, r.latest_id
@@ -61,25 +72,32 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
             )
         }
     });
+    let destination = match &args.to {
+        Some(dir) => restore::Destination::Dir(dir.clone()),
+        None => restore::Destination::State {
+            paths: config
+                .state
+                .paths
+                .iter()
+                .map(|p| (p.name.clone(), p.dir.clone()))
+                .collect(),
+            work_dir: config.state.work_dir.clone(),
+        },
+    };
     let request = RestoreRequest {
         snapshot: args.snapshot,
-        target: args.to.clone().unwrap_or_else(|| config.state.dir.clone()),
-        is_state_dir,
+        destination,
+        only: args.path.clone(),
         force: args.force,
         origin,
         repository: repository.clone(),
         now: Utc::now(),
     };
     let report = restore::restore(store, engine.as_ref(), &request).await?;
-    if is_state_dir {
-        crate::displaced::prune(&config.state.dir, crate::displaced::KEEP);
-        record::remember(
-            &config.state.work_dir,
-            &repository,
-            &config.state.dir,
-            report.id,
-            report.latest.unwrap_or(report.id),
-        )?;
+    if args.to.is_none() {
+        for path in &config.state.paths {
+            crate::displaced::prune(&path.dir, crate::displaced::KEEP);
+        }
     }
     tracing::info!(snapshot_id = %report.id, target = %report.target.display(), files = report.files,
         duration_ms = report.duration_ms, "restore complete");
@@ -87,17 +105,33 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
         return print_json(&report);
     }
     println!(
-        "restored {} into {}: {} files, {}, verified, {} ms",
+        "restored {}: {} files, {}, verified, {} ms",
         report.id,
-        report.target.display(),
         report.files,
         human_bytes(report.bytes),
         report.duration_ms
     );
-    if let Some(displaced) = &report.displaced {
-        println!("previous local state kept at {}", displaced.display());
-    }
+    print_paths(&report);
     Ok(())
+}
+
+/// Where each path went, and where its previous content was kept.
+fn print_paths(report: &restore::RestoreReport) {
+    for path in &report.paths {
+        println!(
+            "  {:<12} {} ({} files, {})",
+            path.name,
+            path.target.display(),
+            path.files,
+            human_bytes(path.bytes)
+        );
+        if let Some(displaced) = &path.displaced {
+            println!("  {:<12} previous local state kept at {}", "", displaced.display());
+        }
+    }
+    for name in &report.missing {
+        println!("  {name:<12} not in this snapshot (taken before the path was configured): left as it was");
+    }
 }
 
 /// A container that runs with the state directory bind-mounted follows it when it is renamed
@@ -130,7 +164,7 @@ async fn refuse_while_container_runs(config: &Config) -> Result<(), CommandError
     };
     if matches!(state, RunState::Running | RunState::Paused) {
         return Err(CommandError::ContainerRunning {
-            state_dir: config.state.dir.clone(),
+            state_dir: config.state.primary().dir.clone(),
             container: container.name.clone(),
             state: format!("{state:?}").to_lowercase(),
         });

@@ -28,24 +28,29 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         super::open_with_cache(config, Some(config.state.work_dir.join(crate::daemon::REPO_CACHE_DIR))).await?;
     let store = &store;
     let repository = config.repository_url();
+    // A restore killed between its swaps is completed first: never snapshot half a set.
+    if let Some(id) = crate::restore::recover(&config.state.work_dir)? {
+        tracing::warn!(snapshot_id = %id, "completed a restore that was interrupted between its swaps");
+    }
     let local = record::load(&config.state.work_dir)?;
-    let base = local.as_ref().and_then(|r| r.base_for(&repository, &config.state.dir));
-    let excludes =
-        Excludes::new(&config.state.dir, &config.state.exclude).map_err(|e| crate::config::ConfigError::Parse {
-            path: config.state.dir.clone(),
-            message: e.to_string(),
-        })?;
-    // Format 2's engine walks by path: it reads a mirror that spotkeeper's own walker (by
-    // descriptor, no link followed) filled, never the live state directory.
-    let (source, also_skipped, _lock) = match &engine {
+    let primary = config.state.primary();
+    let base = local.as_ref().and_then(|r| r.base_for(&repository, &primary.dir));
+    let excludes = Excludes::new(&primary.dir, &primary.exclude).map_err(|e| crate::config::ConfigError::Parse {
+        path: primary.dir.clone(),
+        message: e.to_string(),
+    })?;
+    // Format 2's engine walks by path: it reads mirrors that spotkeeper's own walker (by
+    // descriptor, no link followed) filled, never the live state directories.
+    let (source, paths, also_skipped, _lock) = match &engine {
         Some(_) => {
-            let (mirror, skipped, lock) = fill_mirror(config, &excludes).await?;
-            (mirror, skipped, Some(lock))
+            let (mirrors, paths, skipped, lock) = fill_mirrors(config).await?;
+            (mirrors, paths, skipped, Some(lock))
         }
-        None => (config.state.dir.clone(), Vec::new(), None),
+        None => (primary.dir.clone(), Vec::new(), Vec::new(), None),
     };
     let request = SnapshotRequest {
         source,
+        paths,
         excludes,
         compression_level: config.snapshot.compression_level,
         host: Host {
@@ -60,28 +65,36 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         also_skipped,
     };
     let report = snapshot::take(store, engine.as_ref(), request).await?;
-    record::remember(
-        &config.state.work_dir,
-        &repository,
-        &config.state.dir,
-        report.id,
-        report.id,
-    )?;
+    record::remember(&config.state.work_dir, &repository, &primary.dir, report.id, report.id)?;
     print_outcome(&report.outcome(0), args.json, "")
 }
 
-/// The mirror a snapshot without the daemon reads (the daemon keeps its own).
-pub const CLI_MIRROR_DIR: &str = "snapshot-mirror";
+/// The mirrors a snapshot without the daemon reads (the daemon keeps its own): one directory
+/// per state path under it.
+pub const CLI_MIRROR_DIR: &str = "snapshot-mirrors";
+/// Their indexes.
+const CLI_MIRROR_INDEX_DIR: &str = "snapshot-mirror-indexes";
+/// The one mirror of before `[[state.paths]]`, removed when found.
+const LEGACY_CLI_MIRROR_DIR: &str = "snapshot-mirror";
 
-/// Brings `work_dir/snapshot-mirror` up to date with the state directory (copying only what
+/// Brings `work_dir/snapshot-mirrors/` up to date with the state paths (copying only what
 /// changed since the last such snapshot), holding a lock so that two of these never share it.
-async fn fill_mirror(
+/// Returns the mirrors' directory, each path's totals and what was skipped.
+async fn fill_mirrors(
     config: &Config,
-    excludes: &Excludes,
-) -> Result<(std::path::PathBuf, Vec<crate::manifest::Skipped>, std::fs::File), CommandError> {
-    let mirror_dir = config.state.work_dir.join(CLI_MIRROR_DIR);
-    std::fs::create_dir_all(&config.state.work_dir)?;
-    let lock_path = config.state.work_dir.join(format!("{CLI_MIRROR_DIR}.lock"));
+) -> Result<
+    (
+        std::path::PathBuf,
+        Vec<crate::mirror::PathTotals>,
+        Vec<crate::manifest::Skipped>,
+        std::fs::File,
+    ),
+    CommandError,
+> {
+    let work_dir = &config.state.work_dir;
+    let mirror_dir = work_dir.join(CLI_MIRROR_DIR);
+    std::fs::create_dir_all(work_dir)?;
+    let lock_path = work_dir.join(format!("{CLI_MIRROR_DIR}.lock"));
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -94,19 +107,29 @@ async fn fill_mirror(
             lock_path.display()
         )));
     }
-    let source = config.state.dir.clone();
-    let excludes = excludes.clone();
-    let target = mirror_dir.clone();
-    let skipped = tokio::task::spawn_blocking(move || {
-        let mut mirror = crate::mirror::Mirror::open(&source, &target, &excludes)?;
-        let synced = mirror.sync(&std::sync::atomic::AtomicBool::new(false), None);
-        mirror.save()?;
+    for legacy in [
+        work_dir.join(LEGACY_CLI_MIRROR_DIR),
+        work_dir.join(format!("{LEGACY_CLI_MIRROR_DIR}.index")),
+    ] {
+        let _ = if legacy.is_dir() {
+            std::fs::remove_dir_all(&legacy)
+        } else {
+            std::fs::remove_file(&legacy)
+        };
+    }
+    let paths = config.state.paths.clone();
+    let index_dir = work_dir.join(CLI_MIRROR_INDEX_DIR);
+    let root = mirror_dir.clone();
+    let (totals, skipped) = tokio::task::spawn_blocking(move || {
+        let mut mirrors = crate::mirror::MirrorSet::open(&paths, &root, &index_dir)?;
+        let synced = mirrors.sync(&std::sync::atomic::AtomicBool::new(false), None);
+        mirrors.save()?;
         synced?;
-        Ok::<_, crate::mirror::MirrorError>(mirror.skipped())
+        Ok::<_, crate::mirror::MirrorError>((mirrors.totals(), mirrors.skipped()))
     })
     .await
     .map_err(|e| CommandError::Output(std::io::Error::other(e.to_string())))??;
-    Ok((mirror_dir, skipped, lock))
+    Ok((mirror_dir, totals, skipped, lock))
 }
 
 /// The result, once: the same schema with or without the daemon.

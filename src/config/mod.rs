@@ -36,14 +36,14 @@ pub enum ConfigError {
     #[error("config file {path}: {key} = {value} is not valid: {reason}")]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         value: String,
         reason: String,
     },
     #[error("config file {path}: {key} is required: {what}")]
     Missing {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         what: &'static str,
     },
 }
@@ -210,12 +210,17 @@ pub struct ContainerConfig {
     pub name: String,
     pub image: String,
     pub command: Vec<String>,
+    /// The one-path form's mount (`[state] dir`); the effective mounts are `StatePath::mount`.
+    #[serde(skip)]
     pub state_mount: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env_mount: Option<String>,
     pub ports: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_url: Option<String>,
+    /// Answers 2xx once the app is ready to serve (OpenClaw's `/readyz`): READY waits for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(serialize_with = "serialize_duration")]
@@ -243,12 +248,46 @@ pub struct DaemonConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StateConfig {
-    /// The directory that is snapshotted and restored.
-    pub dir: PathBuf,
     /// spotkeeper's own files: local record, writer id, snapshot mirror, drill scratch dir.
     pub work_dir: PathBuf,
+    /// The directories snapshotted and restored together (at least one; names unique, no
+    /// directory inside another). `[state] dir` is the one-path form, named `state`.
+    pub paths: Vec<StatePath>,
+}
+
+/// One directory of the state: `[[state.paths]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatePath {
+    /// A stable identifier: the path's top-level directory in every snapshot.
+    pub name: String,
+    /// The host directory.
+    pub dir: PathBuf,
+    /// Its mount point in the container (`[container] state_mount` for the one-path form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
     /// gitignore-syntax patterns, relative to `dir`.
     pub exclude: Vec<String>,
+}
+
+/// The name of the one path `[state] dir` configures; format 1 and format-2 snapshots taken
+/// before `[[state.paths]]` hold only this path.
+pub const SHORTHAND_PATH_NAME: &str = "state";
+
+impl StateConfig {
+    /// The first path: the one format 1 stores, and whose owner the secrets file takes.
+    pub fn primary(&self) -> &StatePath {
+        &self.paths[0]
+    }
+
+    /// The path named `name`.
+    pub fn path(&self, name: &str) -> Option<&StatePath> {
+        self.paths.iter().find(|p| p.name == name)
+    }
+
+    /// True when `file` is inside one of the state's directories.
+    pub fn contains(&self, file: &Path) -> Option<&StatePath> {
+        self.paths.iter().find(|p| file.starts_with(&p.dir))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -347,6 +386,7 @@ struct RawContainer {
     env_mount: Option<String>,
     ports: Option<Vec<String>>,
     health_url: Option<String>,
+    ready_url: Option<String>,
     user: Option<String>,
     stop_timeout: Option<String>,
     consistency: Option<Consistency>,
@@ -370,6 +410,16 @@ struct RawDaemon {
 struct RawState {
     dir: Option<PathBuf>,
     work_dir: Option<PathBuf>,
+    exclude: Option<Vec<String>>,
+    paths: Option<Vec<RawStatePath>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatePath {
+    name: Option<String>,
+    dir: Option<PathBuf>,
+    mount: Option<String>,
     exclude: Option<Vec<String>>,
 }
 
@@ -410,7 +460,8 @@ impl Config {
             message: diagnose::parse_error(text, &e),
         })?;
         let v = Validator { path };
-        let state = v.state(raw.state)?;
+        let state_mount_given = raw.container.as_ref().is_some_and(|c| c.state_mount.is_some());
+        let (mut state, shorthand) = v.state(raw.state)?;
         let s3 = v.s3(raw.s3)?;
         let retention = v.retention(raw.retention)?;
         let snapshot = v.snapshot(raw.snapshot)?;
@@ -421,25 +472,40 @@ impl Config {
         let metrics = v.metrics(raw.metrics)?;
         let verify = v.verify(raw.verify)?;
         let repository = raw.repository.map(|r| v.repository(r, secrets.as_ref())).transpose()?;
+        v.state_with(
+            &mut state,
+            shorthand,
+            state_mount_given,
+            container.as_ref(),
+            repository.as_ref(),
+        )?;
         if let Some(RepositoryConfig {
             password: PasswordSource::File(file),
             ..
         }) = &repository
-            && file.starts_with(&state.dir)
+            && let Some(inside) = state.contains(file)
         {
             return Err(v.invalid(
                 "repository.password_file",
                 file.display().to_string(),
-                "must not be inside state.dir: the password would be in every snapshot",
+                format!(
+                    "must not be inside state path {:?} ({}): the password would be in every snapshot",
+                    inside.name,
+                    inside.dir.display()
+                ),
             ));
         }
         if let Some(secrets) = &secrets
-            && secrets.env_file.starts_with(&state.dir)
+            && let Some(inside) = state.contains(&secrets.env_file)
         {
             return Err(v.invalid(
                 "secrets.env_file",
                 secrets.env_file.display().to_string(),
-                "must not be inside state.dir: secrets never go into snapshots",
+                format!(
+                    "must not be inside state path {:?} ({}): secrets never go into snapshots",
+                    inside.name,
+                    inside.dir.display()
+                ),
             ));
         }
         Ok(Config {
@@ -478,10 +544,10 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     /// A string value that is wrong (shown quoted, as in TOML).
-    fn invalid(&self, key: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    fn invalid(&self, key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
-            key,
+            key: key.into(),
             value: format!("{:?}", value.into()),
             reason: reason.into(),
         }
@@ -496,46 +562,185 @@ impl Validator<'_> {
     ) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
-            key,
+            key: key.to_string(),
             value: value.to_string(),
             reason: reason.into(),
         }
     }
 
     /// A key that must be there and is not.
-    fn missing(&self, key: &'static str, what: &'static str) -> ConfigError {
+    fn missing(&self, key: impl Into<String>, what: &'static str) -> ConfigError {
         ConfigError::Missing {
             path: self.path.to_path_buf(),
-            key,
+            key: key.into(),
             what,
         }
     }
 
-    fn state(&self, raw: RawState) -> Result<StateConfig, ConfigError> {
-        let dir = raw.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    /// `[state]`: the work dir and the paths, `[[state.paths]]` or the one-path shorthand
+    /// (`dir`, `exclude`). Returns whether the shorthand was used (its mount is
+    /// `[container] state_mount`).
+    fn state(&self, raw: RawState) -> Result<(StateConfig, bool), ConfigError> {
         let work_dir = raw.work_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR));
-        self.absolute_clean("state.dir", &dir)?;
         self.absolute_clean("state.work_dir", &work_dir)?;
-        if dir == Path::new("/") {
-            return Err(self.invalid("state.dir", "/", "the state directory cannot be the filesystem root"));
+        let default_excludes = || DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (raw_paths, shorthand) = match raw.paths {
+            Some(paths) => {
+                if let Some(dir) = raw.dir {
+                    return Err(self.invalid(
+                        "state.dir",
+                        dir.display().to_string(),
+                        "give either [state] dir (one directory) or [[state.paths]] entries, not both",
+                    ));
+                }
+                if raw.exclude.is_some() {
+                    return Err(self.invalid(
+                        "state.exclude",
+                        "[...]",
+                        "with [[state.paths]], give each path's exclude in its own entry",
+                    ));
+                }
+                if paths.is_empty() {
+                    return Err(self.missing("state.paths", "at least one [[state.paths]] entry"));
+                }
+                (paths, false)
+            }
+            None => (
+                vec![RawStatePath {
+                    name: Some(SHORTHAND_PATH_NAME.to_string()),
+                    dir: Some(raw.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))),
+                    mount: None,
+                    exclude: raw.exclude,
+                }],
+                true,
+            ),
+        };
+        let mut paths: Vec<StatePath> = Vec::with_capacity(raw_paths.len());
+        for (i, raw) in raw_paths.into_iter().enumerate() {
+            // Errors name the key as written: `state.dir` for the shorthand.
+            let key = |field: &str| {
+                if shorthand {
+                    format!("state.{field}")
+                } else {
+                    format!("state.paths[{i}].{field}")
+                }
+            };
+            let name = raw
+                .name
+                .ok_or_else(|| self.missing(key("name"), "a stable name for the path, such as \"workspace\""))?;
+            if let Err(reason) = check_path_name(&name) {
+                return Err(self.invalid(key("name"), name, reason));
+            }
+            if let Some(other) = paths.iter().find(|p| p.name == name) {
+                return Err(self.invalid(
+                    key("name"),
+                    name,
+                    format!("two paths are named so (the other is {})", other.dir.display()),
+                ));
+            }
+            let dir = raw
+                .dir
+                .ok_or_else(|| self.missing(key("dir"), "the host directory of the path"))?;
+            self.absolute_clean(&key("dir"), &dir)?;
+            if dir == Path::new("/") {
+                return Err(self.invalid(key("dir"), "/", "the state directory cannot be the filesystem root"));
+            }
+            if let Some(other) = paths
+                .iter()
+                .find(|p| p.dir.starts_with(&dir) || dir.starts_with(&p.dir))
+            {
+                return Err(self.invalid(
+                    key("dir"),
+                    dir.display().to_string(),
+                    format!(
+                        "overlaps path {:?} ({}): one directory may not be inside another, or a file would \
+                         be in two paths",
+                        other.name,
+                        other.dir.display()
+                    ),
+                ));
+            }
+            if work_dir.starts_with(&dir) || dir.starts_with(&work_dir) {
+                return Err(self.invalid(
+                    "state.work_dir",
+                    work_dir.display().to_string(),
+                    format!("must not contain or lie inside {} ({})", key("dir"), dir.display()),
+                ));
+            }
+            if let Some(mount) = &raw.mount
+                && !mount.starts_with('/')
+            {
+                return Err(self.invalid(key("mount"), mount.clone(), "must be an absolute path in the container"));
+            }
+            if let Some(mount) = &raw.mount
+                && let Some(other) = paths.iter().find(|p| p.mount.as_deref() == Some(mount.as_str()))
+            {
+                return Err(self.invalid(
+                    key("mount"),
+                    mount.clone(),
+                    format!("path {:?} is mounted there too", other.name),
+                ));
+            }
+            let exclude = raw.exclude.unwrap_or_else(default_excludes);
+            if let Err(e) = Excludes::new(&dir, &exclude) {
+                return Err(self.invalid(key("exclude"), e.pattern().to_string(), e.to_string()));
+            }
+            paths.push(StatePath {
+                name,
+                dir,
+                mount: raw.mount,
+                exclude,
+            });
         }
-        if work_dir.starts_with(&dir) || dir.starts_with(&work_dir) {
-            return Err(self.invalid(
-                "state.work_dir",
-                work_dir.display().to_string(),
-                format!("must not contain or lie inside state.dir ({})", dir.display()),
-            ));
-        }
-        let exclude = raw
-            .exclude
-            .unwrap_or_else(|| DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect());
-        if let Err(e) = Excludes::new(&dir, &exclude) {
-            return Err(self.invalid("state.exclude", e.pattern().to_string(), e.to_string()));
-        }
-        Ok(StateConfig { dir, work_dir, exclude })
+        Ok((StateConfig { work_dir, paths }, shorthand))
     }
 
-    fn absolute_clean(&self, key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    /// What the paths need from the other sections: mounts when there is a container (the
+    /// shorthand's is `[container] state_mount`), format 2 for more than one path.
+    fn state_with(
+        &self,
+        state: &mut StateConfig,
+        shorthand: bool,
+        state_mount_given: bool,
+        container: Option<&ContainerConfig>,
+        repository: Option<&RepositoryConfig>,
+    ) -> Result<(), ConfigError> {
+        if shorthand {
+            state.paths[0].mount = container.map(|c| c.state_mount.clone());
+        } else {
+            if state_mount_given {
+                return Err(self.invalid(
+                    "container.state_mount",
+                    container.map(|c| c.state_mount.clone()).unwrap_or_default(),
+                    "with [[state.paths]], give each path's mount in its own entry",
+                ));
+            }
+            if container.is_some()
+                && let Some(i) = state.paths.iter().position(|p| p.mount.is_none())
+            {
+                return Err(self.missing(
+                    format!("state.paths[{i}].mount"),
+                    "the path's mount point in the container, when [container] is present",
+                ));
+            }
+        }
+        if state.paths.len() > 1 && repository.is_none() {
+            return Err(self.invalid(
+                "state.paths",
+                state
+                    .paths
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                "more than one path needs format 2 (a [repository] section with a password): format 1 \
+                 stores one directory per snapshot",
+            ));
+        }
+        Ok(())
+    }
+
+    fn absolute_clean(&self, key: &str, path: &Path) -> Result<(), ConfigError> {
         let shown = path.display().to_string();
         if !path.is_absolute() {
             return Err(self.invalid(key, shown, "must be an absolute path"));
@@ -804,6 +1009,11 @@ impl Validator<'_> {
         {
             return Err(self.invalid("container.health_url", url.clone(), "expected an http:// URL"));
         }
+        if let Some(url) = &raw.ready_url
+            && !url.starts_with("http://")
+        {
+            return Err(self.invalid("container.ready_url", url.clone(), "expected an http:// URL"));
+        }
         let restart_limit = raw.restart_limit.unwrap_or(DEFAULT_RESTART_LIMIT);
         if restart_limit == 0 {
             return Err(self.invalid_number("container.restart_limit", 0, "must be at least 1"));
@@ -824,6 +1034,7 @@ impl Validator<'_> {
             env_mount,
             ports,
             health_url: raw.health_url,
+            ready_url: raw.ready_url,
             user: raw.user,
             stop_timeout: self.duration("container.stop_timeout", raw.stop_timeout, DEFAULT_STOP_TIMEOUT)?,
             consistency: raw.consistency.unwrap_or(Consistency::Freeze),
@@ -938,6 +1149,24 @@ fn serialize_duration<S: serde::Serializer>(value: &Duration, serializer: S) -> 
     serializer.serialize_str(&duration::format(*value))
 }
 
+/// A path name: a stable identifier, the path's directory name in snapshots (and in
+/// `restore --to DIR`), so plain, short and portable.
+pub fn check_path_name(name: &str) -> Result<(), String> {
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !first_ok
+        || name.len() > 32
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err("expected 1 to 32 of a-z, 0-9, `_` and `-`, starting with a letter or digit".into());
+    }
+    Ok(())
+}
+
 /// S3's bucket naming rules, so a typo fails here rather than as a signature error later.
 fn check_bucket_name(bucket: &str) -> Result<(), String> {
     if !(3..=63).contains(&bucket.len()) {
@@ -994,9 +1223,11 @@ mod tests {
     #[test]
     fn minimal_config_takes_the_defaults() {
         let config = parse("[s3]\nbucket = \"openclaw-backup-dev\"\n").expect("valid");
-        assert_eq!(config.state.dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(config.state.paths.len(), 1);
+        assert_eq!(config.state.primary().name, SHORTHAND_PATH_NAME);
+        assert_eq!(config.state.primary().dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(config.state.work_dir, Path::new(DEFAULT_WORK_DIR));
-        assert_eq!(config.state.exclude, DEFAULT_EXCLUDES);
+        assert_eq!(config.state.primary().exclude, DEFAULT_EXCLUDES);
         assert_eq!(config.s3.prefix, "");
         assert_eq!(config.repository_url(), "s3://openclaw-backup-dev");
         assert_eq!(config.retention.keep_all_within, Duration::from_secs(86_400));
@@ -1097,6 +1328,95 @@ mod tests {
             ))
             .is_ok()
         );
+    }
+
+    #[test]
+    fn state_paths_are_named_apart_and_never_overlap() {
+        let repo = "[repository]\npassword_file = \"/etc/spotkeeper/pw\"\n";
+        let path = |name: &str, dir: &str, mount: &str| {
+            format!("[[state.paths]]\nname = {name:?}\ndir = {dir:?}\nmount = {mount:?}\n")
+        };
+        let container = "[container]\nimage = \"openclaw:1\"\n";
+        let three = format!(
+            "{}{}{}",
+            path("config", "/opt/openclaw/.openclaw", "/home/node/.openclaw"),
+            path("workspace", "/opt/openclaw/workspace", "/home/node/.openclaw/workspace"),
+            path("auth", "/opt/openclaw/auth-profiles", "/home/node/.config/openclaw"),
+        );
+        let config = parse(&format!("[s3]\nbucket = \"b-1\"\n{repo}{container}{three}")).expect("three paths");
+        let names: Vec<&str> = config.state.paths.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["config", "workspace", "auth"]);
+        assert_eq!(
+            config.state.paths[1].mount.as_deref(),
+            Some("/home/node/.openclaw/workspace")
+        );
+        assert_eq!(config.state.paths[2].exclude, DEFAULT_EXCLUDES);
+        // The effective config parses back to the same paths.
+        let again = Config::parse(&config.to_toml(), Path::new("effective.toml")).expect("round trip");
+        assert_eq!(again.state.paths, config.state.paths);
+        // The shorthand's mount is [container] state_mount.
+        let one = parse(&format!("[s3]\nbucket = \"b-1\"\n{container}")).expect("shorthand");
+        assert_eq!(one.state.primary().mount.as_deref(), Some(DEFAULT_STATE_MOUNT));
+
+        // (config text, a piece of the error)
+        let cases = [
+            (
+                format!("{repo}{}{}", path("a", "/srv/a", "/a"), path("b", "/srv/a/b", "/b")),
+                "state.paths[1].dir = \"/srv/a/b\" is not valid: overlaps path \"a\" (/srv/a)",
+            ),
+            (
+                format!("{repo}{}{}", path("a", "/srv/a/b", "/a"), path("b", "/srv/a", "/b")),
+                "overlaps path \"a\" (/srv/a/b)",
+            ),
+            (
+                format!("{repo}{}{}", path("a", "/srv/a", "/a"), path("a", "/srv/b", "/b")),
+                "state.paths[1].name = \"a\" is not valid: two paths are named so",
+            ),
+            (
+                format!("{repo}{}", path("Bad/Name", "/srv/a", "/a")),
+                "state.paths[0].name = \"Bad/Name\"",
+            ),
+            (
+                format!("{repo}{}{}", path("a", "/srv/a", "/m"), path("b", "/srv/b", "/m")),
+                "state.paths[1].mount = \"/m\" is not valid: path \"a\" is mounted there too",
+            ),
+            (
+                format!("{}{}", path("a", "/srv/a", "/a"), path("b", "/srv/b", "/b")),
+                "more than one path needs format 2",
+            ),
+            (
+                format!("[state]\ndir = \"/srv/x\"\n{repo}{}", path("a", "/srv/a", "/a")),
+                "give either [state] dir (one directory) or [[state.paths]] entries, not both",
+            ),
+            (
+                format!("{repo}{container}state_mount = \"/x\"\n{}", path("a", "/srv/a", "/a")),
+                "container.state_mount = \"/x\" is not valid: with [[state.paths]]",
+            ),
+            (
+                format!("{repo}{container}[[state.paths]]\nname = \"a\"\ndir = \"/srv/a\"\n"),
+                "state.paths[0].mount is required",
+            ),
+            (
+                format!(
+                    "[state]\nwork_dir = \"/srv/a/work\"\n{repo}{}",
+                    path("a", "/srv/a", "/a")
+                ),
+                "state.work_dir = \"/srv/a/work\" is not valid: must not contain or lie inside state.paths[0].dir",
+            ),
+            (
+                format!(
+                    "[repository]\npassword_file = \"/srv/b/pw\"\n{}{}",
+                    path("a", "/srv/a", "/a"),
+                    path("b", "/srv/b", "/b")
+                ),
+                "must not be inside state path \"b\" (/srv/b)",
+            ),
+            (format!("{repo}[state]\npaths = []\n"), "state.paths is required"),
+        ];
+        for (text, want) in cases {
+            let err = error(&format!("[s3]\nbucket = \"b-1\"\n{text}"));
+            assert!(err.contains(want), "{text}\n-> {err}\nwanted: {want}");
+        }
     }
 
     #[test]

@@ -126,31 +126,42 @@ impl Daemon {
     /// the directory. Without it (no inotify, a watch limit), every sync walks everything.
     pub(super) fn start_tracker(&mut self) {
         self.tracker = None;
-        match ChangeTracker::start(&self.config.state.dir, &self.excludes) {
-            Ok(tracker) => {
-                tracing::info!(watched = tracker.watched(), "watching the state directory for changes");
-                self.tracker = Some(tracker);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the state directory; every snapshot walks all of it"),
-        }
+        self.tracker = Some(TrackerSet::start(&self.config.state.paths));
     }
 
     /// The mirror, held across ticks so that its index is read once, not inside each freeze;
     /// opened (index read from disk) when it is not held, at the first use or after a failure.
-    fn take_mirror(&mut self) -> Result<Mirror, MirrorError> {
+    fn take_mirror(&mut self) -> Result<MirrorSet, MirrorError> {
         match self.mirror.take() {
             Some(mirror) => Ok(mirror),
-            None => Mirror::open(
-                &self.config.state.dir,
-                &self.config.state.work_dir.join(MIRROR_DIR),
-                &self.excludes,
-            ),
+            None => {
+                let work_dir = &self.config.state.work_dir;
+                // The one mirror of before `[[state.paths]]` (and its index): copied again, once.
+                for legacy in [
+                    work_dir.join(LEGACY_MIRROR_DIR),
+                    work_dir.join(format!("{LEGACY_MIRROR_DIR}.index")),
+                ] {
+                    let removed = if legacy.is_dir() {
+                        std::fs::remove_dir_all(&legacy)
+                    } else {
+                        std::fs::remove_file(&legacy)
+                    };
+                    if removed.is_ok() {
+                        tracing::info!(path = %legacy.display(), "removed the mirror of an earlier version");
+                    }
+                }
+                MirrorSet::open(
+                    &self.config.state.paths,
+                    &work_dir.join(MIRROR_DIR),
+                    &work_dir.join(MIRROR_INDEX_DIR),
+                )
+            }
         }
     }
 
     /// Holds the mirror again and writes its index (outside any freeze: a stale index only
     /// makes the next sync copy more, so a failure to write it is logged, not fatal).
-    fn return_mirror(&mut self, mirror: Mirror) {
+    fn return_mirror(&mut self, mirror: MirrorSet) {
         if let Err(e) = mirror.save() {
             tracing::warn!(error = %e, "cannot save the mirror index; the next start copies more");
         }
@@ -220,15 +231,11 @@ impl Daemon {
             }
         }
         // Taken while the app is held still: every change made before the freeze is in it.
-        let changes = self.tracker.as_ref().map(ChangeTracker::take);
+        let changes = self.tracker.as_ref().map(TrackerSet::take);
         let worker_cancel = Arc::clone(&cancel);
         let mut worker = tokio::task::spawn_blocking(move || {
             let stats = match changes {
-                Some(Changes::Paths(set)) => mirror.sync_changes(&set, &worker_cancel),
-                Some(Changes::FullWalk { reason }) => {
-                    tracing::info!(reason, "walking the whole state");
-                    mirror.sync(&worker_cancel, None)
-                }
+                Some(changes) => mirror.sync_changes(changes, &worker_cancel),
                 None => mirror.sync(&worker_cancel, None),
             };
             (mirror, stats)
@@ -286,12 +293,27 @@ impl Daemon {
         let record = record::load(&self.config.state.work_dir)?;
         let base = record
             .as_ref()
-            .and_then(|r| r.base_for(&self.repository, &self.config.state.dir));
+            .and_then(|r| r.base_for(&self.repository, &self.config.state.primary().dir));
+        let mirror = self.take_mirror()?;
+        let (source, paths, also_skipped) = (
+            match self.engine {
+                Some(_) => mirror.root().to_path_buf(),
+                None => mirror.primary_dir(),
+            },
+            mirror.totals(),
+            mirror.skipped(),
+        );
+        self.mirror = Some(mirror);
         let request = SnapshotRequest {
-            source: self.config.state.work_dir.join(MIRROR_DIR),
-            excludes: self.excludes.clone(),
+            source,
+            paths,
+            excludes: crate::exclude::Excludes::new(
+                &self.config.state.primary().dir,
+                &self.config.state.primary().exclude,
+            )
+            .map_err(|e| DaemonError::Task(e.to_string()))?,
             compression_level: self.config.snapshot.compression_level,
-            also_skipped: self.mirror.as_ref().map(Mirror::skipped).unwrap_or_default(),
+            also_skipped,
             host: Host {
                 hostname: self.hostname.clone(),
                 instance_id: self.instance_id.clone(),
@@ -306,7 +328,7 @@ impl Daemon {
         record::remember(
             &self.config.state.work_dir,
             &self.repository,
-            &self.config.state.dir,
+            &self.config.state.primary().dir,
             report.id,
             report.id,
         )?;

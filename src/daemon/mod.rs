@@ -29,11 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::boot::{self, BootAction, BootRefusal};
 use crate::config::{Config, Consistency, ContainerConfig};
 use crate::control::{self, Reply, Request};
-use crate::exclude::Excludes;
 use crate::exit::{self, Exit};
 use crate::manifest::{Host, ImageInfo};
 use crate::metrics::{Metrics, Unit, names};
-use crate::mirror::{Mirror, MirrorError, SyncStats};
+use crate::mirror::{MirrorError, MirrorSet, SyncStats, TrackerSet};
 use crate::record::{self, RecordError};
 use crate::repository::{self, RepositoryError};
 use crate::restore::{self, RestoreError, RestoreRequest};
@@ -44,12 +43,15 @@ use crate::snapshot_id::SnapshotId;
 use crate::spot::{InstanceAction, Rebalance, SpotWatcher};
 use crate::store::Store;
 use crate::systemd::{self, Notifier};
-use crate::walk::{ChangeTracker, Changes};
 use crate::{drill, prune, schedule};
 use policy::{Decision, Observed, Supervision};
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
-pub const MIRROR_DIR: &str = "mirror";
+pub const MIRROR_DIR: &str = "mirrors";
+/// The mirrors' indexes, in `work_dir` (never inside `MIRROR_DIR`, which snapshots store).
+pub const MIRROR_INDEX_DIR: &str = "mirror-indexes";
+/// Where one mirror of the one state directory lived before `[[state.paths]]`: removed at start.
+const LEGACY_MIRROR_DIR: &str = "mirror";
 /// rustic_core's metadata cache for format 2 (encrypted, as in the repository), in work_dir.
 pub const REPO_CACHE_DIR: &str = "repo-cache";
 /// The longest the loop sleeps before looking at the wall clock (catches suspends).
@@ -96,6 +98,8 @@ pub enum DaemonError {
     Aborted,
     #[error("task failed: {0}")]
     Task(String),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl DaemonError {
@@ -103,7 +107,7 @@ impl DaemonError {
     pub fn exit(&self) -> Exit {
         match self {
             DaemonError::NoContainer => Exit::Config,
-            DaemonError::Boot(_) => Exit::Refused,
+            DaemonError::Boot(_) | DaemonError::Refused(_) => Exit::Refused,
             DaemonError::Restore(e) => exit::of_restore(e),
             DaemonError::Snapshot(e) => exit::of_snapshot(e),
             DaemonError::Repository(e) => exit::of_repository(e),
@@ -262,15 +266,15 @@ struct Daemon {
     notifier: Notifier,
     status: Arc<Mutex<Status>>,
     container: Container,
-    excludes: Excludes,
     repository: String,
     secrets_client: Option<aws_sdk_ssm::Client>,
     secrets: Option<Secrets>,
     image: Option<ImageInfo>,
-    /// The mirror snapshots are packed from, with its index; `None` while a sync holds it.
-    mirror: Option<Mirror>,
-    /// What changed in the state directory since the last sync (inotify).
-    tracker: Option<ChangeTracker>,
+    /// The mirrors snapshots are taken from (one per state path), with their indexes; `None`
+    /// while a sync holds them.
+    mirror: Option<MirrorSet>,
+    /// What changed in each state path since the last sync (inotify).
+    tracker: Option<TrackerSet>,
     /// The pure supervisor: planned stops, backoff, crash loop, finishing.
     supervision: Supervision,
     /// The log driver the container is created with (the configured one, or the fallback).
@@ -306,8 +310,6 @@ impl Daemon {
     ) -> Result<Daemon, DaemonError> {
         let docker = runtime::connect(config.daemon.docker_host.as_deref()).await?;
         let container = Container::new(docker, &container_config.name);
-        let excludes =
-            Excludes::new(&config.state.dir, &config.state.exclude).map_err(|e| DaemonError::Task(e.to_string()))?;
         let metrics = Metrics::start(&config.metrics, sdk_config);
         let secrets_client = config
             .secrets
@@ -327,7 +329,6 @@ impl Daemon {
             notifier,
             status,
             container,
-            excludes,
             secrets_client,
             secrets: None,
             image: None,

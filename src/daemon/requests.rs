@@ -22,7 +22,7 @@ impl Daemon {
                 Ok(outcome) => Reply::Snapshot(outcome),
                 Err(e) => Reply::error(e.to_string(), e.exit()),
             },
-            Request::Restore { snapshot } => match self.manual_restore(snapshot).await {
+            Request::Restore { snapshot, path } => match self.manual_restore(snapshot, path).await {
                 Ok(done) => Reply::Restore(done),
                 Err(e) => Reply::error(e.to_string(), e.exit()),
             },
@@ -36,7 +36,22 @@ impl Daemon {
     pub(super) async fn manual_restore(
         &mut self,
         snapshot: Option<SnapshotId>,
+        path: Option<String>,
     ) -> Result<control::ManualRestore, DaemonError> {
+        if let Some(name) = &path
+            && self.config.state.path(name).is_none()
+        {
+            return Err(DaemonError::Refused(format!(
+                "the config has no state path named {name:?} (it has: {})",
+                self.config
+                    .state
+                    .paths
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         // Pin the snapshot now: once the safety snapshot is taken, latest/ is that snapshot, and
         // restoring "latest" would change nothing.
         let store = self.store.clone();
@@ -59,7 +74,7 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let restored = self.restore_into_state(snapshot, true).await;
+        let restored = self.restore_into_state(snapshot, path, true).await;
         self.supervision.reset();
         self.update(|s| {
             s.container.crash_loop = false;

@@ -266,26 +266,51 @@ impl Daemon {
     }
 
     pub(super) async fn boot_restore(&mut self) -> Result<(), DaemonError> {
-        let state_dir = self.config.state.dir.clone();
-        let local = restore::inspect(&state_dir)?;
+        // A restore killed between its swaps is completed before anything looks at the paths.
+        if let Some(id) = restore::recover(&self.config.state.work_dir)? {
+            tracing::warn!(snapshot_id = %id, "completed a restore that was interrupted between its swaps");
+        }
+        let mut states = Vec::with_capacity(self.config.state.paths.len());
+        for path in &self.config.state.paths {
+            let state = restore::inspect(&path.dir)?;
+            tracing::info!(path = %path.name, dir = %path.dir.display(), ?state, "state path at boot");
+            states.push(state);
+        }
+        // The paths are one set: local state in any of them makes the set local.
+        let local = boot::set_state(&states);
         let record = record::load(&self.config.state.work_dir)?;
-        let base = record.as_ref().and_then(|r| r.base_for(&self.repository, &state_dir));
+        let base = record
+            .as_ref()
+            .and_then(|r| r.base_for(&self.repository, &self.config.state.primary().dir));
         let (latest, created_at) = self.latest_view(base).await?;
         self.last_complete_at = created_at;
         let action = boot::decide(local, &latest, &self.repository)?;
         tracing::info!(?action, ?local, ?latest, base = %show(base), "boot restore decision");
         match action {
             BootAction::KeepLocal => {
+                // A path that is absent next to local ones is created empty for the container.
+                for (path, state) in self.config.state.paths.iter().zip(&states) {
+                    if *state == restore::TargetState::Absent {
+                        tracing::warn!(path = %path.name, dir = %path.dir.display(),
+                            "this state path is absent while others hold local state: the set is local, nothing is restored; it starts empty");
+                        std::fs::create_dir_all(&path.dir).map_err(|source| RestoreError::Io {
+                            path: path.dir.clone(),
+                            source,
+                        })?;
+                    }
+                }
                 if let boot::LatestView::Readable { id, .. } = latest {
                     self.last_snapshot_id = Some(id);
                 }
                 Ok(())
             }
             BootAction::StartFresh => {
-                std::fs::create_dir_all(&state_dir).map_err(|source| RestoreError::Io {
-                    path: state_dir.clone(),
-                    source,
-                })?;
+                for path in &self.config.state.paths {
+                    std::fs::create_dir_all(&path.dir).map_err(|source| RestoreError::Io {
+                        path: path.dir.clone(),
+                        source,
+                    })?;
+                }
                 Ok(())
             }
             BootAction::Restore(id) | BootAction::DisplaceAndRestore(id) => {
@@ -297,7 +322,7 @@ impl Daemon {
                 self.say(&format!("restoring the state from snapshot {id}"));
                 self.notifier.extend(EXTEND_STEP);
                 let report = self
-                    .restore_into_state(Some(id), matches!(action, BootAction::DisplaceAndRestore(_)))
+                    .restore_into_state(Some(id), None, matches!(action, BootAction::DisplaceAndRestore(_)))
                     .await?;
                 if let Some(place) = &report.displaced {
                     tracing::warn!(displaced = %place.display(), "local state did not descend from latest/; kept it aside");
@@ -330,18 +355,30 @@ impl Daemon {
 
     /// Removes old copies of displaced local state (`displaced::KEEP` newest stay).
     pub(super) fn prune_displaced(&self) {
-        crate::displaced::prune(&self.config.state.dir, crate::displaced::KEEP);
+        for path in &self.config.state.paths {
+            crate::displaced::prune(&path.dir, crate::displaced::KEEP);
+        }
     }
 
     pub(super) async fn restore_into_state(
         &mut self,
         snapshot: Option<SnapshotId>,
+        only: Option<String>,
         force: bool,
     ) -> Result<restore::RestoreReport, DaemonError> {
         let request = RestoreRequest {
             snapshot,
-            target: self.config.state.dir.clone(),
-            is_state_dir: true,
+            destination: restore::Destination::State {
+                paths: self
+                    .config
+                    .state
+                    .paths
+                    .iter()
+                    .map(|p| (p.name.clone(), p.dir.clone()))
+                    .collect(),
+                work_dir: self.config.state.work_dir.clone(),
+            },
+            only,
             force,
             origin: None,
             repository: self.repository.clone(),
@@ -368,13 +405,6 @@ impl Daemon {
                 Err(e) => return Err(e.into()),
             }
         };
-        record::remember(
-            &self.config.state.work_dir,
-            &self.repository,
-            &self.config.state.dir,
-            report.id,
-            report.latest.unwrap_or(report.id),
-        )?;
         tracing::info!(snapshot_id = %report.id, files = report.files, duration_ms = report.duration_ms, "restored");
         self.metrics
             .record(names::RESTORE_DURATION, report.duration_ms as f64, Unit::Milliseconds);
@@ -417,11 +447,11 @@ impl Daemon {
         let env_file: Option<PathBuf> = self.config.secrets.as_ref().map(|s| s.env_file.clone());
         if let Some(env_file) = &env_file {
             // The container reads it as its own user: give it the state directory's owner.
-            secrets::give_to_owner_of(env_file, &self.config.state.dir)?;
+            secrets::give_to_owner_of(env_file, &self.config.state.primary().dir)?;
         }
         let spec = ContainerSpec {
             config: &self.container_config,
-            state_dir: &self.config.state.dir,
+            paths: &self.config.state.paths,
             env_file: env_file.as_deref(),
             log_driver: &self.log_driver,
         };
@@ -432,7 +462,14 @@ impl Daemon {
     }
 
     pub(super) async fn wait_healthy(&mut self) -> Result<(), DaemonError> {
-        let Some(url) = self.container_config.health_url.clone() else {
+        // READY waits for readiness when the app has a readiness endpoint (OpenClaw's /readyz),
+        // else for liveness.
+        let Some(url) = self
+            .container_config
+            .ready_url
+            .clone()
+            .or_else(|| self.container_config.health_url.clone())
+        else {
             return Ok(());
         };
         let deadline = Instant::now() + self.container_config.start_timeout;

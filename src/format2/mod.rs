@@ -25,8 +25,6 @@ pub use password::{Password, PasswordError};
 
 /// The tag every spotkeeper snapshot carries (restic shows tags; it ignores rustic's label).
 pub const TAG: &str = "spotkeeper";
-/// Where the state sits inside each snapshot, whatever its directory on the host.
-pub const SNAPSHOT_ROOT: &str = "/state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Format2Error {
@@ -222,7 +220,8 @@ impl Repo {
         repo.open(&self.credentials).map_err(&wrap)
     }
 
-    /// Backs up `source` (stored as `/state`), tagged `spotkeeper` and `tags`, under the stable
+    /// Backs up `source`, a directory holding one directory per state path (stored as the
+    /// snapshot's root: each path at `/<name>/`), tagged `spotkeeper` and `tags`, under the stable
     /// `host` name (the parent snapshot is found by host, and Spot hostnames change).
     ///
     /// rustic_core walks `source` by path: give it spotkeeper's own frozen mirror (filled by the
@@ -260,7 +259,7 @@ impl Repo {
         // The parent is the snapshot latest.json names, never "the newest by time": an orphan, a
         // second writer's or a forged future-dated snapshot must not lend unchanged files its
         // content.
-        let mut options = BackupOptions::default().as_path(PathBuf::from(SNAPSHOT_ROOT));
+        let mut options = BackupOptions::default().as_path(PathBuf::from("/"));
         if let Some(parent) = parent {
             options.parent_opts.parents = vec![parent.to_string()];
         }
@@ -285,12 +284,61 @@ impl Repo {
         Ok(snapshots)
     }
 
-    /// Restores the snapshot `id` (restic's id) into `dest`, an empty or absent directory, if it
-    /// carries the tag `tag` (its spotkeeper id). Every entry of the snapshot is checked first
-    /// (`checked_nodes`): rustic_core joins names onto the target as they are, so a crafted tree
-    /// could otherwise write outside it. Returns the snapshot's description (where spotkeeper
-    /// keeps the state directory's own owner and mode: `root_of`).
-    pub fn restore(&mut self, id: &str, tag: &str, dest: &Path) -> Result<Option<String>, Format2Error> {
+    /// The state paths snapshot `id` (restic's id) holds, if it carries the tag `tag` (its
+    /// spotkeeper id): read from its description, without loading the index.
+    pub fn layout(&mut self, id: &str, tag: &str) -> Result<Vec<PathRecord>, Format2Error> {
+        let repo = self.take()?;
+        let found = repo.get_snapshot_from_str(id, |s| s.tags.contains(TAG));
+        self.repo = Some(repo);
+        let no_snapshot = || Format2Error::NoSnapshot {
+            location: self.location.clone(),
+            wanted: format!("{id} tagged {tag}"),
+        };
+        let snapshot = found.map_err(|_| no_snapshot())?;
+        if !snapshot.tags.contains(TAG) || !snapshot.tags.contains(tag) {
+            return Err(no_snapshot());
+        }
+        let summary = snapshot.summary.as_ref();
+        let unsafe_layout = |path: String, reason| Format2Error::Unsafe {
+            location: self.location.clone(),
+            snapshot: id.to_string(),
+            path,
+            reason,
+        };
+        let paths = paths_of(
+            snapshot.description.as_deref(),
+            summary.map(|s| s.total_files_processed),
+            summary.map(|s| s.total_bytes_processed),
+        )
+        .ok_or_else(|| {
+            unsafe_layout(
+                "/".into(),
+                "no description spotkeeper wrote (it names the state paths a snapshot holds)",
+            )
+        })?;
+        // The names become directory names (`restore --to DIR/<name>`): only what a config
+        // accepts, each once.
+        let mut seen = std::collections::HashSet::new();
+        for path in &paths {
+            if crate::config::check_path_name(&path.name).is_err() {
+                return Err(unsafe_layout(
+                    path.name.clone(),
+                    "a state path name a config would refuse",
+                ));
+            }
+            if !seen.insert(path.name.as_str()) {
+                return Err(unsafe_layout(path.name.clone(), "a state path named twice"));
+            }
+        }
+        Ok(paths)
+    }
+
+    /// Restores the state paths `targets` (each a path's name and an empty or absent directory)
+    /// from the snapshot `id` (restic's id), if it carries the tag `tag` (its spotkeeper id).
+    /// Every entry is checked first (`checked_nodes`), for every path before anything is
+    /// written: rustic_core joins names onto the target as they are, so a crafted tree could
+    /// otherwise write outside it.
+    pub fn restore(&mut self, id: &str, tag: &str, targets: &[(String, PathBuf)]) -> Result<(), Format2Error> {
         let wrap = wrap(&self.location);
         let repo = self.take()?.to_indexed().map_err(&wrap)?;
         let result = (|| {
@@ -305,29 +353,35 @@ impl Repo {
             if !snapshot.tags.contains(TAG) || !snapshot.tags.contains(tag) {
                 return Err(no_snapshot());
             }
-            let node = repo
-                .node_from_snapshot_and_path(&snapshot, SNAPSHOT_ROOT)
-                .map_err(&wrap)?;
-            let listed: Vec<(PathBuf, Node)> = repo
-                .ls(&node, &LsOptions::default())
-                .map_err(&wrap)?
-                .collect::<Result<_, _>>()
-                .map_err(&wrap)?;
-            let nodes = checked_nodes(listed).map_err(|(path, reason)| Format2Error::Unsafe {
-                location: self.location.clone(),
-                snapshot: id.to_string(),
-                path,
-                reason,
-            })?;
-            let dest = LocalDestination::new(&format!("{}/", dest.display()), true, false).map_err(&wrap)?;
-            // Numeric owners: the container's users have no names on the host.
-            let options = RestoreOptions::default().numeric_id(true);
-            let plan = repo
-                .prepare_restore(&options, nodes.clone().into_iter().map(Ok), &dest, false)
-                .map_err(&wrap)?;
-            repo.restore(plan, &options, nodes.into_iter().map(Ok), &dest)
-                .map_err(&wrap)?;
-            Ok(snapshot.description.clone())
+            let mut planned = Vec::with_capacity(targets.len());
+            for (name, dest) in targets {
+                let node = repo
+                    .node_from_snapshot_and_path(&snapshot, &format!("/{name}"))
+                    .map_err(&wrap)?;
+                let listed: Vec<(PathBuf, Node)> = repo
+                    .ls(&node, &LsOptions::default())
+                    .map_err(&wrap)?
+                    .collect::<Result<_, _>>()
+                    .map_err(&wrap)?;
+                let nodes = checked_nodes(listed).map_err(|(path, reason)| Format2Error::Unsafe {
+                    location: self.location.clone(),
+                    snapshot: id.to_string(),
+                    path: format!("{name}/{path}"),
+                    reason,
+                })?;
+                planned.push((nodes, dest));
+            }
+            for (nodes, dest) in planned {
+                let dest = LocalDestination::new(&format!("{}/", dest.display()), true, false).map_err(&wrap)?;
+                // Numeric owners: the container's users have no names on the host.
+                let options = RestoreOptions::default().numeric_id(true);
+                let plan = repo
+                    .prepare_restore(&options, nodes.clone().into_iter().map(Ok), &dest, false)
+                    .map_err(&wrap)?;
+                repo.restore(plan, &options, nodes.into_iter().map(Ok), &dest)
+                    .map_err(&wrap)?;
+            }
+            Ok(())
         })();
         self.repo = Some(repo.drop_index());
         result
@@ -450,13 +504,26 @@ pub fn checked_nodes(nodes: Vec<(PathBuf, Node)>) -> Result<Vec<(PathBuf, Node)>
     Ok(checked)
 }
 
-/// The description's line that records the state directory's own owner and mode (the snapshot
-/// stores the directory's content under `/state`, a virtual node without metadata).
+/// The description's line that recorded the state directory's own owner and mode in snapshots
+/// taken before `[[state.paths]]` (one path, `state`).
 const ROOT_LINE: &str = "spotkeeper-root: ";
+/// The description's line that lists the state paths: each one's name (its directory at the
+/// top of the snapshot), its own owner and mode, files and bytes.
+const PATHS_LINE: &str = "spotkeeper-paths: ";
 
-/// A snapshot's description: the root's owner and mode, then the entries that were skipped.
-pub fn description(root: &crate::manifest::Owner, skipped: &[crate::manifest::Skipped]) -> String {
-    let mut text = format!("{ROOT_LINE}{}", serde_json::to_string(root).unwrap_or_default());
+/// One state path in a snapshot, as its description records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathRecord {
+    pub name: String,
+    /// The path's directory's own owner and mode (restored onto the directory).
+    pub root: crate::manifest::Owner,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A snapshot's description: the paths, then the entries that were skipped.
+pub fn description(paths: &[PathRecord], skipped: &[crate::manifest::Skipped]) -> String {
+    let mut text = format!("{PATHS_LINE}{}", serde_json::to_string(paths).unwrap_or_default());
     if !skipped.is_empty() {
         text.push_str("\nskipped (could not be copied):");
         for entry in skipped {
@@ -466,12 +533,24 @@ pub fn description(root: &crate::manifest::Owner, skipped: &[crate::manifest::Sk
     text
 }
 
-/// The root's owner and mode from a description `description` wrote.
-pub fn root_of(description: Option<&str>) -> Option<crate::manifest::Owner> {
-    description?
+/// The paths a description records; a snapshot from before `[[state.paths]]` holds the one
+/// path `state` (its root owner from the old line, its totals from the snapshot's). `None`: a
+/// description spotkeeper did not write.
+pub fn paths_of(description: Option<&str>, files: Option<u64>, bytes: Option<u64>) -> Option<Vec<PathRecord>> {
+    let description = description?;
+    if let Some(json) = description.lines().find_map(|line| line.strip_prefix(PATHS_LINE)) {
+        return serde_json::from_str(json).ok();
+    }
+    let root = description
         .lines()
         .find_map(|line| line.strip_prefix(ROOT_LINE))
-        .and_then(|json| serde_json::from_str(json).ok())
+        .and_then(|json| serde_json::from_str(json).ok())?;
+    Some(vec![PathRecord {
+        name: crate::config::SHORTHAND_PATH_NAME.to_string(),
+        root,
+        files: files.unwrap_or(0),
+        bytes: bytes.unwrap_or(0),
+    }])
 }
 
 /// chrono's UTC time as rustic_core's.
@@ -577,6 +656,8 @@ pub struct Listed {
     pub files: Option<u64>,
     pub bytes: Option<u64>,
     pub data_added: Option<u64>,
+    /// The state paths, from the description (`None`: not a description spotkeeper wrote).
+    pub paths: Option<Vec<PathRecord>>,
 }
 
 impl Listed {
@@ -594,6 +675,11 @@ impl Listed {
             files: snapshot.summary.as_ref().map(|s| s.total_files_processed),
             bytes: snapshot.summary.as_ref().map(|s| s.total_bytes_processed),
             data_added: snapshot.summary.as_ref().map(|s| s.data_added_packed),
+            paths: paths_of(
+                snapshot.description.as_deref(),
+                snapshot.summary.as_ref().map(|s| s.total_files_processed),
+                snapshot.summary.as_ref().map(|s| s.total_bytes_processed),
+            ),
         }
     }
 }
@@ -699,20 +785,42 @@ mod tests {
     }
 
     #[test]
-    fn the_root_record_round_trips_through_the_description() {
-        let root = crate::manifest::Owner {
-            mode: 0o750,
+    fn the_paths_round_trip_through_the_description() {
+        let owner = |mode| crate::manifest::Owner {
+            mode,
             uid: 1000,
             gid: 1000,
         };
+        let paths = vec![
+            PathRecord {
+                name: "config".into(),
+                root: owner(0o700),
+                files: 3,
+                bytes: 300,
+            },
+            PathRecord {
+                name: "workspace".into(),
+                root: owner(0o750),
+                files: 1,
+                bytes: 10,
+            },
+        ];
         let skipped = vec![crate::manifest::Skipped {
-            path: "a/fifo".into(),
+            path: "config/a/fifo".into(),
             reason: "a FIFO".into(),
         }];
-        let text = description(&root, &skipped);
-        assert_eq!(root_of(Some(&text)), Some(root));
-        assert!(text.contains("a/fifo: a FIFO"));
-        assert_eq!(root_of(Some("written by someone else")), None);
-        assert_eq!(root_of(None), None);
+        let text = description(&paths, &skipped);
+        assert_eq!(paths_of(Some(&text), Some(4), Some(310)), Some(paths));
+        assert!(text.contains("config/a/fifo: a FIFO"));
+        assert_eq!(paths_of(Some("written by someone else"), None, None), None);
+        assert_eq!(paths_of(None, None, None), None);
+        // Before [[state.paths]]: one path, `state`, with the snapshot's totals.
+        let old = "spotkeeper-root: {\"mode\":448,\"uid\":0,\"gid\":0}\nskipped (could not be copied):\nx: y";
+        let held = paths_of(Some(old), Some(5), Some(50)).expect("an old description");
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            (held[0].name.as_str(), held[0].root.mode, held[0].files, held[0].bytes),
+            ("state", 0o700, 5, 50)
+        );
     }
 }

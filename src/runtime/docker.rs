@@ -280,7 +280,9 @@ impl ContainerRuntime for Container {
 #[derive(Debug)]
 pub struct ContainerSpec<'a> {
     pub config: &'a ContainerConfig,
-    pub state_dir: &'a Path,
+    /// The state's directories and their mounts (each `StatePath::mount` is set when there is
+    /// a container: the config checks it).
+    pub paths: &'a [crate::config::StatePath],
     pub env_file: Option<&'a Path>,
     pub log_driver: &'a str,
 }
@@ -288,7 +290,17 @@ pub struct ContainerSpec<'a> {
 impl ContainerSpec<'_> {
     fn body(&self) -> ContainerCreateBody {
         let c = self.config;
-        let mut binds = vec![format!("{}:{}:rw", self.state_dir.display(), c.state_mount)];
+        // Outer mounts first (OpenClaw's workspace is mounted inside its config directory).
+        let mut mounts: Vec<(&Path, &str)> = self
+            .paths
+            .iter()
+            .map(|p| (p.dir.as_path(), p.mount.as_deref().unwrap_or(c.state_mount.as_str())))
+            .collect();
+        mounts.sort_by_key(|(_, mount)| mount.trim_end_matches('/').matches('/').count());
+        let mut binds: Vec<String> = mounts
+            .iter()
+            .map(|(dir, mount)| format!("{}:{}:rw", dir.display(), mount))
+            .collect();
         // Secrets reach the container as a read-only file, never as environment: environment
         // shows in `docker inspect`.
         if let (Some(env_file), Some(env_mount)) = (self.env_file, &c.env_mount) {

@@ -25,6 +25,9 @@ use crate::exclude::Excludes;
 use crate::manifest::{self, Skipped};
 use crate::walk::{self, ChangeSet, Found, Visitor, Walk, fd, sparse};
 
+mod set;
+pub use set::{MirrorSet, PathTotals, TrackerSet};
+
 /// Suffix of the index kept beside the mirror: `<mirror>.index`.
 pub const INDEX_SUFFIX: &str = "index";
 const INDEX_VERSION: u32 = 1;
@@ -145,6 +148,7 @@ fn load_index(path: &Path) -> Option<Index> {
 pub struct Mirror {
     source: PathBuf,
     mirror: PathBuf,
+    index_path: PathBuf,
     excludes: Excludes,
     index: Index,
     as_root: bool,
@@ -173,11 +177,23 @@ pub fn sync(
 impl Mirror {
     /// Opens (creating it if needed) the mirror of `source` at `mirror` and loads its index.
     pub fn open(source: &Path, mirror: &Path, excludes: &Excludes) -> Result<Mirror, MirrorError> {
+        Mirror::open_with_index(source, mirror, &index_path(mirror), excludes)
+    }
+
+    /// `open` with the index at `index` (a set of mirrors keeps its indexes out of the
+    /// directory that holds the mirrors, which is what a snapshot stores).
+    pub fn open_with_index(
+        source: &Path,
+        mirror: &Path,
+        index: &Path,
+        excludes: &Excludes,
+    ) -> Result<Mirror, MirrorError> {
+        let index_file = index;
         fs::create_dir_all(mirror).map_err(|e| write_error(mirror, e))?;
         let root = fd::open_dir_path(mirror).map_err(|e| write_error(mirror, e))?;
         let stat = fd::stat_fd(&root).map_err(|e| write_error(mirror, e))?;
         let identity = (stat.st_dev, stat.st_ino);
-        let index = match load_index(&index_path(mirror)) {
+        let index = match load_index(index_file) {
             Some(index) if index.mirror == identity => index,
             _ => Index {
                 version: INDEX_VERSION,
@@ -188,6 +204,7 @@ impl Mirror {
         Ok(Mirror {
             source: source.to_path_buf(),
             mirror: mirror.to_path_buf(),
+            index_path: index_file.to_path_buf(),
             excludes: excludes.clone(),
             index,
             as_root: rustix::process::geteuid().is_root(),
@@ -209,7 +226,7 @@ impl Mirror {
     /// Writes the index beside the mirror (temp file + rename). Call it after a sync, outside
     /// the freeze when it matters: a stale index only makes the next sync copy more.
     pub fn save(&self) -> Result<(), MirrorError> {
-        let path = index_path(&self.mirror);
+        let path = &self.index_path;
         let temp = path.with_extension(format!("{INDEX_SUFFIX}.tmp"));
         let write = || -> io::Result<()> {
             let mut out = BufWriter::new(File::create(&temp)?);
@@ -217,7 +234,16 @@ impl Mirror {
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             fs::rename(&temp, &path)
         };
-        write().map_err(|e| write_error(&path, e))
+        write().map_err(|e| write_error(path, e))
+    }
+
+    /// Files and their bytes in the mirror, from the index (no I/O).
+    pub fn totals(&self) -> (u64, u64) {
+        self.index
+            .entries
+            .values()
+            .filter(|f| f.7 & 0o170_000 == 0o100_000)
+            .fold((0, 0), |(files, bytes), f| (files + 1, bytes + f.4))
     }
 
     /// Walks the whole source and makes the mirror equal to it.

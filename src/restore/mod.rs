@@ -18,6 +18,10 @@ use crate::repository::{self, Head, LATEST_ARCHIVE, RepositoryError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::Store;
 
+mod journal;
+pub mod plan;
+pub use journal::{JOURNAL_FILE, recover};
+
 /// Suffix of the staging directory, created beside the target: `<parent>/.<name>.spotkeeper-staging.<pid>`.
 pub const STAGING_SUFFIX: &str = "spotkeeper-staging";
 /// Suffix of the folder beside the state directory where replaced local state is kept:
@@ -94,22 +98,49 @@ pub enum RestoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("restore task failed: {0}")]
     Task(String),
+    #[error("cannot restore snapshot {id}: {why}. Nothing was changed")]
+    Paths { id: SnapshotId, why: String },
+    #[error(
+        "an interrupted restore cannot be completed ({path}: {why}). Nothing more was changed; look at the paths \
+         its journal (restore-journal.json in work_dir) names, then move the journal aside to go on"
+    )]
+    Journal { path: PathBuf, why: String },
 }
 
 /// Where a restore goes.
 #[derive(Debug, Clone)]
+pub enum Destination {
+    /// The configured state paths (name, directory), in config order: each staged beside its
+    /// own directory, then swapped in under the journal in `work_dir`.
+    State {
+        paths: Vec<(String, PathBuf)>,
+        work_dir: PathBuf,
+    },
+    /// `--to DIR` (and the drill): an empty or absent directory; several paths go to
+    /// `DIR/<name>`, one alone to `DIR` itself.
+    Dir(PathBuf),
+}
+
+/// What to restore, and where.
+#[derive(Debug, Clone)]
 pub struct RestoreRequest {
-    /// A specific snapshot, or `latest/`.
+    /// A specific snapshot, or the head.
     pub snapshot: Option<SnapshotId>,
-    pub target: PathBuf,
-    /// True when `target` is the configured state directory (`--force` allowed).
-    pub is_state_dir: bool,
-    /// Move non-empty local state aside instead of refusing.
+    pub destination: Destination,
+    /// Only this path (`--path NAME`); the local record is then left as it is.
+    pub only: Option<String>,
+    /// Move non-empty local state aside instead of refusing (state paths only).
     pub force: bool,
     /// What the local state descends from, for the refusal message.
     pub origin: Option<String>,
     pub repository: String,
     pub now: DateTime<Utc>,
+}
+
+impl RestoreRequest {
+    fn is_state(&self) -> bool {
+        matches!(self.destination, Destination::State { .. })
+    }
 }
 
 /// What a restore did.
@@ -127,6 +158,23 @@ pub struct RestoreReport {
     pub displaced: Option<PathBuf>,
     /// Paths whose setuid/setgid bits were dropped (restore never plants them).
     pub privilege_dropped: Vec<String>,
+    /// Each restored path.
+    #[serde(default)]
+    pub paths: Vec<RestoredPath>,
+    /// Configured paths the snapshot does not hold (left as they were).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+/// One restored path.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RestoredPath {
+    pub name: String,
+    pub target: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    /// Where its previous local content was moved, if it had any.
+    pub displaced: Option<PathBuf>,
 }
 
 /// What is at a restore target.
@@ -291,59 +339,269 @@ fn chosen2(listed: &format2::Listed, id: SnapshotId) -> Chosen2 {
     }
 }
 
-/// Restores per `request`. See the module doc for the guarantees.
+/// Restores a snapshot: every path it holds that the destination names (or `request.only`),
+/// staged, verified and made durable before anything is swapped in; into the state paths under
+/// the swap journal, so that a kill leaves either the old set or (at the next start) the new one.
 pub async fn restore(
     store: &Store,
     engine: Option<&Engine>,
     request: &RestoreRequest,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    let target_state = inspect(&request.target)?;
-    check_target(request, target_state)?;
+    if let Destination::State { work_dir, .. } = &request.destination {
+        journal::recover(work_dir)?;
+    }
+    // What would be refused after the download is refused before it.
+    match &request.destination {
+        Destination::State { paths, .. } => {
+            for (name, dir) in paths {
+                if request.only.as_deref().is_none_or(|only| only == name) {
+                    check_target(request, dir, inspect(dir)?)?;
+                }
+            }
+        }
+        Destination::Dir(dir) => check_target(request, dir, inspect(dir)?)?,
+    }
     let (chosen, latest) = resolve(store, engine, request.snapshot, &request.repository).await?;
-    let staging = prepare_staging(request)?;
-    let result = match &chosen {
-        Chosen::One(manifest) => download_and_unpack(store, manifest, &staging, request.snapshot.is_none()).await,
-        Chosen::Two(two) => restore_format2(need_engine(engine, &request.repository)?, two, &staging).await,
+    let held: Vec<format2::PathRecord> = match &chosen {
+        Chosen::One(manifest) => vec![format2::PathRecord {
+            name: crate::config::SHORTHAND_PATH_NAME.to_string(),
+            root: manifest.root.clone(),
+            files: manifest.totals.files,
+            bytes: manifest.totals.bytes,
+        }],
+        Chosen::Two(two) => layout(need_engine(engine, &request.repository)?, two).await?,
     };
-    let unpacked = match result {
+    let held_names: Vec<String> = held.iter().map(|p| p.name.clone()).collect();
+    let refused = |why: String| RestoreError::Paths { id: chosen.id(), why };
+    let (targets, missing): (Vec<(String, PathBuf)>, Vec<String>) = match &request.destination {
+        Destination::State { paths, .. } => {
+            let configured: Vec<String> = paths.iter().map(|(name, _)| name.clone()).collect();
+            let planned = plan::plan(&held_names, &configured, request.only.as_deref()).map_err(refused)?;
+            let targets = planned
+                .restore
+                .iter()
+                .filter_map(|name| paths.iter().find(|(n, _)| n == name).cloned())
+                .collect();
+            (targets, planned.missing)
+        }
+        Destination::Dir(dir) => {
+            let planned = plan::plan_to_dir(&held_names, request.only.as_deref()).map_err(refused)?;
+            let targets = planned
+                .into_iter()
+                .map(|(name, nested)| {
+                    let target = if nested { dir.join(&name) } else { dir.clone() };
+                    (name, target)
+                })
+                .collect();
+            (targets, Vec::new())
+        }
+    };
+    for name in &missing {
+        tracing::warn!(path = %name, snapshot_id = %chosen.id(), "the snapshot does not hold this state path (taken before it was configured); it is left as it is");
+    }
+    let mut stagings: Vec<PathBuf> = Vec::with_capacity(targets.len());
+    for (_, target) in &targets {
+        match prepare_staging(target) {
+            Ok(staging) => stagings.push(staging),
+            Err(e) => {
+                stagings.iter().for_each(|s| remove_staging(s));
+                return Err(e);
+            }
+        }
+    }
+    let staged = stage(store, engine, request, &chosen, &held, &targets, &stagings).await;
+    let unpacked = match staged {
         Ok(unpacked) => unpacked,
         Err(e) => {
-            remove_staging(&staging);
+            stagings.iter().for_each(|s| remove_staging(s));
             return Err(e);
         }
     };
-    if let Err(e) = sync_filesystem(&staging) {
-        remove_staging(&staging);
-        return Err(e);
-    }
-    // Look again: the download may have taken a while, and the answer decides what is moved.
-    let target_state = inspect(&request.target)?;
-    if let Err(e) = check_target(request, target_state) {
-        remove_staging(&staging);
-        return Err(e);
-    }
-    let displaced = swap_in(request, &staging, target_state)?;
+    let swapped = swap_all(request, &chosen, latest, &targets, &stagings);
+    let displaced = match swapped {
+        Ok(displaced) => displaced,
+        Err(e) => {
+            stagings.iter().for_each(|s| remove_staging(s));
+            return Err(e);
+        }
+    };
+    let paths: Vec<RestoredPath> = targets
+        .iter()
+        .zip(&unpacked)
+        .zip(displaced)
+        .map(|(((name, target), unpacked), displaced)| RestoredPath {
+            name: name.clone(),
+            target: target.clone(),
+            files: unpacked.files,
+            bytes: unpacked.bytes,
+            displaced,
+        })
+        .collect();
     Ok(RestoreReport {
         id: chosen.id(),
         latest,
-        target: request.target.clone(),
-        files: unpacked.files,
-        bytes: unpacked.bytes,
-        archive_bytes: unpacked.archive_bytes,
+        target: match &request.destination {
+            Destination::Dir(dir) => dir.clone(),
+            Destination::State { .. } => paths[0].target.clone(),
+        },
+        files: unpacked.iter().map(|u| u.files).sum(),
+        bytes: unpacked.iter().map(|u| u.bytes).sum(),
+        archive_bytes: unpacked.iter().map(|u| u.archive_bytes).sum(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        displaced,
-        privilege_dropped: unpacked.privilege_dropped,
+        displaced: paths.iter().find_map(|p| p.displaced.clone()),
+        privilege_dropped: unpacked.into_iter().flat_map(|u| u.privilege_dropped).collect(),
+        paths,
+        missing,
     })
 }
 
-fn check_target(request: &RestoreRequest, state: TargetState) -> Result<(), RestoreError> {
+/// The state paths a format-2 snapshot holds (its description).
+async fn layout(engine: &Engine, two: &Chosen2) -> Result<Vec<format2::PathRecord>, RestoreError> {
+    let restic_id = two.restic_id.clone();
+    let tag = two.id.to_string();
+    Ok(engine
+        .with(move |repo| repo.layout(&restic_id, &tag))
+        .await
+        .map_err(RepositoryError::from)?)
+}
+
+/// Fills each staging directory with its path, verified, and makes them durable.
+async fn stage(
+    store: &Store,
+    engine: Option<&Engine>,
+    request: &RestoreRequest,
+    chosen: &Chosen,
+    held: &[format2::PathRecord],
+    targets: &[(String, PathBuf)],
+    stagings: &[PathBuf],
+) -> Result<Vec<archive::Unpacked>, RestoreError> {
+    let unpacked = match chosen {
+        Chosen::One(manifest) => {
+            vec![download_and_unpack(store, manifest, &stagings[0], request.snapshot.is_none()).await?]
+        }
+        Chosen::Two(two) => {
+            let staged: Vec<(format2::PathRecord, PathBuf)> = targets
+                .iter()
+                .zip(stagings)
+                .filter_map(|((name, _), staging)| {
+                    held.iter()
+                        .find(|p| &p.name == name)
+                        .map(|record| (record.clone(), staging.clone()))
+                })
+                .collect();
+            restore_format2(need_engine(engine, &request.repository)?, two, &staged).await?
+        }
+    };
+    for staging in stagings {
+        sync_filesystem(staging)?;
+    }
+    Ok(unpacked)
+}
+
+/// Puts every staged path in place. `--to`: renames into the (empty) destination. State paths:
+/// each target is looked at again (the download may have taken a while), the places for what
+/// is there are chosen, the journal is written, then the swaps run; a swap that fails undoes
+/// the ones before it. Returns where each path's previous content went.
+fn swap_all(
+    request: &RestoreRequest,
+    chosen: &Chosen,
+    latest: Option<SnapshotId>,
+    targets: &[(String, PathBuf)],
+    stagings: &[PathBuf],
+) -> Result<Vec<Option<PathBuf>>, RestoreError> {
+    let mut states = Vec::with_capacity(targets.len());
+    for (_, target) in targets {
+        let state = inspect(target)?;
+        check_target(request, target, state)?;
+        states.push(state);
+    }
+    let (paths, work_dir) = match &request.destination {
+        Destination::Dir(_) => {
+            for (((_, target), staging), state) in targets.iter().zip(stagings).zip(&states) {
+                if *state == TargetState::Empty {
+                    fs::remove_dir(target).map_err(io_error(target))?;
+                }
+                fs::rename(staging, target).map_err(io_error(target))?;
+            }
+            return Ok(vec![None; targets.len()]);
+        }
+        Destination::State { paths, work_dir } => (paths, work_dir),
+    };
+    let stamp = request.now.format("%Y-%m-%dT%H-%M-%SZ").to_string();
+    let mut swaps = Vec::with_capacity(targets.len());
+    for (((name, target), staging), state) in targets.iter().zip(stagings).zip(&states) {
+        let displaced = match state {
+            TargetState::NonEmpty => Some(displaced_holder(target, &stamp)?.join(target_name(target))),
+            TargetState::Absent | TargetState::Empty => None,
+        };
+        swaps.push(journal::Swap {
+            name: name.clone(),
+            target: target.clone(),
+            staging: staging.clone(),
+            displaced,
+        });
+    }
+    // The whole set restored: the record says the state is this snapshot. One path restored on
+    // purpose leaves the record as it was (the rest of the set still descends from it).
+    let record = match &request.only {
+        Some(_) => None,
+        None => Some(journal::RecordUpdate {
+            repository: request.repository.clone(),
+            state_dir: paths[0].1.clone(),
+            snapshot_id: chosen.id(),
+            latest_id: latest.unwrap_or(chosen.id()),
+        }),
+    };
+    let entry = journal::Journal::new(chosen.id(), swaps, record);
+    journal::write(work_dir, &entry)?;
+    for (done, swap) in entry.swaps.iter().enumerate() {
+        if let Err(e) = journal::apply(swap) {
+            // Put the set back as it was; if that fails too, the journal stays and the next
+            // start completes the restore.
+            let undone = entry.swaps[..done].iter().rev().try_for_each(journal::undo);
+            match undone {
+                Ok(()) => {
+                    if let Err(remove) = journal::finish(work_dir) {
+                        tracing::error!(error = %remove, "could not remove the restore journal after undoing the swaps");
+                    }
+                }
+                Err(undo) => tracing::error!(error = %undo, journal = %work_dir.join(journal::JOURNAL_FILE).display(),
+                    "could not undo the swaps before the failed one; the next start completes the restore"),
+            }
+            return Err(e);
+        }
+    }
+    journal::complete(work_dir, &entry)?;
+    Ok(entry.swaps.into_iter().map(|s| s.displaced).collect())
+}
+
+/// A new folder `<target>.displaced/<stamp>` (`…-2`, `…-3` when taken).
+fn displaced_holder(target: &Path, stamp: &str) -> Result<PathBuf, RestoreError> {
+    let root = displaced_root(target);
+    fs::create_dir_all(&root).map_err(io_error(&root))?;
+    let mut holder = root.join(stamp);
+    let mut n = 1;
+    while let Err(e) = fs::create_dir(&holder) {
+        if e.kind() != io::ErrorKind::AlreadyExists || n >= 1000 {
+            return Err(RestoreError::Io {
+                path: holder,
+                source: e,
+            });
+        }
+        n += 1;
+        holder = root.join(format!("{stamp}-{n}"));
+    }
+    Ok(holder)
+}
+
+fn check_target(request: &RestoreRequest, target: &Path, state: TargetState) -> Result<(), RestoreError> {
     if state != TargetState::NonEmpty {
         return Ok(());
     }
-    if !request.is_state_dir {
+    if !request.is_state() {
         return Err(RestoreError::Refused {
-            target: request.target.clone(),
+            target: target.to_path_buf(),
             why: "it is not empty".into(),
             hint: "--to needs an empty or absent directory.".into(),
         });
@@ -356,34 +614,30 @@ fn check_target(request: &RestoreRequest, state: TargetState) -> Result<(), Rest
         .clone()
         .unwrap_or_else(|| "local state of unknown origin (no local record)".into());
     Err(RestoreError::Refused {
-        target: request.target.clone(),
+        target: target.to_path_buf(),
         why: format!("it holds {origin}"),
         hint: format!(
             "To keep it and replace it, run again with --force: it will be moved to {} first. \
              To look at the snapshot without touching it, use --to DIR.",
-            displaced_root(&request.target).display()
+            displaced_root(target).display()
         ),
     })
 }
 
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
     move |source| RestoreError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-/// Creates an empty staging directory beside the target, in its parent: on the same mount, so that
-/// the swap is a rename (under systemd, `work_dir` is another mount even on the same filesystem).
-/// Leftovers of an interrupted restore of this target (ours, never user data) are removed first.
-fn prepare_staging(request: &RestoreRequest) -> Result<PathBuf, RestoreError> {
-    let parent = request
-        .target
+fn prepare_staging(target: &Path) -> Result<PathBuf, RestoreError> {
+    let parent = target
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
     fs::create_dir_all(&parent).map_err(io_error(&parent))?;
-    let prefix = format!(".{}.{STAGING_SUFFIX}.", target_name(&request.target));
+    let prefix = format!(".{}.{STAGING_SUFFIX}.", target_name(target));
     if let Ok(entries) = fs::read_dir(&parent) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -415,30 +669,30 @@ fn remove_staging(staging: &Path) {
     }
 }
 
-/// Format 2: every entry of the snapshot is checked before anything is written
-/// (`format2::checked_nodes`), rustic_core restores it into `staging` (every blob's MAC checked
-/// as it is decrypted, packs read in parallel), then the staged tree is checked again as format
-/// 1's archives are: no link may leave the tree, nothing but files, directories and links, and
-/// setuid/setgid bits are dropped. A repository written by someone else is untrusted input too.
+/// Restores the paths `staged` (each with the staging directory it goes to) of a format-2
+/// snapshot, then checks each staged tree as format 1's are checked and gives each its recorded
+/// owner and mode.
 pub async fn restore_format2(
     engine: &Engine,
     two: &Chosen2,
-    staging: &Path,
-) -> Result<archive::Unpacked, RestoreError> {
+    staged: &[(format2::PathRecord, PathBuf)],
+) -> Result<Vec<archive::Unpacked>, RestoreError> {
     let _progress = crate::progress::begin("restore", two.bytes, two.files);
     let restic_id = two.restic_id.clone();
     let tag = two.id.to_string();
-    let dest = staging.to_path_buf();
-    let description = engine
-        .with(move |repo| repo.restore(&restic_id, &tag, &dest))
+    let targets: Vec<(String, PathBuf)> = staged.iter().map(|(p, dir)| (p.name.clone(), dir.clone())).collect();
+    engine
+        .with(move |repo| repo.restore(&restic_id, &tag, &targets))
         .await
         .map_err(RepositoryError::from)?;
-    let root = format2::root_of(description.as_deref());
-    let staging = staging.to_path_buf();
+    let staged = staged.to_vec();
     let id = two.id;
     tokio::task::spawn_blocking(move || {
-        let unpacked = sanitize_staged(&staging, id)?;
-        set_root(&staging, root)?;
+        let mut unpacked = Vec::with_capacity(staged.len());
+        for (record, staging) in &staged {
+            unpacked.push(sanitize_staged(staging, id)?);
+            set_root(staging, Some(record.root.clone()))?;
+        }
         Ok(unpacked)
     })
     .await
@@ -625,62 +879,4 @@ fn sync_filesystem(staging: &Path) -> Result<(), RestoreError> {
         path: staging.to_path_buf(),
         source: e.into(),
     })
-}
-
-/// Puts the staged tree at the target with two renames: the existing content (state dir only;
-/// `--to` targets are empty) to `<name>.displaced/<time>/`, then the staging dir to the target. A
-/// crash between the two leaves no target, the old state in `.displaced/` and the verified new
-/// one in staging: the next boot restores again; nothing is lost.
-fn swap_in(request: &RestoreRequest, staging: &Path, state: TargetState) -> Result<Option<PathBuf>, RestoreError> {
-    let target = &request.target;
-    let displaced = match state {
-        TargetState::Absent => None,
-        TargetState::Empty => {
-            // An empty directory holds nothing to keep; remove it so the rename can land.
-            fs::remove_dir(target).map_err(io_error(target))?;
-            None
-        }
-        TargetState::NonEmpty => {
-            let stamp = request.now.format("%Y-%m-%dT%H-%M-%SZ").to_string();
-            let root = displaced_root(target);
-            fs::create_dir_all(&root).map_err(io_error(&root))?;
-            // Two restores within one second each get their own folder (`…Z`, `…Z-2`, …).
-            let mut holder = root.join(&stamp);
-            let mut n = 1;
-            while let Err(e) = fs::create_dir(&holder) {
-                if e.kind() != io::ErrorKind::AlreadyExists || n >= 1000 {
-                    return Err(RestoreError::Io {
-                        path: holder,
-                        source: e,
-                    });
-                }
-                n += 1;
-                holder = root.join(format!("{stamp}-{n}"));
-            }
-            let place = holder.join(target_name(target));
-            fs::rename(target, &place).map_err(io_error(target))?;
-            tracing::info!(from = %target.display(), to = %place.display(), "moved local state aside");
-            Some(place)
-        }
-    };
-    if let Err(source) = fs::rename(staging, target) {
-        // Put the previous state back where it was before reporting.
-        if let Some(place) = &displaced
-            && let Err(e) = fs::rename(place, target)
-        {
-            tracing::error!(from = %place.display(), to = %target.display(), error = %e,
-                "could not move the previous state back; it is safe where it is");
-        }
-        remove_staging(staging);
-        return Err(RestoreError::Io {
-            path: target.clone(),
-            source,
-        });
-    }
-    if let Some(parent) = target.parent() {
-        fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error(parent))?;
-    }
-    Ok(displaced)
 }

@@ -91,6 +91,8 @@ pub struct SnapshotReport {
     /// Format 2: restic's id of the snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restic_id: Option<String>,
+    /// Each state path's files and bytes.
+    pub paths: Vec<crate::mirror::PathTotals>,
 }
 
 /// What one snapshot attempt did: the `--json` schema of `spotkeeper snapshot`, the same with
@@ -279,6 +281,7 @@ async fn take_format2(
         torn: Vec::new(),
         created_at: request.now,
         restic_id: Some(backup.id),
+        paths: request.paths.clone(),
     })
 }
 
@@ -455,6 +458,11 @@ async fn take_format1(store: &Store, request: SnapshotRequest) -> Result<Snapsho
         torn: packed.torn,
         created_at: manifest.created_at,
         restic_id: None,
+        paths: vec![crate::mirror::PathTotals {
+            name: crate::config::SHORTHAND_PATH_NAME.to_string(),
+            files: manifest.totals.files,
+            bytes: manifest.totals.bytes,
+        }],
     })
 }
 

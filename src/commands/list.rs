@@ -29,6 +29,9 @@ struct Row {
     /// Format 2: restic's id (`restic restore RESTIC_ID`).
     #[serde(skip_serializing_if = "Option::is_none")]
     restic_id: Option<String>,
+    /// The state paths the snapshot holds, each with its files and bytes (format 1: the one
+    /// path `state`).
+    paths: Vec<crate::mirror::PathTotals>,
 }
 
 pub async fn run(
@@ -87,6 +90,16 @@ pub async fn run(
             bytes: l.bytes,
             format: 2,
             restic_id: Some(l.restic_id),
+            paths: l
+                .paths
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| crate::mirror::PathTotals {
+                    name: p.name,
+                    files: p.files,
+                    bytes: p.bytes,
+                })
+                .collect(),
         })
     }));
     rows.sort_by(|a, b| b.id.cmp(&a.id).then(b.format.cmp(&a.format)));
@@ -121,6 +134,12 @@ pub async fn run(
             row.format,
             row.restic_id.as_deref().map_or("-", |id| &id[..8.min(id.len())]),
         );
+        // Several paths: each on its own line under the snapshot.
+        if row.paths.len() > 1 {
+            for path in &row.paths {
+                println!("  {:<31} {:>8} {:>12}", path.name, path.files, human_bytes(path.bytes));
+            }
+        }
     }
     Ok(())
 }
@@ -136,6 +155,7 @@ async fn row(store: &Store, listed: Listed, latest: Option<SnapshotId>) -> Resul
         bytes: None,
         format: 1,
         restic_id: None,
+        paths: Vec::new(),
     };
     if !listed.complete {
         return Ok(row);
@@ -153,6 +173,13 @@ async fn row(store: &Store, listed: Listed, latest: Option<SnapshotId>) -> Resul
         {
             row.created_at = created.with_timezone(&Utc);
         }
+    }
+    if let (Some(files), Some(bytes)) = (row.files, row.bytes) {
+        row.paths = vec![crate::mirror::PathTotals {
+            name: crate::config::SHORTHAND_PATH_NAME.to_string(),
+            files,
+            bytes,
+        }];
     }
     Ok(row)
 }

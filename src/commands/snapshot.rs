@@ -29,7 +29,8 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
     let store = &store;
     let repository = config.repository_url();
     // A restore killed between its swaps is completed first: never snapshot half a set.
-    if let Some(id) = crate::restore::recover(&config.state.work_dir)? {
+    let dirs: Vec<std::path::PathBuf> = config.state.paths.iter().map(|p| p.dir.clone()).collect();
+    if let Some(id) = crate::restore::recover(&config.state.work_dir, &dirs)? {
         tracing::warn!(snapshot_id = %id, "completed a restore that was interrupted between its swaps");
     }
     let local = record::load(&config.state.work_dir)?;

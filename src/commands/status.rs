@@ -55,6 +55,16 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), CommandError>
             human_bytes(s.archive_bytes)
         ),
     }
+    if let Some(s) = status.last_snapshot.as_ref().filter(|s| s.paths.len() > 1) {
+        for path in &s.paths {
+            println!(
+                "                {:<12} {} files, {}",
+                path.name,
+                path.files,
+                human_bytes(path.bytes)
+            );
+        }
+    }
     if let Some(s) = status.last_snapshot.as_ref().filter(|s| s.skipped > 0) {
         println!(
             "                {} entries could not be archived (listed in the manifest's skipped)",

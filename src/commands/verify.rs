@@ -90,6 +90,8 @@ struct Verified2 {
     restic_id: String,
     repository: String,
     read_data: bool,
+    /// The state paths the snapshot holds.
+    paths: Vec<crate::mirror::PathTotals>,
 }
 
 /// Format 2: the repository's structure, every snapshot included (rustic_core checks them
@@ -106,12 +108,25 @@ async fn verify_format2(
         .with(|repo| repo.check(false))
         .await
         .map_err(crate::repository::RepositoryError::from)?;
+    let (restic_id, tag) = (two.restic_id.clone(), two.id.to_string());
+    let paths = engine
+        .with(move |repo| repo.layout(&restic_id, &tag))
+        .await
+        .map_err(crate::repository::RepositoryError::from)?
+        .into_iter()
+        .map(|p| crate::mirror::PathTotals {
+            name: p.name,
+            files: p.files,
+            bytes: p.bytes,
+        })
+        .collect();
     let result = Verified2 {
         id: two.id,
         ok: true,
         restic_id: two.restic_id,
         repository: engine.location(),
         read_data: false,
+        paths,
     };
     if json {
         return print_json(&result);
@@ -123,5 +138,13 @@ async fn verify_format2(
         &result.restic_id[..8],
         result.repository
     );
+    for path in &result.paths {
+        println!(
+            "  {:<12} {} files, {}",
+            path.name,
+            path.files,
+            super::human_bytes(path.bytes)
+        );
+    }
     Ok(())
 }

@@ -78,6 +78,7 @@ impl Daemon {
                 files: report.files,
                 requests: report.requests,
                 skipped: report.skipped.len(),
+                paths: report.paths.clone(),
             });
             s.unchanged_since = None;
             s.last_error = None;

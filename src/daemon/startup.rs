@@ -267,7 +267,8 @@ impl Daemon {
 
     pub(super) async fn boot_restore(&mut self) -> Result<(), DaemonError> {
         // A restore killed between its swaps is completed before anything looks at the paths.
-        if let Some(id) = restore::recover(&self.config.state.work_dir)? {
+        let dirs: Vec<PathBuf> = self.config.state.paths.iter().map(|p| p.dir.clone()).collect();
+        if let Some(id) = restore::recover(&self.config.state.work_dir, &dirs)? {
             tracing::warn!(snapshot_id = %id, "completed a restore that was interrupted between its swaps");
         }
         let mut states = Vec::with_capacity(self.config.state.paths.len());
@@ -288,31 +289,20 @@ impl Daemon {
         tracing::info!(?action, ?local, ?latest, base = %show(base), "boot restore decision");
         match action {
             BootAction::KeepLocal => {
-                // A path that is absent next to local ones is created empty for the container.
+                // A path that is absent next to local ones starts empty: the set is local.
                 for (path, state) in self.config.state.paths.iter().zip(&states) {
                     if *state == restore::TargetState::Absent {
                         tracing::warn!(path = %path.name, dir = %path.dir.display(),
                             "this state path is absent while others hold local state: the set is local, nothing is restored; it starts empty");
-                        std::fs::create_dir_all(&path.dir).map_err(|source| RestoreError::Io {
-                            path: path.dir.clone(),
-                            source,
-                        })?;
                     }
                 }
+                self.create_absent_paths()?;
                 if let boot::LatestView::Readable { id, .. } = latest {
                     self.last_snapshot_id = Some(id);
                 }
                 Ok(())
             }
-            BootAction::StartFresh => {
-                for path in &self.config.state.paths {
-                    std::fs::create_dir_all(&path.dir).map_err(|source| RestoreError::Io {
-                        path: path.dir.clone(),
-                        source,
-                    })?;
-                }
-                Ok(())
-            }
+            BootAction::StartFresh => self.create_absent_paths(),
             BootAction::Restore(id) | BootAction::DisplaceAndRestore(id) => {
                 if matches!(self.container.state().await?, RunState::Running | RunState::Paused) {
                     self.supervision.stopping_on_purpose();
@@ -327,9 +317,42 @@ impl Daemon {
                 if let Some(place) = &report.displaced {
                     tracing::warn!(displaced = %place.display(), "local state did not descend from latest/; kept it aside");
                 }
-                Ok(())
+                // Paths the snapshot does not hold (configured after it was taken) start empty.
+                self.create_absent_paths()
             }
         }
+    }
+
+    /// Creates the state paths that do not exist, each with the owner and mode of the first
+    /// path that does (the container's user must be able to write it; Docker would otherwise
+    /// create a bind-mount source as root).
+    fn create_absent_paths(&self) -> Result<(), DaemonError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let template = self
+            .config
+            .state
+            .paths
+            .iter()
+            .find_map(|p| std::fs::metadata(&p.dir).ok().filter(|m| m.is_dir()));
+        for path in &self.config.state.paths {
+            if std::fs::symlink_metadata(&path.dir).is_ok() {
+                continue;
+            }
+            let io = |source| RestoreError::Io {
+                path: path.dir.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&path.dir).map_err(io)?;
+            if let Some(template) = &template {
+                std::fs::set_permissions(&path.dir, std::fs::Permissions::from_mode(template.mode() & 0o1777))
+                    .map_err(io)?;
+                if rustix::process::geteuid().is_root() {
+                    std::os::unix::fs::chown(&path.dir, Some(template.uid()), Some(template.gid())).map_err(io)?;
+                }
+            }
+            tracing::info!(path = %path.name, dir = %path.dir.display(), "created the state path empty");
+        }
+        Ok(())
     }
 
     /// Uses the configured log driver when the engine has it, else `local`, with a warning in

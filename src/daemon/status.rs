@@ -64,6 +64,9 @@ pub struct SnapshotStatus {
     /// Entries of the state that could not be archived (listed in the manifest).
     #[serde(default)]
     pub skipped: usize,
+    /// Each state path's files and bytes.
+    #[serde(default)]
+    pub paths: Vec<crate::mirror::PathTotals>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -20,7 +20,19 @@ use crate::store::Store;
 
 mod journal;
 pub mod plan;
-pub use journal::{JOURNAL_FILE, recover};
+pub use journal::JOURNAL_FILE;
+
+/// At every start (daemon, `restore`, `snapshot`), before anything looks at the state: completes
+/// a restore that was killed between its swaps, then removes what restores killed earlier left
+/// beside each of `dirs` (staging directories of processes that are gone: a full copy of the
+/// state each). Returns the snapshot a completed restore restored.
+pub fn recover(work_dir: &Path, dirs: &[PathBuf]) -> Result<Option<SnapshotId>, RestoreError> {
+    let completed = journal::recover(work_dir)?;
+    for dir in dirs {
+        remove_stale_staging(dir);
+    }
+    Ok(completed)
+}
 
 /// Suffix of the staging directory, created beside the target: `<parent>/.<name>.spotkeeper-staging.<pid>`.
 pub const STAGING_SUFFIX: &str = "spotkeeper-staging";
@@ -348,8 +360,9 @@ pub async fn restore(
     request: &RestoreRequest,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    if let Destination::State { work_dir, .. } = &request.destination {
-        journal::recover(work_dir)?;
+    if let Destination::State { work_dir, paths } = &request.destination {
+        let dirs: Vec<PathBuf> = paths.iter().map(|(_, dir)| dir.clone()).collect();
+        recover(work_dir, &dirs)?;
     }
     // What would be refused after the download is refused before it.
     match &request.destination {
@@ -554,6 +567,8 @@ fn swap_all(
         }),
     };
     let entry = journal::Journal::new(chosen.id(), swaps, record);
+    // Every path staged and durable, nothing swapped, no journal yet.
+    crate::failpoint::hit(journal::FAILPOINT);
     journal::write(work_dir, &entry)?;
     for (done, swap) in entry.swaps.iter().enumerate() {
         if let Err(e) = journal::apply(swap) {
@@ -637,6 +652,19 @@ fn prepare_staging(target: &Path) -> Result<PathBuf, RestoreError> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
     fs::create_dir_all(&parent).map_err(io_error(&parent))?;
+    remove_stale_staging(target);
+    let prefix = format!(".{}.{STAGING_SUFFIX}.", target_name(target));
+    let staging = parent.join(format!("{prefix}{}", std::process::id()));
+    fs::create_dir(&staging).map_err(io_error(&staging))?;
+    Ok(staging)
+}
+
+/// Removes the staging directories beside `target` whose restore process is gone.
+fn remove_stale_staging(target: &Path) {
+    let parent = target
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
     let prefix = format!(".{}.{STAGING_SUFFIX}.", target_name(target));
     if let Ok(entries) = fs::read_dir(&parent) {
         for entry in entries.flatten() {
@@ -647,13 +675,11 @@ fn prepare_staging(target: &Path) -> Result<PathBuf, RestoreError> {
                 .and_then(|pid| pid.parse::<u32>().ok())
                 .is_some_and(process_alive);
             if name.starts_with(&prefix) && !owner_alive {
+                tracing::info!(path = %entry.path().display(), "removing the staging directory of a restore that was killed");
                 remove_staging(&entry.path());
             }
         }
     }
-    let staging = parent.join(format!("{prefix}{}", std::process::id()));
-    fs::create_dir(&staging).map_err(io_error(&staging))?;
-    Ok(staging)
 }
 
 /// True when a process with this pid exists (Linux `/proc`).

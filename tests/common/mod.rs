@@ -162,6 +162,8 @@ pub struct World {
     pub secret: String,
     /// Extra keys for the [s3] section.
     pub s3_extra: String,
+    /// `[[state.paths]]` entries written instead of `[state] dir` (see `use_three_paths`).
+    pub state_paths: Option<String>,
 }
 
 impl World {
@@ -185,6 +187,7 @@ impl World {
             prefix: prefix.to_string(),
             secret: SECRET_KEY.to_string(),
             s3_extra: String::new(),
+            state_paths: None,
         };
         world.write_config("");
         world
@@ -201,16 +204,53 @@ impl World {
         if !extra.contains("[metrics]") {
             extra.push_str("\n[metrics]\nenabled = false\n");
         }
+        let state = match &self.state_paths {
+            Some(paths) => format!("[state]\nwork_dir = {:?}\n\n{paths}", self.work),
+            None => format!("[state]\ndir = {:?}\nwork_dir = {:?}\n", self.state, self.work),
+        };
         let text = format!(
-            "[state]\ndir = {:?}\nwork_dir = {:?}\n\n[s3]\nbucket = {:?}\nprefix = {:?}\nregion = \"us-east-1\"\nendpoint = {:?}\n{s3_extra}{extra}",
-            self.state, self.work, self.bucket, self.prefix, self.endpoint
+            "{state}\n[s3]\nbucket = {:?}\nprefix = {:?}\nregion = \"us-east-1\"\nendpoint = {:?}\n{s3_extra}{extra}",
+            self.bucket, self.prefix, self.endpoint
         );
         fs::write(&self.config, text).expect("config");
     }
 
-    /// A second machine on the same repository: own state and work dirs.
+    /// A second machine on the same repository: own state and work dirs (and the same state
+    /// paths layout, under its own directory).
     pub fn sibling(&self) -> World {
-        World::with_endpoint(&self.endpoint, &self.bucket, &self.prefix)
+        let mut sibling = World::with_endpoint(&self.endpoint, &self.bucket, &self.prefix);
+        if self.state_paths.is_some() {
+            sibling.use_three_paths();
+        }
+        sibling
+    }
+
+    /// OpenClaw's layout: `config` (the state dir, mounted at /home/node/.openclaw),
+    /// `workspace` (mounted inside it) and `auth` (/home/node/.config/openclaw), each its own
+    /// host directory. The next `write_config` writes them. Returns the three directories.
+    pub fn use_three_paths(&mut self) -> [PathBuf; 3] {
+        let dirs = self.three_dirs();
+        let mut text = String::new();
+        for (name, dir, mount) in [
+            ("config", &dirs[0], "/home/node/.openclaw"),
+            ("workspace", &dirs[1], "/home/node/.openclaw/workspace"),
+            ("auth", &dirs[2], "/home/node/.config/openclaw"),
+        ] {
+            text.push_str(&format!(
+                "[[state.paths]]\nname = {name:?}\ndir = {dir:?}\nmount = {mount:?}\n\n"
+            ));
+        }
+        self.state_paths = Some(text);
+        dirs
+    }
+
+    /// The three directories of `use_three_paths`: the state dir, `workspace`, `auth`.
+    pub fn three_dirs(&self) -> [PathBuf; 3] {
+        [
+            self.state.clone(),
+            self.dir.path().join("workspace"),
+            self.dir.path().join("auth"),
+        ]
     }
 
     pub fn command(&self, args: &[&str]) -> Command {

@@ -12,6 +12,13 @@
 //!   WRITE_INTERVAL_MS  time between write cycles  (default 50)
 //!   ENV_FILE           env file for /env-keys     (default $STATE_DIR/.env)
 //!   CRASH_AFTER_MS     if set: exit with code 3 after that long
+//!   EXTRA_DIRS         `:`-separated directories (OpenClaw's workspace and auth-profile
+//!                      mounts): each write cycle also replaces `seq.txt` in each, after
+//!                      the session log and the database and before `ack.txt`, so a
+//!                      consistent copy of all of them has every `seq.txt` at ack or ack+1
+//!
+//! `GET /readyz` answers 503 until the first write cycle is durable, then 200 (as
+//! OpenClaw's readiness endpoint does once it serves).
 //!
 //! `fake-openclaw healthcheck` instead probes GET /healthz on 127.0.0.1:PORT
 //! and exits 0 or 1 (an exec-form Docker health check; the image has no shell).
@@ -45,6 +52,7 @@ struct Config {
     env_file: PathBuf,
     crash_after: Option<Duration>,
     boot: Duration,
+    extra_dirs: Vec<PathBuf>,
 }
 
 fn env_u64(name: &str, default: u64) -> Result<u64, String> {
@@ -83,6 +91,12 @@ fn config() -> Result<Config, String> {
         env_file,
         crash_after,
         boot: Duration::from_millis(env_u64("BOOT_MS", 0)?),
+        extra_dirs: std::env::var("EXTRA_DIRS")
+            .unwrap_or_default()
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
     })
 }
 
@@ -127,6 +141,9 @@ fn run() -> Result<(), String> {
     for sub in ["agents/main/sessions", "memory", "credentials"] {
         fs::create_dir_all(dir.join(sub)).map_err(|e| format!("create {sub}: {e}"))?;
     }
+    for extra in &cfg.extra_dirs {
+        fs::create_dir_all(extra).map_err(|e| format!("create {}: {e}", extra.display()))?;
+    }
 
     let conn = open_db(&dir.join(MEMORY_DB))?;
     let highest = highest_jsonl_seq(&dir.join(SESSION_LOG))?
@@ -157,7 +174,7 @@ fn run() -> Result<(), String> {
     while !stop.load(Ordering::SeqCst) {
         seq += 1;
         let writes = stats.writes.load(Ordering::SeqCst) + 1;
-        write_cycle(dir, &mut log, &conn, seq, writes == 1)?;
+        write_cycle(dir, &cfg.extra_dirs, &mut log, &conn, seq, writes == 1)?;
         stats.writes.store(writes, Ordering::SeqCst);
         stats.last_seq.store(seq, Ordering::SeqCst);
         say(&format!("ack {seq}"));
@@ -302,7 +319,14 @@ fn open_log(path: &Path) -> Result<File, String> {
     Ok(f)
 }
 
-fn write_cycle(dir: &Path, log: &mut File, conn: &Connection, seq: u64, first: bool) -> Result<(), String> {
+fn write_cycle(
+    dir: &Path,
+    extra_dirs: &[PathBuf],
+    log: &mut File,
+    conn: &Connection,
+    seq: u64,
+    first: bool,
+) -> Result<(), String> {
     let ts = now_ms();
     let text = format!("message {seq}");
 
@@ -327,7 +351,12 @@ fn write_cycle(dir: &Path, log: &mut File, conn: &Connection, seq: u64, first: b
         replace_file(&dir.join(CREDENTIALS), body.as_bytes())?;
     }
 
-    // 4. acknowledge
+    // 4. the other mounted directories
+    for extra in extra_dirs {
+        replace_file(&extra.join("seq.txt"), format!("{seq}\n").as_bytes())?;
+    }
+
+    // 5. acknowledge
     replace_file(&dir.join(ACK_FILE), format!("{seq}\n").as_bytes())
 }
 
@@ -387,6 +416,10 @@ fn handle(mut stream: TcpStream, stats: &Stats, env_file: &Path) -> io::Result<(
 
     let (status, ctype, body) = match (method, path) {
         ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", "ok".to_string()),
+        ("GET" | "HEAD", "/readyz") if stats.writes.load(Ordering::SeqCst) > 0 => {
+            ("200 OK", "text/plain", "ready".to_string())
+        }
+        ("GET" | "HEAD", "/readyz") => ("503 Service Unavailable", "text/plain", "starting".to_string()),
         ("GET" | "HEAD", "/stats") => (
             "200 OK",
             "application/json",

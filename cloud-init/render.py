@@ -47,7 +47,7 @@ VARIABLES: dict[str, tuple[str, str | None, str]] = {
     "image": (r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", None, "container image reference ([container] image)"),
     "container_name": (r"[A-Za-z0-9][A-Za-z0-9_.-]*", "openclaw", "container name ([container] name)"),
     "port": (r"[1-9][0-9]{0,4}", "18789", "gateway port, published on 127.0.0.1 only (reach it through SSM port forwarding)"),
-    "state_owner": (r"\d+:\d+", "1000:1000", "uid:gid that owns a new, empty state directory (the container's user)"),
+    "state_owner": (r"\d+:\d+", "1000:1000", "the container's user ([container] user), owner of each new, empty state directory"),
     "metrics_namespace": (r"[A-Za-z0-9_./-]+", "Spotkeeper", "CloudWatch namespace of the metrics (commented [metrics] section)"),
     "artifacts_bucket": (r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", None, "bucket holding the spotkeeper binaries"),
     "artifacts_prefix": (r"([A-Za-z0-9_.-]+/)*", "", "key prefix of the binaries, empty or ending in /; keys are PREFIXspotkeeper-$(uname -m)"),

@@ -3,9 +3,12 @@
 #   1. renders user-data.yaml.tmpl with sample values (cloud-init/render.py);
 #   2. `cloud-init schema --config-file` accepts it (Debian's cloud-init 22.4);
 #   3. the unit it writes is systemd/spotkeeper.service byte for byte;
-#   4. its boot script parses (sh -n);
-#   5. the spotkeeper.toml it writes passes `spotkeeper check-config` (binary: $SPOTKEEPER_BIN,
-#      default target/debug/spotkeeper; skipped with a message when there is none);
+#   4. its boot script parses (sh -n), and its directory step, run in a scratch root, creates each
+#      missing state directory 0700 for the container's user and leaves an existing one alone;
+#   5. the spotkeeper.toml it writes holds OpenClaw's three [[state.paths]] (the boot script's
+#      directories, inside the unit's ReadWritePaths=), the container's user, ready_url, health_url
+#      and a stop_timeout of at least 30 s, and passes `spotkeeper check-config` (binary:
+#      $SPOTKEEPER_BIN, default target/debug/spotkeeper; skipped with a message when there is none);
 #   6. render.py refuses an unsafe value, an unknown variable, a missing one and a repository
 #      password parameter under the secrets path (every parameter there reaches the container).
 # Installs cloud-init with apt-get when it is missing (as root). Exit 0 when everything passed.
@@ -72,6 +75,28 @@ else
   bad "boot script does not parse or misses the fetch or the enable"
 fi
 
+# The boot script's directory step (from creating /opt/openclaw to the end of its loop), run with
+# /opt/openclaw moved into a scratch root where one state directory exists already, mode 0750.
+sed -n '\|^install -d -m 0700 -o root -g root /opt/openclaw$|,/^done$/p' "$work/runcmd.sh" >"$work/dirs.sh"
+sed "s|/opt/openclaw|$work/root/opt/openclaw|g" "$work/dirs.sh" >"$work/dirs-scratch.sh"
+mkdir -p "$work/root/opt/openclaw/workspace" && chmod 0750 "$work/root/opt/openclaw/workspace"
+if [[ $(id -u) -ne 0 ]]; then
+  echo "skip   the boot script's state directories: chown needs root"
+elif ! grep -q '^for dir in ' "$work/dirs.sh" || ! sh -eu "$work/dirs-scratch.sh" 2>"$work/err"; then
+  bad "the boot script's directory step is missing or fails: $(cat "$work/err")"
+else
+  made="$(cd "$work/root" && stat -c '%n %a %u:%g' opt/openclaw opt/openclaw/{.openclaw,workspace,auth-profiles})"
+  want='opt/openclaw 700 0:0
+opt/openclaw/.openclaw 700 1000:1000
+opt/openclaw/workspace 750 0:0
+opt/openclaw/auth-profiles 700 1000:1000'
+  if [[ "$made" == "$want" ]]; then
+    ok "boot script creates the missing state directories 0700 for 1000:1000, leaves an existing one alone"
+  else
+    bad "boot script's state directories (name mode owner):"; echo "$made" | sed 's/^/         /'
+  fi
+fi
+
 "$py" "$here/render.py" --extract /etc/spotkeeper/spotkeeper.toml <"$work/user-data.yaml" >"$work/spotkeeper.toml"
 if grep -qx 'bucket = "openclaw-dev-backup-1a2b3c4"' "$work/spotkeeper.toml" \
   && grep -qx 'ssm_path = "/openclaw/dev/"' "$work/spotkeeper.toml" \
@@ -79,6 +104,55 @@ if grep -qx 'bucket = "openclaw-dev-backup-1a2b3c4"' "$work/spotkeeper.toml" \
   ok "spotkeeper.toml holds the rendered bucket, SSM path and repository password parameter"
 else
   bad "spotkeeper.toml does not hold the rendered values"
+fi
+# OpenClaw's three directories (the boot script's), its user and readiness.
+if out="$("$py" - "$work/spotkeeper.toml" "$repo/systemd/spotkeeper.service" "$work/dirs.sh" 2>&1 <<'PY'
+import re, sys, tomllib
+
+config = tomllib.load(open(sys.argv[1], "rb"))
+unit, boot = open(sys.argv[2]).read(), open(sys.argv[3]).read()
+want = [
+    {"name": "config", "dir": "/opt/openclaw/.openclaw", "mount": "/home/node/.openclaw"},
+    {"name": "workspace", "dir": "/opt/openclaw/workspace", "mount": "/home/node/.openclaw/workspace"},
+    {"name": "auth", "dir": "/opt/openclaw/auth-profiles", "mount": "/home/node/.config/openclaw"},
+]
+state, container = config["state"], config["container"]
+problems = []
+if state.get("paths") != want:
+    problems.append(f"[[state.paths]] = {state.get('paths')}, want {want}")
+problems += [f"[state] {key} beside [[state.paths]]" for key in ("dir", "exclude") if key in state]
+if "state_mount" in container:
+    problems.append("[container] state_mount beside [[state.paths]]")
+if "repository" not in config:
+    problems.append("several paths need format 2, and there is no [repository]")
+for key, value in [
+    ("user", "1000:1000"),
+    ("health_url", "http://127.0.0.1:18789/healthz"),
+    ("ready_url", "http://127.0.0.1:18789/readyz"),
+]:
+    if container.get(key) != value:
+        problems.append(f"[container] {key} = {container.get(key)!r}, want {value!r}")
+# OpenClaw force-exits 25 s after SIGTERM: the drain must outlast that.
+stop = re.fullmatch(r"(\d+)(s|m)", container.get("stop_timeout", ""))
+if not stop or int(stop[1]) * (60 if stop[2] == "m" else 1) < 30:
+    problems.append(f"[container] stop_timeout = {container.get('stop_timeout')!r}, want at least 30s")
+rw = re.search(r"^ReadWritePaths=(.*)$", unit, re.M)[1].split()
+for path in state.get("paths", []):
+    for p in (path["dir"], path["dir"].rsplit("/", 1)[0]):
+        if not any(p == r or p.startswith(r + "/") for r in rw):
+            problems.append(f"{p} is outside ReadWritePaths={' '.join(rw)}")
+loop = re.search(r"^for dir in (.*); do$", boot, re.M)
+made = loop[1].split() if loop else []
+if made != [path["dir"] for path in want]:
+    problems.append(f"the boot script creates {made}, not the [[state.paths]] directories")
+print("\n".join(problems) or "three paths (config, workspace, auth) inside ReadWritePaths= and made at boot, "
+      f"user, ready_url, health_url, stop_timeout {container['stop_timeout']}")
+sys.exit(1 if problems else 0)
+PY
+)"; then
+  ok "spotkeeper.toml: $out"
+else
+  bad "spotkeeper.toml is not OpenClaw's layout:"; echo "$out" | sed 's/^/         /'
 fi
 if [[ -x "$bin" ]]; then
   if out="$("$bin" check-config --config "$work/spotkeeper.toml" 2>&1)"; then

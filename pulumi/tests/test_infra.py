@@ -220,8 +220,39 @@ def test_user_data_contains_the_rendered_config_and_unit(deploy, binaries):
     assert unit == (infra.REPO / "systemd" / "spotkeeper.service").read_text()
     assert f"'{infra.sha256_of(binaries['aarch64'])}'" in user_data
     assert "sk-test" not in user_data, "secrets go to SSM, never into user data"
-    assert "chown '1000:1000' /opt/openclaw/.openclaw" in user_data
-    assert "chown '0:0' /opt/openclaw/.openclaw" in deploy("lab", stateOwner="0:0").user_data()
+
+
+# OpenClaw's Docker guide bind-mounts three host directories; all three are backed up together.
+OPENCLAW_STATE_PATHS = [
+    {"name": "config", "dir": "/opt/openclaw/.openclaw", "mount": "/home/node/.openclaw"},
+    {"name": "workspace", "dir": "/opt/openclaw/workspace", "mount": "/home/node/.openclaw/workspace"},
+    {"name": "auth", "dir": "/opt/openclaw/auth-profiles", "mount": "/home/node/.config/openclaw"},
+]
+
+
+def test_user_data_holds_openclaws_three_state_paths_and_readiness(deploy):
+    user_data = deploy(port=18790).user_data()
+    config = tomllib.loads(render.extract(user_data, "/etc/spotkeeper/spotkeeper.toml"))
+    assert config["state"] == {"work_dir": "/var/lib/spotkeeper", "paths": OPENCLAW_STATE_PATHS}
+    assert "repository" in config, "several state paths need format 2"
+    container = config["container"]
+    assert "state_mount" not in container, "each path has its own mount"
+    assert container["user"] == "1000:1000"
+    assert container["health_url"] == "http://127.0.0.1:18790/healthz"
+    assert container["ready_url"] == "http://127.0.0.1:18790/readyz"
+    # OpenClaw force-exits 25 s after SIGTERM: the drain must outlast that.
+    assert container["stop_timeout"] == "60s"
+    # The boot script creates each missing directory for the container's user.
+    dirs = " ".join(p["dir"] for p in OPENCLAW_STATE_PATHS)
+    assert f"for dir in {dirs}; do" in user_data
+    assert "chown '1000:1000' \"$dir\"" in user_data
+
+
+def test_state_owner_is_the_containers_user_and_owns_new_state_directories(deploy):
+    user_data = deploy("lab", stateOwner="0:0").user_data()
+    config = tomllib.loads(render.extract(user_data, "/etc/spotkeeper/spotkeeper.toml"))
+    assert config["container"]["user"] == "0:0"
+    assert "chown '0:0' \"$dir\"" in user_data
 
 
 # --- buckets -----------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 # Every offline check of the deployment pieces (issue 4), for `make test` and CI:
 #   systemd/spotkeeper.service  systemd-analyze verify; systemd-analyze security --offline=true
 #                               exposure <= EXPOSURE_MAX; RestartPreventExitStatus= is the binary's
-#                               config-error exit code; ReadWritePaths= covers the default state.dir
-#                               and work_dir, RuntimeDirectory= the default socket and env file
+#                               config-error exit code; ReadWritePaths= covers every state path's
+#                               dir (the default's and docs/spotkeeper.example.toml's three), its
+#                               parent and work_dir, RuntimeDirectory= the default socket and env file
 #   cloud-init/test.sh          the user data renders, passes `cloud-init schema`, its config passes
 #                               `spotkeeper check-config`
 #   pulumi/test.sh              the Pulumi program under Pulumi's mocks
@@ -103,14 +104,17 @@ else
 fi
 
 # The defaults, from the binary when there is one (the effective config), else from src/config/mod.rs.
+# The effective config prints one [[state.paths]] table per path, each with its `dir = "..."`:
+# the default's one path, and the three of docs/spotkeeper.example.toml (OpenClaw's layout).
 if [[ $have_bin == yes ]]; then
   printf '[s3]\nbucket = "b-1"\n' >"$work/min.toml"
   "$bin" check-config --config "$work/min.toml" 2>/dev/null >"$work/effective.toml"
-  state_dir="$(sed -n 's/^dir = "\(.*\)"$/\1/p' "$work/effective.toml")"
-  work_dir="$(sed -n 's/^work_dir = "\(.*\)"$/\1/p' "$work/effective.toml")"
-  source_of_defaults="the binary's effective config"
+  "$bin" check-config --config "$repo/docs/spotkeeper.example.toml" 2>/dev/null >>"$work/effective.toml" || true
+  state_dirs="$(sed -n 's/^dir = "\(.*\)"$/\1/p' "$work/effective.toml" | sort -u | paste -sd' ')"
+  work_dir="$(sed -n 's/^work_dir = "\(.*\)"$/\1/p' "$work/effective.toml" | sort -u | paste -sd' ')"
+  source_of_defaults="the binary's effective config of the defaults and of docs/spotkeeper.example.toml"
 else
-  state_dir="$(sed -n 's/^pub const DEFAULT_STATE_DIR: &str = "\(.*\)";/\1/p' "$repo/src/config/mod.rs")"
+  state_dirs="$(sed -n 's/^pub const DEFAULT_STATE_DIR: &str = "\(.*\)";/\1/p' "$repo/src/config/mod.rs")"
   work_dir="$(sed -n 's/^pub const DEFAULT_WORK_DIR: &str = "\(.*\)";/\1/p' "$repo/src/config/mod.rs")"
   source_of_defaults="src/config/mod.rs"
 fi
@@ -126,12 +130,18 @@ covered() {
   return 1
 }
 rw="$(directive ReadWritePaths)"
-state_parent="$(dirname "$state_dir")"
-if [[ -n "$state_dir" && -n "$work_dir" ]] && covered "$state_dir" "$rw" && covered "$state_parent" "$rw" \
-  && covered "$work_dir" "$rw"; then
-  ok "ReadWritePaths=$rw covers state.dir $state_dir, its parent and work_dir $work_dir ($source_of_defaults)"
+# Each state path's dir and its parent (a restore stages and displaces beside the dir), and work_dir.
+uncovered=""
+for d in $state_dirs; do
+  covered "$d" "$rw" && covered "$(dirname "$d")" "$rw" || uncovered+="$d "
+done
+for d in $work_dir; do
+  covered "$d" "$rw" || uncovered+="$d "
+done
+if [[ -n "$state_dirs" && -n "$work_dir" && -z "$uncovered" ]]; then
+  ok "ReadWritePaths=$rw covers the state paths' dirs ($state_dirs), their parents and work_dir $work_dir ($source_of_defaults)"
 else
-  bad "ReadWritePaths=$rw does not cover state.dir '$state_dir' (and its parent) and work_dir '$work_dir'"
+  bad "ReadWritePaths=$rw does not cover '${uncovered:-$state_dirs $work_dir}' (each state path's dir, its parent, work_dir)"
 fi
 runtime_dirs=""
 for d in $(directive RuntimeDirectory); do runtime_dirs+="/run/$d "; done

@@ -6,20 +6,20 @@
 #     writable path its own bind mount (same file system and st_dev, but distinct mounts, so
 #     rename(2) between two of them fails with EXDEV);
 #   - the unit's CapabilityBoundingSet= (read from the unit) and NoNewPrivileges=, via setpriv;
-#   - a state owned by another uid (1000), 0600 files in 0700 directories, like OpenClaw's;
+#   - OpenClaw's three state paths as the deployment configures them (config, workspace, auth:
+#     /opt/openclaw/{.openclaw,workspace,auth-profiles}), owned by another uid (1000), 0600 files
+#     in 0700 directories, like OpenClaw's;
 #   - when strace is installed, every system call made is checked against the unit's
 #     SystemCallFilter= (@system-service minus @resources and @obsolete, groups expanded).
-# Steps: snapshot; restore --force over a changed state; `spotkeeper run` with the fake OpenClaw
-# image (secrets from SSM, container, scheduled snapshots, SIGTERM, final snapshot), when Docker
-# answers and the image exists (testing/build-fake-image.sh; FAKE_OPENCLAW_IMAGE).
-# It does not run systemd itself (PID 1 is not systemd on CI machines).
+# Steps: snapshot of the three paths; restore --force over three changed directories (each is
+# staged and displaced beside itself: a rename between work_dir and /opt/openclaw would fail with
+# EXDEV under the unit's mounts); `spotkeeper run` with the fake OpenClaw image (secrets from SSM,
+# container writing into all three mounts, ready_url, scheduled snapshots, SIGTERM, final
+# snapshot), when Docker answers and the image exists (testing/build-fake-image.sh;
+# FAKE_OPENCLAW_IMAGE). It does not run systemd itself (PID 1 is not systemd on CI machines).
 #
-# KNOWN: restore renames between work_dir (/var/lib/spotkeeper/staging, .../displaced) and the state
-# directory's parent, which are distinct mounts under the unit: it fails with EXDEV. Until restore
-# stages and displaces beside the state directory, that failure is reported as "xfail" (any other
-# failure is FAILED); set RESTORE_MUST_PASS=1 to require it (make that the default once fixed).
-#
-# Needs root (unshare -m, chown). Env: SPOTKEEPER_BIN (default target/debug/spotkeeper).
+# Needs root (unshare -m, chown). Env: SPOTKEEPER_BIN (default target/debug/spotkeeper); KEEP_WORK=1
+# keeps the scratch directory (logs, the emulated root) and prints its path.
 # Exit 0 when nothing FAILED.
 set -euo pipefail
 export LC_ALL=C
@@ -42,7 +42,7 @@ moto_pid=""
 cleanup() {
   if [[ -n "$moto_pid" ]]; then kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; fi
   docker rm -f "$container" >/dev/null 2>&1 || true
-  rm -rf "$work"
+  [[ -n "${KEEP_WORK:-}" ]] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -65,21 +65,43 @@ boto3.client("ssm", endpoint_url=endpoint).put_parameter(Name="/openclaw-reposit
 EOF
 
 root="$work/root"                       # stands for / inside the service's namespace
-state="$root/opt/openclaw/.openclaw"
+# OpenClaw's three directories, as cloud-init/user-data.yaml.tmpl configures them.
+config_dir="$root/opt/openclaw/.openclaw"
+workspace_dir="$root/opt/openclaw/workspace"
+auth_dir="$root/opt/openclaw/auth-profiles"
+state_dirs=("$config_dir" "$workspace_dir" "$auth_dir")
 wd="$root/var/lib/spotkeeper"
 writable=("$root/opt/openclaw" "$wd" "$root/run/spotkeeper" "$root/run/openclaw")
-mkdir -p "${writable[@]}" "$state/agents/main"
-echo '{"session": 1}' >"$state/agents/main/session.jsonl"
-echo 'token' >"$state/credentials.json"
-echo 'SECRET=x' >"$state/.env"
-chown -R 1000:1000 "$state"
-find "$state" -type d -exec chmod 0700 {} +
-find "$state" -type f -exec chmod 0600 {} +
+mkdir -p "${writable[@]}" "$config_dir/agents/main" "$workspace_dir/notes" "$auth_dir"
+echo '{"session": 1}' >"$config_dir/agents/main/session.jsonl"
+echo 'token' >"$config_dir/credentials.json"
+echo 'SECRET=x' >"$config_dir/.env"
+echo '# todo 1' >"$workspace_dir/notes/todo.md"
+echo 'auth-profile-key 1' >"$auth_dir/auth-profiles.key"
+for dir in "${state_dirs[@]}"; do
+  chown -R 1000:1000 "$dir"
+  find "$dir" -type d -exec chmod 0700 {} +
+  find "$dir" -type f -exec chmod 0600 {} +
+done
 health_port="$(free_port)"
 cat >"$work/spotkeeper.toml" <<EOF
 [state]
-dir = "$state"
 work_dir = "$wd"
+
+[[state.paths]]
+name = "config"
+dir = "$config_dir"
+mount = "/home/node/.openclaw"
+
+[[state.paths]]
+name = "workspace"
+dir = "$workspace_dir"
+mount = "/home/node/.openclaw/workspace"
+
+[[state.paths]]
+name = "auth"
+dir = "$auth_dir"
+mount = "/home/node/.config/openclaw"
 
 [s3]
 bucket = "sandbox"
@@ -98,8 +120,10 @@ endpoint = "http://127.0.0.1:$port"
 [container]
 name = "$container"
 image = "$image"
+user = "1000:1000"
 ports = ["127.0.0.1:$health_port:18789"]
 health_url = "http://127.0.0.1:$health_port/healthz"
+ready_url = "http://127.0.0.1:$health_port/readyz"
 health_interval = "1s"
 stop_timeout = "10s"
 log_driver = "json-file"
@@ -107,6 +131,7 @@ log_driver = "json-file"
 [container.environment]
 WRITE_INTERVAL_MS = "20"
 DRAIN_MS = "300"
+EXTRA_DIRS = "/home/node/.openclaw/workspace:/home/node/.config/openclaw"
 
 [daemon]
 socket = "$root/run/spotkeeper/control.sock"
@@ -139,22 +164,54 @@ ok() { echo "ok     $1"; passed=$((passed + 1)); }
 bad() { echo "FAILED $1"; failed=$((failed + 1)); }
 sk=("$bin" --config "$work/spotkeeper.toml")
 
-if sandboxed "${sk[@]}" snapshot >"$work/out" 2>&1 && "${sk[@]}" list --json 2>/dev/null | grep -q '"format": 2'; then
-  ok "snapshot (format 2) of a uid-1000 state with 0600 files in 0700 directories"
+# The newest snapshot's format and path names, from list --json.
+listed() {
+  "${sk[@]}" list --json 2>/dev/null | python3 -c '
+import json, sys
+newest = json.load(sys.stdin)[0]
+print(newest.get("format"), ",".join(p["name"] for p in newest.get("paths", [])))'
+}
+if sandboxed "${sk[@]}" snapshot >"$work/out" 2>&1 && [[ "$(listed 2>/dev/null)" == "2 config,workspace,auth" ]]; then
+  ok "snapshot (format 2) of three uid-1000 paths (config, workspace, auth) with 0600 files in 0700 directories"
 else
-  bad "snapshot:"; sed 's/^/         /' "$work/out"
+  bad "snapshot (list: $(listed 2>&1 || true)):"; sed 's/^/         /' "$work/out"
 fi
 
-echo 'changed' >>"$state/agents/main/session.jsonl"
-if sandboxed "${sk[@]}" restore --force >"$work/out" 2>&1; then
-  if [[ "$(stat -c '%u:%g %a' "$state/credentials.json")" == "1000:1000 600" ]] \
-    && grep -qx '{"session": 1}' "$state/agents/main/session.jsonl"; then
-    ok "restore --force: the snapshot is back, owned 1000:1000 with mode 0600"
-  else
-    bad "restore --force succeeded but the restored files are not the snapshot's, or lost owner/mode"
+echo 'changed' >>"$config_dir/agents/main/session.jsonl"
+echo '# todo 2' >"$workspace_dir/notes/todo.md"
+echo 'auth-profile-key 2' >"$auth_dir/auth-profiles.key"
+# NAME DIR FILE WANT: the restored FILE (relative to DIR) holds WANT, 1000:1000 0600 in a 1000:1000
+# 0700 DIR; DIR's previous content is in DIR.displaced/<time>/<basename of DIR>/, FILE changed.
+restored_and_displaced() {
+  local name="$1" dir="$2" file="$3" want="$4" displaced
+  if [[ "$(cat "$dir/$file" 2>/dev/null)" != "$want" ]]; then
+    echo "$name: $dir/$file is not the snapshot's"; return 1
   fi
-elif grep -q 'Invalid cross-device link' "$work/out" && [[ "${RESTORE_MUST_PASS:-1}" != 1 ]]; then
-  echo "xfail  restore --force: EXDEV, staging/displaced in work_dir and state.dir's parent are distinct mounts"
+  if [[ "$(stat -c '%u:%g %a' "$dir" "$dir/$file")" != $'1000:1000 700\n1000:1000 600' ]]; then
+    echo "$name: $(stat -c '%n %u:%g %a' "$dir" "$dir/$file" | paste -sd' ')"; return 1
+  fi
+  displaced=("$dir.displaced"/*/"$(basename "$dir")")
+  if [[ ${#displaced[@]} -ne 1 || ! -f "${displaced[0]}/$file" ]]; then
+    echo "$name: no previous content in $dir.displaced/<time>/$(basename "$dir")/"; return 1
+  fi
+  if [[ "$(cat "${displaced[0]}/$file")" == "$want" ]]; then
+    echo "$name: ${displaced[0]}/$file is the snapshot's, not the previous content"; return 1
+  fi
+}
+if sandboxed "${sk[@]}" restore --force >"$work/out" 2>&1; then
+  problems="$(
+    restored_and_displaced config "$config_dir" agents/main/session.jsonl '{"session": 1}' || true
+    restored_and_displaced workspace "$workspace_dir" notes/todo.md '# todo 1' || true
+    restored_and_displaced auth "$auth_dir" auth-profiles.key 'auth-profile-key 1' || true
+    left="$(find "$root/opt/openclaw" -maxdepth 1 -name '*.spotkeeper-staging.*')"
+    [[ -z "$left" ]] || echo "staging left: $left"
+    [[ ! -e "$wd/restore-journal.json" ]] || echo "the restore journal is left: $wd/restore-journal.json"
+  )"
+  if [[ -z "$problems" ]]; then
+    ok "restore --force: all three paths are back, owned 1000:1000 with modes 0700/0600, each previous content in its own .displaced/"
+  else
+    bad "restore --force succeeded, but:"; echo "$problems" | sed 's/^/         /'
+  fi
 else
   bad "restore --force:"; sed 's/^/         /' "$work/out"
 fi
@@ -178,11 +235,15 @@ else
   wait "$run_pid" || rc=$?
   env_ok=no
   grep -q 'secrets written' "$work/run.log" && env_ok=yes
-  if [[ $rc -eq 0 && "$snapshots" -ge 2 && $env_ok == yes ]] && grep -q '"final"' "$work/run.log" \
+  # The app wrote through the workspace and auth mounts, and the final snapshot holds all three.
+  mounts_ok=no
+  [[ -s "$workspace_dir/seq.txt" && -s "$auth_dir/seq.txt" ]] \
+    && [[ "$(listed 2>/dev/null)" == "2 config,workspace,auth" ]] && mounts_ok=yes
+  if [[ $rc -eq 0 && "$snapshots" -ge 2 && $env_ok == yes && $mounts_ok == yes ]] && grep -q '"final"' "$work/run.log" \
     && echo "$status" | grep -q 'healthy: true'; then
-    ok "spotkeeper run: secrets from SSM, container healthy, $snapshots scheduled snapshots, final snapshot on SIGTERM, exit 0"
+    ok "spotkeeper run: secrets from SSM, container healthy and writing into the three mounts, $snapshots scheduled snapshots, final snapshot of the three on SIGTERM, exit 0"
   else
-    bad "spotkeeper run (exit $rc, $snapshots snapshots, secrets written: $env_ok):"
+    bad "spotkeeper run (exit $rc, $snapshots snapshots, secrets written: $env_ok, three mounts written and snapshotted: $mounts_ok):"
     tail -20 "$work/run.log" | sed 's/^/         /'
     echo "$status" | sed 's/^/         /'
   fi

@@ -35,16 +35,17 @@ pub enum Command {
     Run,
     /// Show what the running daemon is doing: phase, container, last and next snapshot, last prune.
     Status(StatusArgs),
-    /// Snapshot the state directory now and make it `latest/`.
+    /// Snapshot the state paths now (all of them, one snapshot) and make it the head.
     ///
     /// Refuses to replace `latest/` when the local state does not descend from it (another
     /// machine may be writing the same prefix) unless --force.
     Snapshot(SnapshotArgs),
-    /// Restore `latest/` (or --snapshot ID) into the state directory or --to DIR.
+    /// Restore the head (or --snapshot ID) into the state paths, or --to DIR.
     ///
-    /// The archive is extracted into a staging directory, every checksum is verified, then it is
-    /// swapped in with renames: a failed restore changes nothing. A non-empty state directory is
-    /// refused unless --force, which first moves it beside itself to <STATE_DIR>.displaced/<time>/.
+    /// Every path is staged beside its own directory and verified before anything is swapped in;
+    /// the swaps are journaled in work_dir, so a restore killed between them is completed by the
+    /// next start: all paths or none. Non-empty paths are refused unless --force, which first
+    /// moves each beside itself to <DIR>.displaced/<time>/. --path NAME restores one path.
     Restore(RestoreArgs),
     /// List every snapshot, newest first.
     List(ListArgs),

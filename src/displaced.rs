@@ -31,9 +31,12 @@ pub fn prune(state_dir: &Path, keep: usize) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(&root) else {
         return Vec::new();
     };
+    // A holder left empty (a restore killed before its swaps, or one undone) keeps nothing and
+    // must not count against the copies that do: removed (only if still empty).
     let names: Vec<String> = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| fs::remove_dir(e.path()).is_err())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     let mut removed = Vec::new();

@@ -44,6 +44,12 @@ impl LocalRecord {
     pub fn base_for(&self, repository: &str, state_dir: &Path) -> Option<SnapshotId> {
         (self.repository == repository && self.state_dir == state_dir).then_some(self.latest_id)
     }
+
+    /// `base_for` a set of state paths: the record names one of their directories (the first
+    /// path when it was written; paths reordered or added in front keep their lineage).
+    pub fn base_for_set(&self, repository: &str, dirs: &[PathBuf]) -> Option<SnapshotId> {
+        dirs.iter().find_map(|dir| self.base_for(repository, dir))
+    }
 }
 
 /// Reads the record, `None` when there is none yet.

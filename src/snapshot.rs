@@ -93,6 +93,8 @@ pub struct SnapshotReport {
     pub restic_id: Option<String>,
     /// Each state path's files and bytes.
     pub paths: Vec<crate::mirror::PathTotals>,
+    /// `requests` by S3's price classes.
+    pub request_counts: crate::store::RequestCounts,
 }
 
 /// What one snapshot attempt did: the `--json` schema of `spotkeeper snapshot`, the same with
@@ -196,6 +198,7 @@ async fn take_format2(
 ) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let requests_before = store.requests();
+    let counts_before = store.request_counts();
     let (head, etag) = head_for_writer(store, engine).await?;
     let writer = request.host.writer.as_deref().unwrap_or_default();
     check_lineage(head.as_ref().map(Head::lineage), request.base, writer, request.force).map_err(|origin| {
@@ -282,6 +285,7 @@ async fn take_format2(
         created_at: request.now,
         restic_id: Some(backup.id),
         paths: request.paths.clone(),
+        request_counts: store.request_counts().since(&counts_before),
     })
 }
 
@@ -387,6 +391,7 @@ pub(crate) async fn retire_format1_latest(store: &Store) {
 async fn take_format1(store: &Store, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let requests_before = store.requests();
+    let counts_before = store.request_counts();
     let latest = repository::latest_for_writer(store, None).await?;
     let latest_id = latest.as_ref().map(|(m, _)| m.id);
     let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.writer.as_deref()));
@@ -463,6 +468,7 @@ async fn take_format1(store: &Store, request: SnapshotRequest) -> Result<Snapsho
             files: manifest.totals.files,
             bytes: manifest.totals.bytes,
         }],
+        request_counts: store.request_counts().since(&counts_before),
     })
 }
 

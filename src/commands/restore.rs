@@ -23,6 +23,17 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
             let Reply::Restore(done) = reply else {
                 return Err(super::unexpected(&reply));
             };
+            // A daemon from before `--path` ignores it and restores the whole set: say so.
+            if let Some(name) = &args.path
+                && !(done.restored.paths.len() == 1 && &done.restored.paths[0].name == name)
+            {
+                return Err(CommandError::Refused(format!(
+                    "the running daemon is older than `restore --path`: it restored every path of snapshot {} (the state \
+                     before it is its safety snapshot, and each directory's previous content is in <dir>.displaced/); \
+                     restart it on this version to restore one path",
+                    done.restored.id
+                )));
+            }
             if args.json {
                 return print_json(&done);
             }

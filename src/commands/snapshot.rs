@@ -35,7 +35,9 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
     }
     let local = record::load(&config.state.work_dir)?;
     let primary = config.state.primary();
-    let base = local.as_ref().and_then(|r| r.base_for(&repository, &primary.dir));
+    let base = local
+        .as_ref()
+        .and_then(|r| r.base_for_set(&repository, &config.state.dirs()));
     let excludes = Excludes::new(&primary.dir, &primary.exclude).map_err(|e| crate::config::ConfigError::Parse {
         path: primary.dir.clone(),
         message: e.to_string(),
@@ -107,6 +109,17 @@ async fn fill_mirrors(
             mirror_dir.display(),
             lock_path.display()
         )));
+    }
+    // An older spotkeeper's `snapshot` holds its own lock while it reads its mirror.
+    let legacy_lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(work_dir.join(format!("{LEGACY_CLI_MIRROR_DIR}.lock")))?;
+    if rustix::fs::flock(&legacy_lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(CommandError::Refused(
+            "an older `spotkeeper snapshot` is running on this machine; wait for it".into(),
+        ));
     }
     for legacy in [
         work_dir.join(LEGACY_CLI_MIRROR_DIR),

@@ -284,6 +284,11 @@ impl StateConfig {
         self.paths.iter().find(|p| p.name == name)
     }
 
+    /// Every path's directory, in config order.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.paths.iter().map(|p| p.dir.clone()).collect()
+    }
+
     /// True when `file` is inside one of the state's directories.
     pub fn contains(&self, file: &Path) -> Option<&StatePath> {
         self.paths.iter().find(|p| file.starts_with(&p.dir))
@@ -657,6 +662,28 @@ impl Validator<'_> {
                          be in two paths",
                         other.name,
                         other.dir.display()
+                    ),
+                ));
+            }
+            // A restore keeps a path's previous content in `<dir>.displaced/` beside it.
+            let displaced = |d: &Path| {
+                let name = d
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                d.with_file_name(format!("{name}.displaced"))
+            };
+            if let Some(other) = paths
+                .iter()
+                .find(|p| dir.starts_with(displaced(&p.dir)) || p.dir.starts_with(displaced(&dir)))
+            {
+                return Err(self.invalid(
+                    key("dir"),
+                    dir.display().to_string(),
+                    format!(
+                        "overlaps where a restore keeps path {:?}'s previous content ({})",
+                        other.name,
+                        displaced(&other.dir).display()
                     ),
                 ));
             }

@@ -37,6 +37,13 @@ impl Daemon {
     }
 
     async fn snapshot_attempt(&mut self, reason: &str, hold: Hold) -> Result<SnapshotOutcome, DaemonError> {
+        // Never a snapshot of a set from two moments.
+        if restore::journal_pending(&self.config.state.work_dir) {
+            return Err(DaemonError::Refused(format!(
+                "a restore is half done ({} in work_dir); no snapshot until the next start completes it",
+                restore::JOURNAL_FILE
+            )));
+        }
         let (_, freeze) = self.sync_mirror(hold).await?;
         let freeze_ms = u64::try_from(freeze.as_millis()).unwrap_or(u64::MAX);
         if !self.pending_upload
@@ -65,8 +72,10 @@ impl Daemon {
             tracing::warn!(snapshot_id = %report.id, skipped = report.skipped.len(),
                 "entries of the state could not be archived; they are listed in the snapshot's manifest");
         }
+        let counts = report.request_counts;
         tracing::info!(snapshot_id = %report.id, reason, files = report.files, archive_bytes = report.archive_bytes,
-            duration_ms = report.duration_ms, freeze_ms, requests = report.requests, "snapshot complete");
+            duration_ms = report.duration_ms, freeze_ms, requests = report.requests, put = counts.put, list = counts.list,
+            get = counts.get, "snapshot complete");
         self.notifier.status(&format!("running; last snapshot {}", report.id));
         self.update(|s| {
             s.last_snapshot = Some(SnapshotStatus {
@@ -294,7 +303,7 @@ impl Daemon {
         let record = record::load(&self.config.state.work_dir)?;
         let base = record
             .as_ref()
-            .and_then(|r| r.base_for(&self.repository, &self.config.state.primary().dir));
+            .and_then(|r| r.base_for_set(&self.repository, &self.config.state.dirs()));
         let mirror = self.take_mirror()?;
         let (source, paths, also_skipped) = (
             match self.engine {

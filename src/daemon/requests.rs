@@ -74,7 +74,24 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let restored = self.restore_into_state(snapshot, path, true).await;
+        let mut restored = self.restore_into_state(snapshot, path, true).await;
+        // A failed restore whose journal stays: complete it now (every path is staged and
+        // durable); if even that fails, the app must not run on a set from two moments.
+        if restored.is_err() && restore::journal_pending(&self.config.state.work_dir) {
+            match restore::recover(&self.config.state.work_dir, &self.config.state.dirs()) {
+                Ok(_) => tracing::warn!("the failed restore's swaps were completed from its journal"),
+                Err(e) => {
+                    tracing::error!(error = %e, "a restore is half done and cannot be completed; the container stays stopped");
+                    self.update(|s| s.last_error = Some(e.to_string()));
+                    return Err(e.into());
+                }
+            }
+            restored = Err(DaemonError::Refused(
+                "the restore hit an error part way and was then completed from its journal: every path is the \
+                 snapshot asked for; `spotkeeper status` shows the state"
+                    .into(),
+            ));
+        }
         self.supervision.reset();
         self.update(|s| {
             s.container.crash_loop = false;

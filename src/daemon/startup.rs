@@ -282,7 +282,7 @@ impl Daemon {
         let record = record::load(&self.config.state.work_dir)?;
         let base = record
             .as_ref()
-            .and_then(|r| r.base_for(&self.repository, &self.config.state.primary().dir));
+            .and_then(|r| r.base_for_set(&self.repository, &self.config.state.dirs()));
         let (latest, created_at) = self.latest_view(base).await?;
         self.last_complete_at = created_at;
         let action = boot::decide(local, &latest, &self.repository)?;
@@ -291,9 +291,17 @@ impl Daemon {
             BootAction::KeepLocal => {
                 // A path that is absent next to local ones starts empty: the set is local.
                 for (path, state) in self.config.state.paths.iter().zip(&states) {
-                    if *state == restore::TargetState::Absent {
-                        tracing::warn!(path = %path.name, dir = %path.dir.display(),
-                            "this state path is absent while others hold local state: the set is local, nothing is restored; it starts empty");
+                    if *state != restore::TargetState::NonEmpty && states.contains(&restore::TargetState::NonEmpty) {
+                        let text = format!(
+                            "state path {:?} ({}) was empty or absent at boot while others held local state: the set is \
+                             local, nothing was restored, it starts empty. If it should not be empty (a volume not \
+                             mounted?), `spotkeeper restore --path {} --snapshot ID` brings it back from a snapshot",
+                            path.name,
+                            path.dir.display(),
+                            path.name
+                        );
+                        tracing::warn!("{text}");
+                        self.update(|s| s.warnings.push(text.clone()));
                     }
                 }
                 self.create_absent_paths()?;

@@ -28,6 +28,19 @@ pub struct S3Backend {
     /// `init` that lost the race for `config` can take its key back.
     written: std::sync::Arc<std::sync::Mutex<Written>>,
     budget: std::sync::Arc<Budget>,
+    index_memo: std::sync::Arc<std::sync::Mutex<IndexMemo>>,
+}
+
+/// The listing of `index/` as this backend knows it, kept between backups so that a backup in
+/// the steady state lists nothing: the first listing is S3's, then each index file this backend
+/// writes or removes is added or taken out. Only a backup uses it (`S3Backend::memo_index`);
+/// every other operation lists S3 again. An index file another writer adds meanwhile is not
+/// seen by the next backups: they may store again a blob that writer stored (never a missing
+/// one), and that writer's pointer move fails the next `latest.json` write, which clears it all.
+#[derive(Debug, Default)]
+struct IndexMemo {
+    in_use: bool,
+    listed: Option<Vec<(Id, u32)>>,
 }
 
 /// Bytes of pack data that ranged reads may hold at once. rustic_core restores (and checks) with
@@ -109,12 +122,36 @@ impl S3Backend {
             handle,
             root: REPO_DIR.to_string(),
             written: std::sync::Arc::default(),
+            index_memo: std::sync::Arc::default(),
             budget: std::sync::Arc::new(Budget {
                 used: std::sync::Mutex::new(0),
                 freed: std::sync::Condvar::new(),
                 limit: READ_BUDGET,
             }),
         }
+    }
+
+    /// While `on`, `index/` is listed from the memo (see `IndexMemo`); turning it off keeps the
+    /// memo for the next backup, `forget_index_listing` drops it.
+    pub fn memo_index(&self, on: bool) {
+        self.index_memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .in_use = on;
+    }
+
+    /// The next listing of `index/` asks S3.
+    pub fn forget_index_listing(&self) {
+        self.index_memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .listed = None;
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, IndexMemo> {
+        self.index_memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keys written by this backend (and its clones), and whether it wrote `config`.
@@ -176,10 +213,18 @@ impl ReadBackend for S3Backend {
                 .map(|o| vec![(Id::default(), u32::try_from(o.size).unwrap_or(u32::MAX))])
                 .unwrap_or_default());
         }
+        if tpe == FileType::Index {
+            let memo = self.memo();
+            if memo.in_use
+                && let Some(listed) = &memo.listed
+            {
+                return Ok(listed.clone());
+            }
+        }
         // The trailing slash keeps `data/` from matching `database/`; packs sit one level down.
         let prefix = format!("{}/{}/", self.root, tpe.dirname());
         let listed = self.block("list", &prefix, self.store.list(&prefix))?;
-        Ok(listed
+        let listed: Vec<(Id, u32)> = listed
             .into_iter()
             .filter_map(|o| {
                 let name = o.key.rsplit('/').next()?;
@@ -187,7 +232,12 @@ impl ReadBackend for S3Backend {
                 // A name that parses but sits in the wrong place is not restic's: skip it.
                 (self.key(tpe, &id) == o.key).then_some((id, u32::try_from(o.size).ok()?))
             })
-            .collect())
+            .collect();
+        if tpe == FileType::Index {
+            let mut memo = self.memo();
+            memo.listed = memo.in_use.then(|| listed.clone());
+        }
+        Ok(listed)
     }
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
@@ -264,12 +314,19 @@ impl WriteBackend for S3Backend {
                 .config = true;
             return Ok(());
         }
+        let size = u32::try_from(body.len()).unwrap_or(u32::MAX);
         self.block(
             "put",
             &key,
             self.store
                 .put_bytes(&key, body, "application/octet-stream", &[], PutCondition::None),
         )?;
+        if tpe == FileType::Index
+            && let Some(listed) = &mut self.memo().listed
+            && !listed.iter().any(|(known, _)| known == id)
+        {
+            listed.push((*id, size));
+        }
         if tpe == FileType::Key {
             self.written
                 .lock()
@@ -282,6 +339,11 @@ impl WriteBackend for S3Backend {
 
     fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
         let key = self.key(tpe, id);
+        if tpe == FileType::Index
+            && let Some(listed) = &mut self.memo().listed
+        {
+            listed.retain(|(known, _)| known != id);
+        }
         let refused = self.block("delete", &key, self.store.delete(std::slice::from_ref(&key)))?;
         match refused.into_iter().next() {
             None => Ok(()),

@@ -107,6 +107,8 @@ fn describe(error: &RusticError) -> String {
 /// gives it back; one that fails loses it, and the next operation opens the repository again.
 pub struct Repo {
     repo: Option<Repository<OpenStatus>>,
+    /// The backend rustic_core was given (a clone: its index-listing memo is shared).
+    s3: S3Backend,
     cache: Option<PathBuf>,
     backends: RepositoryBackends,
     credentials: Credentials,
@@ -181,6 +183,7 @@ impl Repo {
         };
         Ok(Repo {
             repo: Some(repo),
+            s3: watch,
             cache: cache.map(Path::to_path_buf),
             backends,
             credentials,
@@ -192,9 +195,11 @@ impl Repo {
     /// its own) when given.
     pub fn open(backend: S3Backend, password: &Password, cache: Option<&Path>) -> Result<Repo, Format2Error> {
         let location = rustic_core::ReadBackend::location(&backend);
+        let s3 = backend.clone();
         let backends = RepositoryBackends::new(Arc::new(backend) as Arc<dyn WriteBackend>, None);
         let mut repo = Repo {
             repo: None,
+            s3,
             cache: cache.map(Path::to_path_buf),
             backends,
             credentials: Credentials::password(password.expose()),
@@ -207,6 +212,13 @@ impl Repo {
 
     /// rustic_core's handle: the one kept, else the repository opened again.
     fn take(&mut self) -> Result<Repository<OpenStatus>, Format2Error> {
+        // Only a backup lists `index/` from the memo (see `backup`); everything else asks S3.
+        self.s3.forget_index_listing();
+        self.take_for_backup()
+    }
+
+    /// `take`, keeping the index-listing memo.
+    fn take_for_backup(&mut self) -> Result<Repository<OpenStatus>, Format2Error> {
         if let Some(repo) = self.repo.take() {
             return Ok(repo);
         }
@@ -236,7 +248,20 @@ impl Repo {
         parent: Option<&str>,
     ) -> Result<Backup, Format2Error> {
         let wrap = wrap(&self.location);
-        let repo = self.take()?.to_indexed_ids().map_err(&wrap)?;
+        // The steady state lists nothing: `index/` as this backend last saw it plus what it
+        // wrote since (see `backend::IndexMemo`).
+        self.s3.memo_index(true);
+        let indexed = self
+            .take_for_backup()
+            .and_then(|repo| repo.to_indexed_ids().map_err(&wrap));
+        self.s3.memo_index(false);
+        let repo = match indexed {
+            Ok(repo) => repo,
+            Err(e) => {
+                self.s3.forget_index_listing();
+                return Err(e);
+            }
+        };
         let mut all_tags = vec![TAG.to_string()];
         all_tags.extend(tags.iter().cloned());
         let mut snapshot = SnapshotOptions::default()
@@ -263,7 +288,13 @@ impl Repo {
         if let Some(parent) = parent {
             options.parent_opts.parents = vec![parent.to_string()];
         }
-        let done = repo.backup(&options, &paths, snapshot).map_err(&wrap)?;
+        let done = match repo.backup(&options, &paths, snapshot) {
+            Ok(done) => done,
+            Err(e) => {
+                self.s3.forget_index_listing();
+                return Err(wrap(e));
+            }
+        };
         self.repo = Some(repo.drop_index());
         let summary = done.summary.clone().unwrap_or_default();
         Ok(Backup {
@@ -526,8 +557,13 @@ pub fn description(paths: &[PathRecord], skipped: &[crate::manifest::Skipped]) -
     let mut text = format!("{PATHS_LINE}{}", serde_json::to_string(paths).unwrap_or_default());
     if !skipped.is_empty() {
         text.push_str("\nskipped (could not be copied):");
+        // Names come from the app: escaped, so none can start a line of its own.
         for entry in skipped {
-            text.push_str(&format!("\n{}: {}", entry.path, entry.reason));
+            text.push_str(&format!(
+                "\n{}: {}",
+                entry.path.escape_debug(),
+                entry.reason.escape_debug()
+            ));
         }
     }
     text
@@ -537,13 +573,13 @@ pub fn description(paths: &[PathRecord], skipped: &[crate::manifest::Skipped]) -
 /// path `state` (its root owner from the old line, its totals from the snapshot's). `None`: a
 /// description spotkeeper did not write.
 pub fn paths_of(description: Option<&str>, files: Option<u64>, bytes: Option<u64>) -> Option<Vec<PathRecord>> {
-    let description = description?;
-    if let Some(json) = description.lines().find_map(|line| line.strip_prefix(PATHS_LINE)) {
+    // Only the first line: the lines after it hold names that come from the app.
+    let first = description?.lines().next()?;
+    if let Some(json) = first.strip_prefix(PATHS_LINE) {
         return serde_json::from_str(json).ok();
     }
-    let root = description
-        .lines()
-        .find_map(|line| line.strip_prefix(ROOT_LINE))
+    let root = first
+        .strip_prefix(ROOT_LINE)
         .and_then(|json| serde_json::from_str(json).ok())?;
     Some(vec![PathRecord {
         name: crate::config::SHORTHAND_PATH_NAME.to_string(),
@@ -679,7 +715,9 @@ impl Listed {
                 snapshot.description.as_deref(),
                 snapshot.summary.as_ref().map(|s| s.total_files_processed),
                 snapshot.summary.as_ref().map(|s| s.total_bytes_processed),
-            ),
+            )
+            // Never shown or used: names a config would refuse (restore checks them again).
+            .filter(|paths| paths.iter().all(|p| crate::config::check_path_name(&p.name).is_ok())),
         }
     }
 }

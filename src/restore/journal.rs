@@ -79,6 +79,11 @@ pub fn write(work_dir: &Path, journal: &Journal) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// True while a journal names swaps not yet known to be complete.
+pub fn pending(work_dir: &Path) -> bool {
+    journal_path(work_dir).exists()
+}
+
 /// Removes the journal: the restore it names is complete.
 pub fn finish(work_dir: &Path) -> Result<(), RestoreError> {
     let path = journal_path(work_dir);
@@ -108,6 +113,21 @@ pub fn read(work_dir: &Path) -> Result<Option<Journal>, RestoreError> {
         });
     }
     Ok(Some(journal))
+}
+
+/// Holds `work_dir/restore.lock` (blocking): one process at a time writes or completes a journal,
+/// whatever started it (the daemon, `restore`, `snapshot --force`).
+pub fn lock(work_dir: &Path) -> Result<File, RestoreError> {
+    let path = work_dir.join("restore.lock");
+    fs::create_dir_all(work_dir).map_err(io_error(work_dir))?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io_error(&path)(e.into()))?;
+    Ok(file)
 }
 
 /// Carries out one swap, from wherever an earlier attempt stopped.
@@ -154,19 +174,39 @@ pub fn apply(swap: &Swap) -> Result<(), RestoreError> {
             },
         }
     }
-    fs::rename(&swap.staging, &swap.target).map_err(io_error(&swap.target))?;
+    if let Err(e) = fs::rename(&swap.staging, &swap.target) {
+        // Never leave the path absent: what was there goes back.
+        if let Some(place) = &swap.displaced
+            && !exists(&swap.target)
+            && let Err(back) = fs::rename(place, &swap.target)
+        {
+            tracing::error!(path = %swap.name, from = %place.display(), error = %back,
+                "could not move the previous state back; it is safe where it is");
+        }
+        return Err(io_error(&swap.target)(e));
+    }
     sync_parent(&swap.target)?;
     crate::failpoint::hit(FAILPOINT);
     Ok(())
 }
 
-/// Undoes one swap that `apply` completed (the new tree back to staging, the old one back).
+/// Undoes one swap, judged by what exists: a staged tree that went in goes back to staging, and
+/// what was moved aside comes back.
 pub fn undo(swap: &Swap) -> io::Result<()> {
-    fs::rename(&swap.target, &swap.staging)?;
-    if let Some(place) = &swap.displaced {
+    let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
+    if !exists(&swap.staging) && exists(&swap.target) {
+        fs::rename(&swap.target, &swap.staging)?;
+    }
+    if let Some(place) = &swap.displaced
+        && exists(place)
+        && !exists(&swap.target)
+    {
         fs::rename(place, &swap.target)?;
     }
-    Ok(())
+    match swap.target.parent() {
+        Some(parent) => File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 fn sync_parent(target: &Path) -> Result<(), RestoreError> {
@@ -179,6 +219,11 @@ fn sync_parent(target: &Path) -> Result<(), RestoreError> {
 /// Completes a restore that was interrupted between its swaps: every swap the journal names,
 /// then the local record, then the journal goes. Returns the snapshot it restored, if any.
 pub fn recover(work_dir: &Path) -> Result<Option<SnapshotId>, RestoreError> {
+    if !journal_path(work_dir).exists() {
+        return Ok(None);
+    }
+    let _lock = lock(work_dir)?;
+    // Read under the lock: another process may have just completed it.
     let Some(journal) = read(work_dir)? else {
         return Ok(None);
     };

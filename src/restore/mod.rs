@@ -20,7 +20,7 @@ use crate::store::Store;
 
 mod journal;
 pub mod plan;
-pub use journal::JOURNAL_FILE;
+pub use journal::{JOURNAL_FILE, pending as journal_pending};
 
 /// At every start (daemon, `restore`, `snapshot`), before anything looks at the state: completes
 /// a restore that was killed between its swaps, then removes what restores killed earlier left
@@ -387,14 +387,17 @@ pub async fn restore(
     };
     let held_names: Vec<String> = held.iter().map(|p| p.name.clone()).collect();
     let refused = |why: String| RestoreError::Paths { id: chosen.id(), why };
-    let (targets, missing): (Vec<(String, PathBuf)>, Vec<String>) = match &request.destination {
+    let (targets, missing): (Vec<Target>, Vec<String>) = match &request.destination {
         Destination::State { paths, .. } => {
             let configured: Vec<String> = paths.iter().map(|(name, _)| name.clone()).collect();
             let planned = plan::plan(&held_names, &configured, request.only.as_deref()).map_err(refused)?;
             let targets = planned
                 .restore
-                .iter()
-                .filter_map(|name| paths.iter().find(|(n, _)| n == name).cloned())
+                .into_iter()
+                .filter_map(|(from, name)| {
+                    let dir = paths.iter().find(|(n, _)| *n == name)?.1.clone();
+                    Some(Target { name, from, dir })
+                })
                 .collect();
             (targets, planned.missing)
         }
@@ -402,9 +405,10 @@ pub async fn restore(
             let planned = plan::plan_to_dir(&held_names, request.only.as_deref()).map_err(refused)?;
             let targets = planned
                 .into_iter()
-                .map(|(name, nested)| {
-                    let target = if nested { dir.join(&name) } else { dir.clone() };
-                    (name, target)
+                .map(|(name, nested)| Target {
+                    dir: if nested { dir.join(&name) } else { dir.clone() },
+                    from: name.clone(),
+                    name,
                 })
                 .collect();
             (targets, Vec::new())
@@ -414,8 +418,8 @@ pub async fn restore(
         tracing::warn!(path = %name, snapshot_id = %chosen.id(), "the snapshot does not hold this state path (taken before it was configured); it is left as it is");
     }
     let mut stagings: Vec<PathBuf> = Vec::with_capacity(targets.len());
-    for (_, target) in &targets {
-        match prepare_staging(target) {
+    for target in &targets {
+        match prepare_staging(&target.dir) {
             Ok(staging) => stagings.push(staging),
             Err(e) => {
                 stagings.iter().for_each(|s| remove_staging(s));
@@ -435,7 +439,14 @@ pub async fn restore(
     let displaced = match swapped {
         Ok(displaced) => displaced,
         Err(e) => {
-            stagings.iter().for_each(|s| remove_staging(s));
+            // A journal that stays names these staging directories: the next start needs them.
+            let journal_kept = match &request.destination {
+                Destination::State { work_dir, .. } => work_dir.join(JOURNAL_FILE).exists(),
+                Destination::Dir(_) => false,
+            };
+            if !journal_kept {
+                stagings.iter().for_each(|s| remove_staging(s));
+            }
             return Err(e);
         }
     };
@@ -443,9 +454,9 @@ pub async fn restore(
         .iter()
         .zip(&unpacked)
         .zip(displaced)
-        .map(|(((name, target), unpacked), displaced)| RestoredPath {
-            name: name.clone(),
-            target: target.clone(),
+        .map(|((target, unpacked), displaced)| RestoredPath {
+            name: target.name.clone(),
+            target: target.dir.clone(),
             files: unpacked.files,
             bytes: unpacked.bytes,
             displaced,
@@ -486,7 +497,7 @@ async fn stage(
     request: &RestoreRequest,
     chosen: &Chosen,
     held: &[format2::PathRecord],
-    targets: &[(String, PathBuf)],
+    targets: &[Target],
     stagings: &[PathBuf],
 ) -> Result<Vec<archive::Unpacked>, RestoreError> {
     let unpacked = match chosen {
@@ -497,9 +508,9 @@ async fn stage(
             let staged: Vec<(format2::PathRecord, PathBuf)> = targets
                 .iter()
                 .zip(stagings)
-                .filter_map(|((name, _), staging)| {
+                .filter_map(|(target, staging)| {
                     held.iter()
-                        .find(|p| &p.name == name)
+                        .find(|p| p.name == target.from)
                         .map(|record| (record.clone(), staging.clone()))
                 })
                 .collect();
@@ -520,22 +531,23 @@ fn swap_all(
     request: &RestoreRequest,
     chosen: &Chosen,
     latest: Option<SnapshotId>,
-    targets: &[(String, PathBuf)],
+    targets: &[Target],
     stagings: &[PathBuf],
 ) -> Result<Vec<Option<PathBuf>>, RestoreError> {
     let mut states = Vec::with_capacity(targets.len());
-    for (_, target) in targets {
-        let state = inspect(target)?;
-        check_target(request, target, state)?;
+    for target in targets {
+        let state = inspect(&target.dir)?;
+        check_target(request, &target.dir, state)?;
         states.push(state);
     }
     let (paths, work_dir) = match &request.destination {
         Destination::Dir(_) => {
-            for (((_, target), staging), state) in targets.iter().zip(stagings).zip(&states) {
+            for ((target, staging), state) in targets.iter().zip(stagings).zip(&states) {
+                let dir = &target.dir;
                 if *state == TargetState::Empty {
-                    fs::remove_dir(target).map_err(io_error(target))?;
+                    fs::remove_dir(dir).map_err(io_error(dir))?;
                 }
-                fs::rename(staging, target).map_err(io_error(target))?;
+                fs::rename(staging, dir).map_err(io_error(dir))?;
             }
             return Ok(vec![None; targets.len()]);
         }
@@ -543,14 +555,15 @@ fn swap_all(
     };
     let stamp = request.now.format("%Y-%m-%dT%H-%M-%SZ").to_string();
     let mut swaps = Vec::with_capacity(targets.len());
-    for (((name, target), staging), state) in targets.iter().zip(stagings).zip(&states) {
+    for ((target, staging), state) in targets.iter().zip(stagings).zip(&states) {
+        let dir = &target.dir;
         let displaced = match state {
-            TargetState::NonEmpty => Some(displaced_holder(target, &stamp)?.join(target_name(target))),
+            TargetState::NonEmpty => Some(displaced_holder(dir, &stamp)?.join(target_name(dir))),
             TargetState::Absent | TargetState::Empty => None,
         };
         swaps.push(journal::Swap {
-            name: name.clone(),
-            target: target.clone(),
+            name: target.name.clone(),
+            target: dir.clone(),
             staging: staging.clone(),
             displaced,
         });
@@ -567,6 +580,8 @@ fn swap_all(
         }),
     };
     let entry = journal::Journal::new(chosen.id(), swaps, record);
+    // One restore (or completion of one) at a time in this work_dir.
+    let _lock = journal::lock(work_dir)?;
     // Every path staged and durable, nothing swapped, no journal yet.
     crate::failpoint::hit(journal::FAILPOINT);
     journal::write(work_dir, &entry)?;
@@ -574,7 +589,7 @@ fn swap_all(
         if let Err(e) = journal::apply(swap) {
             // Put the set back as it was; if that fails too, the journal stays and the next
             // start completes the restore.
-            let undone = entry.swaps[..done].iter().rev().try_for_each(journal::undo);
+            let undone = entry.swaps[..=done].iter().rev().try_for_each(journal::undo);
             match undone {
                 Ok(()) => {
                     if let Err(remove) = journal::finish(work_dir) {
@@ -589,6 +604,15 @@ fn swap_all(
     }
     journal::complete(work_dir, &entry)?;
     Ok(entry.swaps.into_iter().map(|s| s.displaced).collect())
+}
+
+/// One path of a restore: its configured name, its name in the snapshot (they differ only for a
+/// snapshot from before `[[state.paths]]`, see `plan::plan`), and where it goes.
+#[derive(Debug, Clone)]
+struct Target {
+    name: String,
+    from: String,
+    dir: PathBuf,
 }
 
 /// A new folder `<target>.displaced/<stamp>` (`…-2`, `…-3` when taken).
@@ -670,10 +694,12 @@ fn remove_stale_staging(target: &Path) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             // A restore still running in another process keeps its staging dir.
+            // Our own pid on one is an earlier process's that had it (this process removes or
+            // renames its own before it makes another).
             let owner_alive = name
                 .strip_prefix(&prefix)
                 .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(process_alive);
+                .is_some_and(|pid| pid != std::process::id() && process_alive(pid));
             if name.starts_with(&prefix) && !owner_alive {
                 tracing::info!(path = %entry.path().display(), "removing the staging directory of a restore that was killed");
                 remove_staging(&entry.path());

@@ -3,8 +3,8 @@
 /// What a restore into the configured state paths does with a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathPlan {
-    /// Paths to restore, in config order.
-    pub restore: Vec<String>,
+    /// Paths to restore, in config order: (the path's name in the snapshot, its configured name).
+    pub restore: Vec<(String, String)>,
     /// Configured paths the snapshot does not hold (taken before they were configured): left as
     /// they are.
     pub missing: Vec<String>,
@@ -12,8 +12,25 @@ pub struct PathPlan {
 
 /// Plans a restore of the snapshot holding `held` into the configured paths `configured`, or
 /// only the path `only`. A snapshot path the config does not name is refused: restoring the rest
-/// would make the next snapshot drop it from the set without anyone deciding so.
+/// would make the next snapshot drop it from the set without anyone deciding so. A snapshot from
+/// before `[[state.paths]]` (format 1, or format 2 with the one path `state`) goes into the first
+/// configured path when none is named `state`: the one directory it holds was that path.
 pub fn plan(held: &[String], configured: &[String], only: Option<&str>) -> Result<PathPlan, String> {
+    let legacy = held.len() == 1
+        && held[0] == crate::config::SHORTHAND_PATH_NAME
+        && !configured.iter().any(|c| c == crate::config::SHORTHAND_PATH_NAME);
+    if legacy && let Some(first) = configured.first() {
+        let mapped = [first.clone()];
+        let planned = plan(&mapped, configured, only)?;
+        return Ok(PathPlan {
+            restore: planned
+                .restore
+                .into_iter()
+                .map(|(_, name)| (held[0].clone(), name))
+                .collect(),
+            missing: planned.missing,
+        });
+    }
     let listed = |names: &[String]| names.join(", ");
     if let Some(only) = only {
         if !configured.iter().any(|c| c == only) {
@@ -29,7 +46,7 @@ pub fn plan(held: &[String], configured: &[String], only: Option<&str>) -> Resul
             ));
         }
         return Ok(PathPlan {
-            restore: vec![only.to_string()],
+            restore: vec![(only.to_string(), only.to_string())],
             missing: Vec::new(),
         });
     }
@@ -40,7 +57,11 @@ pub fn plan(held: &[String], configured: &[String], only: Option<&str>) -> Resul
             listed(configured)
         ));
     }
-    let restore: Vec<String> = configured.iter().filter(|c| held.contains(c)).cloned().collect();
+    let restore: Vec<(String, String)> = configured
+        .iter()
+        .filter(|c| held.contains(c))
+        .map(|c| (c.clone(), c.clone()))
+        .collect();
     if restore.is_empty() {
         return Err(format!(
             "the snapshot holds no path the config names (it holds: {})",
@@ -110,7 +131,7 @@ mod tests {
                 Err("the snapshot holds path \"workspace\""),
             ),
             (
-                names(&["state"]),
+                names(&["state", "cache"]),
                 three.clone(),
                 None,
                 Err("the snapshot holds path \"state\""),
@@ -147,7 +168,7 @@ mod tests {
                 Ok((restore, missing)) => assert_eq!(
                     got,
                     Ok(PathPlan {
-                        restore: names(&restore),
+                        restore: restore.iter().map(|n| (n.to_string(), n.to_string())).collect(),
                         missing: names(&missing)
                     }),
                     "{held:?} into {configured:?} only {only:?}"
@@ -158,6 +179,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_snapshot_from_before_the_paths_goes_into_the_first_path() {
+        let three = names(&["config", "workspace", "auth"]);
+        assert_eq!(
+            plan(&names(&["state"]), &three, None),
+            Ok(PathPlan {
+                restore: vec![("state".into(), "config".into())],
+                missing: names(&["workspace", "auth"]),
+            })
+        );
+        assert_eq!(
+            plan(&names(&["state"]), &three, Some("config")).map(|p| p.restore),
+            Ok(vec![("state".into(), "config".into())])
+        );
+        assert!(plan(&names(&["state"]), &three, Some("workspace")).is_err());
+        // A config that names `state` takes it as it is.
+        assert_eq!(
+            plan(&names(&["state"]), &names(&["state", "workspace"]), None).map(|p| p.restore),
+            Ok(vec![("state".into(), "state".into())])
+        );
     }
 
     #[test]

@@ -95,9 +95,46 @@ pub enum Chunk {
     End,
 }
 
-/// Counts HTTP attempts, so commands and benchmarks can report what an operation cost.
+/// Counts HTTP attempts, so commands and benchmarks can report what an operation cost: all of
+/// them, and by S3's price classes.
 #[derive(Debug, Clone, Default)]
-struct RequestCounter(Arc<AtomicU64>);
+struct RequestCounter(Arc<AtomicU64>, Arc<[AtomicU64; 4]>);
+
+/// Requests by S3's price classes, retries included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RequestCounts {
+    /// PUT, POST and COPY (S3 bills them with LIST).
+    pub put: u64,
+    /// LIST (ListObjectsV2).
+    pub list: u64,
+    /// GET and HEAD.
+    pub get: u64,
+    /// DELETE (free at S3).
+    pub delete: u64,
+}
+
+impl RequestCounts {
+    /// The requests made since `before`.
+    pub fn since(&self, before: &RequestCounts) -> RequestCounts {
+        RequestCounts {
+            put: self.put - before.put,
+            list: self.list - before.list,
+            get: self.get - before.get,
+            delete: self.delete - before.delete,
+        }
+    }
+}
+
+/// The price class of an S3 operation (the SDK's operation name).
+fn price_class(operation: &str) -> usize {
+    match operation {
+        "ListObjectsV2" | "ListObjects" => 1,
+        "GetObject" | "HeadObject" | "HeadBucket" => 2,
+        "DeleteObject" | "DeleteObjects" => 3,
+        // PutObject, CopyObject, the multipart calls.
+        _ => 0,
+    }
+}
 
 impl Intercept for RequestCounter {
     fn name(&self) -> &'static str {
@@ -106,11 +143,19 @@ impl Intercept for RequestCounter {
 
     fn read_before_transmit(
         &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         self.0.fetch_add(1, Ordering::Relaxed);
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or("", |m| m.name());
+        self.1[price_class(operation)].fetch_add(1, Ordering::Relaxed);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let uri = context.request().uri();
+            tracing::trace!(operation, target = uri.split('?').next().unwrap_or(uri), "S3 request");
+        }
         Ok(())
     }
 }
@@ -187,6 +232,17 @@ impl Store {
     /// HTTP requests sent so far by this store, retries included.
     pub fn requests(&self) -> u64 {
         self.requests.0.load(Ordering::Relaxed)
+    }
+
+    /// `requests`, by S3's price classes.
+    pub fn request_counts(&self) -> RequestCounts {
+        let load = |i: usize| self.requests.1[i].load(Ordering::Relaxed);
+        RequestCounts {
+            put: load(0),
+            list: load(1),
+            get: load(2),
+            delete: load(3),
+        }
     }
 
     /// The full key of `relative`.

@@ -25,6 +25,8 @@ pub mod names {
     pub const ARCHIVE_BYTES: &str = "ArchiveBytes";
     pub const FREEZE_WINDOW: &str = "FreezeWindow";
     pub const SECONDS_SINCE_LAST_SNAPSHOT: &str = "SecondsSinceLastSnapshot";
+    /// The age of the oldest change of the app's not yet in the head: the window of loss.
+    pub const UNPROTECTED_SECONDS: &str = "UnprotectedSeconds";
     pub const CONTAINER_RESTARTS: &str = "ContainerRestarts";
     pub const CONTAINER_HEALTHY: &str = "ContainerHealthy";
     pub const RESTORE_DURATION: &str = "RestoreDuration";

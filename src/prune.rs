@@ -130,15 +130,20 @@ pub fn plan(
         .map(|s| SnapshotSummary {
             id: s.id,
             complete: s.complete,
+            follow: false,
         })
         .collect();
     // A format-2 snapshot is complete once it is listed (restic writes the snapshot file last).
     summaries.extend(
         format2
             .iter()
-            .filter_map(|l| l.id)
-            .filter(|id| !listing.snapshots.iter().any(|s| s.id == *id))
-            .map(|id| SnapshotSummary { id, complete: true }),
+            .filter_map(|l| Some((l.id?, l.follow)))
+            .filter(|(id, _)| !listing.snapshots.iter().any(|s| s.id == *id))
+            .map(|(id, follow)| SnapshotSummary {
+                id,
+                complete: true,
+                follow,
+            }),
     );
     let mut decisions = retention::plan(&summaries, policy, now);
     for decision in &mut decisions {

@@ -39,6 +39,12 @@ pub struct RetentionPolicy {
     pub week_starts: Weekday,
     /// An incomplete snapshot younger than this (by the clock) may still be uploading.
     pub incomplete_grace: Duration,
+    /// A snapshot taken to follow changes (`[snapshot] follow`) older than this (before the
+    /// newest) is deleted unless it holds the state at a tick of `interval` (no snapshot was
+    /// taken between it and that tick) or a tier keeps it as its day's or week's earliest.
+    pub follow_keep: Duration,
+    /// The schedule's interval (`[snapshot] interval`): its ticks are the history.
+    pub interval: Duration,
 }
 
 impl Default for RetentionPolicy {
@@ -52,6 +58,8 @@ impl Default for RetentionPolicy {
             weekly_within: Duration::from_secs(30 * DAY),
             week_starts: Weekday::Fri,
             incomplete_grace: Duration::from_secs(6 * HOUR),
+            follow_keep: Duration::from_secs(2 * HOUR),
+            interval: Duration::from_secs(20 * 60),
         }
     }
 }
@@ -109,6 +117,8 @@ pub struct SnapshotSummary {
     pub id: SnapshotId,
     /// Whether the snapshot has its manifest, i.e. finished uploading.
     pub complete: bool,
+    /// Taken to follow changes rather than on the schedule (`RetentionPolicy::follow_keep`).
+    pub follow: bool,
 }
 
 /// What to do with one snapshot.
@@ -195,11 +205,29 @@ fn judge(sorted: &[SnapshotSummary], policy: &RetentionPolicy, now: DateTime<Utc
     });
     sorted
         .iter()
+        .enumerate()
         .zip(&classes)
-        .map(|(snapshot, class)| match *class {
+        .map(|((at, snapshot), class)| match *class {
             Class::Future => (Action::Keep, FUTURE_REASON.to_string()),
+            Class::Recent(reference)
+                if snapshot.follow
+                    && age(snapshot, reference) >= policy.follow_keep
+                    && let Some(tick) = holds_tick(sorted, at, policy.interval) =>
+            {
+                (
+                    Action::Keep,
+                    format!("follow: holds the state at the {} tick", tick.format("%Y-%m-%d %H:%M")),
+                )
+            }
             Class::Incomplete => incomplete_verdict(snapshot, policy, now),
             Class::Newest => (Action::Keep, NEWEST_REASON.to_string()),
+            Class::Recent(reference) if snapshot.follow && age(snapshot, reference) >= policy.follow_keep => (
+                Action::Delete,
+                format!(
+                    "follow: taken to follow changes, older than {} before newest {reference}",
+                    duration::format(policy.follow_keep)
+                ),
+            ),
             Class::Recent(reference) => (
                 Action::Keep,
                 format!(
@@ -218,6 +246,26 @@ fn judge(sorted: &[SnapshotSummary], policy: &RetentionPolicy, now: DateTime<Utc
             ),
         })
         .collect()
+}
+
+/// The schedule's tick whose state `sorted[at]` holds: the first tick after it, when no
+/// complete snapshot newer than it was taken by then (newest first, so those sit before `at`).
+fn holds_tick(sorted: &[SnapshotSummary], at: usize, interval: Duration) -> Option<DateTime<Utc>> {
+    let tick = crate::schedule::next_tick(sorted[at].id.time(), interval);
+    let newer = sorted[..at].iter().rev().find(|s| s.complete && s.id > sorted[at].id);
+    match newer {
+        Some(newer) if newer.id.time() <= tick => None,
+        _ => Some(tick),
+    }
+}
+
+/// How much older than `reference` a snapshot is (never negative).
+fn age(snapshot: &SnapshotSummary, reference: &SnapshotId) -> Duration {
+    reference
+        .time()
+        .signed_duration_since(snapshot.id.time())
+        .to_std()
+        .unwrap_or_default()
 }
 
 /// The newest complete snapshot that is not future-dated; if every complete one is
@@ -382,7 +430,11 @@ mod tests {
             let incomplete = self.incomplete.iter().map(|s| (s, false));
             complete
                 .chain(incomplete)
-                .map(|(s, complete)| SnapshotSummary { id: id(s), complete })
+                .map(|(s, complete)| SnapshotSummary {
+                    id: id(s),
+                    complete,
+                    follow: false,
+                })
                 .collect()
         }
     }
@@ -643,7 +695,11 @@ mod tests {
             .iter()
             .map(|s| (s, true))
             .chain(incomplete.iter().map(|s| (s, false)))
-            .map(|(s, complete)| SnapshotSummary { id: id(s), complete })
+            .map(|(s, complete)| SnapshotSummary {
+                id: id(s),
+                complete,
+                follow: false,
+            })
             .collect();
         let decisions = plan(&snapshots, &RetentionPolicy::default(), at("2026-02-27-14-05"));
         let got: Vec<(String, Action, String)> = decisions
@@ -680,6 +736,38 @@ mod tests {
     }
 
     #[test]
+    fn follow_snapshots_go_after_follow_keep_unless_they_hold_a_tick_or_a_tier_keeps_them() {
+        let policy = RetentionPolicy::default();
+        // (id, follow, wanted action)
+        let cases = [
+            ("2026-02-27-14-00", true, Action::Keep),   // the newest, follow or not
+            ("2026-02-27-13-59", true, Action::Keep),   // within follow_keep (2h)
+            ("2026-02-27-12-01", true, Action::Keep),   // 1h59m before the newest
+            ("2026-02-27-12-00", true, Action::Delete), // 2h before it; 12-01 was taken before 12:20
+            ("2026-02-27-11-40", false, Action::Keep),  // scheduled: recent for keep_all_within
+            // Nothing was taken between it and the 09:20 tick: it is the history at 09:20.
+            ("2026-02-27-09-13", true, Action::Keep),
+            ("2026-02-27-09-05", true, Action::Delete), // 09-13 holds the 09:20 tick
+            // A day in the daily tier whose earliest is a follow snapshot: the tier keeps it.
+            ("2026-02-24-00-01", true, Action::Keep),
+            ("2026-02-24-00-20", false, Action::Delete),
+        ];
+        let input: Vec<SnapshotSummary> = cases
+            .iter()
+            .map(|(s, follow, _)| SnapshotSummary {
+                id: id(s),
+                complete: true,
+                follow: *follow,
+            })
+            .collect();
+        let decisions = plan(&input, &policy, at("2026-02-27-14-05"));
+        for (s, _, want) in cases {
+            let decision = decisions.iter().find(|d| d.id == id(s)).expect("decided");
+            assert_eq!(decision.action, want, "{s}: {}", decision.reason);
+        }
+    }
+
+    #[test]
     fn plan_returns_one_decision_per_snapshot_newest_first() {
         assert!(plan(&[], &RetentionPolicy::default(), at("2026-02-27-14-00")).is_empty());
         let input: Vec<SnapshotSummary> = [
@@ -692,6 +780,7 @@ mod tests {
         .iter()
         .map(|(s, complete)| SnapshotSummary {
             id: id(s),
+            follow: false,
             complete: *complete,
         })
         .collect();
@@ -791,6 +880,8 @@ mod tests {
             weekly_within: Duration::from_secs(weekly),
             week_starts,
             incomplete_grace: Duration::from_secs((1 + rng.below(12)) * HOUR),
+            follow_keep: Duration::from_secs((1 + rng.below(6)) * HOUR),
+            interval: Duration::from_secs((1 + rng.below(60)) * 60),
         }
     }
 
@@ -809,6 +900,7 @@ mod tests {
             .into_iter()
             .map(|id| SnapshotSummary {
                 id,
+                follow: rng.chance(50),
                 complete: rng.chance(85),
             })
             .collect();
@@ -850,7 +942,9 @@ mod tests {
         for snapshot in snapshots.iter().filter(present) {
             let age = reference.time() - snapshot.id.time();
             let age = age.to_std().map_err(|_| "age before the reference")?;
-            if age < policy.keep_all_within && !kept.contains(&snapshot.id) {
+            // A follow snapshot past follow_keep may go (its own rule, in the table test).
+            let follow_expired = snapshot.follow && age >= policy.follow_keep;
+            if age < policy.keep_all_within && !kept.contains(&snapshot.id) && !follow_expired {
                 return Err(format!("recent {} deleted", snapshot.id));
             }
             if age >= policy.keep_all_within && age < policy.daily_within {

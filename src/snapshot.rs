@@ -69,6 +69,9 @@ pub struct SnapshotRequest {
     /// Entries skipped before packing (by the walk that filled the daemon's mirror): this
     /// snapshot's too, listed in its manifest.
     pub also_skipped: Vec<Skipped>,
+    /// Taken to follow changes (`[snapshot] follow`), not on the schedule: tagged `follow`,
+    /// kept only `retention.follow_keep` unless the tiers keep it.
+    pub follow: bool,
 }
 
 /// What a snapshot did.
@@ -196,10 +199,34 @@ async fn take_format2(
     engine: &Engine,
     request: SnapshotRequest,
 ) -> Result<SnapshotReport, SnapshotError> {
+    let taken = take_format2_steps(store, engine, request).await;
+    if taken.is_err() {
+        // Whatever failed, the next snapshot trusts nothing it knew: it reads the head again.
+        engine.forget_known();
+    }
+    taken
+}
+
+/// `take_format2`'s steps. In the steady state (this engine wrote the head last) it reads
+/// nothing from S3: the head and its ETag, the snapshots and the index listing are what the
+/// engine knows; the pointer's conditional write fails if anyone else moved the head.
+async fn take_format2_steps(
+    store: &Store,
+    engine: &Engine,
+    request: SnapshotRequest,
+) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let requests_before = store.requests();
     let counts_before = store.request_counts();
-    let (head, etag) = head_for_writer(store, engine).await?;
+    let known = engine.known_head().zip(engine.known_snapshots());
+    let steady = known.is_some();
+    let (head, etag, known_listed) = match known {
+        Some(((pointer, etag), listed)) => (Some(Head::Two(pointer)), Some(etag), Some(listed)),
+        None => {
+            let (head, etag) = head_for_writer(store, engine).await?;
+            (head, etag, None)
+        }
+    };
     let writer = request.host.writer.as_deref().unwrap_or_default();
     check_lineage(head.as_ref().map(Head::lineage), request.base, writer, request.force).map_err(|origin| {
         SnapshotError::Diverged {
@@ -209,9 +236,18 @@ async fn take_format2(
         }
     })?;
     let _progress = crate::progress::begin("snapshot", head.as_ref().map(Head::bytes), None);
-    let listed = ensure_format2(engine).await?;
+    let listed = match known_listed {
+        Some(listed) => listed,
+        None => ensure_format2(engine).await?,
+    };
     let minute = SnapshotId::new(request.now, 1);
-    let mut taken = repository::ids_in_minute(store, &minute).await?;
+    // Format 1's ids in this minute: only a prefix whose head this engine did not write can
+    // have them (a format-1 writer moves `latest/`, never `latest.json`).
+    let mut taken = if steady {
+        Vec::new()
+    } else {
+        repository::ids_in_minute(store, &minute).await?
+    };
     taken.extend(
         listed
             .iter()
@@ -220,7 +256,10 @@ async fn take_format2(
     );
     let id = SnapshotId::first_free(request.now, &taken);
     let source = request.source.clone();
-    let tags = vec![id.to_string()];
+    let mut tags = vec![id.to_string()];
+    if request.follow {
+        tags.push(crate::format2::FOLLOW_TAG.to_string());
+    }
     let now = request.now;
     let skipped: Vec<Skipped> = request.also_skipped.clone();
     // Each path's name, owner, mode and totals and the skipped entries go into the snapshot's
@@ -260,15 +299,30 @@ async fn take_format2(
         repository: repository_url(store),
         id,
     };
-    match pointer::write(store, &pointer, etag).await {
-        Ok(()) => {}
+    let new_etag = match pointer::write(store, &pointer, etag).await {
+        Ok(etag) => etag,
         // The SDK retries a PUT whose answer was lost; the retry then finds our own pointer.
         Err(pointer::WriteError::Moved) => match pointer::read(store).await {
-            Ok(Some((current, _))) if current.restic_id == pointer.restic_id => {}
+            Ok(Some((current, etag))) if current.restic_id == pointer.restic_id => etag,
             _ => return Err(moved()),
         },
         Err(pointer::WriteError::Store(e)) => return Err(RepositoryError::from(e).into()),
-    }
+    };
+    engine.took(
+        crate::format2::Listed {
+            restic_id: backup.id.clone(),
+            id: Some(id),
+            time: request.now,
+            hostname: FORMAT2_HOST.to_string(),
+            files: Some(backup.files),
+            bytes: Some(backup.bytes),
+            data_added: Some(backup.data_added_packed),
+            paths: None,
+            follow: request.follow,
+        },
+        pointer.clone(),
+        new_etag,
+    );
     if let Some(Head::One(_)) = head {
         retire_format1_latest(store).await;
     }

@@ -32,6 +32,8 @@ struct Row {
     /// The state paths the snapshot holds, each with its files and bytes (format 1: the one
     /// path `state`).
     paths: Vec<crate::mirror::PathTotals>,
+    /// Taken to follow changes (`[snapshot] follow`), kept `retention.follow_keep`.
+    follow: bool,
 }
 
 pub async fn run(
@@ -89,6 +91,7 @@ pub async fn run(
             files: l.files,
             bytes: l.bytes,
             format: 2,
+            follow: l.follow,
             restic_id: Some(l.restic_id),
             paths: l
                 .paths
@@ -118,10 +121,11 @@ pub async fn run(
         "ID", "STATE", "FILES", "SIZE", "STORED", "FORMAT"
     );
     for row in rows {
-        let state = match (row.complete, row.latest) {
-            (true, true) => "latest",
-            (true, false) => "complete",
-            (false, _) => "incomplete",
+        let state = match (row.complete, row.latest, row.follow) {
+            (true, true, _) => "latest",
+            (true, false, true) => "follow",
+            (true, false, false) => "complete",
+            (false, _, _) => "incomplete",
         };
         let show = |v: Option<u64>, f: fn(u64) -> String| v.map(f).unwrap_or_else(|| "-".into());
         println!(
@@ -156,6 +160,7 @@ async fn row(store: &Store, listed: Listed, latest: Option<SnapshotId>) -> Resul
         format: 1,
         restic_id: None,
         paths: Vec::new(),
+        follow: false,
     };
     if !listed.complete {
         return Ok(row);

@@ -66,6 +66,7 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         force: args.force,
         now: Utc::now(),
         also_skipped,
+        follow: false,
     };
     let report = snapshot::take(store, engine.as_ref(), request).await?;
     record::remember(&config.state.work_dir, &repository, &primary.dir, report.id, report.id)?;

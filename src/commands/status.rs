@@ -71,6 +71,14 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), CommandError>
             s.skipped
         );
     }
+    match status.unprotected_since {
+        Some(since) => println!(
+            "window of loss: {} s (the oldest change not in a snapshot yet, at {})",
+            (chrono::Utc::now() - since).num_seconds().max(0),
+            since.to_rfc3339()
+        ),
+        None => println!("window of loss: none (every change seen is in the last snapshot)"),
+    }
     if let Some(since) = status.unchanged_since {
         println!("                unchanged since {since}");
     }

@@ -83,6 +83,8 @@ pub const DEFAULT_SOCKET: &str = "/run/spotkeeper/control.sock";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(20 * 60);
 /// zstd level: fast, about 3x on chat-like text.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// After a change, a snapshot within a minute: the window of loss on a hard crash.
+pub const DEFAULT_FOLLOW: Duration = Duration::from_secs(60);
 /// The longest the container may stay frozen; past it the freeze is undone and the tick fails.
 pub const DEFAULT_FREEZE_CAP: Duration = Duration::from_secs(10);
 pub const DEFAULT_SECRETS_REFRESH: Duration = Duration::from_secs(15 * 60);
@@ -180,6 +182,10 @@ pub struct SnapshotConfig {
     pub compression_level: i32,
     #[serde(serialize_with = "serialize_duration")]
     pub freeze_cap: Duration,
+    /// After the app changes something, a snapshot within this long (debounced from the first
+    /// change); `None`: off. Format 2 only (format 1 uploads the whole state each time).
+    #[serde(serialize_with = "serialize_follow")]
+    pub follow: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -370,6 +376,7 @@ struct RawSnapshot {
     interval: Option<String>,
     compression_level: Option<i32>,
     freeze_cap: Option<String>,
+    follow: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -446,6 +453,7 @@ struct RawRetention {
     weekly_within: Option<String>,
     week_starts: Option<String>,
     incomplete_grace: Option<String>,
+    follow_keep: Option<String>,
 }
 
 impl Config {
@@ -468,8 +476,10 @@ impl Config {
         let state_mount_given = raw.container.as_ref().is_some_and(|c| c.state_mount.is_some());
         let (mut state, shorthand) = v.state(raw.state)?;
         let s3 = v.s3(raw.s3)?;
-        let retention = v.retention(raw.retention)?;
+        let mut retention = v.retention(raw.retention)?;
         let snapshot = v.snapshot(raw.snapshot)?;
+        // The schedule's ticks are the history follow snapshots stand in for.
+        retention.interval = snapshot.interval;
         let secrets = raw.secrets.map(|r| v.secrets(r)).transpose()?;
         let container = raw.container.map(|r| v.container(r)).transpose()?;
         let daemon = v.daemon(raw.daemon)?;
@@ -857,6 +867,8 @@ impl Validator<'_> {
                 raw.incomplete_grace,
                 defaults.incomplete_grace,
             )?,
+            follow_keep: self.duration("retention.follow_keep", raw.follow_keep, defaults.follow_keep)?,
+            interval: defaults.interval,
         };
         policy.validate().map_err(|e| ConfigError::Parse {
             path: self.path.to_path_buf(),
@@ -884,10 +896,31 @@ impl Validator<'_> {
         if freeze_cap.is_zero() {
             return Err(self.invalid("snapshot.freeze_cap", "0s", "must be longer than 0s"));
         }
+        let follow = match raw.follow.as_deref() {
+            Some("off") => None,
+            // The schedule alone is already more frequent than the default.
+            None if interval <= DEFAULT_FOLLOW => None,
+            None => Some(DEFAULT_FOLLOW),
+            Some(text) => {
+                let follow = self.duration("snapshot.follow", Some(text.to_string()), DEFAULT_FOLLOW)?;
+                if follow < Duration::from_secs(1) || follow >= interval {
+                    return Err(self.invalid(
+                        "snapshot.follow",
+                        duration::format(follow),
+                        format!(
+                            "must be at least 1s and shorter than snapshot.interval ({}), or \"off\"",
+                            duration::format(interval)
+                        ),
+                    ));
+                }
+                Some(follow)
+            }
+        };
         Ok(SnapshotConfig {
             interval,
             compression_level,
             freeze_cap,
+            follow,
         })
     }
 
@@ -1224,14 +1257,22 @@ fn weekday_name(day: Weekday) -> &'static str {
     }
 }
 
+fn serialize_follow<S: serde::Serializer>(follow: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    match follow {
+        Some(follow) => serializer.serialize_str(&duration::format(*follow)),
+        None => serializer.serialize_str("off"),
+    }
+}
+
 fn serialize_policy<S: serde::Serializer>(policy: &RetentionPolicy, serializer: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeStruct;
-    let mut s = serializer.serialize_struct("retention", 5)?;
+    let mut s = serializer.serialize_struct("retention", 6)?;
     s.serialize_field("keep_all_within", &duration::format(policy.keep_all_within))?;
     s.serialize_field("daily_within", &duration::format(policy.daily_within))?;
     s.serialize_field("weekly_within", &duration::format(policy.weekly_within))?;
     s.serialize_field("week_starts", weekday_name(policy.week_starts))?;
     s.serialize_field("incomplete_grace", &duration::format(policy.incomplete_grace))?;
+    s.serialize_field("follow_keep", &duration::format(policy.follow_keep))?;
     s.end()
 }
 

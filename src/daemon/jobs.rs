@@ -4,6 +4,57 @@
 use super::*;
 
 impl Daemon {
+    /// `[snapshot] follow` when it can work: format 2 (a follow snapshot costs what changed)
+    /// and every path tracked (it must know when the app writes). Said once at start.
+    pub(super) fn follow_interval(&self) -> Option<Duration> {
+        let follow = self.config.snapshot.follow?;
+        if self.engine.is_none() {
+            tracing::info!(
+                "[snapshot] follow is inactive on format 1 (each snapshot uploads the whole state); add [repository] for a one-minute window of loss"
+            );
+            return None;
+        }
+        if !self.tracker.as_ref().is_some_and(TrackerSet::complete) {
+            tracing::warn!(
+                "[snapshot] follow is inactive: a state path cannot be watched for changes (inotify); only the scheduled snapshots run"
+            );
+            return None;
+        }
+        tracing::info!(
+            follow_s = follow.as_secs(),
+            "following changes: a snapshot within this long of each change"
+        );
+        Some(follow)
+    }
+
+    /// Folds the trackers' first change into `unprotected_since` (and `status`).
+    pub(super) fn note_changes(&mut self) {
+        let first = self
+            .tracker
+            .as_ref()
+            .and_then(TrackerSet::first_change_at)
+            .map(DateTime::<Utc>::from);
+        if let Some(first) = first {
+            let since = self.unprotected_since.map_or(first, |since| since.min(first));
+            if self.unprotected_since != Some(since) {
+                self.unprotected_since = Some(since);
+                self.update(|s| s.unprotected_since = Some(since));
+            }
+        }
+    }
+
+    /// After a snapshot made the head hold everything synced: only changes the trackers saw
+    /// since the sync are unprotected.
+    fn protected_up_to_sync(&mut self) {
+        self.unprotected_since = self
+            .tracker
+            .as_ref()
+            .and_then(TrackerSet::first_change_at)
+            .map(DateTime::<Utc>::from);
+        let unprotected = self.unprotected_since;
+        self.update(|s| s.unprotected_since = unprotected);
+    }
+
     /// One scheduled (or requested) snapshot; a failure is logged and retried at the next tick.
     pub(super) async fn snapshot_tick(&mut self, reason: &str) -> Option<SnapshotOutcome> {
         match self.snapshot_now(reason, Hold::AsConfigured).await {
@@ -50,12 +101,14 @@ impl Daemon {
             && let Some(since) = self.last_snapshot_id
         {
             tracing::info!(since = %since, freeze_ms, "state unchanged; no upload");
+            self.protected_up_to_sync();
             self.update(|s| s.unchanged_since = Some(since));
             self.notifier.status(&format!("running; unchanged since {since}"));
             return Ok(SnapshotOutcome::Unchanged { since, freeze_ms });
         }
-        let report = self.upload_mirror().await?;
+        let report = self.upload_mirror(reason == FOLLOW_REASON).await?;
         self.pending_upload = false;
+        self.protected_up_to_sync();
         self.last_snapshot_id = Some(report.id);
         self.last_complete_at = Some(report.created_at);
         self.last_snapshot_duration = Duration::from_millis(report.duration_ms);
@@ -88,6 +141,8 @@ impl Daemon {
                 requests: report.requests,
                 skipped: report.skipped.len(),
                 paths: report.paths.clone(),
+                reason: reason.to_string(),
+                request_counts: report.request_counts,
             });
             s.unchanged_since = None;
             s.last_error = None;
@@ -299,7 +354,7 @@ impl Daemon {
         Ok((stats, freeze))
     }
 
-    pub(super) async fn upload_mirror(&mut self) -> Result<snapshot::SnapshotReport, DaemonError> {
+    pub(super) async fn upload_mirror(&mut self, follow: bool) -> Result<snapshot::SnapshotReport, DaemonError> {
         let record = record::load(&self.config.state.work_dir)?;
         let base = record
             .as_ref()
@@ -333,6 +388,7 @@ impl Daemon {
             base,
             force: false,
             now: Utc::now(),
+            follow,
         };
         let report = snapshot::take(&self.store, self.engine.as_ref(), request).await?;
         record::remember(
@@ -472,6 +528,11 @@ impl Daemon {
             self.metrics
                 .record(names::SECONDS_SINCE_LAST_SNAPSHOT, seconds as f64, Unit::Seconds);
         }
+        let unprotected = self
+            .unprotected_since
+            .map_or(0, |since| (now - since).num_seconds().max(0));
+        self.metrics
+            .record(names::UNPROTECTED_SECONDS, unprotected as f64, Unit::Seconds);
         // Without a health URL there is nothing to report.
         if let Some(healthy) = self.status.lock().ok().and_then(|s| s.container.healthy) {
             self.metrics

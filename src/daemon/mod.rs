@@ -48,6 +48,12 @@ use policy::{Decision, Observed, Supervision};
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
 pub const MIRROR_DIR: &str = "mirrors";
+/// The reason of a snapshot taken to follow changes (`[snapshot] follow`): tagged `follow`.
+pub const FOLLOW_REASON: &str = "follow";
+/// While follow snapshots are on and nothing is pending, the loop looks at the trackers this
+/// often (an atomic read), so that a change is seen within it; the debounce counts from the
+/// change itself, which the tracker timestamps.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
 /// The mirrors' indexes, in `work_dir` (never inside `MIRROR_DIR`, which snapshots store).
 pub const MIRROR_INDEX_DIR: &str = "mirror-indexes";
 /// Where one mirror of the one state directory lived before `[[state.paths]]`: removed at start.
@@ -291,6 +297,9 @@ struct Daemon {
     last_snapshot_id: Option<SnapshotId>,
     /// When the newest complete snapshot was taken (for SecondsSinceLastSnapshot).
     last_complete_at: Option<DateTime<Utc>>,
+    /// When the oldest change not yet in the head happened (UnprotectedSeconds); `None`: the
+    /// head holds every change the tracker saw.
+    unprotected_since: Option<DateTime<Utc>>,
     last_snapshot_duration: Duration,
     hostname: String,
     /// This daemon's writer id (see `record::writer_id`); set once the instance is known.
@@ -338,6 +347,7 @@ impl Daemon {
             pending_upload: true,
             last_snapshot_id: None,
             last_complete_at: None,
+            unprotected_since: None,
             last_snapshot_duration: Duration::ZERO,
             hostname: snapshot::hostname(),
             writer: String::new(),
@@ -388,9 +398,17 @@ impl Daemon {
         let mut next_verify = self.config.verify.daily.then(|| next_daily(Utc::now(), verify_offset));
         let mut next_gauges = Utc::now();
         self.update(|s| s.next_snapshot = Some(next_snapshot));
+        let follow = self.follow_interval();
+        let mut follow_failed_at: Option<DateTime<Utc>> = None;
+        // Local state kept at boot may hold changes no snapshot has (a hard crash): follow them
+        // from now.
+        if follow.is_some() && self.pending_upload && self.unprotected_since.is_none() {
+            self.unprotected_since = Some(Utc::now());
+        }
         loop {
             systemd::progress();
             let now = Utc::now();
+            self.note_changes();
             if schedule::is_due(now, next_gauges) {
                 self.publish_gauges(now);
                 next_gauges = now + chrono::TimeDelta::seconds(60);
@@ -409,6 +427,25 @@ impl Daemon {
                 self.snapshot_tick("scheduled").await;
                 next_snapshot = schedule::next_tick(Utc::now(), interval);
                 self.update(|s| s.next_snapshot = Some(next_snapshot));
+                continue;
+            }
+            // A follow snapshot `follow` after the oldest unprotected change; after a failed one,
+            // not again before `follow` has passed (no hot loop of freezes while S3 is down).
+            let follow_due = follow.and_then(|follow| {
+                let step = chrono::TimeDelta::from_std(follow).unwrap_or_default();
+                let due = self.unprotected_since? + step;
+                Some(match follow_failed_at {
+                    Some(failed) => due.max(failed + step),
+                    None => due,
+                })
+            });
+            if let Some(due) = follow_due
+                && schedule::is_due(now, due)
+            {
+                follow_failed_at = match self.snapshot_tick(FOLLOW_REASON).await {
+                    Some(_) => None,
+                    None => Some(Utc::now()),
+                };
                 continue;
             }
             if schedule::is_due(now, next_prune) {
@@ -455,6 +492,11 @@ impl Daemon {
                 wake = wake.min(schedule::nap(now, due, MAX_NAP));
             }
             wake = wake.min(heartbeat);
+            match follow_due {
+                Some(due) => wake = wake.min(schedule::nap(now, due, MAX_NAP)),
+                None if follow.is_some() => wake = wake.min(FOLLOW_POLL),
+                None => {}
+            }
             if self.stuck_frozen {
                 wake = wake.min(THAW_RETRY);
             }

@@ -24,6 +24,9 @@ pub struct Status {
     /// Things an operator should know that are not errors (a log driver fallback, …).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// When the oldest change not yet in the head happened (`None`: every change seen is in it).
+    #[serde(default)]
+    pub unprotected_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +70,12 @@ pub struct SnapshotStatus {
     /// Each state path's files and bytes.
     #[serde(default)]
     pub paths: Vec<crate::mirror::PathTotals>,
+    /// Why it was taken: `scheduled`, `follow`, `final`, `requested`, …
+    #[serde(default)]
+    pub reason: String,
+    /// Its S3 requests by price class.
+    #[serde(default)]
+    pub request_counts: crate::store::RequestCounts,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -25,6 +25,9 @@ pub use password::{Password, PasswordError};
 
 /// The tag every spotkeeper snapshot carries (restic shows tags; it ignores rustic's label).
 pub const TAG: &str = "spotkeeper";
+/// The tag of a snapshot taken to follow changes (`[snapshot] follow`) rather than on the
+/// schedule: `retention.follow_keep` applies to it.
+pub const FOLLOW_TAG: &str = "follow";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Format2Error {
@@ -606,6 +609,19 @@ pub struct Engine {
     password: Password,
     cache: Option<PathBuf>,
     repo: Arc<std::sync::Mutex<Option<Repo>>>,
+    /// What this engine last knew for sure, so that a snapshot in the steady state reads nothing
+    /// (see `Known`).
+    known: Arc<std::sync::Mutex<Known>>,
+}
+
+/// The head this engine wrote last (with its ETag) and the snapshots it listed plus those it
+/// took since. Kept only by a writer that moves the head itself (the daemon): the ETag makes
+/// the next pointer write fail if anyone else moved it, and any failure forgets it all, so the
+/// next snapshot reads S3 again.
+#[derive(Debug, Default)]
+struct Known {
+    head: Option<(pointer::Pointer, String)>,
+    listed: Option<Vec<Listed>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -623,7 +639,37 @@ impl Engine {
             password,
             cache,
             repo: Arc::new(std::sync::Mutex::new(None)),
+            known: Arc::default(),
         }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The head this engine wrote last and its ETag, if it is still trusted.
+    pub fn known_head(&self) -> Option<(pointer::Pointer, String)> {
+        self.known().head.clone()
+    }
+
+    /// The snapshots as last listed plus those this engine took since, if still trusted.
+    pub fn known_snapshots(&self) -> Option<Vec<Listed>> {
+        self.known().listed.clone()
+    }
+
+    /// Records a snapshot this engine took and the head it wrote (`etag`: the pointer's new
+    /// ETag; without one, the head is read again next time).
+    pub fn took(&self, listed: Listed, head: pointer::Pointer, etag: Option<String>) {
+        let mut known = self.known();
+        if let Some(all) = &mut known.listed {
+            all.push(listed);
+        }
+        known.head = etag.map(|etag| (head, etag));
+    }
+
+    /// Trusts nothing: the next snapshot reads the head and lists the snapshots again.
+    pub fn forget_known(&self) {
+        *self.known() = Known::default();
     }
 
     /// Where the repository is, as restic names it (`s3:` URLs differ by endpoint: see
@@ -666,16 +712,21 @@ impl Engine {
             let backend = S3Backend::new(engine.store.clone(), handle);
             let repo = Repo::init(backend, &engine.password, engine.cache.as_deref())?;
             *engine.repo.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(repo);
+            // A new repository holds no snapshot.
+            engine.known().listed = Some(Vec::new());
             Ok(())
         })
         .await
         .map_err(|e| Format2Error::Task(e.to_string()))?
     }
 
-    /// spotkeeper's snapshots in the repository, oldest first.
+    /// spotkeeper's snapshots in the repository, oldest first (always listed anew).
     pub async fn list(&self) -> Result<Vec<Listed>, Format2Error> {
-        self.with(|repo| Ok(repo.snapshots()?.iter().map(Listed::of).collect()))
-            .await
+        let listed: Vec<Listed> = self
+            .with(|repo| Ok(repo.snapshots()?.iter().map(Listed::of).collect()))
+            .await?;
+        self.known().listed = Some(listed.clone());
+        Ok(listed)
     }
 }
 
@@ -694,6 +745,8 @@ pub struct Listed {
     pub data_added: Option<u64>,
     /// The state paths, from the description (`None`: not a description spotkeeper wrote).
     pub paths: Option<Vec<PathRecord>>,
+    /// Taken to follow changes (tag `follow`), not on the schedule: forgotten sooner.
+    pub follow: bool,
 }
 
 impl Listed {
@@ -706,6 +759,7 @@ impl Listed {
         Listed {
             restic_id: snapshot.id.to_hex().as_str().to_string(),
             id: snapshot.tags.iter().find_map(|tag| tag.parse().ok()),
+            follow: snapshot.tags.contains(FOLLOW_TAG),
             time,
             hostname: snapshot.hostname.clone(),
             files: snapshot.summary.as_ref().map(|s| s.total_files_processed),

@@ -96,7 +96,8 @@ pub enum WriteError {
 
 /// Replaces `latest.json` if it is still the object whose ETag is `etag` (`None`: only if
 /// there is none).
-pub async fn write(store: &Store, pointer: &Pointer, etag: Option<String>) -> Result<(), WriteError> {
+/// Returns the new object's ETag (what the next write must match).
+pub async fn write(store: &Store, pointer: &Pointer, etag: Option<String>) -> Result<Option<String>, WriteError> {
     let condition = match etag {
         Some(etag) => PutCondition::Matches(etag),
         None => PutCondition::Absent,
@@ -111,7 +112,7 @@ pub async fn write(store: &Store, pointer: &Pointer, etag: Option<String>) -> Re
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(etag) => Ok(etag),
         Err(e) if e.problem() == Some(&Problem::PreconditionFailed) => Err(WriteError::Moved),
         Err(e) => Err(WriteError::Store(e)),
     }

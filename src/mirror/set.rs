@@ -208,6 +208,20 @@ impl TrackerSet {
             .any(|t| t.as_ref().is_none_or(ChangeTracker::has_changes))
     }
 
+    /// When the app first changed something in any path since the last take.
+    pub fn first_change_at(&self) -> Option<std::time::SystemTime> {
+        self.trackers
+            .iter()
+            .flatten()
+            .filter_map(ChangeTracker::first_change_at)
+            .min()
+    }
+
+    /// True when every path is tracked (follow snapshots need to know when the app writes).
+    pub fn complete(&self) -> bool {
+        self.trackers.iter().all(Option::is_some)
+    }
+
     /// Each path's changes since the last take (`None` for an untracked path).
     pub fn take(&self) -> Vec<Option<Changes>> {
         self.trackers

@@ -92,6 +92,9 @@ struct Inner {
     /// Watch descriptor -> the directory it watches, relative to the root.
     watches: HashMap<i32, String>,
     changes: ChangeSet,
+    /// When the first change since the last `take` was seen (the app's changes only, not a
+    /// requested full walk): a follow snapshot is due `follow` after it.
+    first_change: Option<std::time::SystemTime>,
     /// Why the next `take` must answer a full walk.
     full_walk: Option<String>,
     buffer: Vec<MaybeUninit<u8>>,
@@ -125,6 +128,7 @@ impl ChangeTracker {
             inotify,
             watches: HashMap::new(),
             changes: ChangeSet::default(),
+            first_change: None,
             full_walk: Some("first sync since the change tracker started".into()),
             buffer: vec![MaybeUninit::uninit(); EVENT_BUFFER],
         };
@@ -145,6 +149,7 @@ impl ChangeTracker {
         let mut inner = lock(&self.inner);
         inner.drain();
         let changes = std::mem::take(&mut inner.changes);
+        inner.first_change = None;
         match inner.full_walk.take() {
             Some(reason) => {
                 if let Err(e) = inner.rearm() {
@@ -162,6 +167,14 @@ impl ChangeTracker {
         let mut inner = lock(&self.inner);
         inner.drain();
         inner.full_walk.is_some() || !inner.changes.is_empty()
+    }
+
+    /// When the app first changed something since the last `take` (draining the queue first);
+    /// `None`: no change of the app's is pending.
+    pub fn first_change_at(&self) -> Option<std::time::SystemTime> {
+        let mut inner = lock(&self.inner);
+        inner.drain();
+        inner.first_change
     }
 
     /// Asks for a full walk at the next `take` (for example the daily one), with `reason`.
@@ -308,8 +321,13 @@ impl Inner {
                 }
             }
         }
+        let had_events = !events.is_empty();
         for event in events {
             self.apply(event);
+        }
+        // A change, or an event that made a full walk necessary (overflow, a renamed directory).
+        if self.first_change.is_none() && (!self.changes.is_empty() || (had_events && self.full_walk.is_some())) {
+            self.first_change = Some(std::time::SystemTime::now());
         }
         if self.changes.paths.len() + self.changes.dirs.len() > MAX_TRACKED_PATHS {
             self.full_walk

@@ -6,8 +6,9 @@
 #   4. its boot script parses (sh -n), and its directory step, run in a scratch root, creates each
 #      missing state directory 0700 for the container's user and leaves an existing one alone;
 #   5. the spotkeeper.toml it writes holds OpenClaw's three [[state.paths]] (the boot script's
-#      directories, inside the unit's ReadWritePaths=), the container's user, ready_url, health_url
-#      and a stop_timeout of at least 30 s, and passes `spotkeeper check-config` (binary:
+#      directories, inside the unit's ReadWritePaths=), the container's user, ready_url, health_url,
+#      a stop_timeout of at least 30 s and [snapshot] follow = "60s" (the Pulumi alarm's basis),
+#      and passes `spotkeeper check-config` (binary:
 #      $SPOTKEEPER_BIN, default target/debug/spotkeeper; skipped with a message when there is none);
 #   6. render.py refuses an unsafe value, an unknown variable, a missing one and a repository
 #      password parameter under the secrets path (every parameter there reaches the container).
@@ -125,6 +126,9 @@ if "state_mount" in container:
     problems.append("[container] state_mount beside [[state.paths]]")
 if "repository" not in config:
     problems.append("several paths need format 2, and there is no [repository]")
+# The Pulumi alarm (UnprotectedSeconds over 10 minutes) assumes a snapshot a minute after a change.
+if config.get("snapshot", {}).get("follow") != "60s":
+    problems.append(f"[snapshot] follow = {config.get('snapshot', {}).get('follow')!r}, want '60s'")
 for key, value in [
     ("user", "1000:1000"),
     ("health_url", "http://127.0.0.1:18789/healthz"),
@@ -146,7 +150,7 @@ made = loop[1].split() if loop else []
 if made != [path["dir"] for path in want]:
     problems.append(f"the boot script creates {made}, not the [[state.paths]] directories")
 print("\n".join(problems) or "three paths (config, workspace, auth) inside ReadWritePaths= and made at boot, "
-      f"user, ready_url, health_url, stop_timeout {container['stop_timeout']}")
+      f"user, ready_url, health_url, stop_timeout {container['stop_timeout']}, follow {config['snapshot']['follow']}")
 sys.exit(1 if problems else 0)
 PY
 )"; then

@@ -35,9 +35,15 @@ DEFAULT_INSTANCE_TYPE = "t4g.small"
 DEFAULT_ROOT_VOLUME_GIB = 15
 DEFAULT_STACK_PREFIX = "openclaw"
 DEFAULT_METRICS_NAMESPACE = "Spotkeeper"
-METRIC_NAME = "SecondsSinceLastSnapshot"
-# An alarm when no snapshot for an hour: three missed 20-minute ticks.
-ALARM_THRESHOLD_SECONDS = 3600
+# The alarm's metric: the age of the oldest change of the app's not yet in a snapshot (0 when
+# none). A quiet app takes no snapshot and is not alarmed; a dead daemon publishes nothing.
+METRIC_NAME = "UnprotectedSeconds"
+# With the rendered `[snapshot] follow = "60s"` a change is in S3 within a minute and a
+# snapshot's duration: ten minutes unprotected means snapshots are failing (or follow is off).
+ALARM_THRESHOLD_SECONDS = 600
+ALARM_PERIOD_SECONDS = 300
+# Within CloudWatch's rule for a namespace and cloud-init/render.py's; the alarm's query quotes it.
+METRICS_NAMESPACE = re.compile(r"^[A-Za-z0-9_./-]{1,255}$")
 # Debian's official AMIs are published by this account.
 DEBIAN_AMI_OWNER = "136693071363"
 ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/([a-z0-9._/-]+)(?::[\w.-]+)?(?:@sha256:[0-9a-f]{64})?$")
@@ -149,6 +155,11 @@ def check_settings(s: Settings) -> None:
     for name in s.secrets:
         if not SECRET_NAME.fullmatch(name):
             raise ValueError(f"secret {name!r} must be a valid environment variable name")
+    if not METRICS_NAMESPACE.fullmatch(s.metrics_namespace) or s.metrics_namespace.startswith("AWS/"):
+        raise ValueError(
+            f"metricsNamespace {s.metrics_namespace!r} must be 1 to 255 letters, digits and _ . / -, "
+            "not starting with AWS/"
+        )
     arch_of(s.instance_type)
 
 
@@ -326,6 +337,13 @@ def instance_policy(
             },
         ]
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def alarm_query(namespace: str, label: str) -> str:
+    """The alarm's Metrics Insights query: the stack's largest `UnprotectedSeconds`, whatever other
+    dimensions its datums carry. spotkeeper adds `InstanceId` once IMDS answers, and a plain metric
+    alarm matches one exact set of dimensions, so one on `Stack` alone would never see a datum."""
+    return f"SELECT MAX({METRIC_NAME}) FROM \"{namespace}\" WHERE Stack = '{label}'"
 
 
 def user_data_values(s: Settings, *, bucket: str, artifacts_bucket: str, sha256: str) -> dict[str, str]:
@@ -564,7 +582,7 @@ def deploy(s: Settings | None = None) -> dict:
         tags=[{"key": "spotkeeper:stack", "value": s.label, "propagate_at_launch": True}],
     )
 
-    # --- Alarm: no snapshot for an hour ------------------------------------------------------
+    # --- Alarm: changes unprotected for ten minutes, or no daemon ---------------------------
     alarm_actions = []
     topic = None
     if s.alarm_email:
@@ -572,18 +590,25 @@ def deploy(s: Settings | None = None) -> dict:
         aws.sns.TopicSubscription(f"{s.label}-alarm-email", topic=topic.arn, protocol="email", endpoint=s.alarm_email)
         alarm_actions = [topic.arn]
     alarm = aws.cloudwatch.MetricAlarm(
-        f"{s.label}-snapshot-age",
-        name=f"{s.label}-seconds-since-last-snapshot",
-        alarm_description=f"No spotkeeper snapshot of {s.label} for over an hour (or no metrics at all)",
-        namespace=s.metrics_namespace,
-        metric_name=METRIC_NAME,
-        dimensions={"Stack": s.label},
-        statistic="Maximum",
-        period=300,
+        f"{s.label}-window-of-loss",
+        name=f"{s.label}-unprotected-seconds",
+        alarm_description=(
+            f"A change of {s.label}'s state has not been in a snapshot for over "
+            f"{ALARM_THRESHOLD_SECONDS // 60} minutes (snapshots failing), or spotkeeper publishes no metrics"
+        ),
+        metric_queries=[
+            {
+                "id": "unprotected",
+                "expression": alarm_query(s.metrics_namespace, s.label),
+                "period": ALARM_PERIOD_SECONDS,
+                "label": METRIC_NAME,
+                "return_data": True,
+            }
+        ],
         evaluation_periods=1,
         threshold=ALARM_THRESHOLD_SECONDS,
         comparison_operator="GreaterThanThreshold",
-        # No data means no daemon publishing: as bad as an old snapshot.
+        # No data means no daemon publishing: as bad as a change left unprotected.
         treat_missing_data="breaching",
         alarm_actions=alarm_actions,
         ok_actions=alarm_actions,

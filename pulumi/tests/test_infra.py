@@ -536,23 +536,60 @@ def test_repository_password_parameter_is_a_stack_output(deploy, monkeypatch):
 # --- the alarm ---------------------------------------------------------------------------------
 
 
-def test_alarm_fires_when_the_last_snapshot_is_over_an_hour_old(deploy):
+def test_alarm_fires_when_a_change_is_unprotected_for_ten_minutes_or_no_metrics_arrive(deploy):
     m = deploy().mocks
     alarm = m.one("aws:cloudwatch/metricAlarm:MetricAlarm")
-    assert alarm["namespace"] == "Spotkeeper"
-    assert alarm["metricName"] == "SecondsSinceLastSnapshot"
-    assert alarm["dimensions"] == {"Stack": "openclaw-dev"}
+    assert alarm["name"] == "openclaw-dev-unprotected-seconds"
+    # A query, not a plain metric: the datums carry Stack and, once IMDS answered, InstanceId.
+    assert alarm["metricQueries"] == [
+        {
+            "id": "unprotected",
+            "expression": "SELECT MAX(UnprotectedSeconds) FROM \"Spotkeeper\" WHERE Stack = 'openclaw-dev'",
+            "period": 300,
+            "label": "UnprotectedSeconds",
+            "returnData": True,
+        }
+    ]
+    for plain in ("namespace", "metricName", "dimensions", "statistic", "period"):
+        assert plain not in alarm, f"{plain} beside metricQueries"
     assert alarm["comparisonOperator"] == "GreaterThanThreshold"
-    assert alarm["threshold"] == 3600
+    assert alarm["threshold"] == 600
+    assert alarm["evaluationPeriods"] == 1
+    # A dead daemon publishes nothing: that must alarm too.
     assert alarm["treatMissingData"] == "breaching"
     assert not alarm.get("alarmActions")
     assert not m.of_type("aws:sns/topic:Topic")
 
 
+def test_no_alarm_on_the_age_of_the_last_snapshot(deploy):
+    # A quiet app takes no snapshot (neither follow nor the schedule uploads an unchanged state):
+    # an alarm on SecondsSinceLastSnapshot would fire on a healthy, idle OpenClaw.
+    alarms = deploy().mocks.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+    assert ["SecondsSinceLastSnapshot" in json.dumps(a.inputs) for a in alarms] == [False]
+
+
+def test_the_alarm_threshold_leaves_follow_and_a_snapshot_room(deploy):
+    # The rendered config follows changes every minute; the alarm must not fire on a snapshot
+    # that is merely in progress: follow plus five minutes stays under the threshold.
+    config = tomllib.loads(render.extract(deploy().user_data(), "/etc/spotkeeper/spotkeeper.toml"))
+    follow = config["snapshot"]["follow"]
+    assert follow == "60s"
+    assert int(follow.removesuffix("s")) + 300 <= infra.ALARM_THRESHOLD_SECONDS
+
+
+def test_alarm_query_quotes_the_namespace_and_a_bad_namespace_is_refused(deploy):
+    assert infra.alarm_query("Lab/OpenClaw", "openclaw-dev") == (
+        "SELECT MAX(UnprotectedSeconds) FROM \"Lab/OpenClaw\" WHERE Stack = 'openclaw-dev'"
+    )
+    for bad in ('Lab"x', "Open Claw", "AWS/EC2", "x" * 256):
+        with pytest.raises(ValueError, match="metricsNamespace"):
+            deploy(metricsNamespace=bad)
+
+
 def test_alarm_email_gets_a_topic_and_a_subscription(deploy):
     m = deploy(alarmEmail="ops@example.com", metricsNamespace="Lab").mocks
     alarm = m.one("aws:cloudwatch/metricAlarm:MetricAlarm")
-    assert alarm["namespace"] == "Lab"
+    assert 'FROM "Lab" WHERE' in alarm["metricQueries"][0]["expression"]
     topic_arn = f"arn:aws:sns:{REGION}:{ACCOUNT}:openclaw-dev-alarms-0123abcd"
     assert alarm["alarmActions"] == [topic_arn]
     sub = m.one("aws:sns/topicSubscription:TopicSubscription")

@@ -72,10 +72,16 @@ impl Daemon {
     /// uploads it when anything is pending. Every attempt, whatever asked for it, is counted in
     /// the metrics.
     pub(super) async fn snapshot_now(&mut self, reason: &str, hold: Hold) -> Result<SnapshotOutcome, DaemonError> {
+        let attempted_at = Utc::now();
         let result = self.snapshot_attempt(reason, hold).await;
         if let Err(e) = &result {
-            // Whatever failed, the mirror may hold changes no upload has: never forget them.
+            // Whatever failed, the mirror may hold changes no upload has: never forget them,
+            // and count them as unprotected from the attempt at the latest.
             self.pending_upload = true;
+            if self.unprotected_since.is_none() {
+                self.unprotected_since = Some(attempted_at);
+                self.update(|s| s.unprotected_since = Some(attempted_at));
+            }
             self.metrics.record(names::SNAPSHOT_SUCCESS, 0.0, Unit::Count);
             if matches!(
                 e,

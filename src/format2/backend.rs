@@ -41,7 +41,14 @@ pub struct S3Backend {
 struct IndexMemo {
     in_use: bool,
     listed: Option<Vec<(Id, u32)>>,
+    /// When `listed` came from S3: it is listed again after `INDEX_MEMO_TTL`, well within
+    /// prune's grace for marked packs (`prune::PACK_GRACE`), so that a prune run by another
+    /// process (a person's `spotkeeper prune`) is seen before a pack it marked can go.
+    listed_at: Option<std::time::Instant>,
 }
+
+/// How long the memo of `index/` is trusted: one LIST an hour in the steady state.
+pub const INDEX_MEMO_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Bytes of pack data that ranged reads may hold at once. rustic_core restores (and checks) with
 /// 20 reader threads of up to 40 MiB each and queues what it read for writing: unbounded, a
@@ -217,6 +224,7 @@ impl ReadBackend for S3Backend {
             let memo = self.memo();
             if memo.in_use
                 && let Some(listed) = &memo.listed
+                && memo.listed_at.is_some_and(|at| at.elapsed() < INDEX_MEMO_TTL)
             {
                 return Ok(listed.clone());
             }
@@ -236,6 +244,7 @@ impl ReadBackend for S3Backend {
         if tpe == FileType::Index {
             let mut memo = self.memo();
             memo.listed = memo.in_use.then(|| listed.clone());
+            memo.listed_at = memo.in_use.then(std::time::Instant::now);
         }
         Ok(listed)
     }

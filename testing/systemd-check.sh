@@ -232,12 +232,19 @@ prepare_box_root() {
 }
 
 # ---- servers on the host -------------------------------------------------------------------------
+# The S3 server: s3s-fs in the project's own examples/demo-s3, which `make test` has built beside
+# the binary (a `cargo install s3s-fs` would compile it all again: minutes of CI).
+s3_server=""
 ensure_s3s_fs() {
-  command -v s3s-fs >/dev/null && return 0
-  [[ -x "$HOME/.cargo/bin/s3s-fs" ]] && { PATH="$HOME/.cargo/bin:$PATH"; return 0; }
-  log "installing s3s-fs $S3S_FS_VERSION with cargo install (once)"
-  cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --quiet
-  PATH="$HOME/.cargo/bin:$PATH"
+  local built
+  built="$(dirname "$bin")/examples/demo-s3"
+  if [[ -x "$built" ]]; then
+    s3_server="$built"
+    return 0
+  fi
+  log "building examples/demo-s3 (s3s-fs $S3S_FS_VERSION) with cargo"
+  (cd "$repo" && cargo build --locked --quiet --example demo-s3)
+  s3_server="$repo/target/debug/examples/demo-s3"
 }
 
 # A TCP proxy in front of s3s-fs: while $slow_flag exists it forwards uploads (client to server)
@@ -302,7 +309,7 @@ start_servers() {
   mkdir -p "$s3_root/$BUCKET"
   local s3_port moto_log="$run_dir/moto.log"
   s3_port="$(free_port)"
-  s3s-fs --host 127.0.0.1 --port "$s3_port" --access-key "$ACCESS_KEY" --secret-key "$SECRET_KEY" "$s3_root" \
+  AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" "$s3_server" "$s3_port" "$s3_root" \
     >"$run_dir/s3s-fs.log" 2>&1 &
   s3_pid=$!
   wait_until "$SERVER_TIMEOUT" port_open "$s3_port" || { cat "$run_dir/s3s-fs.log" >&2; die "s3s-fs did not listen on $s3_port"; }

@@ -47,6 +47,7 @@ bench:
 	./bench/run.sh --scales $(BENCH_SCALES) --runs $(BENCH_RUNS)
 	python3 bench/daemon.py --scale medium
 	python3 bench/daemon.py --scale medium --format2
+	python3 bench/follow.py --minutes 30
 
 # Graviton (t4g) cross build; needs `rustup target add aarch64-unknown-linux-gnu` and
 # gcc-aarch64-linux-gnu (docs/deployment.md).

@@ -189,7 +189,9 @@ fn a_hard_crash_loses_at_most_follow_plus_one_snapshot() {
 
     // Every write acknowledged more than follow plus one snapshot's duration (and a second for
     // the scheduler) before the kill is in the restored state.
-    let bound = Duration::from_secs(FOLLOW_S + 1) + Duration::from_millis(longest_snapshot_ms(&log));
+    // The snapshot running at the kill is not in the log: its duration is taken as the longest
+    // logged one, and at least a second.
+    let bound = Duration::from_secs(FOLLOW_S + 1) + Duration::from_millis(longest_snapshot_ms(&log).max(1000));
     let cutoff = killed_at - bound;
     let acked = acks(&container);
     assert!(!acked.is_empty(), "no acks in the app's log");
@@ -204,5 +206,67 @@ fn a_hard_crash_loses_at_most_follow_plus_one_snapshot() {
             "lost acknowledged writes: restored {restored}, but {must_have} was acknowledged {bound:?} before the kill; log:\n{log}"
         );
     }
+    remove_container(&container);
+}
+
+/// The steady state trusts what the daemon wrote last; a second writer that moves the head
+/// under it is caught by the pointer's ETag: the daemon's next snapshot does not move the head
+/// back, and the one after reads S3 again and refuses as a diverged lineage.
+#[test]
+fn a_second_writer_under_a_following_daemon_is_caught_by_the_pointer_etag() {
+    if !docker_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let moto = Moto::start();
+    let (world, container) = follow_world(&s3, &moto, "second", 3_600_000);
+    let mut daemon = Daemon::start(&world);
+    write(&world.state.join("notes/a.md"), b"before", 0o644);
+    let steady = wait_for(Duration::from_secs(120), || {
+        last_snapshot(&world).is_some_and(|s| s["request_counts"]["get"] == 0 && s["request_counts"]["list"] == 0)
+    });
+    if !steady {
+        // One more change: the first snapshot after the start reads S3.
+        write(&world.state.join("notes/b.md"), b"before", 0o644);
+        let again = wait_for(Duration::from_secs(60), || {
+            last_snapshot(&world).is_some_and(|s| s["request_counts"]["get"] == 0)
+        });
+        assert!(again, "never in the steady state; log:\n{}", daemon.log());
+    }
+
+    // Another machine takes the prefix over (--force) while the daemon runs.
+    let other = world.sibling();
+    let password_file = world.dir.path().join("repository-password");
+    other.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
+    write(&other.state.join("theirs.txt"), b"another machine", 0o644);
+    let theirs = other.json(&["snapshot", "--force", "--json"]);
+    let their_restic = theirs["restic_id"].as_str().expect("restic id").to_string();
+    let head = || -> String {
+        let body = s3.object("follow", &world.key("latest.json"));
+        let pointer: serde_json::Value = serde_json::from_slice(&body).expect("latest.json");
+        pointer["restic_id"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(head(), their_restic);
+
+    // The daemon follows a change: its pointer write fails on the ETag, the head stays theirs.
+    write(&world.state.join("notes/c.md"), b"after", 0o644);
+    let refused = wait_for(Duration::from_secs(60), || {
+        common::count(&daemon.log(), "snapshot failed") >= 1
+    });
+    assert!(refused, "the moved head was not noticed; log:\n{}", daemon.log());
+    assert_eq!(head(), their_restic, "the daemon moved the head back");
+    let log = daemon.log();
+    assert!(log.contains("replaced by another writer"), "log:\n{log}");
+    // The next try reads S3 and refuses: this state does not descend from their head.
+    let diverged = wait_for(Duration::from_secs(60), || {
+        daemon.log().contains("Another machine may be writing")
+    });
+    assert!(diverged, "log:\n{}", daemon.log());
+    assert_eq!(head(), their_restic);
+    assert!(
+        status(&world).is_some_and(|s| s["unprotected_since"].is_string()),
+        "the change is shown as unprotected"
+    );
+    assert!(daemon.stop().code().is_some(), "log:\n{}", daemon.log());
     remove_container(&container);
 }

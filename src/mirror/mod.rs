@@ -232,7 +232,7 @@ impl Mirror {
             let mut out = BufWriter::new(File::create(&temp)?);
             serde_json::to_writer(&mut out, &self.index)?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            fs::rename(&temp, &path)
+            fs::rename(&temp, path)
         };
         write().map_err(|e| write_error(path, e))
     }

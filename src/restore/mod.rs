@@ -379,7 +379,7 @@ pub async fn restore(
     let held: Vec<format2::PathRecord> = match &chosen {
         Chosen::One(manifest) => vec![format2::PathRecord {
             name: crate::config::SHORTHAND_PATH_NAME.to_string(),
-            root: manifest.root.clone(),
+            root: manifest.root,
             files: manifest.totals.files,
             bytes: manifest.totals.bytes,
         }],
@@ -743,7 +743,7 @@ pub async fn restore_format2(
         let mut unpacked = Vec::with_capacity(staged.len());
         for (record, staging) in &staged {
             unpacked.push(sanitize_staged(staging, id)?);
-            set_root(staging, Some(record.root.clone()))?;
+            set_root(staging, Some(record.root))?;
         }
         Ok(unpacked)
     })

@@ -101,16 +101,19 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    /// (held, configured, only) -> the paths restored and missing, or the start of the refusal.
+    type Case<'a> = (
+        Vec<String>,
+        Vec<String>,
+        Option<&'a str>,
+        Result<(Vec<&'a str>, Vec<&'a str>), &'a str>,
+    );
+
     #[test]
     fn a_restore_into_the_state_takes_what_both_name_and_refuses_strays() {
         let three = names(&["config", "workspace", "auth"]);
         // (held, configured, only) -> restore, missing, or the start of the refusal
-        let cases: Vec<(
-            Vec<String>,
-            Vec<String>,
-            Option<&str>,
-            Result<(Vec<&str>, Vec<&str>), &str>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 three.clone(),
                 three.clone(),

@@ -56,18 +56,8 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> Result<(), CommandError
     let repository = config.repository_url();
     if let Some(name) = &args.path
         && args.to.is_none()
-        && config.state.path(name).is_none()
     {
-        return Err(CommandError::Refused(format!(
-            "the config has no state path named {name:?} (it has: {})",
-            config
-                .state
-                .paths
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        config.state.require_path(name).map_err(CommandError::Refused)?;
     }
     let local = record::load(&config.state.work_dir)?;
     let origin = local.as_ref().map(|r| {

@@ -290,6 +290,17 @@ impl StateConfig {
         self.paths.iter().find(|p| p.name == name)
     }
 
+    /// The path named `name`, or the refusal that names the paths there are (`restore --path`).
+    pub fn require_path(&self, name: &str) -> Result<&StatePath, String> {
+        self.path(name).ok_or_else(|| {
+            let names: Vec<&str> = self.paths.iter().map(|p| p.name.as_str()).collect();
+            format!(
+                "the config has no state path named {name:?} (it has: {})",
+                names.join(", ")
+            )
+        })
+    }
+
     /// Every path's directory, in config order.
     pub fn dirs(&self) -> Vec<PathBuf> {
         self.paths.iter().map(|p| p.dir.clone()).collect()

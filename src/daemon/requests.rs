@@ -38,19 +38,8 @@ impl Daemon {
         snapshot: Option<SnapshotId>,
         path: Option<String>,
     ) -> Result<control::ManualRestore, DaemonError> {
-        if let Some(name) = &path
-            && self.config.state.path(name).is_none()
-        {
-            return Err(DaemonError::Refused(format!(
-                "the config has no state path named {name:?} (it has: {})",
-                self.config
-                    .state
-                    .paths
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+        if let Some(name) = &path {
+            self.config.state.require_path(name).map_err(DaemonError::Refused)?;
         }
         // Pin the snapshot now: once the safety snapshot is taken, latest/ is that snapshot, and
         // restoring "latest" would change nothing.

@@ -671,14 +671,11 @@ fn copy_content(source: &File, target: &File, stat: &Stat) -> Result<u64, CopyEr
     Ok(copied)
 }
 
-/// Copies `len` bytes (to the end when `None`) at `offset` of `source` to the same offset: in
-/// the kernel first (`copy_file_range`: no copy through user space, and a reflink on XFS or
-/// btrfs), then through a buffer for whatever the kernel did not copy (another filesystem, an
-/// error, a file that ended early), which also tells a read error from a write error.
+/// Copies `len` bytes (to the end when `None`) at `offset` of `source` to the same offset.
 fn copy_range(source: &File, target: &File, offset: u64, len: Option<u64>) -> Result<u64, CopyError> {
     use std::os::unix::fs::FileExt;
-    let mut done = copy_in_kernel(source, target, offset, len);
     let mut buffer = vec![0u8; 256 * 1024];
+    let mut done = 0u64;
     loop {
         let want = len.map_or(buffer.len() as u64, |l| (l - done).min(buffer.len() as u64));
         if want == 0 {
@@ -694,33 +691,6 @@ fn copy_range(source: &File, target: &File, offset: u64, len: Option<u64>) -> Re
             .write_all_at(&buffer[..n], offset + done)
             .map_err(CopyError::Write)?;
         done += n as u64;
-    }
-}
-
-/// The kernel's part of `copy_range`: bytes copied before it returned 0 (the end) or failed.
-fn copy_in_kernel(source: &File, target: &File, offset: u64, len: Option<u64>) -> u64 {
-    /// At most this much per call, so that a huge file is copied in steps like the buffer's.
-    const STEP: u64 = 8 * 1024 * 1024;
-    let mut done = 0u64;
-    loop {
-        let want = len.map_or(STEP, |l| (l - done).min(STEP));
-        if want == 0 {
-            return done;
-        }
-        let (mut off_in, mut off_out) = (offset + done, offset + done);
-        match rustix::fs::copy_file_range(
-            source,
-            Some(&mut off_in),
-            target,
-            Some(&mut off_out),
-            usize::try_from(want).unwrap_or(usize::MAX),
-        ) {
-            Ok(0) => return done,
-            Ok(n) => done += n as u64,
-            Err(rustix::io::Errno::INTR) => {}
-            // Not supported here, or an error the buffered copy will name: it goes on from `done`.
-            Err(_) => return done,
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -115,28 +116,45 @@ fn remove(path: &Path) -> Result<(), DrillError> {
     }
 }
 
-/// Every SQLite database under `root` (by its header), checked read-only.
+/// Every SQLite database under `root` (by its header), checked read-only. Walked by descriptor
+/// (a restored tree may hold paths past PATH_MAX and links to anywhere: none is followed); each
+/// database is opened through its directory's descriptor (`/proc/self/fd/N/NAME`), so its path
+/// is short whatever its depth.
 fn check_databases(root: &Path, id: SnapshotId) -> Result<Vec<String>, DrillError> {
+    use crate::walk::fd;
+    use std::os::fd::{AsFd, AsRawFd};
+    let io_error = |rel: &str| {
+        let path = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        move |source| DrillError::Io { path, source }
+    };
     let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = fs::read_dir(&dir).map_err(|source| DrillError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() && is_sqlite(&path) {
-                let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-                integrity_check(&path).map_err(|message| DrillError::Sqlite {
-                    id,
-                    path: rel.clone(),
-                    message,
-                })?;
-                found.push(rel);
+    let mut stack = vec![(fd::open_dir_path(root).map_err(io_error(""))?, String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for name in fd::list_dir(dir.as_fd()).map_err(io_error(&rel))? {
+            let child = fd::join(&rel, &fd::shown(name.to_bytes()));
+            let Ok(stat) = fd::stat_at(dir.as_fd(), &name) else {
+                continue;
+            };
+            match fd::file_type(&stat) {
+                rustix::fs::FileType::Directory => {
+                    stack.push((fd::open_dir_at(dir.as_fd(), &name).map_err(io_error(&child))?, child));
+                }
+                rustix::fs::FileType::RegularFile if is_sqlite(dir.as_fd(), &name) => {
+                    let path = Path::new("/proc/self/fd")
+                        .join(dir.as_raw_fd().to_string())
+                        .join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+                    integrity_check(&path).map_err(|message| DrillError::Sqlite {
+                        id,
+                        path: child.clone(),
+                        message,
+                    })?;
+                    found.push(child);
+                }
+                _ => {}
             }
         }
     }
@@ -144,9 +162,9 @@ fn check_databases(root: &Path, id: SnapshotId) -> Result<Vec<String>, DrillErro
     Ok(found)
 }
 
-fn is_sqlite(path: &Path) -> bool {
+fn is_sqlite(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr) -> bool {
     let mut header = [0u8; 16];
-    fs::File::open(path)
+    crate::walk::fd::open_file_at(dir, name)
         .and_then(|mut f| f.read_exact(&mut header))
         .is_ok_and(|()| &header == SQLITE_MAGIC)
 }

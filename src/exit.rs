@@ -119,11 +119,11 @@ pub fn of_format2(error: &crate::format2::Format2Error) -> Exit {
     }
     match error {
         _ if error.is_wrong_password() => Exit::Config,
-        Format2Error::Check { .. } | Format2Error::Unsafe { .. } => Exit::Integrity,
+        Format2Error::Check { .. } | Format2Error::Unsafe { .. } | Format2Error::Damaged { .. } => Exit::Integrity,
         Format2Error::Missing { .. } | Format2Error::NoSnapshot { .. } => Exit::NotFound,
         Format2Error::Exists { .. } => Exit::Refused,
         Format2Error::Task(_) => Exit::Failure,
-        Format2Error::Repository { .. } | Format2Error::Source { .. } => Exit::Io,
+        Format2Error::Repository { .. } | Format2Error::Source { .. } | Format2Error::Write { .. } => Exit::Io,
     }
 }
 

@@ -506,34 +506,41 @@ fn a_second_writer_is_refused_and_the_pointer_never_moves_under_it() {
 }
 
 #[test]
-fn a_hostile_repository_cannot_plant_a_link_out_of_the_target() {
+fn a_hostile_repository_writes_nothing_outside_the_target_and_plants_no_privilege() {
     let s3 = S3Server::start();
     let (world, _) = format2_world(&s3, "hostile");
-    // Someone with the password writes a snapshot holding a link to /etc and a setuid file: the
-    // mirror never produces these, so the engine is driven directly.
+    // Someone with the password writes snapshots the mirror never produces (a setuid file, a
+    // root mode of 0o6777, a FIFO, a path name that climbs out), so the engine is driven directly.
     let evil = world.dir.path().join("evil");
     write(&evil.join("state/bin/tool"), b"#!/bin/sh\n", 0o4755);
     std::os::unix::fs::symlink("/etc", evil.join("state/etc-link")).expect("symlink");
-    let path = |name: &str| spotkeeper::format2::PathRecord {
+    let fifo = world.dir.path().join("evil-fifo");
+    write(&fifo.join("state/ok"), b"ok", 0o644);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        fifo.join("state/pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("fifo");
+    let path = |name: &str, mode: u32| spotkeeper::format2::PathRecord {
         name: name.into(),
-        root: spotkeeper::manifest::Owner {
-            mode: 0o700,
-            uid: 0,
-            gid: 0,
-        },
+        root: spotkeeper::manifest::Owner { mode, uid: 0, gid: 0 },
         files: 1,
         bytes: 10,
     };
-    let (store_a, source) = (store(&world), evil.clone());
-    let descriptions = [
-        ("2026-11-30-12-00", vec![path("state")]),
+    let store_a = store(&world);
+    let snapshots = [
+        ("2026-11-30-12-00", evil.clone(), vec![path("state", 0o6777)]),
         // A description whose path name climbs out of the target.
-        ("2026-11-30-12-20", vec![path("../../escape")]),
+        ("2026-11-30-12-20", evil.clone(), vec![path("../../escape", 0o700)]),
+        ("2026-11-30-12-40", fifo.clone(), vec![path("state", 0o700)]),
     ];
     blocking(move |handle| {
         let pw = Password::new(PASSWORD, "test").expect("password");
         let mut repo = Repo::init(S3Backend::new(store_a, handle), &pw, None).expect("init");
-        for (id, paths) in descriptions {
+        for (id, source, paths) in snapshots {
             repo.backup(
                 &source,
                 "spotkeeper",
@@ -545,40 +552,53 @@ fn a_hostile_repository_cannot_plant_a_link_out_of_the_target() {
             .expect("backup");
         }
     });
+    let nothing_written = |target: &Path| {
+        assert!(!target.exists(), "nothing was planted");
+        let staging: Vec<_> = fs::read_dir(world.dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("spotkeeper-staging"))
+            .collect();
+        assert!(staging.is_empty(), "the staging directory was removed");
+    };
     let target = world.dir.path().join("target");
-    let (code, stderr) = failure(&world.run(&[
-        "restore",
-        "--snapshot",
-        "2026-11-30-12-20",
-        "--to",
-        target.to_str().expect("utf-8"),
-    ]));
+    let restore_to = |id: &str| world.run(&["restore", "--snapshot", id, "--to", target.to_str().expect("utf-8")]);
+    let (code, stderr) = failure(&restore_to("2026-11-30-12-20"));
     assert_eq!(code, 5, "{stderr}");
     assert!(
         stderr.contains("../../escape") && stderr.contains("a state path name"),
         "{stderr}"
     );
-    assert!(
-        !world.dir.path().join("escape").exists() && !target.exists(),
-        "nothing was written"
-    );
-    let target = world.dir.path().join("target");
-    let (code, stderr) = failure(&world.run(&[
-        "restore",
-        "--snapshot",
-        "2026-11-30-12-00",
-        "--to",
-        target.to_str().expect("utf-8"),
-    ]));
+    assert!(!world.dir.path().join("escape").exists());
+    nothing_written(&target);
+    let (code, stderr) = failure(&restore_to("2026-11-30-12-40"));
     assert_eq!(code, 5, "{stderr}");
-    assert!(stderr.contains("etc-link") && stderr.contains("absolute"), "{stderr}");
-    assert!(!target.exists(), "nothing was planted");
-    let staging: Vec<_> = fs::read_dir(world.dir.path())
-        .expect("dir")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("spotkeeper-staging"))
-        .collect();
-    assert!(staging.is_empty(), "the staging directory was removed");
+    assert!(
+        stderr.contains("state/pipe") && stderr.contains("a device, socket or pipe"),
+        "{stderr}"
+    );
+    nothing_written(&target);
+
+    // Links are data: the link to /etc comes back as that link, never followed; setuid and the
+    // root's bits above 0o777 (and world-write) are dropped, and the restore says so.
+    let out = restore_to("2026-11-30-12-00");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let link = fs::symlink_metadata(target.join("etc-link")).expect("the link is restored");
+    assert!(link.file_type().is_symlink());
+    assert_eq!(fs::read_link(target.join("etc-link")).expect("link"), Path::new("/etc"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::symlink_metadata(p).expect("meta").permissions().mode() & 0o7777;
+    assert_eq!(mode(&target.join("bin/tool")), 0o755, "setuid never planted");
+    assert_eq!(
+        mode(&target),
+        0o775,
+        "the root's setuid, setgid, sticky and world-write bits are dropped"
+    );
+    assert!(
+        stdout.contains("bin/tool (setuid dropped)") && stdout.contains("mode bits 0o6002"),
+        "the restore reports what it dropped: {stdout}"
+    );
 }
 
 #[test]
@@ -697,4 +717,73 @@ fn prune_forgets_old_format_2_snapshots_by_the_policy_and_never_the_head() {
     let restored = world.dir.path().join("after-prune");
     world.ok(&["restore", "--to", restored.to_str().expect("utf-8")]);
     assert_eq!(shape(&restored), shape(&world.state));
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        fs::create_dir_all(at).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_one_line_naming_the_path_and_changes_nothing() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root: this test must run there"
+        );
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let s3 = S3Server::start();
+    let (mut world, password_file) = format2_world(&s3, "fulldisk");
+    write(&world.state.join("big.bin"), &noise(6 * 1024 * 1024, 7), 0o644);
+    write(&world.state.join("small.txt"), b"small", 0o644);
+    world.ok(&["snapshot"]);
+    let disk = SmallDisk::mount(&world.dir.path().join("small-disk"), "2m");
+
+    // A restore onto a disk too small: exit 6 naming where it failed, nothing left behind.
+    let target = disk.0.join("target");
+    let (code, stderr) = failure(&world.run(&["restore", "--to", target.to_str().expect("utf-8")]));
+    assert_eq!(code, 6, "{stderr}");
+    assert!(
+        stderr.contains(disk.0.to_str().expect("utf-8")) && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        fs::read_dir(&disk.0).expect("disk").count(),
+        0,
+        "no staging is left behind"
+    );
+
+    // The daemon's own files on a full disk: the snapshot fails in one line, no panic, and the
+    // state is untouched.
+    let before = shape(&world.state);
+    world.work = disk.0.join("work");
+    world.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
+    write(&world.state.join("small.txt"), b"changed", 0o644);
+    let before_changed = shape(&world.state);
+    assert_ne!(before, before_changed);
+    let (code, stderr) = failure(&world.run(&["snapshot"]));
+    assert_eq!(code, 6, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("No space left"), "{stderr}");
+    assert_eq!(shape(&world.state), before_changed, "the state is untouched");
 }

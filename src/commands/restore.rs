@@ -133,6 +133,15 @@ fn print_paths(report: &restore::RestoreReport) {
     for name in &report.missing {
         println!("  {name:<12} not in this snapshot (taken before the path was configured): left as it was");
     }
+    if !report.privilege_dropped.is_empty() {
+        println!(
+            "  restore never plants setuid, setgid or world-writable state directories; dropped on {} entries:",
+            report.privilege_dropped.len()
+        );
+        for entry in &report.privilege_dropped {
+            println!("    {}", entry.escape_debug());
+        }
+    }
 }
 
 /// A container that runs with the state directory bind-mounted follows it when it is renamed

@@ -9,15 +9,15 @@
 pub mod backend;
 pub mod password;
 pub mod pointer;
+pub mod restorer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustic_core::repofile::{Node, NodeType, SnapshotFile, SnapshotId};
+use rustic_core::repofile::{NodeType, SnapshotFile, SnapshotId};
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, FileType, KeyOptions, LocalDestination, LsOptions,
-    OpenStatus, PathList, PruneOptions, Repository, RepositoryBackends, RepositoryOptions, RestoreOptions, RusticError,
-    SnapshotOptions, WriteBackend,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, FileType, KeyOptions, OpenStatus, PathList, PruneOptions,
+    Repository, RepositoryBackends, RepositoryOptions, RusticError, SnapshotOptions, WriteBackend,
 };
 
 pub use backend::S3Backend;
@@ -53,6 +53,20 @@ pub enum Format2Error {
     Source { path: PathBuf, message: String },
     #[error("repository task failed: {0}")]
     Task(String),
+    #[error(
+        "snapshot {snapshot} of {location} cannot be restored: {what}; nothing outside the staging directory was written"
+    )]
+    Damaged {
+        location: String,
+        snapshot: String,
+        what: String,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "refusing to restore snapshot {snapshot} of {location}: it holds {reason} at {path:?}; nothing was written \
          (restore never plants such entries)"
@@ -367,12 +381,16 @@ impl Repo {
         Ok(paths)
     }
 
-    /// Restores the state paths `targets` (each a path's name and an empty or absent directory)
-    /// from the snapshot `id` (restic's id), if it carries the tag `tag` (its spotkeeper id).
-    /// Every entry is checked first (`checked_nodes`), for every path before anything is
-    /// written: rustic_core joins names onto the target as they are, so a crafted tree could
-    /// otherwise write outside it.
-    pub fn restore(&mut self, id: &str, tag: &str, targets: &[(String, PathBuf)]) -> Result<(), Format2Error> {
+    /// Restores the state paths `targets` (each a path's name and an empty directory spotkeeper
+    /// made) from the snapshot `id` (restic's id), if it carries the tag `tag` (its spotkeeper id).
+    /// Every entry of every path is read and checked before anything is written (see
+    /// `restorer`); then each path is written through directory descriptors.
+    pub fn restore(
+        &mut self,
+        id: &str,
+        tag: &str,
+        targets: &[(String, PathBuf)],
+    ) -> Result<Vec<restorer::Restored>, Format2Error> {
         let wrap = wrap(&self.location);
         let repo = self.take()?.to_indexed().map_err(&wrap)?;
         let result = (|| {
@@ -387,38 +405,61 @@ impl Repo {
             if !snapshot.tags.contains(TAG) || !snapshot.tags.contains(tag) {
                 return Err(no_snapshot());
             }
-            let mut planned = Vec::with_capacity(targets.len());
+            let failed = |name: &str, error: restorer::RestorerError| self.restorer_error(id, name, error);
+            let mut plans = Vec::with_capacity(targets.len());
             for (name, dest) in targets {
                 let node = repo
                     .node_from_snapshot_and_path(&snapshot, &format!("/{name}"))
                     .map_err(&wrap)?;
-                let listed: Vec<(PathBuf, Node)> = repo
-                    .ls(&node, &LsOptions::default())
-                    .map_err(&wrap)?
-                    .collect::<Result<_, _>>()
-                    .map_err(&wrap)?;
-                let nodes = checked_nodes(listed).map_err(|(path, reason)| Format2Error::Unsafe {
-                    location: self.location.clone(),
-                    snapshot: id.to_string(),
-                    path: format!("{name}/{path}"),
-                    reason,
-                })?;
-                planned.push((nodes, dest));
+                let (NodeType::Dir, Some(tree)) = (&node.node_type, node.subtree) else {
+                    return Err(failed(
+                        name,
+                        restorer::RestorerError::Unsafe {
+                            path: String::new(),
+                            reason: "a state path that is not a directory",
+                        },
+                    ));
+                };
+                let plan = restorer::Plan::read(&repo, tree).map_err(|e| failed(name, e))?;
+                plans.push((name, plan, dest));
             }
-            for (nodes, dest) in planned {
-                let dest = LocalDestination::new(&format!("{}/", dest.display()), true, false).map_err(&wrap)?;
-                // Numeric owners: the container's users have no names on the host.
-                let options = RestoreOptions::default().numeric_id(true);
-                let plan = repo
-                    .prepare_restore(&options, nodes.clone().into_iter().map(Ok), &dest, false)
-                    .map_err(&wrap)?;
-                repo.restore(plan, &options, nodes.into_iter().map(Ok), &dest)
-                    .map_err(&wrap)?;
+            let mut restored = Vec::with_capacity(plans.len());
+            for (name, plan, dest) in plans {
+                restored.push(restorer::restore(&repo, &self.s3, &plan, dest).map_err(|e| failed(name, e))?);
             }
-            Ok(())
+            Ok(restored)
         })();
         self.repo = Some(repo.drop_index());
         result
+    }
+
+    /// The restorer's error as this module's, naming the repository, snapshot and path.
+    fn restorer_error(&self, id: &str, name: &str, error: restorer::RestorerError) -> Format2Error {
+        let inside = |path: &str| {
+            if path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}/{path}")
+            }
+        };
+        match error {
+            restorer::RestorerError::Unsafe { path, reason } => Format2Error::Unsafe {
+                location: self.location.clone(),
+                snapshot: id.to_string(),
+                path: inside(&path),
+                reason,
+            },
+            restorer::RestorerError::Damaged { what } => Format2Error::Damaged {
+                location: self.location.clone(),
+                snapshot: id.to_string(),
+                what,
+            },
+            restorer::RestorerError::Repository(source) => Format2Error::Repository {
+                location: self.location.clone(),
+                source,
+            },
+            restorer::RestorerError::Write { path, source } => Format2Error::Write { path, source },
+        }
     }
 
     /// Checks the repository's structure (config, keys, index, every snapshot's trees, that each
@@ -488,54 +529,6 @@ pub struct PruneSummary {
     /// Packs marked for deletion now (deleted by a prune after the grace period).
     pub packs_marked: u64,
     pub bytes_deleted: u64,
-}
-
-/// Checks the entries a restore would write, before anything is written: every name a plain
-/// one (not empty, `.` or `..`, no `/` or NUL), every path relative and made of such names, no
-/// path twice, only files, directories and links, no link that leaves the tree (resolved
-/// against the other links, as `manifest::escaping_links` does for format 1). Extended
-/// attributes are dropped (a `security.capability` would plant a privilege). `Err` names the
-/// first offending path and why.
-pub fn checked_nodes(nodes: Vec<(PathBuf, Node)>) -> Result<Vec<(PathBuf, Node)>, (String, &'static str)> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut tree = Vec::with_capacity(nodes.len());
-    let mut checked = Vec::with_capacity(nodes.len());
-    for (path, mut node) in nodes {
-        let shown = path.to_string_lossy().into_owned();
-        let name = node.name().into_owned();
-        let bytes = name.as_bytes();
-        if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') || bytes.contains(&0) {
-            return Err((shown, "a name that is empty, `.` or `..`, or holds `/`"));
-        }
-        if path.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
-            || path.file_name() != Some(name.as_os_str())
-        {
-            return Err((
-                shown,
-                "a path that is absolute, climbs out with `..` or does not end in its name",
-            ));
-        }
-        let Some(text) = path.to_str() else {
-            return Err((shown, "a name that is not UTF-8"));
-        };
-        if !seen.insert(path.clone()) {
-            return Err((shown, "two entries at one path"));
-        }
-        let (kind, target) = match &node.node_type {
-            NodeType::File => (crate::manifest::EntryKind::File, None),
-            NodeType::Dir => (crate::manifest::EntryKind::Dir, None),
-            NodeType::Symlink { linktarget, .. } => (crate::manifest::EntryKind::Symlink, Some(linktarget.clone())),
-            _ => return Err((shown, "a device, socket or pipe")),
-        };
-        tree.push(crate::manifest::FileEntry::for_links(text.to_string(), kind, target));
-        node.meta.extended_attributes.clear();
-        checked.push((path, node));
-    }
-    if let Some((path, reason)) = crate::manifest::escaping_links(&tree).into_iter().next() {
-        return Err((path, reason));
-    }
-    Ok(checked)
 }
 
 /// The description's line that recorded the state directory's own owner and mode in snapshots
@@ -814,67 +807,6 @@ pub async fn engine_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustic_core::repofile::Metadata;
-
-    fn node(name: &str, node_type: NodeType) -> Node {
-        Node::new_node(std::ffi::OsStr::new(name), node_type, Metadata::default())
-    }
-
-    fn file(path: &str) -> (PathBuf, Node) {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        (PathBuf::from(path), node(name, NodeType::File))
-    }
-
-    fn link(path: &str, target: &str) -> (PathBuf, Node) {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        let node_type = NodeType::Symlink {
-            linktarget: target.to_string(),
-            linktarget_raw: None,
-        };
-        (PathBuf::from(path), node(name, node_type))
-    }
-
-    fn dir(path: &str) -> (PathBuf, Node) {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        (PathBuf::from(path), node(name, NodeType::Dir))
-    }
-
-    #[test]
-    fn a_crafted_tree_is_refused_before_anything_is_written() {
-        let fine = vec![dir("a"), file("a/b"), link("a/c", "b"), link("d", "a/b")];
-        assert_eq!(checked_nodes(fine).expect("a plain tree").len(), 4);
-        let named = |name: &str, path: &str| (PathBuf::from(path), node(name, NodeType::File));
-        let cases: Vec<(Vec<(PathBuf, Node)>, &str)> = vec![
-            (vec![named("..", "..")], "`..`"),
-            (vec![named("x", "../x")], "climbs out"),
-            (vec![named("passwd", "/etc/passwd")], "absolute"),
-            (vec![named("l/x", "l/x")], "holds `/`"),
-            (vec![named("x", "a/y")], "does not end in its name"),
-            (vec![file("a"), file("a")], "two entries"),
-            (vec![link("l", "/etc")], "absolute"),
-            (vec![dir("a"), link("a/l", "../..")], "outside"),
-            (
-                vec![(PathBuf::from("dev"), node("dev", NodeType::Dev { device: 1 }))],
-                "device",
-            ),
-        ];
-        for (nodes, why) in cases {
-            let (path, reason) = checked_nodes(nodes).expect_err(why);
-            assert!(reason.contains(why), "{path}: {reason} (expected {why})");
-        }
-    }
-
-    #[test]
-    fn extended_attributes_are_never_restored() {
-        // rustic_core does not export its attribute type: the node comes as a tree file holds it.
-        let n: Node = serde_json::from_str(
-            r#"{"name":"tool","type":"file","extended_attributes":[{"name":"security.capability","value":"AQID"}]}"#,
-        )
-        .expect("a node with an attribute");
-        assert_eq!(n.meta.extended_attributes.len(), 1);
-        let checked = checked_nodes(vec![(PathBuf::from("tool"), n)]).expect("a file");
-        assert!(checked[0].1.meta.extended_attributes.is_empty());
-    }
 
     #[test]
     fn the_paths_round_trip_through_the_description() {

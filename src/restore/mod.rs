@@ -722,8 +722,8 @@ fn remove_staging(staging: &Path) {
 }
 
 /// Restores the paths `staged` (each with the staging directory it goes to) of a format-2
-/// snapshot, then checks each staged tree as format 1's are checked and gives each its recorded
-/// owner and mode.
+/// snapshot (every entry checked before anything is written, written through descriptors: see
+/// `format2::restorer`), then gives each staged root its recorded owner and mode.
 pub async fn restore_format2(
     engine: &Engine,
     two: &Chosen2,
@@ -733,27 +733,35 @@ pub async fn restore_format2(
     let restic_id = two.restic_id.clone();
     let tag = two.id.to_string();
     let targets: Vec<(String, PathBuf)> = staged.iter().map(|(p, dir)| (p.name.clone(), dir.clone())).collect();
-    engine
+    let restored = engine
         .with(move |repo| repo.restore(&restic_id, &tag, &targets))
         .await
         .map_err(RepositoryError::from)?;
-    let staged = staged.to_vec();
-    let id = two.id;
-    tokio::task::spawn_blocking(move || {
-        let mut unpacked = Vec::with_capacity(staged.len());
-        for (record, staging) in &staged {
-            unpacked.push(sanitize_staged(staging, id)?);
-            set_root(staging, Some(record.root))?;
+    let mut unpacked = Vec::with_capacity(staged.len());
+    for ((record, staging), restored) in staged.iter().zip(restored) {
+        let mut privilege_dropped: Vec<String> = restored
+            .privilege_dropped
+            .into_iter()
+            .map(|path| format!("{}/{path}", record.name))
+            .collect();
+        if let Some(dropped) = set_root(staging, Some(record.root))? {
+            privilege_dropped.push(format!("{} ({dropped})", record.name));
         }
-        Ok(unpacked)
-    })
-    .await
-    .map_err(|e| RestoreError::Task(e.to_string()))?
+        unpacked.push(archive::Unpacked {
+            files: restored.files,
+            bytes: restored.bytes,
+            archive_bytes: restored.read_bytes,
+            privilege_dropped,
+        });
+    }
+    Ok(unpacked)
 }
 
-/// Gives the staged root the state directory's owner (as root) and mode, setuid/setgid never
-/// planted; without a record (a snapshot not written by spotkeeper), 0700.
-fn set_root(staging: &Path, root: Option<crate::manifest::Owner>) -> Result<(), RestoreError> {
+/// Gives the staged root the state directory's owner (as root) and permission bits; without a
+/// record (a snapshot not written by spotkeeper), 0700. Bits above 0o777 (setuid, setgid,
+/// sticky) and the world-write bit are never planted on a state directory (another local user
+/// could plant files in the app's state): returns which were dropped.
+fn set_root(staging: &Path, root: Option<crate::manifest::Owner>) -> Result<Option<String>, RestoreError> {
     use std::os::unix::fs::PermissionsExt;
     let root = root.unwrap_or(crate::manifest::Owner {
         mode: 0o700,
@@ -763,72 +771,10 @@ fn set_root(staging: &Path, root: Option<crate::manifest::Owner>) -> Result<(), 
     if rustix::process::geteuid().is_root() {
         std::os::unix::fs::chown(staging, Some(root.uid), Some(root.gid)).map_err(io_error(staging))?;
     }
-    fs::set_permissions(staging, fs::Permissions::from_mode(root.mode & 0o1777)).map_err(io_error(staging))
-}
-
-/// Walks a staged tree (never following links): counts it, drops setuid/setgid bits, refuses
-/// links that leave it and any special file.
-pub fn sanitize_staged(root: &Path, id: SnapshotId) -> Result<archive::Unpacked, RestoreError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mut unpacked = archive::Unpacked {
-        files: 0,
-        bytes: 0,
-        archive_bytes: 0,
-        privilege_dropped: Vec::new(),
-    };
-    let mut entries: Vec<crate::manifest::FileEntry> = Vec::new();
-    let mut pending = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, rel_dir)) = pending.pop() {
-        for entry in fs::read_dir(&dir).map_err(io_error(&dir))? {
-            let entry = entry.map_err(io_error(&dir))?;
-            let path = entry.path();
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                return Err(unsafe_entry(id, &path, "a name that is not UTF-8"));
-            };
-            let rel = if rel_dir.is_empty() {
-                name.to_string()
-            } else {
-                format!("{rel_dir}/{name}")
-            };
-            let meta = fs::symlink_metadata(&path).map_err(io_error(&path))?;
-            let kind = meta.file_type();
-            let mode = meta.mode() & 0o7777;
-            if (kind.is_file() || kind.is_dir()) && mode & 0o6000 != 0 {
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o1777)).map_err(io_error(&path))?;
-                unpacked.privilege_dropped.push(rel.clone());
-            }
-            let (entry_kind, target) = if kind.is_dir() {
-                pending.push((path.clone(), rel.clone()));
-                (crate::manifest::EntryKind::Dir, None)
-            } else if kind.is_file() {
-                unpacked.files += 1;
-                unpacked.bytes += meta.len();
-                (crate::manifest::EntryKind::File, None)
-            } else if kind.is_symlink() {
-                let target = fs::read_link(&path).map_err(io_error(&path))?;
-                let Some(target) = target.to_str().map(str::to_string) else {
-                    return Err(unsafe_entry(id, &path, "a link whose target is not UTF-8"));
-                };
-                (crate::manifest::EntryKind::Symlink, Some(target))
-            } else {
-                return Err(unsafe_entry(id, &path, "a device, socket or pipe"));
-            };
-            entries.push(crate::manifest::FileEntry::for_links(rel, entry_kind, target));
-        }
-    }
-    if let Some((path, reason)) = crate::manifest::escaping_links(&entries).into_iter().next() {
-        return Err(unsafe_entry(id, &root.join(path), reason));
-    }
-    Ok(unpacked)
-}
-
-fn unsafe_entry(id: SnapshotId, path: &Path, reason: &str) -> RestoreError {
-    RestoreError::Unsafe {
-        id,
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
+    const PLANTED: u32 = 0o775;
+    fs::set_permissions(staging, fs::Permissions::from_mode(root.mode & PLANTED)).map_err(io_error(staging))?;
+    let extra = root.mode & !PLANTED;
+    Ok((extra != 0).then(|| format!("mode bits {extra:#o} of the recorded {:#o} dropped", root.mode)))
 }
 
 /// Streams the archive (the snapshot's own, else `latest/`'s copy when restoring latest) into

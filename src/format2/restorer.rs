@@ -1,0 +1,865 @@
+//! spotkeeper's own restore of a format-2 snapshot: every entry is checked before anything is
+//! written, then written through directory descriptors (one name at a time, never following a
+//! link, so no path is ever longer than one name and no link the snapshot holds is ever
+//! followed), with the file contents read from the packs in large ranges by several readers at
+//! once, decrypted, decompressed and checked against their ids, and written in file order; blocks
+//! of zeros are never read or written, so holes stay holes.
+//!
+//! rustic_core's own restorer joins names onto the target as path strings (a path past PATH_MAX
+//! fails, a crafted tree could write through a link), writes every zero, and panics on some
+//! write errors; this one is built on its lower pieces (the index, trees, the master key).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
+use aes256ctr_poly1305aes::aead::{Aead, generic_array::GenericArray};
+use rustic_core::repofile::{Metadata, Node, NodeType};
+use rustic_core::{DataId, FileType, IndexedFullStatus, ReadBackend, Repository, TreeId};
+use rustix::fs::{AtFlags, Mode, Timespec, Timestamps};
+use sha2::{Digest, Sha256};
+
+use super::S3Backend;
+use crate::walk::fd;
+
+/// Readers of packs at once: S3 answers many ranged GETs in parallel far faster than in turn.
+const READERS: usize = 8;
+/// One read covers neighbouring blobs of one pack up to this many bytes...
+const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
+/// ...skipping at most this many bytes between two of them (cheaper than a second request).
+const MAX_READ_GAP: u64 = 256 * 1024;
+/// Reads done but not yet written, at most (with `MAX_READ_BYTES` and decompression, the bound
+/// on what a restore holds in memory: about 2 x 16 x 8 MiB at worst, a few MiB on typical state).
+const WINDOW: usize = 16;
+
+/// Go's `os.FileMode` bits that restic stores (rustic_core maps them the same way).
+const GO_MODE_SETUID: u32 = 1 << 23;
+const GO_MODE_SETGID: u32 = 1 << 22;
+const GO_MODE_STICKY: u32 = 1 << 20;
+
+/// Why a restore stopped. Nothing outside the target was touched in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum RestorerError {
+    /// The snapshot holds an entry restore never writes (the relative path, why).
+    #[error("{path:?}: {reason}")]
+    Unsafe { path: String, reason: &'static str },
+    /// The repository's data does not match what the snapshot names.
+    #[error("{what}")]
+    Damaged { what: String },
+    /// rustic_core failed (reading a tree, the index, a pack).
+    #[error("{0}")]
+    Repository(Box<rustic_core::RusticError>),
+    /// The local disk failed (full, read-only, too deep for the file system...).
+    #[error("{}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// What a restore of one tree wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    pub files: u64,
+    pub bytes: u64,
+    /// Entries whose setuid/setgid bits were dropped (restore never plants them).
+    pub privilege_dropped: Vec<String>,
+    /// Bytes read from packs.
+    pub read_bytes: u64,
+}
+
+/// One directory of the plan: its parent's index (`None`: the target itself) and name.
+struct DirPlan {
+    parent: Option<usize>,
+    name: CString,
+    rel: String,
+    meta: Metadata,
+}
+
+struct FilePlan {
+    dir: usize,
+    name: CString,
+    rel: String,
+    meta: Metadata,
+    content: Vec<DataId>,
+}
+
+struct LinkPlan {
+    dir: usize,
+    name: CString,
+    rel: String,
+    target: CString,
+    meta: Metadata,
+}
+
+/// Everything a tree holds, checked, in the order it is created (a directory before what it
+/// holds).
+#[derive(Default)]
+pub struct Plan {
+    dirs: Vec<DirPlan>,
+    files: Vec<FilePlan>,
+    links: Vec<LinkPlan>,
+}
+
+impl Plan {
+    /// Reads the tree `root` (a state path's directory) and checks every entry: a plain name
+    /// (not empty, `.` or `..`, no `/` or NUL), once per directory, only directories, regular
+    /// files and links. Links are data: any target is kept as it is (restore never follows one).
+    pub fn read(repo: &Repository<IndexedFullStatus>, root: TreeId) -> Result<Plan, RestorerError> {
+        let mut plan = Plan::default();
+        plan.dirs.push(DirPlan {
+            parent: None,
+            name: CString::default(),
+            rel: String::new(),
+            meta: Metadata::default(),
+        });
+        let mut pending = vec![(root, 0usize)];
+        while let Some((tree_id, dir)) = pending.pop() {
+            crate::systemd::progress();
+            let tree = repo.get_tree(&tree_id).map_err(RestorerError::Repository)?;
+            let mut seen = HashSet::with_capacity(tree.nodes.len());
+            for node in tree.nodes {
+                let name = node.name().into_owned();
+                let rel = join(&plan.dirs[dir].rel, &name);
+                let c_name = checked_name(&name).ok_or_else(|| RestorerError::Unsafe {
+                    path: rel.clone(),
+                    reason: "a name that is empty, `.` or `..`, or holds `/` or NUL",
+                })?;
+                if !seen.insert(name.clone()) {
+                    return Err(RestorerError::Unsafe {
+                        path: rel,
+                        reason: "two entries with one name",
+                    });
+                }
+                plan.add(node, dir, c_name, rel, &mut pending)?;
+            }
+        }
+        Ok(plan)
+    }
+
+    fn add(
+        &mut self,
+        node: Node,
+        dir: usize,
+        name: CString,
+        rel: String,
+        pending: &mut Vec<(TreeId, usize)>,
+    ) -> Result<(), RestorerError> {
+        match &node.node_type {
+            NodeType::Dir => {
+                let Some(subtree) = node.subtree else {
+                    return Err(RestorerError::Unsafe {
+                        path: rel,
+                        reason: "a directory without a tree",
+                    });
+                };
+                pending.push((subtree, self.dirs.len()));
+                self.dirs.push(DirPlan {
+                    parent: Some(dir),
+                    name,
+                    rel,
+                    meta: node.meta,
+                });
+            }
+            NodeType::File => self.files.push(FilePlan {
+                dir,
+                name,
+                rel,
+                content: node.content.clone().unwrap_or_default(),
+                meta: node.meta,
+            }),
+            NodeType::Symlink { .. } => {
+                let target = node.node_type.to_link().as_os_str().as_bytes().to_vec();
+                let Ok(target) = CString::new(target) else {
+                    return Err(RestorerError::Unsafe {
+                        path: rel,
+                        reason: "a link whose target holds NUL",
+                    });
+                };
+                if target.as_bytes().is_empty() {
+                    return Err(RestorerError::Unsafe {
+                        path: rel,
+                        reason: "a link with an empty target",
+                    });
+                }
+                self.links.push(LinkPlan {
+                    dir,
+                    name,
+                    rel,
+                    target,
+                    meta: node.meta,
+                });
+            }
+            _ => {
+                return Err(RestorerError::Unsafe {
+                    path: rel,
+                    reason: "a device, socket or pipe",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Files in the plan.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+}
+
+fn join(parent: &str, name: &OsStr) -> String {
+    let name = name.to_string_lossy();
+    if parent.is_empty() {
+        name.into_owned()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// The name as one path component, or `None` when it is not one.
+fn checked_name(name: &OsStr) -> Option<CString> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return None;
+    }
+    CString::new(bytes).ok()
+}
+
+/// The descriptors of the plan's directories, opened one name at a time from the target and
+/// kept up to a bound (a tree of many directories must not run out of descriptors).
+struct Dirs<'a> {
+    plan: &'a [DirPlan],
+    root: &'a OwnedFd,
+    open: HashMap<usize, OwnedFd>,
+}
+
+const MAX_OPEN_DIRS: usize = 256;
+
+impl Dirs<'_> {
+    fn fd(&mut self, index: usize) -> io::Result<BorrowedFd<'_>> {
+        if index == 0 {
+            return Ok(self.root.as_fd());
+        }
+        if !self.open.contains_key(&index) {
+            // The chain up to the nearest open ancestor, then down again.
+            let mut chain = vec![index];
+            while let Some(parent) = self.plan[*chain.last().unwrap_or(&0)].parent {
+                if parent == 0 || self.open.contains_key(&parent) {
+                    break;
+                }
+                chain.push(parent);
+            }
+            if self.open.len() + chain.len() > MAX_OPEN_DIRS {
+                self.open.clear();
+                return self.open_chain_from_root(index);
+            }
+            for &dir in chain.iter().rev() {
+                let parent = self.plan[dir].parent.unwrap_or(0);
+                let opened = {
+                    let parent_fd = if parent == 0 {
+                        self.root.as_fd()
+                    } else {
+                        self.open.get(&parent).map(AsFd::as_fd).ok_or_else(missing_parent)?
+                    };
+                    fd::open_dir_at(parent_fd, &self.plan[dir].name)?
+                };
+                self.open.insert(dir, opened);
+            }
+        }
+        self.open.get(&index).map(AsFd::as_fd).ok_or_else(missing_parent)
+    }
+
+    fn open_chain_from_root(&mut self, index: usize) -> io::Result<BorrowedFd<'_>> {
+        let mut chain = vec![index];
+        while let Some(parent) = self.plan[*chain.last().unwrap_or(&0)].parent {
+            if parent == 0 {
+                break;
+            }
+            chain.push(parent);
+        }
+        let mut current: Option<OwnedFd> = None;
+        for &dir in chain.iter().rev() {
+            let parent = current.as_ref().map_or(self.root.as_fd(), AsFd::as_fd);
+            current = Some(fd::open_dir_at(parent, &self.plan[dir].name)?);
+        }
+        let opened = current.ok_or_else(missing_parent)?;
+        self.open.insert(index, opened);
+        self.open.get(&index).map(AsFd::as_fd).ok_or_else(missing_parent)
+    }
+}
+
+fn missing_parent() -> io::Error {
+    io::Error::other("a directory of the restore was not open (a bug)")
+}
+
+/// Where a blob's bytes go: the file (its index in the plan) and the offset in it.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    file: usize,
+    offset: u64,
+}
+
+/// One blob to read: its id, where it is in its pack, and where it goes.
+#[derive(Debug, Clone)]
+struct BlobRead {
+    id: DataId,
+    /// Offset in the pack and length there (encrypted, maybe compressed).
+    offset: u64,
+    length: u64,
+    uncompressed: Option<u32>,
+    place: Place,
+}
+
+/// One ranged GET of a pack: neighbouring blobs, in file order.
+#[derive(Debug, Clone)]
+struct ReadJob {
+    pack: rustic_core::Id,
+    start: u64,
+    end: u64,
+    blobs: Vec<BlobRead>,
+}
+
+/// What the writer needs of one file beyond its plan: its size and whether all its blobs are
+/// zeros (then it is only sized).
+struct FileLayout {
+    size: u64,
+}
+
+/// The reads of every file's content in file order, neighbouring blobs of a pack in one read,
+/// blobs of zeros left out (their places stay holes).
+fn read_jobs(
+    repo: &Repository<IndexedFullStatus>,
+    files: &[FilePlan],
+) -> Result<(Vec<ReadJob>, Vec<FileLayout>), RestorerError> {
+    let mut jobs: Vec<ReadJob> = Vec::new();
+    let mut layouts = Vec::with_capacity(files.len());
+    let mut zero_ids: HashMap<u32, DataId> = HashMap::new();
+    for (index, file) in files.iter().enumerate() {
+        let mut offset = 0u64;
+        for id in &file.content {
+            let entry = repo.get_index_entry(id).map_err(|_| RestorerError::Damaged {
+                what: format!(
+                    "{}: blob {} of its content is in no pack the index names",
+                    file.rel,
+                    id.to_hex().as_str()
+                ),
+            })?;
+            let location = entry.location;
+            let data_length = match location.uncompressed_length {
+                Some(length) => length.get(),
+                None => location.length.checked_sub(32).ok_or_else(|| RestorerError::Damaged {
+                    what: format!("blob {} is shorter than its encryption", id.to_hex().as_str()),
+                })?,
+            };
+            let place = Place { file: index, offset };
+            offset += u64::from(data_length);
+            if is_zero_blob(id, data_length, &mut zero_ids) {
+                continue;
+            }
+            let read = BlobRead {
+                id: *id,
+                offset: u64::from(location.offset),
+                length: u64::from(location.length),
+                uncompressed: location.uncompressed_length.map(std::num::NonZeroU32::get),
+                place,
+            };
+            let pack: rustic_core::Id = *entry.pack;
+            let start = read.offset;
+            let end = read.offset + read.length;
+            match jobs.last_mut() {
+                Some(job)
+                    if job.pack == pack
+                        && start >= job.start
+                        && start <= job.end + MAX_READ_GAP
+                        && end.max(job.end) - job.start <= MAX_READ_BYTES =>
+                {
+                    job.end = job.end.max(end);
+                    job.blobs.push(read);
+                }
+                _ => jobs.push(ReadJob {
+                    pack,
+                    start,
+                    end,
+                    blobs: vec![read],
+                }),
+            }
+        }
+        if offset != file.meta.size {
+            return Err(RestorerError::Damaged {
+                what: format!(
+                    "{}: its blobs hold {offset} bytes but the snapshot says {}",
+                    file.rel, file.meta.size
+                ),
+            });
+        }
+        layouts.push(FileLayout { size: offset });
+    }
+    Ok((jobs, layouts))
+}
+
+/// True when `id` is the id of `length` zero bytes (ids are content hashes, so such a blob is
+/// known without reading it).
+fn is_zero_blob(id: &DataId, length: u32, known: &mut HashMap<u32, DataId>) -> bool {
+    let zero = known.entry(length).or_insert_with(|| {
+        let mut hasher = Sha256::new();
+        let block = [0u8; 64 * 1024];
+        let mut left = length as usize;
+        while left > 0 {
+            let n = left.min(block.len());
+            hasher.update(&block[..n]);
+            left -= n;
+        }
+        DataId::from(rustic_core::Id::new(hasher.finalize().into()))
+    });
+    zero == id
+}
+
+/// The key that decrypts the repository's blobs.
+pub fn cipher(repo: &Repository<IndexedFullStatus>) -> Result<Aes256CtrPoly1305Aes, RestorerError> {
+    let master = repo.key();
+    if master.encrypt.len() != 32 || master.mac.k.len() != 16 || master.mac.r.len() != 16 {
+        return Err(RestorerError::Damaged {
+            what: "the repository's master key has an unexpected length".into(),
+        });
+    }
+    let mut key = [0u8; 64];
+    key[..32].copy_from_slice(&master.encrypt);
+    key[32..48].copy_from_slice(&master.mac.k);
+    key[48..].copy_from_slice(&master.mac.r);
+    Ok(Aes256CtrPoly1305Aes::new(GenericArray::from_slice(&key)))
+}
+
+/// Reads one job's range and gives each blob's plaintext, checked against its id.
+fn read_job(
+    backend: &S3Backend,
+    cipher: &Aes256CtrPoly1305Aes,
+    job: &ReadJob,
+) -> Result<Vec<(Place, Vec<u8>)>, RestorerError> {
+    let length = u32::try_from(job.end - job.start).map_err(|_| RestorerError::Damaged {
+        what: format!("a read of pack {} is larger than 4 GiB", job.pack.to_hex().as_str()),
+    })?;
+    let start = u32::try_from(job.start).map_err(|_| RestorerError::Damaged {
+        what: format!("a blob offset past 4 GiB in pack {}", job.pack.to_hex().as_str()),
+    })?;
+    let bytes = backend
+        .read_partial(FileType::Pack, &job.pack, false, start, length)
+        .map_err(RestorerError::Repository)?;
+    let mut out = Vec::with_capacity(job.blobs.len());
+    for blob in &job.blobs {
+        let from = (blob.offset - job.start) as usize;
+        let to = from + blob.length as usize;
+        let damaged = |why: &str| RestorerError::Damaged {
+            what: format!(
+                "blob {} in pack {} {why}",
+                blob.id.to_hex().as_str(),
+                job.pack.to_hex().as_str()
+            ),
+        };
+        let Some(sealed) = bytes.get(from..to) else {
+            return Err(damaged("lies past the end of the pack"));
+        };
+        if sealed.len() < 32 {
+            return Err(damaged("is too short to be encrypted"));
+        }
+        let nonce = GenericArray::from_slice(&sealed[..16]);
+        let plain = cipher
+            .decrypt(nonce, &sealed[16..])
+            .map_err(|_| damaged("fails its MAC (damaged or not of this repository)"))?;
+        let data = match blob.uncompressed {
+            Some(length) => zstd::bulk::decompress(&plain, length as usize)
+                .map_err(|e| damaged(&format!("does not decompress: {e}")))?,
+            None => plain,
+        };
+        if blob.uncompressed.is_some_and(|l| l as usize != data.len()) {
+            return Err(damaged("decompresses to another length than the index says"));
+        }
+        let hash: [u8; 32] = Sha256::digest(&data).into();
+        if DataId::from(rustic_core::Id::new(hash)) != blob.id {
+            return Err(damaged("does not hash to its id"));
+        }
+        out.push((blob.place, data));
+    }
+    crate::systemd::progress();
+    Ok(out)
+}
+
+/// A job's blobs, each with where it goes, or why it could not be read.
+type JobResult = Result<Vec<(Place, Vec<u8>)>, RestorerError>;
+
+/// Reads done and not yet written, in job order; readers wait while `WINDOW` are ahead of the
+/// writer.
+struct Shared {
+    state: Mutex<Window>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Window {
+    next: usize,
+    written: usize,
+    done: BTreeMap<usize, JobResult>,
+    stop: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next job for a reader, or `None` when all are taken or the restore stopped.
+    fn take(&self, jobs: usize) -> Option<usize> {
+        let mut window = self.lock();
+        loop {
+            if window.stop || window.next >= jobs {
+                return None;
+            }
+            if window.next < window.written + WINDOW {
+                window.next += 1;
+                return Some(window.next - 1);
+            }
+            window = self
+                .changed
+                .wait(window)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn put(&self, job: usize, result: JobResult) {
+        let mut window = self.lock();
+        window.done.insert(job, result);
+        self.changed.notify_all();
+    }
+
+    /// Job `job`'s result, once read.
+    fn wait_for(&self, job: usize) -> JobResult {
+        let mut window = self.lock();
+        loop {
+            if let Some(result) = window.done.remove(&job) {
+                window.written = job + 1;
+                self.changed.notify_all();
+                return result;
+            }
+            window = self
+                .changed
+                .wait(window)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Restores `plan` into `target`, an empty directory spotkeeper made, or made here 0700 if
+/// absent (its own mode and owner are the caller's to set).
+pub fn restore(
+    repo: &Repository<IndexedFullStatus>,
+    backend: &S3Backend,
+    plan: &Plan,
+    target: &Path,
+) -> Result<Restored, RestorerError> {
+    let write_error = |rel: &str| {
+        let rel = rel.to_string();
+        move |source: io::Error| write_failed(target, &rel, source)
+    };
+    let root = match fd::open_dir_path(target) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(target)
+                .map_err(write_error(""))?;
+            fd::open_dir_path(target).map_err(write_error(""))?
+        }
+        opened => opened.map_err(write_error(""))?,
+    };
+    let mut dirs = Dirs {
+        plan: &plan.dirs,
+        root: &root,
+        open: HashMap::new(),
+    };
+    let mut restored = Restored::default();
+    // Directories first (0700 until their contents are in), then links.
+    for dir in plan.dirs.iter().skip(1) {
+        let parent = dirs.fd(dir.parent.unwrap_or(0)).map_err(write_error(&dir.rel))?;
+        rustix::fs::mkdirat(parent, dir.name.as_c_str(), Mode::from_raw_mode(0o700))
+            .map_err(|e| write_error(&dir.rel)(e.into()))?;
+    }
+    for link in &plan.links {
+        let parent = dirs.fd(link.dir).map_err(write_error(&link.rel))?;
+        rustix::fs::symlinkat(link.target.as_c_str(), parent, link.name.as_c_str())
+            .map_err(|e| write_error(&link.rel)(e.into()))?;
+        set_owner_at(parent, &link.name, &link.meta).map_err(write_error(&link.rel))?;
+        if let Some(times) = timestamps(&link.meta) {
+            rustix::fs::utimensat(parent, link.name.as_c_str(), &times, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| write_error(&link.rel)(e.into()))?;
+        }
+    }
+    let (jobs, layouts) = read_jobs(repo, &plan.files)?;
+    let cipher = cipher(repo)?;
+    let shared = Shared {
+        state: Mutex::new(Window::default()),
+        changed: Condvar::new(),
+    };
+    let written = std::thread::scope(|scope| {
+        for _ in 0..READERS.min(jobs.len()) {
+            scope.spawn(|| {
+                while let Some(job) = shared.take(jobs.len()) {
+                    let result = read_job(backend, &cipher, &jobs[job]);
+                    let failed = result.is_err();
+                    shared.put(job, result);
+                    if failed {
+                        break;
+                    }
+                }
+            });
+        }
+        let result = write_files(plan, &layouts, &jobs, &shared, &mut dirs, target, &mut restored);
+        shared.stop();
+        result
+    });
+    written?;
+    restored.read_bytes = jobs.iter().map(|j| j.end - j.start).sum();
+    // Directories' own metadata last, the deepest first (a read-only directory is filled first).
+    for (index, dir) in plan.dirs.iter().enumerate().skip(1).rev() {
+        let fd = dirs.fd(index).map_err(write_error(&dir.rel))?;
+        let fd = fd.try_clone_to_owned().map_err(write_error(&dir.rel))?;
+        if let Some(dropped) = set_metadata(&fd, &dir.meta, true).map_err(write_error(&dir.rel))? {
+            restored.privilege_dropped.push(format!("{} ({dropped})", dir.rel));
+        }
+    }
+    Ok(restored)
+}
+
+fn write_failed(target: &Path, rel: &str, source: io::Error) -> RestorerError {
+    let path = if rel.is_empty() {
+        target.to_path_buf()
+    } else {
+        target.join(rel)
+    };
+    RestorerError::Write { path, source }
+}
+
+/// Writes every file in plan order, taking each job's blobs as the readers finish them.
+fn write_files(
+    plan: &Plan,
+    layouts: &[FileLayout],
+    jobs: &[ReadJob],
+    shared: &Shared,
+    dirs: &mut Dirs<'_>,
+    target: &Path,
+    restored: &mut Restored,
+) -> Result<(), RestorerError> {
+    let write_error = |rel: &str| {
+        let rel = rel.to_string();
+        move |source: io::Error| write_failed(target, &rel, source)
+    };
+    let mut next_job = 0usize;
+    let mut pending: std::collections::VecDeque<(Place, Vec<u8>)> = std::collections::VecDeque::new();
+    for (index, (file, layout)) in plan.files.iter().zip(layouts).enumerate() {
+        let parent = dirs.fd(file.dir).map_err(|e| write_error(&file.rel)(e))?;
+        let out: File = fd::create_file_at(parent, &file.name, true).map_err(|e| write_error(&file.rel)(e))?;
+        // The size first: what is never written stays a hole.
+        out.set_len(layout.size).map_err(|e| write_error(&file.rel)(e))?;
+        loop {
+            if pending.is_empty() && next_job < jobs.len() && jobs[next_job].blobs[0].place.file == index {
+                match shared.wait_for(next_job) {
+                    Ok(blobs) => pending.extend(blobs),
+                    Err(e) => return Err(e),
+                }
+                next_job += 1;
+            }
+            match pending.front() {
+                Some((place, _)) if place.file == index => {
+                    let Some((place, data)) = pending.pop_front() else {
+                        break;
+                    };
+                    write_sparse(&out, &data, place.offset).map_err(|e| write_error(&file.rel)(e))?;
+                    crate::systemd::progress();
+                }
+                _ => break,
+            }
+        }
+        if let Some(dropped) = set_metadata(&out, &file.meta, false).map_err(|e| write_error(&file.rel)(e))? {
+            restored.privilege_dropped.push(format!("{} ({dropped})", file.rel));
+        }
+        restored.files += 1;
+        restored.bytes += layout.size;
+    }
+    Ok(())
+}
+
+/// The block size below which zeros are written rather than left as a hole.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `data` at `offset`, leaving every block of zeros (aligned on the file's blocks)
+/// unwritten: the file was sized first, so those blocks are holes, as they were in the state.
+fn write_sparse(out: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    let end = offset + data.len() as u64;
+    let mut at = offset;
+    // The first write starts at the first non-zero block; runs of data are written whole.
+    let mut run: Option<u64> = None;
+    while at < end {
+        let block_end = ((at / HOLE_BLOCK) + 1) * HOLE_BLOCK;
+        let next = block_end.min(end);
+        let slice = &data[(at - offset) as usize..(next - offset) as usize];
+        let zero = slice.iter().all(|b| *b == 0);
+        match (zero, run) {
+            (false, None) => run = Some(at),
+            (true, Some(start)) => {
+                out.write_all_at(&data[(start - offset) as usize..(at - offset) as usize], start)?;
+                run = None;
+            }
+            _ => {}
+        }
+        at = next;
+    }
+    if let Some(start) = run {
+        out.write_all_at(&data[(start - offset) as usize..], start)?;
+    }
+    Ok(())
+}
+
+/// Gives a file or directory its owner (when root), mode (setuid and setgid never: returns
+/// which were dropped) and times, through its descriptor.
+fn set_metadata(fd: &impl AsFd, meta: &Metadata, dir: bool) -> io::Result<Option<&'static str>> {
+    if rustix::process::geteuid().is_root()
+        && let (Some(uid), Some(gid)) = (meta.uid, meta.gid)
+    {
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )?;
+    }
+    let (mode, dropped) = unix_mode(meta.mode, dir);
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    if let Some(times) = timestamps(meta) {
+        rustix::fs::futimens(fd, &times)?;
+    }
+    Ok(dropped)
+}
+
+/// A link's owner (when root), never following it.
+fn set_owner_at(parent: BorrowedFd<'_>, name: &CString, meta: &Metadata) -> io::Result<()> {
+    if rustix::process::geteuid().is_root()
+        && let (Some(uid), Some(gid)) = (meta.uid, meta.gid)
+    {
+        rustix::fs::chownat(
+            parent,
+            name.as_c_str(),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    Ok(())
+}
+
+/// The Unix mode restic's Go mode stands for, without setuid and setgid (and which of them were
+/// dropped). Without a mode: 0600 for a file, 0700 for a directory.
+pub fn unix_mode(go_mode: Option<u32>, dir: bool) -> (u32, Option<&'static str>) {
+    let Some(go_mode) = go_mode else {
+        return (if dir { 0o700 } else { 0o600 }, None);
+    };
+    let mut mode = go_mode & 0o777;
+    if go_mode & GO_MODE_STICKY != 0 {
+        mode |= 0o1000;
+    }
+    let dropped = match (go_mode & GO_MODE_SETUID != 0, go_mode & GO_MODE_SETGID != 0) {
+        (true, true) => Some("setuid and setgid dropped"),
+        (true, false) => Some("setuid dropped"),
+        (false, true) => Some("setgid dropped"),
+        (false, false) => None,
+    };
+    (mode, dropped)
+}
+
+fn timestamps(meta: &Metadata) -> Option<Timestamps> {
+    let mtime = meta.mtime.as_ref()?;
+    let spec = |t: &rustic_core::jiff::Timestamp| Timespec {
+        tv_sec: t.as_second(),
+        tv_nsec: i64::from(t.subsec_nanosecond()),
+    };
+    Some(Timestamps {
+        last_access: spec(meta.atime.as_ref().unwrap_or(mtime)),
+        last_modification: spec(mtime),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_never_carry_setuid_or_setgid() {
+        assert_eq!(unix_mode(Some(0o644), false), (0o644, None));
+        assert_eq!(unix_mode(Some(0o755 | (1 << 31)), true), (0o755, None));
+        assert_eq!(
+            unix_mode(Some(0o777 | GO_MODE_STICKY | (1 << 31)), true),
+            (0o1777, None)
+        );
+        assert_eq!(
+            unix_mode(Some(0o755 | GO_MODE_SETUID), false),
+            (0o755, Some("setuid dropped"))
+        );
+        assert_eq!(
+            unix_mode(Some(0o755 | GO_MODE_SETUID | GO_MODE_SETGID), false),
+            (0o755, Some("setuid and setgid dropped"))
+        );
+        assert_eq!(unix_mode(None, false), (0o600, None));
+        assert_eq!(unix_mode(None, true), (0o700, None));
+    }
+
+    #[test]
+    fn only_plain_names_are_names() {
+        for bad in ["", ".", "..", "a/b", "/"] {
+            assert!(checked_name(OsStr::new(bad)).is_none(), "{bad:?}");
+        }
+        assert!(checked_name(OsStr::from_bytes(b"a\0b")).is_none());
+        assert!(checked_name(OsStr::from_bytes(b"\xff\xfe latin-1")).is_some());
+        assert!(checked_name(OsStr::new(&"n".repeat(255))).is_some());
+    }
+
+    #[test]
+    fn zeros_are_left_as_holes_and_data_is_written_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("f"))
+            .expect("file");
+        let size = 64 * HOLE_BLOCK;
+        file.set_len(size).expect("size");
+        let mut data = vec![0u8; 40 * HOLE_BLOCK as usize];
+        // Data at an unaligned offset in the middle, and in the very last byte.
+        data[(10 * HOLE_BLOCK + 17) as usize..(12 * HOLE_BLOCK) as usize].fill(7);
+        let last = data.len() - 1;
+        data[last] = 9;
+        write_sparse(&file, &data, 3 * HOLE_BLOCK + 5).expect("write");
+        let mut back = vec![0u8; size as usize];
+        file.read_exact_at(&mut back, 0).expect("read");
+        let mut want = vec![0u8; size as usize];
+        want[(3 * HOLE_BLOCK + 5) as usize..(3 * HOLE_BLOCK + 5) as usize + data.len()].copy_from_slice(&data);
+        assert!(back == want, "the bytes read back are the bytes written");
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&file.metadata().expect("meta"));
+        assert!(blocks * 512 <= 4 * HOLE_BLOCK, "{blocks} blocks: zeros were written");
+    }
+
+    #[test]
+    fn a_zero_blob_is_known_by_its_id() {
+        let mut known = HashMap::new();
+        let zeros: [u8; 32] = Sha256::digest(vec![0u8; 1000]).into();
+        let zeros = DataId::from(rustic_core::Id::new(zeros));
+        assert!(is_zero_blob(&zeros, 1000, &mut known));
+        assert!(!is_zero_blob(&zeros, 999, &mut known));
+        let other: [u8; 32] = Sha256::digest(b"data").into();
+        assert!(!is_zero_blob(&DataId::from(rustic_core::Id::new(other)), 4, &mut known));
+    }
+}

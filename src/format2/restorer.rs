@@ -31,13 +31,17 @@ use crate::walk::fd;
 
 /// Readers of packs at once: S3 answers many ranged GETs in parallel far faster than in turn.
 const READERS: usize = 8;
-/// One read covers neighbouring blobs of one pack up to this many bytes...
-const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
+/// One read covers neighbouring blobs of one pack up to this many bytes, read and decompressed
+/// (a read of one blob larger than this is allowed: restic's chunks are at most 8 MiB)...
+const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
 /// ...skipping at most this many bytes between two of them (cheaper than a second request).
 const MAX_READ_GAP: u64 = 256 * 1024;
-/// Reads done but not yet written, at most (with `MAX_READ_BYTES` and decompression, the bound
-/// on what a restore holds in memory: about 2 x 16 x 8 MiB at worst, a few MiB on typical state).
+/// Reads done but not yet written, at most: with `MAX_READ_BYTES` the bound on what a restore
+/// holds in memory, about 16 x (4 + 4) MiB at worst.
 const WINDOW: usize = 16;
+/// No blob of restic's is larger (its chunker stops at 8 MiB); a larger length in the index is
+/// damage, and must not become an allocation of up to 4 GiB.
+const MAX_BLOB_BYTES: u32 = 64 * 1024 * 1024;
 
 /// Go's `os.FileMode` bits that restic stores (rustic_core maps them the same way).
 const GO_MODE_SETUID: u32 = 1 << 23;
@@ -319,11 +323,12 @@ struct ReadJob {
     pack: rustic_core::Id,
     start: u64,
     end: u64,
+    /// The blobs' bytes once decompressed.
+    data_bytes: u64,
     blobs: Vec<BlobRead>,
 }
 
-/// What the writer needs of one file beyond its plan: its size and whether all its blobs are
-/// zeros (then it is only sized).
+/// What the writer needs of one file beyond its plan: its size, the sum of its blobs.
 struct FileLayout {
     size: u64,
 }
@@ -354,6 +359,15 @@ fn read_jobs(
                     what: format!("blob {} is shorter than its encryption", id.to_hex().as_str()),
                 })?,
             };
+            if data_length > MAX_BLOB_BYTES {
+                return Err(RestorerError::Damaged {
+                    what: format!(
+                        "{}: blob {} claims {data_length} bytes, more than any chunk",
+                        file.rel,
+                        id.to_hex().as_str()
+                    ),
+                });
+            }
             let place = Place { file: index, offset };
             offset += u64::from(data_length);
             if is_zero_blob(id, data_length, &mut zero_ids) {
@@ -374,15 +388,18 @@ fn read_jobs(
                     if job.pack == pack
                         && start >= job.start
                         && start <= job.end + MAX_READ_GAP
-                        && end.max(job.end) - job.start <= MAX_READ_BYTES =>
+                        && end.max(job.end) - job.start <= MAX_READ_BYTES
+                        && job.data_bytes + u64::from(data_length) <= MAX_READ_BYTES =>
                 {
                     job.end = job.end.max(end);
+                    job.data_bytes += u64::from(data_length);
                     job.blobs.push(read);
                 }
                 _ => jobs.push(ReadJob {
                     pack,
                     start,
                     end,
+                    data_bytes: u64::from(data_length),
                     blobs: vec![read],
                 }),
             }
@@ -610,7 +627,15 @@ pub fn restore(
         for _ in 0..READERS.min(jobs.len()) {
             scope.spawn(|| {
                 while let Some(job) = shared.take(jobs.len()) {
-                    let result = read_job(backend, &cipher, &jobs[job]);
+                    // A reader that panicked must still hand in a result: the writer waits for it.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        read_job(backend, &cipher, &jobs[job])
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(RestorerError::Damaged {
+                            what: format!("reading pack {} failed (a bug)", jobs[job].pack.to_hex().as_str()),
+                        })
+                    });
                     let failed = result.is_err();
                     shared.put(job, result);
                     if failed {

@@ -103,6 +103,7 @@ pub fn of_repository(error: &RepositoryError) -> Exit {
     match error {
         RepositoryError::Store(e) => of_store(e),
         RepositoryError::Manifest(e) => of_manifest(e),
+        RepositoryError::Head(_) => Exit::Integrity,
         RepositoryError::Format2(e) => of_format2(e),
         RepositoryError::Password(
             crate::format2::PasswordError::Invalid { .. } | crate::format2::PasswordError::Exposed { .. },
@@ -119,7 +120,11 @@ pub fn of_format2(error: &crate::format2::Format2Error) -> Exit {
     }
     match error {
         _ if error.is_wrong_password() => Exit::Config,
-        Format2Error::Check { .. } | Format2Error::Unsafe { .. } | Format2Error::Damaged { .. } => Exit::Integrity,
+        Format2Error::Check { .. }
+        | Format2Error::Unsafe { .. }
+        | Format2Error::Damaged { .. }
+        | Format2Error::ConfigMissing { .. }
+        | Format2Error::ConfigUnreadable { .. } => Exit::Integrity,
         Format2Error::Missing { .. } | Format2Error::NoSnapshot { .. } => Exit::NotFound,
         Format2Error::Exists { .. } => Exit::Refused,
         Format2Error::Task(_) => Exit::Failure,

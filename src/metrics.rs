@@ -34,6 +34,9 @@ pub mod names {
     pub const SPOT_NOTICE: &str = "SpotNoticeReceived";
     pub const BACKUP_VERIFIED: &str = "BackupVerified";
     pub const LINEAGE_CONFLICT: &str = "LineageConflict";
+    /// 1 each time the daemon refuses to start the app because of the head: not authentic,
+    /// moved backwards, or older than the local state (the journal and `status` say which).
+    pub const HEAD_REFUSED: &str = "HeadRefused";
     /// 1 while the container is stuck frozen (a thaw failed), 0 once it thawed.
     pub const CONTAINER_FROZEN: &str = "ContainerFrozen";
     /// Entries of the state the last snapshot could not archive.

@@ -48,7 +48,8 @@ pub async fn prune(
     for foreign in format2.iter().filter(|l| l.id.is_none()) {
         tracing::warn!(restic_id = %foreign.restic_id, "a restic snapshot tagged spotkeeper without a spotkeeper id; left alone");
     }
-    let latest = repository::head(store).await?.map(|(head, _)| head.id());
+    // Only to keep the head: unchecked, a forged one could only keep one snapshot more.
+    let latest = repository::head(store, None).await?.map(|(head, _)| head.id());
     let in_format2 = |id: SnapshotId| format2.iter().any(|l| l.id == Some(id));
     let mut outcomes: Vec<Outcome> = plan(&listing, &format2, latest, policy, now)
         .into_iter()

@@ -43,6 +43,9 @@ pub enum RepositoryError {
     Format2(#[from] crate::format2::Format2Error),
     #[error(transparent)]
     Password(#[from] crate::format2::PasswordError),
+    /// `latest.json` is not authentic, or moved backwards.
+    #[error(transparent)]
+    Head(#[from] crate::format2::head::HeadError),
     #[error(
         "{repository} holds format 2 snapshots (an encrypted restic repository under repo/, pointer latest.json), \
          and this config has no [repository] section with the password: add `password_ssm` (or `password_file`) \
@@ -120,12 +123,27 @@ impl Head {
 
 /// The head and the ETag of the object it was read from. `latest.json` wins over format 1's
 /// `latest/`; an unreadable `latest.json` is an error (`RepositoryError::Manifest`), never a
-/// silent fall back to the older format.
-pub async fn head(store: &Store) -> Result<Option<(Head, Option<String>)>, RepositoryError> {
-    if let Some((pointer, etag)) = pointer::read(store).await? {
+/// silent fall back to the older format. With `engine` (the password), `latest.json`'s MAC is
+/// checked (`RepositoryError::Head` when it fails); without, it cannot be.
+pub async fn head(store: &Store, engine: Option<&Engine>) -> Result<Option<(Head, Option<String>)>, RepositoryError> {
+    if let Some((pointer, etag)) = pointer::read(store, engine).await? {
         return Ok(Some((Head::Two(pointer), etag)));
     }
     Ok(latest(store).await?.map(|(m, etag)| (Head::One(m), etag)))
+}
+
+/// Refuses a format-2 head that moved backwards: one older than a snapshot the lineage published
+/// after it (`format2::head::newer_published`). `listed`: format 2's snapshots.
+pub fn check_not_replayed(store: &Store, pointer: &Pointer, listed: &[format2::Listed]) -> Result<(), RepositoryError> {
+    match format2::head::newer_published(&pointer.restic_id, pointer.id, listed) {
+        Some(newer) => Err(format2::head::HeadError::Replayed {
+            key: store.full_key(pointer::POINTER_KEY),
+            head: pointer.id,
+            newer,
+        }
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// Format 2's snapshots, or none when the repository under `repo/` does not exist yet.

@@ -279,10 +279,12 @@ async fn take_format2_steps(
         Some(Head::Two(pointer)) => Some(pointer.restic_id.clone()),
         _ => None,
     };
+    let parent_restic_id = parent.clone();
     let backup = engine
         .with(move |repo| repo.backup(&source, FORMAT2_HOST, &tags, now, description, parent.as_deref()))
         .await
         .map_err(RepositoryError::from)?;
+    let key = engine.pointer_key().await.map_err(RepositoryError::from)?;
     let pointer = Pointer {
         format: pointer::POINTER_FORMAT,
         id,
@@ -299,10 +301,10 @@ async fn take_format2_steps(
         repository: repository_url(store),
         id,
     };
-    let new_etag = match pointer::write(store, &pointer, etag).await {
+    let new_etag = match pointer::write(store, &pointer, &key, etag).await {
         Ok(etag) => etag,
         // The SDK retries a PUT whose answer was lost; the retry then finds our own pointer.
-        Err(pointer::WriteError::Moved) => match pointer::read(store).await {
+        Err(pointer::WriteError::Moved) => match pointer::read(store, Some(engine)).await {
             Ok(Some((current, etag))) if current.restic_id == pointer.restic_id => etag,
             _ => return Err(moved()),
         },
@@ -319,6 +321,7 @@ async fn take_format2_steps(
             data_added: Some(backup.data_added_packed),
             paths: None,
             follow: request.follow,
+            parent: parent_restic_id,
         },
         pointer.clone(),
         new_etag,
@@ -357,43 +360,46 @@ fn root_owner(source: &std::path::Path) -> Result<Owner, SnapshotError> {
 }
 
 /// The head a format-2 writer judges against, and the ETag its pointer must match (`None`: the
-/// pointer must not exist yet). A `latest.json` that cannot be read is stood in for by the newest
-/// format-2 snapshot, whose lineage is unknown: only a state restored from or uploaded as exactly
-/// that snapshot passes the guard.
+/// pointer must not exist yet). A `latest.json` that cannot be read or authenticated (edited, or
+/// an older spotkeeper's without a MAC) is stood in for by the newest format-2 snapshot (those are
+/// authenticated), whose lineage is unknown: only a state restored from or uploaded as exactly
+/// that snapshot passes the guard, and its snapshot writes an authenticated pointer.
 async fn head_for_writer(store: &Store, engine: &Engine) -> Result<(Option<Head>, Option<String>), SnapshotError> {
-    match repository::head(store).await {
-        Ok(Some((Head::Two(pointer), etag))) => Ok((Some(Head::Two(pointer)), etag)),
-        Ok(Some((Head::One(manifest), _))) => Ok((Some(Head::One(manifest)), None)),
-        Ok(None) => Ok((None, None)),
+    let damaged = match repository::head(store, Some(engine)).await {
+        Ok(Some((Head::Two(pointer), etag))) => return Ok((Some(Head::Two(pointer)), etag)),
+        Ok(Some((Head::One(manifest), _))) => return Ok((Some(Head::One(manifest)), None)),
+        Ok(None) => return Ok((None, None)),
         // A pointer of a newer format is another version's, never "damaged": refuse.
         Err(RepositoryError::Manifest(damaged)) if !matches!(damaged, ManifestError::PointerFormat { .. }) => {
-            let listed = repository::list_format2(engine).await?;
-            let Some(newest) = listed.iter().rev().find(|l| l.id.is_some()) else {
-                return Err(RepositoryError::Manifest(damaged).into());
-            };
-            // Capped: a pointer too large to be one is refused, never read whole.
-            let etag = store
-                .get_bytes_capped(pointer::POINTER_KEY, crate::manifest::MAX_METADATA_BYTES)
-                .await
-                .map_err(RepositoryError::from)?
-                .and_then(|(_, etag)| etag);
-            tracing::warn!(error = %damaged, stand_in = ?newest.id, "latest.json cannot be read; the newest format-2 snapshot stands in for it");
-            let stand_in = Pointer {
-                format: pointer::POINTER_FORMAT,
-                id: newest.id.unwrap_or(SnapshotId::new(newest.time, 1)),
-                restic_id: newest.restic_id.clone(),
-                parent: None,
-                writer: None,
-                hostname: newest.hostname.clone(),
-                created_at: newest.time,
-                files: newest.files.unwrap_or(0),
-                bytes: newest.bytes.unwrap_or(0),
-                skipped: 0,
-            };
-            Ok((Some(Head::Two(stand_in)), etag))
+            RepositoryError::Manifest(damaged)
         }
-        Err(e) => Err(e.into()),
-    }
+        Err(RepositoryError::Head(untrusted)) => RepositoryError::Head(untrusted),
+        Err(e) => return Err(e.into()),
+    };
+    let listed = repository::list_format2(engine).await?;
+    let Some(newest) = listed.iter().rev().find(|l| l.id.is_some()) else {
+        return Err(damaged.into());
+    };
+    // Capped: a pointer too large to be one is refused, never read whole.
+    let etag = store
+        .get_bytes_capped(pointer::POINTER_KEY, crate::manifest::MAX_METADATA_BYTES)
+        .await
+        .map_err(RepositoryError::from)?
+        .and_then(|(_, etag)| etag);
+    tracing::warn!(error = %damaged, stand_in = ?newest.id, "latest.json cannot be read; the newest format-2 snapshot stands in for it");
+    let stand_in = Pointer {
+        format: pointer::POINTER_FORMAT,
+        id: newest.id.unwrap_or(SnapshotId::new(newest.time, 1)),
+        restic_id: newest.restic_id.clone(),
+        parent: None,
+        writer: None,
+        hostname: newest.hostname.clone(),
+        created_at: newest.time,
+        files: newest.files.unwrap_or(0),
+        bytes: newest.bytes.unwrap_or(0),
+        skipped: 0,
+    };
+    Ok((Some(Head::Two(stand_in)), etag))
 }
 
 /// Format 2's snapshots; creates the repository first when nothing at all is under `repo/` (a

@@ -43,11 +43,18 @@ pub async fn run(
     args: &ListArgs,
 ) -> Result<(), CommandError> {
     let listing = repository::list(store).await?;
-    let head = match repository::head(store).await {
+    // A head that is not authentic, or moved backwards: listed anyway (the snapshots are what a
+    // person picks from), nothing marked latest, then the error (exit 5).
+    let mut untrusted = None;
+    let mut head = match repository::head(store, engine).await {
         Ok(head) => head.map(|(h, _)| h),
         // `list` is how a person looks at a damaged repository: say it, and list anyway.
         Err(repository::RepositoryError::Manifest(e)) => {
             tracing::warn!(error = %e, "the latest pointer cannot be read; no snapshot is marked latest");
+            None
+        }
+        Err(e @ repository::RepositoryError::Head(_)) => {
+            untrusted = Some(e);
             None
         }
         Err(e) => return Err(e.into()),
@@ -56,23 +63,30 @@ pub async fn run(
         Some(repository::Head::One(manifest)) => Some(manifest.id),
         _ => None,
     };
-    // Two writers in one minute can give two restic snapshots one id: the head is the one whose
-    // restic id latest.json names.
-    let latest_restic = match &head {
-        Some(repository::Head::Two(pointer)) => Some(pointer.restic_id.clone()),
-        _ => None,
-    };
     let format2 = match engine {
         Some(engine) => repository::list_format2(engine).await?,
         None => {
             if repository::has_pointer(store).await? {
                 tracing::warn!(
                     "this prefix holds format 2 snapshots, which need [repository] password_ssm or password_file \
-                     to be listed; only format 1 is shown"
+                     to be listed (and latest.json's MAC to be checked); only format 1 is shown"
                 );
             }
             Vec::new()
         }
+    };
+    if let Some(repository::Head::Two(pointer)) = &head
+        && engine.is_some()
+        && let Err(e) = repository::check_not_replayed(store, pointer, &format2)
+    {
+        untrusted = Some(e);
+        head = None;
+    }
+    // Two writers in one minute can give two restic snapshots one id: the head is the one whose
+    // restic id latest.json names.
+    let latest_restic = match &head {
+        Some(repository::Head::Two(pointer)) => Some(pointer.restic_id.clone()),
+        _ => None,
     };
     let rows: Vec<Result<Row, CommandError>> = stream::iter(listing.snapshots.into_iter().rev())
         .map(|listed| row(store, listed, latest_one))
@@ -110,11 +124,12 @@ pub async fn run(
         tracing::warn!(key = %store.full_key(key), "object under snapshots/ that belongs to no snapshot id; left alone");
     }
     if args.json {
-        return print_json(&rows);
+        print_json(&rows)?;
+        return untrusted.map_or(Ok(()), |e| Err(e.into()));
     }
     if rows.is_empty() {
         println!("no snapshot in {}", config.repository_url());
-        return Ok(());
+        return untrusted.map_or(Ok(()), |e| Err(e.into()));
     }
     println!(
         "{:<22} {:<10} {:>8} {:>12} {:>12}  {:<6} RESTIC ID",
@@ -145,7 +160,7 @@ pub async fn run(
             }
         }
     }
-    Ok(())
+    untrusted.map_or(Ok(()), |e| Err(e.into()))
 }
 
 async fn row(store: &Store, listed: Listed, latest: Option<SnapshotId>) -> Result<Row, CommandError> {

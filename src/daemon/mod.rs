@@ -113,7 +113,8 @@ impl DaemonError {
     pub fn exit(&self) -> Exit {
         match self {
             DaemonError::NoContainer => Exit::Config,
-            DaemonError::Boot(_) | DaemonError::Refused(_) => Exit::Refused,
+            DaemonError::Boot(e) => e.exit(),
+            DaemonError::Refused(_) => Exit::Refused,
             DaemonError::Restore(e) => exit::of_restore(e),
             DaemonError::Snapshot(e) => exit::of_snapshot(e),
             DaemonError::Repository(e) => exit::of_repository(e),

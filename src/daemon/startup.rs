@@ -170,9 +170,12 @@ impl Daemon {
     /// What the repository says about its head (`latest.json`, else format 1's `latest/`), S3
     /// errors retried; a head that cannot be read falls back on the newest complete snapshot of
     /// either format, lineage checked.
+    /// `origin`: the snapshot the local state descends from (the local record's), to tell local
+    /// state newer than the head.
     async fn latest_view(
         &self,
         base: Option<SnapshotId>,
+        origin: Option<SnapshotId>,
     ) -> Result<(boot::LatestView, Option<DateTime<Utc>>), DaemonError> {
         let store = self.store.clone();
         let engine = self.engine.clone();
@@ -194,16 +197,50 @@ impl Daemon {
             Ok::<_, RepositoryError>((one, two))
         };
         match self
-            .retry_s3("reading the latest pointer", || repository::head(&store))
+            .retry_s3("reading the latest pointer", || {
+                repository::head(&store, engine.as_ref())
+            })
             .await
         {
-            Ok(Some((head, _))) => Ok((
-                boot::LatestView::Readable {
-                    id: head.id(),
-                    local_descends: descends(head.lineage()),
-                },
-                Some(head.created_at()),
-            )),
+            Ok(Some((head, _))) => {
+                // latest.json is authentic; whether it moved backwards, the history tells.
+                let (newer_published, local_newer) = match (&head, &engine) {
+                    (repository::Head::Two(pointer), Some(engine)) => {
+                        let listed = self
+                            .retry_s3("listing format-2 snapshots", || repository::list_format2(engine))
+                            .await?;
+                        (
+                            crate::format2::head::newer_published(&pointer.restic_id, pointer.id, &listed),
+                            origin.filter(|local| {
+                                crate::format2::head::local_is_newer(*local, &pointer.restic_id, pointer.id, &listed)
+                            }),
+                        )
+                    }
+                    _ => (None, None),
+                };
+                Ok((
+                    boot::LatestView::Readable {
+                        id: head.id(),
+                        local_descends: descends(head.lineage()),
+                        newer_published,
+                        local_newer,
+                    },
+                    Some(head.created_at()),
+                ))
+            }
+            Err(RepositoryError::Head(untrusted)) => {
+                let why = untrusted.to_string();
+                let view = match &untrusted {
+                    crate::format2::head::HeadError::Unauthenticated { pointer, .. } => {
+                        boot::LatestView::Unauthenticated {
+                            local_descends: descends((pointer.id, pointer.parent, pointer.writer.as_deref())),
+                            why,
+                        }
+                    }
+                    _ => boot::LatestView::Forged { why },
+                };
+                Ok((view, None))
+            }
             Ok(None) => {
                 let (one, two) = newest_complete().await?;
                 Ok((
@@ -283,9 +320,19 @@ impl Daemon {
         let base = record
             .as_ref()
             .and_then(|r| r.base_for_set(&self.repository, &self.config.state.dirs()));
-        let (latest, created_at) = self.latest_view(base).await?;
+        let origin = record
+            .as_ref()
+            .filter(|r| r.base_for_set(&self.repository, &self.config.state.dirs()).is_some())
+            .map(|r| r.snapshot_id);
+        let (latest, created_at) = self.latest_view(base, origin).await?;
         self.last_complete_at = created_at;
-        let action = boot::decide(local, &latest, &self.repository)?;
+        let action = match boot::decide(local, &latest, &self.repository) {
+            Ok(action) => action,
+            Err(refusal) => {
+                self.refuse_boot(&refusal).await;
+                return Err(refusal.into());
+            }
+        };
         tracing::info!(?action, ?local, ?latest, base = %show(base), "boot restore decision");
         match action {
             BootAction::KeepLocal => {
@@ -329,6 +376,35 @@ impl Daemon {
                 self.create_absent_paths()
             }
         }
+    }
+
+    /// Says why the app does not start: the journal (with the snapshot ids), `status` and the
+    /// systemd status line, and a metric sent before the daemon exits. systemd starts the daemon
+    /// again (Restart=on-failure), and each start judges the head again: once a person has fixed
+    /// it, the app starts without anyone restarting anything.
+    async fn refuse_boot(&mut self, refusal: &BootRefusal) {
+        let text = refusal.to_string();
+        match refusal {
+            BootRefusal::LocalNewer { head, local, .. } => {
+                tracing::error!(head_snapshot_id = %head, local_snapshot_id = %local, "local state is newer than the head; the app is not started: {text}");
+            }
+            BootRefusal::HeadReplayed { head, newer, .. } => {
+                tracing::error!(head_snapshot_id = %head, newer_snapshot_id = %newer, "the head moved backwards; the app is not started: {text}");
+            }
+            _ => tracing::error!("the app is not started: {text}"),
+        }
+        if matches!(
+            refusal,
+            BootRefusal::LocalNewer { .. } | BootRefusal::HeadReplayed { .. } | BootRefusal::HeadUntrusted { .. }
+        ) {
+            self.metrics.record(names::HEAD_REFUSED, 1.0, Unit::Count);
+            self.metrics.flush(Duration::from_secs(5)).await;
+        }
+        self.update(|s| {
+            s.phase = "refused".into();
+            s.warnings.push(text.clone());
+        });
+        self.notifier.status(&format!("refused: {text}"));
     }
 
     /// Creates the state paths that do not exist, each with the owner and mode of the first

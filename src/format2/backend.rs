@@ -167,6 +167,11 @@ impl S3Backend {
         (written.keys.clone(), written.config)
     }
 
+    /// The store the repository is on.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The key (relative to the store's prefix) of a repository file.
     pub fn key(&self, tpe: FileType, id: &Id) -> String {
         key_of(&self.root, tpe, id)

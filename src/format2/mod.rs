@@ -7,6 +7,7 @@
 //! open between snapshots. docs/format2-research.md has the findings it rests on.
 
 pub mod backend;
+pub mod head;
 pub mod password;
 pub mod pointer;
 pub mod restorer;
@@ -47,6 +48,22 @@ pub enum Format2Error {
     Exists { location: String },
     #[error("{location} holds no repository yet: create it with `spotkeeper init`")]
     Missing { location: String },
+    #[error(
+        "{key} is missing, but {dir} holds the repository's {found}: its config was deleted or lost. Nothing was \
+         changed, and no new repository is created over it (that would orphan every snapshot under a new master \
+         key): put {key} back (an earlier version of the object, a copy; docs/format.md)"
+    )]
+    ConfigMissing {
+        key: String,
+        dir: String,
+        found: &'static str,
+    },
+    #[error(
+        "{key} cannot be decrypted with the key the password opens: it is damaged, or another repository's. \
+         Nothing was changed: put this repository's config back (an earlier version of the object, a copy; \
+         docs/format.md)"
+    )]
+    ConfigUnreadable { key: String },
     #[error("no snapshot {wanted} in {location}")]
     NoSnapshot { location: String, wanted: String },
     #[error("cannot back up {path}: {message}")]
@@ -120,6 +137,44 @@ fn describe(error: &RusticError) -> String {
     text.strip_prefix("Error: ").unwrap_or(&text).to_string()
 }
 
+/// What a repository without its config still holds, if anything: keys, snapshots, index or
+/// packs (the first kind found).
+fn holds_repository(backend: &S3Backend) -> rustic_core::RusticResult<Option<&'static str>> {
+    use rustic_core::ReadBackend;
+    for (tpe, found) in [
+        (FileType::Key, "keys (keys/)"),
+        (FileType::Snapshot, "snapshots (snapshots/)"),
+        (FileType::Index, "index (index/)"),
+        (FileType::Pack, "data (data/)"),
+    ] {
+        if !backend.list(tpe)?.is_empty() {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether rustic_core's open failed on the config (decrypting or parsing it), not on a key
+/// file: once a key opened, the config is all that is left to read.
+fn config_failed(error: &RusticError) -> bool {
+    !error.display_log().contains("data for key")
+}
+
+/// The full key of the repository's config, for messages.
+fn config_key(backend: &S3Backend) -> String {
+    backend
+        .store()
+        .full_key(&backend.key(FileType::Config, &rustic_core::Id::default()))
+}
+
+fn config_missing(backend: &S3Backend, found: &'static str) -> Format2Error {
+    Format2Error::ConfigMissing {
+        key: config_key(backend),
+        dir: backend.store().full_key(&format!("{}/", backend::REPO_DIR)),
+        found,
+    }
+}
+
 /// An open repository. Indexing consumes rustic_core's handle, so each operation takes it and
 /// gives it back; one that fails loses it, and the next operation opens the repository again.
 pub struct Repo {
@@ -175,6 +230,10 @@ impl Repo {
         let repo = Repository::new(&options(cache), &backends).map_err(&wrap)?;
         if repo.config_id().map_err(&wrap)?.is_some() {
             return Err(Format2Error::Exists { location });
+        }
+        // Keys, snapshots or packs without a config: a new config would orphan them all.
+        if let Some(found) = holds_repository(&watch).map_err(&wrap)? {
+            return Err(config_missing(&watch, found));
         }
         // A password key, never a bare master key: restic opens the repository with it.
         let credentials = Credentials::password(password.expose());
@@ -242,11 +301,33 @@ impl Repo {
         let wrap = wrap(&self.location);
         let repo = Repository::new(&options(self.cache.as_deref()), &self.backends).map_err(&wrap)?;
         if repo.config_id().map_err(&wrap)?.is_none() {
+            if let Some(found) = holds_repository(&self.s3).map_err(&wrap)? {
+                return Err(config_missing(&self.s3, found));
+            }
             return Err(Format2Error::Missing {
                 location: self.location.clone(),
             });
         }
-        repo.open(&self.credentials).map_err(&wrap)
+        repo.open(&self.credentials).map_err(|e| {
+            // The keys were read and one opened (else C002, the wrong password): what is left
+            // to fail is the config, decrypted with that key and parsed.
+            if e.is_incorrect_password() || store_error_in(&e).is_some() || !config_failed(&e) {
+                return wrap(e);
+            }
+            tracing::debug!(error = %e.display_log(), "opening the repository failed on its config");
+            Format2Error::ConfigUnreadable {
+                key: config_key(&self.s3),
+            }
+        })
+    }
+
+    /// The key that authenticates `latest.json`, derived from this repository's master key.
+    pub fn pointer_key(&mut self) -> Result<pointer::PointerKey, Format2Error> {
+        // Not `take`: a snapshot asks between backups, and must keep the index-listing memo.
+        let repo = self.take_for_backup()?;
+        let key = pointer::PointerKey::of(&repo.key());
+        self.repo = Some(repo);
+        Ok(key)
     }
 
     /// Backs up `source`, a directory holding one directory per state path (stored as the
@@ -697,6 +778,11 @@ impl Engine {
         .map_err(|e| Format2Error::Task(e.to_string()))?
     }
 
+    /// The key that authenticates `latest.json` (opens the repository if needed).
+    pub async fn pointer_key(&self) -> Result<pointer::PointerKey, Format2Error> {
+        self.with(|repo| repo.pointer_key()).await
+    }
+
     /// Creates the repository; refuses when one exists.
     pub async fn init(&self) -> Result<(), Format2Error> {
         let handle = tokio::runtime::Handle::current();
@@ -740,6 +826,9 @@ pub struct Listed {
     pub paths: Option<Vec<PathRecord>>,
     /// Taken to follow changes (tag `follow`), not on the schedule: forgotten sooner.
     pub follow: bool,
+    /// restic's id of the snapshot it was taken on: the head at the time (see `head`).
+    #[serde(skip)]
+    pub parent: Option<String>,
 }
 
 impl Listed {
@@ -753,6 +842,7 @@ impl Listed {
             restic_id: snapshot.id.to_hex().as_str().to_string(),
             id: snapshot.tags.iter().find_map(|tag| tag.parse().ok()),
             follow: snapshot.tags.contains(FOLLOW_TAG),
+            parent: snapshot.parent.map(|p| p.to_hex().as_str().to_string()),
             time,
             hostname: snapshot.hostname.clone(),
             files: snapshot.summary.as_ref().map(|s| s.total_files_processed),

@@ -3,10 +3,18 @@
 //! ever replaced with `If-Match` on the ETag the writer read (or created with `If-None-Match`),
 //! so two writers cannot both move it. restic never reads it: the repository under `repo/` is
 //! complete without it.
+//!
+//! It is plaintext, so anyone who can write the bucket could edit it: it carries a MAC
+//! (`"mac": "hmac-sha256:<hex>"`), HMAC-SHA256 over its canonical content (the compact JSON of
+//! every other field, in the order written) under a key derived from the repository's master
+//! key (`PointerKey`). Every reader that has the password checks it (`read`).
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
+use crate::format2::head::HeadError;
 use crate::manifest::{MAX_METADATA_BYTES, ManifestError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::{Problem, PutCondition, Store, StoreError};
@@ -15,6 +23,62 @@ use crate::store::{Problem, PutCondition, Store, StoreError};
 pub const POINTER_KEY: &str = "latest.json";
 /// The pointer's `format`.
 pub const POINTER_FORMAT: u32 = 2;
+/// What the pointer's key is derived for: HMAC-SHA256(master key material, this).
+pub const KEY_LABEL: &[u8] = b"spotkeeper latest.json v1";
+/// How the `mac` field starts.
+const MAC_SCHEME: &str = "hmac-sha256:";
+
+/// The key that authenticates `latest.json`: HMAC-SHA256 keyed with the repository's master key
+/// material (restic's `encrypt`, `mac.k`, `mac.r`, 64 bytes in that order, as `restic cat
+/// masterkey` shows them) over `KEY_LABEL`. Never the master key itself: a MAC key that leaks
+/// from here opens nothing.
+#[derive(Clone)]
+pub struct PointerKey([u8; 32]);
+
+impl std::fmt::Debug for PointerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PointerKey(..)")
+    }
+}
+
+impl PointerKey {
+    /// Derives the key from the master key material.
+    pub fn derive(master: &[u8]) -> PointerKey {
+        let mut mac = Hmac::<Sha256>::new_from_slice(master).expect("HMAC-SHA256 takes a key of any length");
+        mac.update(KEY_LABEL);
+        PointerKey(mac.finalize().into_bytes().into())
+    }
+
+    /// The key of the repository whose master key is `key`.
+    pub fn of(key: &rustic_core::repofile::MasterKey) -> PointerKey {
+        let mut material = Vec::with_capacity(64);
+        material.extend_from_slice(&key.encrypt);
+        material.extend_from_slice(&key.mac.k);
+        material.extend_from_slice(&key.mac.r);
+        PointerKey::derive(&material)
+    }
+
+    fn hasher(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC-SHA256 takes a key of any length")
+    }
+
+    /// The `mac` field for `pointer`.
+    fn seal(&self, pointer: &Pointer) -> String {
+        let mut mac = self.hasher();
+        mac.update(&pointer.canonical());
+        format!("{MAC_SCHEME}{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// Whether `mac` (the field as read) authenticates `pointer`, in constant time.
+    fn opens(&self, pointer: &Pointer, mac: &str) -> bool {
+        let Some(tag) = mac.strip_prefix(MAC_SCHEME).and_then(|h| hex::decode(h).ok()) else {
+            return false;
+        };
+        let mut check = self.hasher();
+        check.update(&pointer.canonical());
+        check.verify_slice(&tag).is_ok()
+    }
+}
 
 /// What `latest.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,15 +103,46 @@ pub struct Pointer {
     pub skipped: u64,
 }
 
+/// `latest.json` as stored: the pointer's fields, then its MAC.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    #[serde(flatten)]
+    pointer: Pointer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+/// What a reader with the password found of the pointer's MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticity {
+    /// The MAC matches the content under this repository's key.
+    Valid,
+    /// There is no MAC: an older spotkeeper wrote it, or someone stripped it.
+    Missing,
+    /// The MAC does not match: the content was edited, or the pointer is another repository's.
+    Wrong,
+}
+
 impl Pointer {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+    /// What the MAC covers: the compact JSON of the fields, in declaration order.
+    fn canonical(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// `latest.json`'s bytes, sealed with `key`.
+    pub fn encode(&self, key: &PointerKey) -> Vec<u8> {
+        let sealed = Sealed {
+            pointer: self.clone(),
+            mac: Some(key.seal(self)),
+        };
+        let mut bytes = serde_json::to_vec_pretty(&sealed).unwrap_or_default();
         bytes.push(b'\n');
         bytes
     }
 
-    /// Parses `latest.json` read from `key`, refusing anything this version cannot trust.
-    pub fn decode(bytes: &[u8], key: &str) -> Result<Pointer, ManifestError> {
+    /// Parses `latest.json` read from `key`, refusing anything this version cannot trust; also
+    /// returns its `mac` field, for `authenticity`.
+    pub fn decode(bytes: &[u8], key: &str) -> Result<(Pointer, Option<String>), ManifestError> {
         let invalid = |reason: String| ManifestError::Pointer {
             key: key.to_string(),
             reason,
@@ -63,19 +158,34 @@ impl Pointer {
                 found: version.format,
             });
         }
-        let pointer: Pointer = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        let Sealed { pointer, mac } = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
         if pointer.restic_id.len() != 64 || !pointer.restic_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid(format!(
                 "restic_id {:?} is not 64 hex digits",
                 pointer.restic_id
             )));
         }
-        Ok(pointer)
+        Ok((pointer, mac))
+    }
+
+    /// Whether `mac` (as `decode` returned it) authenticates this pointer under `key`.
+    pub fn authenticity(&self, mac: Option<&str>, key: &PointerKey) -> Authenticity {
+        match mac {
+            None => Authenticity::Missing,
+            Some(mac) if key.opens(self, mac) => Authenticity::Valid,
+            Some(_) => Authenticity::Wrong,
+        }
     }
 }
 
-/// `latest.json` and its ETag; `None` when there is none (no format-2 snapshot yet).
-pub async fn read(store: &Store) -> Result<Option<(Pointer, Option<String>)>, crate::repository::RepositoryError> {
+/// `latest.json` and its ETag; `None` when there is none (no format-2 snapshot yet). With
+/// `engine` (the password), its MAC is checked: a pointer without one, or whose MAC does not
+/// match, is an error (`HeadError`) naming it. Without, nothing can be checked: callers without
+/// the password only use it to say that format 2 is there.
+pub async fn read(
+    store: &Store,
+    engine: Option<&crate::format2::Engine>,
+) -> Result<Option<(Pointer, Option<String>)>, crate::repository::RepositoryError> {
     let got = match store.get_bytes_capped(POINTER_KEY, MAX_METADATA_BYTES).await {
         Err(StoreError::TooLarge { key, cap, .. }) => return Err(ManifestError::TooLarge { key, cap }.into()),
         other => other?,
@@ -83,7 +193,23 @@ pub async fn read(store: &Store) -> Result<Option<(Pointer, Option<String>)>, cr
     let Some((bytes, etag)) = got else {
         return Ok(None);
     };
-    Ok(Some((Pointer::decode(&bytes, &store.full_key(POINTER_KEY))?, etag)))
+    let full_key = store.full_key(POINTER_KEY);
+    let (pointer, mac) = Pointer::decode(&bytes, &full_key)?;
+    if let Some(engine) = engine {
+        let key = engine.pointer_key().await?;
+        match pointer.authenticity(mac.as_deref(), &key) {
+            Authenticity::Valid => {}
+            Authenticity::Missing => {
+                return Err(HeadError::Unauthenticated {
+                    key: full_key,
+                    pointer: Box::new(pointer),
+                }
+                .into());
+            }
+            Authenticity::Wrong => return Err(HeadError::Forged { key: full_key }.into()),
+        }
+    }
+    Ok(Some((pointer, etag)))
 }
 
 /// Why the pointer was not written.
@@ -97,7 +223,12 @@ pub enum WriteError {
 /// Replaces `latest.json` if it is still the object whose ETag is `etag` (`None`: only if
 /// there is none).
 /// Returns the new object's ETag (what the next write must match).
-pub async fn write(store: &Store, pointer: &Pointer, etag: Option<String>) -> Result<Option<String>, WriteError> {
+pub async fn write(
+    store: &Store,
+    pointer: &Pointer,
+    key: &PointerKey,
+    etag: Option<String>,
+) -> Result<Option<String>, WriteError> {
     let condition = match etag {
         Some(etag) => PutCondition::Matches(etag),
         None => PutCondition::Absent,
@@ -105,7 +236,7 @@ pub async fn write(store: &Store, pointer: &Pointer, etag: Option<String>) -> Re
     match store
         .put_bytes(
             POINTER_KEY,
-            bytes::Bytes::from(pointer.encode()),
+            bytes::Bytes::from(pointer.encode(key)),
             "application/json",
             &[],
             condition,
@@ -137,17 +268,80 @@ mod tests {
         }
     }
 
+    fn key(byte: u8) -> PointerKey {
+        PointerKey::derive(&[byte; 64])
+    }
+
     #[test]
     fn round_trips_and_refuses_what_it_cannot_trust() {
         let p = pointer();
-        assert_eq!(Pointer::decode(&p.encode(), "k").expect("decode"), p);
+        let (decoded, mac) = Pointer::decode(&p.encode(&key(1)), "k").expect("decode");
+        assert_eq!(decoded, p);
+        assert!(mac.is_some_and(|m| m.starts_with("hmac-sha256:")));
         let mut newer = p.clone();
         newer.format = 3;
-        let err = Pointer::decode(&newer.encode(), "b/latest.json").expect_err("format 3");
+        let err = Pointer::decode(&newer.encode(&key(1)), "b/latest.json").expect_err("format 3");
         assert!(err.to_string().contains("b/latest.json"), "{err}");
         let mut odd = p.clone();
         odd.restic_id = "../../etc".into();
-        assert!(Pointer::decode(&odd.encode(), "k").is_err());
+        assert!(Pointer::decode(&odd.encode(&key(1)), "k").is_err());
         assert!(Pointer::decode(b"{\"format\":2", "k").is_err());
+    }
+
+    /// Reads `bytes` and checks it under `key`.
+    fn check(bytes: &[u8], key: &PointerKey) -> Authenticity {
+        let (pointer, mac) = Pointer::decode(bytes, "k").expect("decode");
+        pointer.authenticity(mac.as_deref(), key)
+    }
+
+    #[test]
+    fn the_mac_opens_only_under_its_own_key_and_over_its_own_content() {
+        let p = pointer();
+        let sealed = p.encode(&key(1));
+        assert_eq!(check(&sealed, &key(1)), Authenticity::Valid);
+        // Another repository's key (another master key).
+        assert_eq!(check(&sealed, &key(2)), Authenticity::Wrong);
+        // Every field is covered: edit each one in the text.
+        let text = String::from_utf8(sealed.clone()).expect("utf-8");
+        for (from, to) in [
+            ("2026-12-01-02-20", "2026-12-01-01-20"),
+            (&"ab".repeat(32)[..], &"cd".repeat(32)[..]),
+            ("\"w-1\"", "\"w-2\""),
+            ("ip-10-0-0-1", "ip-10-0-0-2"),
+            ("\"files\": 3", "\"files\": 4"),
+            ("\"bytes\": 42", "\"bytes\": 43"),
+            ("\"skipped\": 0", "\"skipped\": 1"),
+            ("2026-12-01T02:20:00Z", "2026-12-01T02:21:00Z"),
+        ] {
+            assert!(text.contains(from), "{from} in {text}");
+            let edited = text.replacen(from, to, 1);
+            assert_eq!(check(edited.as_bytes(), &key(1)), Authenticity::Wrong, "{from} -> {to}");
+        }
+        // A flipped digit of the MAC itself.
+        let mac_at = text.find("hmac-sha256:").expect("mac") + "hmac-sha256:".len();
+        let mut flipped = sealed.clone();
+        flipped[mac_at] = if flipped[mac_at] == b'0' { b'1' } else { b'0' };
+        assert_eq!(check(&flipped, &key(1)), Authenticity::Wrong);
+        // The MAC stripped, or replaced by garbage.
+        let stripped = serde_json::to_vec_pretty(&p).expect("json");
+        assert_eq!(check(&stripped, &key(1)), Authenticity::Missing);
+        let garbage = text.replace("hmac-sha256:", "hmac-sha256:zz");
+        assert_eq!(check(garbage.as_bytes(), &key(1)), Authenticity::Wrong);
+        // Field order and whitespace are not content: a reformatted pointer still opens.
+        let compact: serde_json::Value = serde_json::from_slice(&sealed).expect("json");
+        assert_eq!(
+            check(&serde_json::to_vec(&compact).expect("json"), &key(1)),
+            Authenticity::Valid
+        );
+    }
+
+    #[test]
+    fn the_key_is_derived_as_documented() {
+        // HMAC-SHA256(key = 64 bytes of 0x01, message = "spotkeeper latest.json v1"), computed
+        // with Python's hmac module: docs/format.md tells a person to do the same by hand.
+        assert_eq!(
+            hex::encode(key(1).0),
+            "5eb6da298152f133f5866e56a96c74422babc909a0590d794595919280894072"
+        );
     }
 }

@@ -259,10 +259,15 @@ pub async fn resolve(
 ) -> Result<(Chosen, Option<SnapshotId>), RestoreError> {
     if let Some(id) = snapshot {
         // The head only informs the local record: a damaged one must not block a named snapshot.
-        let head = match repository::head(store).await {
+        let head = match repository::head(store, engine).await {
             Ok(head) => head.map(|(h, _)| h),
             Err(RepositoryError::Manifest(e)) => {
                 tracing::warn!(error = %e, "ignoring an unreadable latest pointer");
+                None
+            }
+            // Nor one that is not authentic: the named snapshot is (restic's files are).
+            Err(RepositoryError::Head(e)) => {
+                tracing::warn!(error = %e, "ignoring a latest pointer that cannot be trusted");
                 None
             }
             Err(e) => return Err(e.into()),
@@ -302,9 +307,10 @@ pub async fn resolve(
             id,
         });
     }
-    match repository::head(store).await? {
+    match repository::head(store, engine).await? {
         Some((Head::Two(pointer), _)) => {
-            need_engine(engine, repository)?;
+            let engine = need_engine(engine, repository)?;
+            repository::check_not_replayed(store, &pointer, &repository::list_format2(engine).await?)?;
             let id = pointer.id;
             return Ok((Chosen::Two(chosen_of_pointer(pointer)), Some(id)));
         }

@@ -256,7 +256,7 @@ async fn take_format2_steps(
     );
     let id = SnapshotId::first_free(request.now, &taken);
     let source = request.source.clone();
-    let mut tags = vec![id.to_string()];
+    let mut tags = vec![id.to_string(), crate::format2::SEALED_HEAD_TAG.to_string()];
     if request.follow {
         tags.push(crate::format2::FOLLOW_TAG.to_string());
     }
@@ -322,6 +322,7 @@ async fn take_format2_steps(
             paths: None,
             follow: request.follow,
             parent: parent_restic_id,
+            sealed_head: true,
         },
         pointer.clone(),
         new_etag,

@@ -787,3 +787,69 @@ fn a_full_disk_is_one_line_naming_the_path_and_changes_nothing() {
     assert!(stderr.contains("No space left"), "{stderr}");
     assert_eq!(shape(&world.state), before_changed, "the state is untouched");
 }
+
+#[test]
+fn an_older_spotkeepers_latest_json_without_a_mac_boots_a_new_machine_until_a_sealed_snapshot_exists() {
+    let s3 = S3Server::start();
+    let (world, password_file) = format2_world(&s3, "legacy-head");
+    // A repository as the spotkeeper before the MAC left it: snapshots without the
+    // `sealed-head` tag, and a latest.json without a `mac`.
+    let old = world.dir.path().join("old");
+    write(&old.join("state/notes.txt"), b"from the old version", 0o644);
+    let store_a = store(&world);
+    let source = old.clone();
+    let restic_id = blocking(move |handle| {
+        let pw = Password::new(PASSWORD, "test").expect("password");
+        let mut repo = Repo::init(S3Backend::new(store_a, handle), &pw, None).expect("init");
+        let paths = vec![spotkeeper::format2::PathRecord {
+            name: "state".into(),
+            root: spotkeeper::manifest::Owner {
+                mode: 0o700,
+                uid: 0,
+                gid: 0,
+            },
+            files: 1,
+            bytes: 20,
+        }];
+        let backup = repo
+            .backup(
+                &source,
+                "spotkeeper",
+                &["2026-11-30-12-00".into()],
+                chrono::Utc::now(),
+                Some(spotkeeper::format2::description(&paths, &[])),
+                None,
+            )
+            .expect("backup");
+        backup.id
+    });
+    let legacy = serde_json::json!({
+        "format": 2, "id": "2026-11-30-12-00", "restic_id": restic_id, "parent": null, "writer": "w-old",
+        "hostname": "ip-10-0-0-1", "created_at": "2026-11-30T12:00:00Z", "files": 1, "bytes": 20, "skipped": 0
+    });
+    let legacy = serde_json::to_vec_pretty(&legacy).expect("json");
+    s3.put_object(&world.bucket, &world.key("latest.json"), &legacy);
+
+    // The upgrade's first new machine boots on it (warned), and its next snapshot seals the head.
+    let machine = world.sibling();
+    machine.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
+    let out = machine.run(&["restore"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("carries no MAC"));
+    assert_eq!(
+        fs::read(machine.state.join("notes.txt")).expect("restored"),
+        b"from the old version"
+    );
+    write(&machine.state.join("notes.txt"), b"from the new version", 0o644);
+    machine.ok(&["snapshot"]);
+    let sealed = fs::read(s3.bucket(&world.bucket).join(world.key("latest.json"))).expect("latest.json");
+    assert!(String::from_utf8_lossy(&sealed).contains("hmac-sha256:"));
+
+    // From then on a pointer without a MAC is a stripped one: the old pointer put back is refused.
+    s3.put_object(&world.bucket, &world.key("latest.json"), &legacy);
+    let another = world.sibling();
+    another.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
+    let (code, stderr) = failure(&another.run(&["restore"]));
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("the MAC was stripped"), "{stderr}");
+}

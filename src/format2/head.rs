@@ -23,8 +23,8 @@ pub enum HeadError {
     )]
     Forged { key: String },
     #[error(
-        "{key} carries no MAC (an older spotkeeper wrote it, or the MAC was stripped), so it cannot be trusted to \
-         choose what to restore; nothing was changed. `spotkeeper list` shows the snapshots: restore one with \
+        "{key} carries no MAC, while this repository holds snapshots taken by a spotkeeper that authenticates it: \
+         the MAC was stripped, so it cannot be trusted to choose what to restore; nothing was changed. `spotkeeper list` shows the snapshots: restore one with \
          `spotkeeper restore --snapshot ID`; the next snapshot writes an authenticated {key}"
     )]
     Unauthenticated { key: String, pointer: Box<Pointer> },
@@ -108,6 +108,7 @@ mod tests {
             paths: None,
             follow: false,
             parent: parent.map(|p| p.to_string().repeat(64)),
+            sealed_head: true,
         }
     }
 

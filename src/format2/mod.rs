@@ -29,6 +29,10 @@ pub const TAG: &str = "spotkeeper";
 /// The tag of a snapshot taken to follow changes (`[snapshot] follow`) rather than on the
 /// schedule: `retention.follow_keep` applies to it.
 pub const FOLLOW_TAG: &str = "follow";
+/// The tag of a snapshot taken by a spotkeeper that writes an authenticated `latest.json`: once
+/// a repository holds one, a `latest.json` without a MAC is a stripped one, never an older
+/// version's (see `pointer::read`).
+pub const SEALED_HEAD_TAG: &str = "sealed-head";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Format2Error {
@@ -829,6 +833,9 @@ pub struct Listed {
     /// restic's id of the snapshot it was taken on: the head at the time (see `head`).
     #[serde(skip)]
     pub parent: Option<String>,
+    /// Taken by a spotkeeper that authenticates `latest.json` (tag `sealed-head`).
+    #[serde(skip)]
+    pub sealed_head: bool,
 }
 
 impl Listed {
@@ -843,6 +850,7 @@ impl Listed {
             id: snapshot.tags.iter().find_map(|tag| tag.parse().ok()),
             follow: snapshot.tags.contains(FOLLOW_TAG),
             parent: snapshot.parent.map(|p| p.to_hex().as_str().to_string()),
+            sealed_head: snapshot.tags.contains(SEALED_HEAD_TAG),
             time,
             hostname: snapshot.hostname.clone(),
             files: snapshot.summary.as_ref().map(|s| s.total_files_processed),

@@ -199,6 +199,14 @@ pub async fn read(
         let key = engine.pointer_key().await?;
         match pointer.authenticity(mac.as_deref(), &key) {
             Authenticity::Valid => {}
+            // Written by a spotkeeper from before the MAC, as long as no snapshot in the
+            // repository was taken by one that writes it: then a pointer without a MAC can only be
+            // a stripped one. (An upgrade's first new machine must boot on its old pointer.)
+            Authenticity::Missing if !engine.list().await?.iter().any(|s| s.sealed_head) => {
+                tracing::warn!(key = %full_key, "latest.json carries no MAC: written by an older spotkeeper (no snapshot \
+                    of this repository was taken by one that authenticates it); trusted this once, the next snapshot \
+                    writes an authenticated one");
+            }
             Authenticity::Missing => {
                 return Err(HeadError::Unauthenticated {
                     key: full_key,

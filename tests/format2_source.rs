@@ -1,7 +1,8 @@
 //! Format 2 reads the mirror by descriptor: a path longer than `PATH_MAX` is in the snapshot
-//! (rustic_core's own path walk dropped it with a WARN line); a sparse file's holes are not
-//! read and cost the repository nothing; non-UTF-8 names and link targets and every node's
-//! metadata come back through stock `restic`; an unchanged tree adds nothing.
+//! (rustic_core's own path walk dropped it with a WARN line) and restored; a sparse file's
+//! holes are not read, cost the repository nothing and are restored as holes; link targets
+//! (non-UTF-8 ones too), modes and mtimes come back through stock `restic` and spotkeeper's
+//! restore; an unchanged tree is not read again.
 
 mod common;
 
@@ -109,7 +110,7 @@ fn deep_rel(depth: usize, name: &str) -> String {
 }
 
 #[test]
-fn a_path_longer_than_path_max_is_in_the_snapshot_and_stock_restic_lists_it() {
+fn a_path_longer_than_path_max_is_snapshotted_listed_by_stock_restic_and_restored() {
     let s3 = S3Server::start();
     let (world, password_file) = format2_world(&s3, "f2deep");
     write(&world.state.join("top.txt"), b"top\n", 0o644);
@@ -145,6 +146,37 @@ fn a_path_longer_than_path_max_is_in_the_snapshot_and_stock_restic_lists_it() {
     assert!(listing.lines().any(|line| line.ends_with("/zz-after.txt")), "{listing}");
     // Stock restic 0.14 cannot restore it (its restore opens full paths: "file name too long"
     // past PATH_MAX); spotkeeper's own restore writes through directory descriptors.
+    let restored = world.dir.path().join("restored");
+    world.ok(&["restore", "--to", restored.to_str().expect("utf-8")]);
+    assert_eq!(read_deep(&restored, LEVELS, "deep.txt"), b"the deepest file\n");
+    assert_eq!(
+        read_deep(&restored, LEVELS - 1, "side.txt"),
+        b"beside the deepest directory\n"
+    );
+}
+
+/// Reads `name` in the chain's directory at `depth` under `root`, by descriptor.
+fn read_deep(root: &Path, depth: usize, name: &str) -> Vec<u8> {
+    let mut dir = open_dir(root);
+    for level in &deep_names()[..depth] {
+        dir = rustix::fs::openat(
+            &dir,
+            level.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .expect("openat");
+    }
+    let file = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .expect("open the deep file");
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(file), &mut body).expect("read");
+    body
 }
 
 /// How many bytes `child` read (read(2), pread(2), ...: `rchar`), taken after it exited and
@@ -198,7 +230,7 @@ fn find(dir: &Path, name: &str) -> Option<PathBuf> {
 }
 
 #[test]
-fn a_sparse_file_is_snapshotted_without_reading_its_holes_and_costs_kilobytes() {
+fn a_sparse_file_is_snapshotted_without_reading_its_holes_costs_kilobytes_and_restores_sparse() {
     let s3 = S3Server::start();
     let (world, password_file) = format2_world(&s3, "f2sparse");
     let size: u64 = 1 << 30;
@@ -241,6 +273,21 @@ fn a_sparse_file_is_snapshotted_without_reading_its_holes_and_costs_kilobytes() 
         again["archive_bytes"].as_u64().expect("archive_bytes") < 4096,
         "{again}"
     );
+
+    // spotkeeper's restore writes it sparse, with its bytes.
+    let ours = world.dir.path().join("restored");
+    world.ok(&["restore", "--to", ours.to_str().expect("utf-8")]);
+    let restored = fs::File::open(ours.join("sparse.bin")).expect("restored");
+    let meta = restored.metadata().expect("stat");
+    assert_eq!(meta.len(), size);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "the restored file takes {} blocks",
+        meta.blocks()
+    );
+    let mut buf = vec![0u8; 4096];
+    restored.read_exact_at(&mut buf, 700 << 20).expect("read");
+    assert!(buf == middle);
 
     // Stock restic restores the bytes.
     let target = world.dir.path().join("by-restic");
@@ -393,6 +440,12 @@ fn names_links_and_metadata_round_trip_through_stock_restic_and_an_unchanged_tre
     // is not UTF-8) and ignores `linktarget_raw`, which restic 0.17 and rustic read: the tree
     // must carry the raw bytes.
     expected.remove(b"odd-link".as_slice()).expect("the odd link");
+    // spotkeeper's restore writes every one of them, the raw link target included.
+    let ours = world.dir.path().join("restored");
+    world.ok(&["restore", "--to", ours.to_str().expect("utf-8")]);
+    let mut all = raw_shape(state);
+    all.remove(odd.as_bytes()).expect("the odd name");
+    assert_eq!(raw_shape(&ours), all, "spotkeeper's restore matches the state");
     let state_tree = tree_of(&s3, &world, &password_file, restic_id, "state");
     let odd_link = state_tree["nodes"]
         .as_array()

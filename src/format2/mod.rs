@@ -11,6 +11,7 @@ pub mod head;
 pub mod password;
 pub mod pointer;
 pub mod restorer;
+pub mod source;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -390,7 +391,16 @@ impl Repo {
         if let Some(parent) = parent {
             options.parent_opts.parents = vec![parent.to_string()];
         }
-        let done = match repo.backup(&options, &paths, snapshot) {
+        // The mirror is read by descriptor (paths of any length; holes not read).
+        let backup_paths = paths.paths();
+        let Some(root) = backup_paths.first() else {
+            return Err(Format2Error::Source {
+                path: source.to_path_buf(),
+                message: "no directory to back up".into(),
+            });
+        };
+        let mirror = source::MirrorSource::new(root);
+        let done = match repo.archive(&options, &mirror, snapshot, &backup_paths) {
             Ok(done) => done,
             Err(e) => {
                 self.s3.forget_index_listing();
@@ -398,6 +408,12 @@ impl Repo {
             }
         };
         self.repo = Some(repo.drop_index());
+        // Every entry of the mirror belongs in the snapshot: one that could not be read fails
+        // the upload (the snapshot saved is an orphan latest.json never names; the change
+        // stays pending).
+        if let Some((path, message)) = mirror.problems().into_iter().next() {
+            return Err(Format2Error::Source { path, message });
+        }
         let summary = done.summary.clone().unwrap_or_default();
         Ok(Backup {
             id: done.id.to_hex().as_str().to_string(),

@@ -106,6 +106,8 @@ pub enum DaemonError {
     Task(String),
     #[error("refused: {0}")]
     Refused(String),
+    #[error(transparent)]
+    StateLock(#[from] crate::state_lock::StateLockError),
 }
 
 impl DaemonError {
@@ -113,7 +115,10 @@ impl DaemonError {
     pub fn exit(&self) -> Exit {
         match self {
             DaemonError::NoContainer => Exit::Config,
-            DaemonError::Boot(_) | DaemonError::Refused(_) => Exit::Refused,
+            DaemonError::Boot(_)
+            | DaemonError::Refused(_)
+            | DaemonError::StateLock(crate::state_lock::StateLockError::Busy { .. }) => Exit::Refused,
+            DaemonError::StateLock(crate::state_lock::StateLockError::Io { .. }) => Exit::Io,
             DaemonError::Restore(e) => exit::of_restore(e),
             DaemonError::Snapshot(e) => exit::of_snapshot(e),
             DaemonError::Repository(e) => exit::of_repository(e),
@@ -157,6 +162,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
     // The socket first: a second daemon on this machine must fail before touching anything.
     let listener = control::bind(&config.daemon.socket).await?;
     spawn_control(listener, events_tx.clone(), Arc::clone(&status));
+    prepare_work_dir(&config);
 
     let sdk_config = crate::aws::sdk_config(config.s3.region.as_deref()).await;
     let store = Store::connect(&config.s3, &sdk_config);
@@ -227,6 +233,25 @@ fn spawn_signals(events: mpsc::Sender<Event>) {
             }
         }
     });
+}
+
+/// work_dir and format 2's cache are spotkeeper's own: 0700 whatever the umask, and closed
+/// again when an earlier version (or a by-hand run) left them open. A failure is logged: the
+/// step that writes there reports it.
+fn prepare_work_dir(config: &Config) {
+    let work_dir = &config.state.work_dir;
+    if let Err(e) = crate::private_fs::create_dir_all(work_dir) {
+        tracing::warn!(path = %work_dir.display(), error = %e, "cannot create work_dir");
+    }
+    let mut own = vec![work_dir.join(MIRROR_DIR), work_dir.join(MIRROR_INDEX_DIR)];
+    if config.repository.is_some() {
+        own.push(work_dir.join(REPO_CACHE_DIR));
+    }
+    for dir in own {
+        if let Err(e) = crate::private_fs::ensure_dir(&dir) {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot make this directory 0700");
+        }
+    }
 }
 
 fn spawn_control(listener: tokio::net::UnixListener, events: mpsc::Sender<Event>, status: Arc<Mutex<Status>>) {

@@ -99,7 +99,8 @@ impl CommandError {
             CommandError::Usage(_) => Exit::Usage,
             CommandError::Refused(_) => Exit::Refused,
             CommandError::Daemon(e) => e.exit(),
-            CommandError::Control(_) | CommandError::Runtime(_) => Exit::Io,
+            CommandError::Control(e) => e.exit(),
+            CommandError::Runtime(_) => Exit::Io,
             CommandError::Remote { code, .. } => Exit::from_code(*code),
             CommandError::NoDaemon(_) => Exit::NotFound,
             CommandError::ContainerRunning { .. } => Exit::Refused,
@@ -200,7 +201,8 @@ async fn open_with_cache(
 /// Sends `request` to a running daemon. `Ok(None)` when none runs; a daemon's error becomes
 /// `CommandError::Remote` with the daemon's exit code.
 async fn via_daemon(config: &Config, request: &Request) -> Result<Option<Reply>, CommandError> {
-    match crate::control::call(&config.daemon.socket, request).await {
+    let call = crate::control::Call::new(config, request.clone());
+    match crate::control::call(&config.daemon.socket, &call).await {
         Ok(None) => Ok(None),
         Ok(Some(Reply::Error(e))) => Err(CommandError::Remote {
             message: e.message,

@@ -161,7 +161,13 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
     systemd::spawn_progress_status(notifier);
     // The socket first: a second daemon on this machine must fail before touching anything.
     let listener = control::bind(&config.daemon.socket).await?;
-    spawn_control(listener, events_tx.clone(), Arc::clone(&status));
+    spawn_control(
+        listener,
+        control::Identity::of(&config),
+        config.daemon.socket.clone(),
+        events_tx.clone(),
+        Arc::clone(&status),
+    );
     prepare_work_dir(&config);
 
     let sdk_config = crate::aws::sdk_config(config.s3.region.as_deref()).await;
@@ -254,7 +260,16 @@ fn prepare_work_dir(config: &Config) {
     }
 }
 
-fn spawn_control(listener: tokio::net::UnixListener, events: mpsc::Sender<Event>, status: Arc<Mutex<Status>>) {
+/// Answers the control socket: a request whose sender names another repository or other state
+/// paths (`control::Identity::admit`) is refused here, before the main loop sees it.
+fn spawn_control(
+    listener: tokio::net::UnixListener,
+    identity: control::Identity,
+    socket: PathBuf,
+    events: mpsc::Sender<Event>,
+    status: Arc<Mutex<Status>>,
+) {
+    let identity = Arc::new(identity);
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -262,13 +277,29 @@ fn spawn_control(listener: tokio::net::UnixListener, events: mpsc::Sender<Event>
             };
             let events = events.clone();
             let status = Arc::clone(&status);
+            let identity = Arc::clone(&identity);
+            let socket = socket.clone();
             tokio::spawn(async move {
-                let response = match control::read_request(&mut stream).await {
-                    Ok(Request::Status) => {
+                let call = match control::read_call(&mut stream).await {
+                    Ok(call) => call,
+                    Err(e) => {
+                        let _ =
+                            control::write_reply(&mut stream, &Reply::error(format!("bad request ({e})"), Exit::Usage))
+                                .await;
+                        return;
+                    }
+                };
+                if let Err(why) = identity.admit(&call, &socket) {
+                    tracing::warn!(sender = %call.sender.describe(), "control request refused: {why}");
+                    let _ = control::write_reply(&mut stream, &Reply::error(why, Exit::Refused)).await;
+                    return;
+                }
+                let response = match call.request {
+                    Request::Status => {
                         let snapshot = status.lock().map(|s| s.clone()).unwrap_or_default();
                         Reply::Status(Box::new(snapshot))
                     }
-                    Ok(request) => {
+                    request => {
                         let (reply, answer) = oneshot::channel();
                         if events.send(Event::Control(request, reply)).await.is_err() {
                             Reply::error("the daemon is shutting down".into(), Exit::Failure)
@@ -278,7 +309,6 @@ fn spawn_control(listener: tokio::net::UnixListener, events: mpsc::Sender<Event>
                                 .unwrap_or_else(|_| Reply::error("the daemon is shutting down".into(), Exit::Failure))
                         }
                     }
-                    Err(e) => Reply::error(format!("bad request: {e}"), Exit::Usage),
                 };
                 let _ = control::write_reply(&mut stream, &response).await;
             });

@@ -19,6 +19,10 @@ use crate::store::Store;
 /// Scratch folders in `work_dir` are `drill-scratch.<pid>`: a drill by hand and the daemon's
 /// daily one never share one.
 pub const SCRATCH_PREFIX: &str = "drill-scratch.";
+/// Where in the scratch directory the snapshot is restored.
+const RESTORED_DIR: &str = "restored";
+/// The failpoint between the restore and the database checks (`crate::failpoint`).
+pub const RESTORED_FAILPOINT: &str = "drill-restored";
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +76,16 @@ pub async fn run(
     }
     let scratch = work_dir.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
     remove(&scratch)?;
-    fs::create_dir_all(work_dir).map_err(|source| DrillError::Io {
-        path: work_dir.to_path_buf(),
+    // The scratch directory is ours, 0700 whatever the umask; the snapshot's tree goes inside
+    // it with the snapshot's own modes (its root may well be 0755), closed to others by it.
+    crate::private_fs::create_dir_all(&scratch).map_err(|source| DrillError::Io {
+        path: scratch.clone(),
         source,
     })?;
+    let restored = scratch.join(RESTORED_DIR);
     let request = RestoreRequest {
         snapshot,
-        destination: restore::Destination::Dir(scratch.clone()),
+        destination: restore::Destination::Dir(restored.clone()),
         only: None,
         force: false,
         origin: None,
@@ -87,8 +94,9 @@ pub async fn run(
     };
     let result = async {
         let report = restore::restore(store, engine, &request).await?;
+        crate::failpoint::hit(RESTORED_FAILPOINT);
         let id = report.id;
-        let root = scratch.clone();
+        let root = restored.clone();
         let databases = tokio::task::spawn_blocking(move || check_databases(&root, id))
             .await
             .map_err(|e| DrillError::Task(e.to_string()))??;

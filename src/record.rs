@@ -93,10 +93,10 @@ pub fn save(work_dir: &Path, record: &LocalRecord) -> Result<(), RecordError> {
         path: path.clone(),
         source,
     };
-    fs::create_dir_all(work_dir).map_err(write_error)?;
+    crate::private_fs::create_dir_all(work_dir).map_err(write_error)?;
     let temp = work_dir.join(format!(".{RECORD_FILE}.tmp"));
     let body = serde_json::to_vec_pretty(record).map_err(|e| write_error(io::Error::other(e)))?;
-    let mut file = File::create(&temp).map_err(write_error)?;
+    let mut file = crate::private_fs::create_file(&temp).map_err(write_error)?;
     file.write_all(&body).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     fs::rename(&temp, &path).map_err(write_error)?;
@@ -170,9 +170,9 @@ pub fn writer_id(work_dir: &Path, identity: &str) -> Result<String, RecordError>
         path: path.clone(),
         source,
     };
-    fs::create_dir_all(work_dir).map_err(write_error)?;
+    crate::private_fs::create_dir_all(work_dir).map_err(write_error)?;
     let temp = work_dir.join(format!(".{WRITER_FILE}.tmp"));
-    fs::write(&temp, format!("{id}\n{identity}\n")).map_err(write_error)?;
+    crate::private_fs::write(&temp, format!("{id}\n{identity}\n")).map_err(write_error)?;
     fs::rename(&temp, &path).map_err(write_error)?;
     Ok(id)
 }

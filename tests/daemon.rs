@@ -344,3 +344,68 @@ fn the_daemon_runs_on_format_2_with_the_password_from_ssm() {
     );
     remove_container(&t.container);
 }
+
+/// Issue 20 item 7: two configs share one `[daemon] socket` (the default one, say), naming
+/// another prefix or other state paths. A `restore --force`, a `snapshot` or a `status` sent with
+/// the other config is refused by the daemon, naming both sides (exit 7); its app is not stopped,
+/// its state not displaced, and its own config still gets through.
+#[test]
+fn a_request_from_another_config_on_the_same_socket_is_refused() {
+    if !docker_available() {
+        return;
+    }
+    let t = setup("identity", "", "");
+    t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
+    let mut daemon = Daemon::start(&t.world);
+    let running = wait_for(Duration::from_secs(120), || {
+        status(&t.world).is_some_and(|s| s["phase"] == "running")
+    });
+    assert!(running, "daemon did not reach running; log:\n{}", daemon.log());
+    let started_at = docker(&["inspect", "-f", "{{.State.StartedAt}}", &t.container]);
+    let shared_socket = format!("[daemon]\nsocket = {:?}\n", t.world.socket());
+
+    // The same state directory, another prefix.
+    let mut other_prefix = common::World::with_endpoint(&t.world.endpoint, &t.world.bucket, "elsewhere");
+    other_prefix.state = t.world.state.clone();
+    other_prefix.write_config(&shared_socket);
+    // The same repository, another state directory.
+    let other_state = common::World::with_endpoint(&t.world.endpoint, &t.world.bucket, &t.world.prefix);
+    other_state.write_config(&shared_socket);
+
+    for (other, differs) in [
+        (&other_prefix, "s3://daemon/elsewhere".to_string()),
+        (&other_state, other_state.state.display().to_string()),
+    ] {
+        for args in [
+            &["restore", "--force"][..],
+            &["snapshot", "--json"][..],
+            &["status"][..],
+        ] {
+            let (code, stderr) = common::failure(&other.run(args));
+            assert_eq!(code, 7, "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("s3://daemon/identity") && stderr.contains(&differs),
+                "{args:?} names both sides: {stderr}"
+            );
+            assert!(
+                stderr.contains("nothing was stopped, snapshotted or restored"),
+                "{stderr}"
+            );
+        }
+    }
+    // The daemon's app ran on, its state was not moved aside, and the daemon still answers its
+    // own config.
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &t.container]),
+        started_at
+    );
+    assert!(!t.world.state.with_file_name("state.displaced").exists());
+    let s = status(&t.world).expect("status");
+    assert_eq!(s["phase"], "running", "{s}");
+    assert_eq!(s["container"]["restarts"], 0, "{s}");
+    let own = t.world.json(&["snapshot", "--json"]);
+    assert!(own["outcome"] == "uploaded" || own["outcome"] == "unchanged", "{own}");
+    assert!(daemon.log().contains("control request refused"), "{}", daemon.log());
+    assert!(!daemon.log().contains("manual restore"), "{}", daemon.log());
+    daemon.stop();
+}

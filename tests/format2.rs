@@ -853,3 +853,111 @@ fn an_older_spotkeepers_latest_json_without_a_mac_boots_a_new_machine_until_a_se
     assert_eq!(code, 5, "{stderr}");
     assert!(stderr.contains("the MAC was stripped"), "{stderr}");
 }
+
+/// Every directory under `root` 0700 and every file 0600, except the directories named (relative)
+/// in `opaque`, checked themselves but not entered, and in `copies`, neither checked nor entered
+/// (a copy of the state, with its modes). Returns the offenders.
+fn not_private(root: &Path, opaque: &[&str], copies: &[&str]) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut offenders = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path).expect("meta");
+            let mode = meta.permissions().mode() & 0o7777;
+            let rel = path.strip_prefix(root).expect("under root").display().to_string();
+            if copies.contains(&rel.as_str()) {
+                continue;
+            }
+            let want = if meta.is_dir() { 0o700 } else { 0o600 };
+            if mode != want {
+                offenders.push(format!("{rel} {mode:o}"));
+            }
+            if meta.is_dir() && !opaque.contains(&rel.as_str()) {
+                stack.push(path);
+            }
+        }
+    }
+    offenders
+}
+
+/// Issue 20 item 8: under umask 022 (a person's shell), `snapshot`, `restore --force` and the
+/// drill (`verify --deep`) leave everything they make in work_dir 0700/0600: the mirrors, their
+/// indexes (every file name of the state), rustic_core's cache, the record, the locks, and the
+/// drill's scratch directory while it holds the restored state. What a mirror holds keeps the
+/// state's modes (closed by the mirrors' 0700 directory); rustic_core's cache is checked at its
+/// root, which spotkeeper creates (rustic_core writes its own files with the umask's mode,
+/// encrypted as in the bucket).
+#[test]
+fn what_spotkeeper_keeps_for_itself_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+    let s3 = S3Server::start();
+    let (world, _) = format2_world(&s3, "modes");
+    write(&world.state.join("open.txt"), b"readable", 0o644);
+    write(&world.state.join("sub/secret.key"), b"secret", 0o600);
+    write(&world.state.join("db.sqlite"), b"not a database", 0o600);
+    let run = |args: &[&str]| {
+        let out = common::under_umask_022(&world.command(args)).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["snapshot"]);
+    write(&world.state.join("open.txt"), b"changed", 0o644);
+    run(&["snapshot"]);
+    run(&["restore", "--force"]);
+
+    // The drill, paused while its scratch directory holds the restored state.
+    let paused = world.dir.path().join("drill-paused");
+    let mut drill = common::under_umask_022(&world.command(&["verify", "--deep"]));
+    drill
+        .env(
+            "SPOTKEEPER_FAILPOINT",
+            format!("{}:1:pause:{}", spotkeeper::drill::RESTORED_FAILPOINT, paused.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let drill = drill.spawn().expect("drill");
+    assert!(
+        common::wait_for(Duration::from_secs(120), || paused.exists()),
+        "the drill never restored"
+    );
+    let scratch: Vec<_> = fs::read_dir(&world.work)
+        .expect("work")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(spotkeeper::drill::SCRATCH_PREFIX)
+        })
+        .collect();
+    assert_eq!(scratch.len(), 1);
+    let scratch_mode = scratch[0].metadata().expect("scratch").permissions().mode() & 0o7777;
+    let restored = fs::read_dir(scratch[0].path()).expect("scratch").count();
+    fs::remove_file(&paused).expect("release the drill");
+    let drill = drill.wait_with_output().expect("drill");
+    assert!(drill.status.success(), "{}", String::from_utf8_lossy(&drill.stderr));
+    assert_eq!(scratch_mode, 0o700, "the drill's scratch directory");
+    assert!(restored >= 1, "the scratch directory held the restored state");
+
+    let work_mode = fs::metadata(&world.work).expect("work").permissions().mode() & 0o7777;
+    assert_eq!(work_mode, 0o700, "work_dir");
+    let offenders = not_private(&world.work, &["repo-cache"], &["snapshot-mirrors/state"]);
+    assert!(offenders.is_empty(), "not 0700/0600 under work_dir: {offenders:?}");
+    for kept in [
+        "snapshot-mirrors",
+        "snapshot-mirror-indexes",
+        "repo-cache",
+        "restore.lock",
+        "record.json",
+    ] {
+        assert!(world.work.join(kept).exists(), "{kept} was checked");
+    }
+    // The restored state keeps the snapshot's modes.
+    let open = fs::metadata(world.state.join("open.txt")).expect("restored");
+    assert_eq!(open.permissions().mode() & 0o777, 0o644);
+}

@@ -448,21 +448,7 @@ fn an_unreadable_file_does_not_fail_a_non_root_snapshot() {
     )
     .expect("chown");
     let cmd = world.command(&["snapshot", "--json"]);
-    let program = cmd.get_program().to_owned();
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let mut as_nobody = std::process::Command::new("/usr/bin/setpriv");
-    as_nobody
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(program)
-        .args(args);
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => as_nobody.env(key, value),
-            None => as_nobody.env_remove(key),
-        };
-    }
-    as_nobody.env("HOME", "/nonexistent");
-    let out = run_bounded(as_nobody, HANG_LIMIT);
+    let out = run_bounded(common::as_nobody(&cmd), HANG_LIMIT);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["files"], 2, "{report}");
@@ -471,5 +457,54 @@ fn an_unreadable_file_does_not_fail_a_non_root_snapshot() {
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert_eq!(skipped[0].0, "root-only.txt");
     assert!(skipped[0].1.contains("Permission denied"), "{skipped:?}");
-    let _ = cmd;
+}
+
+/// Issue 20 item 11: a control socket in a directory this user may not look into (root's
+/// `/run/spotkeeper`, 0700) is no proof that no daemon runs: `snapshot` and `status` refuse, say
+/// what is known and what to do, and upload nothing; so does a socket that is there and root's.
+#[test]
+fn a_control_socket_this_user_cannot_reach_is_refused_saying_what_is_known() {
+    if !rustix::process::geteuid().is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("needs root and setpriv to run the binary as nobody: skipped");
+        return;
+    }
+    let s3 = S3Server::start();
+    let world = World::new(&s3, "socket-unseen", "");
+    write(&world.state.join("f.txt"), b"state", 0o644);
+    fs::set_permissions(world.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let closed = world.dir.path().join("run-closed");
+    fs::create_dir(&closed).expect("dir");
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let socket = closed.join("control.sock");
+    world.write_config(&format!("[daemon]\nsocket = {socket:?}\n"));
+    fs::set_permissions(&world.config, fs::Permissions::from_mode(0o644)).expect("chmod");
+    for args in [["snapshot", "--json"], ["status", "--json"]] {
+        let out = run_bounded(common::as_nobody(&world.command(&args)), HANG_LIMIT);
+        let (code, stderr) = common::failure(&out);
+        assert_eq!(code, 7, "{args:?}: {stderr}");
+        assert!(stderr.contains(&socket.display().to_string()), "{stderr}");
+        assert!(
+            stderr.contains("whether a spotkeeper daemon runs there cannot be told")
+                && stderr.contains("as root")
+                && stderr.contains("`[daemon] socket`"),
+            "{stderr}"
+        );
+    }
+    // The directory can be looked into, and a root-only socket is there: a daemon may run.
+    let open = world.dir.path().join("run-open");
+    fs::create_dir(&open).expect("dir");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let socket = open.join("control.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600)).expect("chmod");
+    world.write_config(&format!("[daemon]\nsocket = {socket:?}\n"));
+    fs::set_permissions(&world.config, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = run_bounded(common::as_nobody(&world.command(&["snapshot"])), HANG_LIMIT);
+    let (code, stderr) = common::failure(&out);
+    assert_eq!(code, 7, "{stderr}");
+    assert!(
+        stderr.contains("a spotkeeper daemon may be running on") && stderr.contains(&socket.display().to_string()),
+        "{stderr}"
+    );
+    assert!(s3.keys("socket-unseen").is_empty(), "nothing uploaded");
 }

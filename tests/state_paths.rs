@@ -461,3 +461,84 @@ fn the_daemon_keeps_openclaws_three_directories_together() {
     assert!(daemon.stop().success(), "log:\n{}", daemon.log());
     common::remove_container(&container);
 }
+
+/// Issue 20 item 4: a `snapshot` holds the restore lock while it copies the paths into its
+/// mirrors. Paused after copying the first of three paths, it makes a `restore --force` of an
+/// older snapshot wait (and say so); the head it publishes holds all three paths from one
+/// moment. Without the lock, the restore swapped every path in under it and the head held the
+/// first path from before the restore and the others from after.
+#[test]
+fn a_snapshot_during_a_restore_publishes_paths_from_one_moment() {
+    use std::process::Stdio;
+    use std::time::Duration;
+    let s3 = S3Server::start();
+    let (world, dirs) = three_path_world(&s3, "onemoment");
+    let v1 = world.json(&["snapshot", "--json"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    replace_with(&dirs, "v2");
+    let paused = world.dir.path().join("snapshot-paused");
+    let mut snapshot = world.command(&["snapshot", "--json"]);
+    snapshot
+        .env(
+            "SPOTKEEPER_FAILPOINT",
+            format!("{}:1:pause:{}", spotkeeper::mirror::PATH_SYNCED, paused.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let snapshot = snapshot.spawn().expect("snapshot");
+    assert!(
+        common::wait_for(Duration::from_secs(60), || paused.exists()),
+        "the snapshot never reached its first path"
+    );
+    let restore_log = world.dir.path().join("restore.log");
+    let mut restore = world.command(&["restore", "--force", "--snapshot", &v1]);
+    restore
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&restore_log).expect("log"));
+    let mut restore = restore.spawn().expect("restore");
+    // The restore waits for the lock and says so (or, without the lock, runs to its end).
+    let mut restore_status = None;
+    let waited_or_done = common::wait_for(Duration::from_secs(60), || {
+        restore_status = restore.try_wait().expect("try_wait");
+        restore_status.is_some() || fs::read_to_string(&restore_log).is_ok_and(|l| l.contains("waiting for"))
+    });
+    assert!(
+        waited_or_done,
+        "{}",
+        fs::read_to_string(&restore_log).unwrap_or_default()
+    );
+    fs::remove_file(&paused).expect("release the snapshot");
+    let snapshot = snapshot.wait_with_output().expect("snapshot");
+    assert!(
+        snapshot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&snapshot.stderr)
+    );
+    let finished = common::wait_for(Duration::from_secs(120), || {
+        restore_status = restore.try_wait().expect("try_wait");
+        restore_status.is_some()
+    });
+    assert!(finished, "the restore never finished");
+    let log = fs::read_to_string(&restore_log).unwrap_or_default();
+    assert!(restore_status.is_some_and(|s| s.success()), "{log}");
+    assert_eq!(
+        versions(&dirs),
+        [Some("v1".into()), Some("v1".into()), Some("v1".into())]
+    );
+
+    // The head: every path from one moment (the one before the restore).
+    let head = world.dir.path().join("head");
+    world.ok(&["restore", "--to", head.to_str().expect("utf-8")]);
+    let published = versions(&[head.join("config"), head.join("workspace"), head.join("auth")]);
+    assert_eq!(
+        published,
+        [Some("v2".into()), Some("v2".into()), Some("v2".into())],
+        "the head mixes two moments"
+    );
+    assert!(
+        log.contains("restore.lock") && log.contains("(snapshot)"),
+        "the wait names the lock and its holder: {log}"
+    );
+}

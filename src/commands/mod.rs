@@ -62,6 +62,13 @@ pub enum CommandError {
     Format2(#[from] crate::format2::Format2Error),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    StateLock(#[from] crate::state_lock::StateLockError),
+    #[error("cannot prepare {path}: {source}")]
+    WorkDir {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
     #[error(
         "refusing to restore into {state_dir}: container {container} is {state} with it bind-mounted, and would \
          keep writing into the state that is moved aside. Nothing was changed. Either start the daemon and restore \
@@ -92,10 +99,15 @@ impl CommandError {
             CommandError::Usage(_) => Exit::Usage,
             CommandError::Refused(_) => Exit::Refused,
             CommandError::Daemon(e) => e.exit(),
-            CommandError::Control(_) | CommandError::Runtime(_) => Exit::Io,
+            CommandError::Control(e) => e.exit(),
+            CommandError::Runtime(_) => Exit::Io,
             CommandError::Remote { code, .. } => Exit::from_code(*code),
             CommandError::NoDaemon(_) => Exit::NotFound,
             CommandError::ContainerRunning { .. } => Exit::Refused,
+            CommandError::StateLock(crate::state_lock::StateLockError::Busy { .. }) => Exit::Refused,
+            CommandError::StateLock(crate::state_lock::StateLockError::Io { .. }) | CommandError::WorkDir { .. } => {
+                Exit::Io
+            }
         }
     }
 }
@@ -171,6 +183,13 @@ async fn open_with_cache(
     config: &Config,
     cache: Option<std::path::PathBuf>,
 ) -> Result<(Store, Option<Engine>), CommandError> {
+    if let Some(cache) = &cache {
+        // rustic_core creates it with the umask's mode; ours first, 0700.
+        crate::private_fs::ensure_dir(cache).map_err(|source| CommandError::WorkDir {
+            path: cache.clone(),
+            source,
+        })?;
+    }
     let sdk = crate::aws::sdk_config(config.s3.region.as_deref()).await;
     let store = Store::connect(&config.s3, &sdk);
     let engine = crate::format2::engine_for(config, &sdk, store.clone(), cache)
@@ -182,7 +201,8 @@ async fn open_with_cache(
 /// Sends `request` to a running daemon. `Ok(None)` when none runs; a daemon's error becomes
 /// `CommandError::Remote` with the daemon's exit code.
 async fn via_daemon(config: &Config, request: &Request) -> Result<Option<Reply>, CommandError> {
-    match crate::control::call(&config.daemon.socket, request).await {
+    let call = crate::control::Call::new(config, request.clone());
+    match crate::control::call(&config.daemon.socket, &call).await {
         Ok(None) => Ok(None),
         Ok(Some(Reply::Error(e))) => Err(CommandError::Remote {
             message: e.message,

@@ -24,8 +24,8 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
     // Format 2's metadata cache is the daemon's, in work_dir: only one of the two snapshots at a
     // time (through the daemon when it runs), and a snapshot after a small change then reads its
     // parent's trees from disk instead of S3.
-    let (store, engine) =
-        super::open_with_cache(config, Some(config.state.work_dir.join(crate::daemon::REPO_CACHE_DIR))).await?;
+    let cache = config.state.work_dir.join(crate::daemon::REPO_CACHE_DIR);
+    let (store, engine) = super::open_with_cache(config, Some(cache)).await?;
     let store = &store;
     let repository = config.repository_url();
     // A restore killed between its swaps is completed first: never snapshot half a set.
@@ -97,13 +97,9 @@ async fn fill_mirrors(
 > {
     let work_dir = &config.state.work_dir;
     let mirror_dir = work_dir.join(CLI_MIRROR_DIR);
-    std::fs::create_dir_all(work_dir)?;
+    crate::private_fs::create_dir_all(work_dir)?;
     let lock_path = work_dir.join(format!("{CLI_MIRROR_DIR}.lock"));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)?;
+    let lock = crate::private_fs::open_lock(&lock_path)?;
     if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         return Err(CommandError::Refused(format!(
             "another `spotkeeper snapshot` is filling {} (it holds {}); wait for it",
@@ -112,11 +108,7 @@ async fn fill_mirrors(
         )));
     }
     // An older spotkeeper's `snapshot` holds its own lock while it reads its mirror.
-    let legacy_lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(work_dir.join(format!("{LEGACY_CLI_MIRROR_DIR}.lock")))?;
+    let legacy_lock = crate::private_fs::open_lock(&work_dir.join(format!("{LEGACY_CLI_MIRROR_DIR}.lock")))?;
     if rustix::fs::flock(&legacy_lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         return Err(CommandError::Refused(
             "an older `spotkeeper snapshot` is running on this machine; wait for it".into(),
@@ -135,12 +127,15 @@ async fn fill_mirrors(
     let paths = config.state.paths.clone();
     let index_dir = work_dir.join(CLI_MIRROR_INDEX_DIR);
     let root = mirror_dir.clone();
+    let state_work_dir = work_dir.clone();
     let (totals, skipped) = tokio::task::spawn_blocking(move || {
+        // No restore swaps a path in while the paths are copied: the mirrors hold one moment.
+        let _restore_lock = crate::state_lock::hold(&state_work_dir, "snapshot", crate::state_lock::COMMAND_WAIT)?;
         let mut mirrors = crate::mirror::MirrorSet::open(&paths, &root, &index_dir)?;
         let synced = mirrors.sync(&std::sync::atomic::AtomicBool::new(false), None);
         mirrors.save()?;
         synced?;
-        Ok::<_, crate::mirror::MirrorError>((mirrors.totals(), mirrors.skipped()))
+        Ok::<_, CommandError>((mirrors.totals(), mirrors.skipped()))
     })
     .await
     .map_err(|e| CommandError::Output(std::io::Error::other(e.to_string())))??;

@@ -167,9 +167,18 @@ impl Daemon {
                 return;
             }
         };
+        let restore_lock = match self.restore_lock().await {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::warn!(error = %e, "mirror warm-up skipped; the first snapshot copies everything frozen");
+                self.mirror = Some(mirror);
+                return;
+            }
+        };
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let stats = mirror.sync(&AtomicBool::new(false), Some(std::time::SystemTime::now()));
+            drop(restore_lock);
             (mirror, stats)
         })
         .await;
@@ -230,6 +239,18 @@ impl Daemon {
         }
     }
 
+    /// `work_dir/restore.lock` (`crate::state_lock`), held while the mirrors are filled; waited
+    /// for (logged) at most `DAEMON_WAIT`, off the runtime's threads.
+    async fn restore_lock(&self) -> Result<crate::state_lock::StateLock, DaemonError> {
+        let work_dir = self.config.state.work_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::state_lock::hold(&work_dir, "snapshot", crate::state_lock::DAEMON_WAIT)
+        })
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))?
+        .map_err(DaemonError::from)
+    }
+
     /// Holds the mirror again and writes its index (outside any freeze: a stale index only
     /// makes the next sync copy more, so a failure to write it is logged, not fatal).
     fn return_mirror(&mut self, mirror: MirrorSet) {
@@ -272,6 +293,15 @@ impl Daemon {
         };
         // Opened (or taken) before the freeze: reading the index is no work for a frozen app.
         let mut mirror = self.take_mirror()?;
+        // Taken before the freeze too (a wait must not be frozen time): no restore swaps a path
+        // in while the paths are copied, so the mirrors hold one moment.
+        let restore_lock = match self.restore_lock().await {
+            Ok(lock) => lock,
+            Err(e) => {
+                self.mirror = Some(mirror);
+                return Err(e);
+            }
+        };
         let cancel = Arc::new(AtomicBool::new(false));
         let cap = self.config.snapshot.freeze_cap;
         let started = Instant::now();
@@ -338,6 +368,7 @@ impl Daemon {
             // The mirror is lost with the task: the next sync opens it again from disk.
             Err(e) => Err(DaemonError::Task(e.to_string())),
         };
+        drop(restore_lock);
         // Anything that may have changed the mirror makes an upload pending.
         if synced.as_ref().map_or(true, |stats| stats.changed()) {
             self.pending_upload = true;

@@ -106,6 +106,8 @@ pub enum DaemonError {
     Task(String),
     #[error("refused: {0}")]
     Refused(String),
+    #[error(transparent)]
+    StateLock(#[from] crate::state_lock::StateLockError),
 }
 
 impl DaemonError {
@@ -114,7 +116,10 @@ impl DaemonError {
         match self {
             DaemonError::NoContainer => Exit::Config,
             DaemonError::Boot(e) => e.exit(),
-            DaemonError::Refused(_) => Exit::Refused,
+            DaemonError::Refused(_) | DaemonError::StateLock(crate::state_lock::StateLockError::Busy { .. }) => {
+                Exit::Refused
+            }
+            DaemonError::StateLock(crate::state_lock::StateLockError::Io { .. }) => Exit::Io,
             DaemonError::Restore(e) => exit::of_restore(e),
             DaemonError::Snapshot(e) => exit::of_snapshot(e),
             DaemonError::Repository(e) => exit::of_repository(e),
@@ -157,7 +162,14 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
     systemd::spawn_progress_status(notifier);
     // The socket first: a second daemon on this machine must fail before touching anything.
     let listener = control::bind(&config.daemon.socket).await?;
-    spawn_control(listener, events_tx.clone(), Arc::clone(&status));
+    spawn_control(
+        listener,
+        control::Identity::of(&config),
+        config.daemon.socket.clone(),
+        events_tx.clone(),
+        Arc::clone(&status),
+    );
+    prepare_work_dir(&config);
 
     let sdk_config = crate::aws::sdk_config(config.s3.region.as_deref()).await;
     let store = Store::connect(&config.s3, &sdk_config);
@@ -230,7 +242,35 @@ fn spawn_signals(events: mpsc::Sender<Event>) {
     });
 }
 
-fn spawn_control(listener: tokio::net::UnixListener, events: mpsc::Sender<Event>, status: Arc<Mutex<Status>>) {
+/// work_dir and format 2's cache are spotkeeper's own: 0700 whatever the umask, and closed
+/// again when an earlier version (or a by-hand run) left them open. A failure is logged: the
+/// step that writes there reports it.
+fn prepare_work_dir(config: &Config) {
+    let work_dir = &config.state.work_dir;
+    if let Err(e) = crate::private_fs::create_dir_all(work_dir) {
+        tracing::warn!(path = %work_dir.display(), error = %e, "cannot create work_dir");
+    }
+    let mut own = vec![work_dir.join(MIRROR_DIR), work_dir.join(MIRROR_INDEX_DIR)];
+    if config.repository.is_some() {
+        own.push(work_dir.join(REPO_CACHE_DIR));
+    }
+    for dir in own {
+        if let Err(e) = crate::private_fs::ensure_dir(&dir) {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot make this directory 0700");
+        }
+    }
+}
+
+/// Answers the control socket: a request whose sender names another repository or other state
+/// paths (`control::Identity::admit`) is refused here, before the main loop sees it.
+fn spawn_control(
+    listener: tokio::net::UnixListener,
+    identity: control::Identity,
+    socket: PathBuf,
+    events: mpsc::Sender<Event>,
+    status: Arc<Mutex<Status>>,
+) {
+    let identity = Arc::new(identity);
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -238,13 +278,29 @@ fn spawn_control(listener: tokio::net::UnixListener, events: mpsc::Sender<Event>
             };
             let events = events.clone();
             let status = Arc::clone(&status);
+            let identity = Arc::clone(&identity);
+            let socket = socket.clone();
             tokio::spawn(async move {
-                let response = match control::read_request(&mut stream).await {
-                    Ok(Request::Status) => {
+                let call = match control::read_call(&mut stream).await {
+                    Ok(call) => call,
+                    Err(e) => {
+                        let _ =
+                            control::write_reply(&mut stream, &Reply::error(format!("bad request ({e})"), Exit::Usage))
+                                .await;
+                        return;
+                    }
+                };
+                if let Err(why) = identity.admit(&call, &socket) {
+                    tracing::warn!(sender = %call.sender.describe(), "control request refused: {why}");
+                    let _ = control::write_reply(&mut stream, &Reply::error(why, Exit::Refused)).await;
+                    return;
+                }
+                let response = match call.request {
+                    Request::Status => {
                         let snapshot = status.lock().map(|s| s.clone()).unwrap_or_default();
                         Reply::Status(Box::new(snapshot))
                     }
-                    Ok(request) => {
+                    request => {
                         let (reply, answer) = oneshot::channel();
                         if events.send(Event::Control(request, reply)).await.is_err() {
                             Reply::error("the daemon is shutting down".into(), Exit::Failure)
@@ -254,7 +310,6 @@ fn spawn_control(listener: tokio::net::UnixListener, events: mpsc::Sender<Event>
                                 .unwrap_or_else(|_| Reply::error("the daemon is shutting down".into(), Exit::Failure))
                         }
                     }
-                    Err(e) => Reply::error(format!("bad request: {e}"), Exit::Usage),
                 };
                 let _ = control::write_reply(&mut stream, &response).await;
             });

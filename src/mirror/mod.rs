@@ -26,7 +26,7 @@ use crate::manifest::{self, Skipped};
 use crate::walk::{self, ChangeSet, Found, Visitor, Walk, fd, sparse};
 
 mod set;
-pub use set::{MirrorSet, PathTotals, TrackerSet};
+pub use set::{MirrorSet, PATH_SYNCED, PathTotals, TrackerSet};
 
 /// Suffix of the index kept beside the mirror: `<mirror>.index`.
 pub const INDEX_SUFFIX: &str = "index";
@@ -189,7 +189,7 @@ impl Mirror {
         excludes: &Excludes,
     ) -> Result<Mirror, MirrorError> {
         let index_file = index;
-        fs::create_dir_all(mirror).map_err(|e| write_error(mirror, e))?;
+        crate::private_fs::create_dir_all(mirror).map_err(|e| write_error(mirror, e))?;
         let root = fd::open_dir_path(mirror).map_err(|e| write_error(mirror, e))?;
         let stat = fd::stat_fd(&root).map_err(|e| write_error(mirror, e))?;
         let identity = (stat.st_dev, stat.st_ino);
@@ -229,7 +229,7 @@ impl Mirror {
         let path = &self.index_path;
         let temp = path.with_extension(format!("{INDEX_SUFFIX}.tmp"));
         let write = || -> io::Result<()> {
-            let mut out = BufWriter::new(File::create(&temp)?);
+            let mut out = BufWriter::new(crate::private_fs::create_file(&temp)?);
             serde_json::to_writer(&mut out, &self.index)?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             fs::rename(&temp, path)

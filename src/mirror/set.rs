@@ -15,6 +15,9 @@ use crate::exclude::Excludes;
 use crate::manifest::Skipped;
 use crate::walk::tracker::{ChangeTracker, Changes};
 
+/// The failpoint after each path's mirror is synced (`crate::failpoint`).
+pub const PATH_SYNCED: &str = "mirror-path-synced";
+
 /// One path's files and bytes in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PathTotals {
@@ -38,8 +41,10 @@ impl MirrorSet {
             path: path.to_path_buf(),
             source,
         };
-        fs::create_dir_all(root).map_err(|e| write_error(root, e))?;
-        fs::create_dir_all(index_dir).map_err(|e| write_error(index_dir, e))?;
+        // 0700 whatever the umask (and an older one left open is closed): the mirrors hold the
+        // state, the indexes every file name in it.
+        crate::private_fs::ensure_dir(root).map_err(|e| write_error(root, e))?;
+        crate::private_fs::ensure_dir(index_dir).map_err(|e| write_error(index_dir, e))?;
         for entry in fs::read_dir(root).map_err(|e| write_error(root, e))? {
             let entry = entry.map_err(|e| write_error(root, e))?;
             let name = entry.file_name();
@@ -91,6 +96,7 @@ impl MirrorSet {
         let mut total = SyncStats::default();
         for (_, mirror) in &mut self.mirrors {
             add(&mut total, mirror.sync(cancel, unfrozen_since)?);
+            crate::failpoint::hit(PATH_SYNCED);
         }
         Ok(total)
     }
@@ -113,6 +119,7 @@ impl MirrorSet {
                 None => mirror.sync(cancel, None)?,
             };
             add(&mut total, stats);
+            crate::failpoint::hit(PATH_SYNCED);
         }
         Ok(total)
     }

@@ -66,9 +66,9 @@ pub fn write(work_dir: &Path, journal: &Journal) -> Result<(), RestoreError> {
     let path = journal_path(work_dir);
     let temp = work_dir.join(format!(".{JOURNAL_FILE}.tmp"));
     let write = || -> io::Result<()> {
-        fs::create_dir_all(work_dir)?;
+        crate::private_fs::create_dir_all(work_dir)?;
         let body = serde_json::to_vec_pretty(journal).map_err(io::Error::other)?;
-        let mut file = File::create(&temp)?;
+        let mut file = crate::private_fs::create_file(&temp)?;
         file.write_all(&body)?;
         file.sync_all()?;
         fs::rename(&temp, &path)?;
@@ -115,19 +115,25 @@ pub fn read(work_dir: &Path) -> Result<Option<Journal>, RestoreError> {
     Ok(Some(journal))
 }
 
-/// Holds `work_dir/restore.lock` (blocking): one process at a time writes or completes a journal,
-/// whatever started it (the daemon, `restore`, `snapshot --force`).
-pub fn lock(work_dir: &Path) -> Result<File, RestoreError> {
-    let path = work_dir.join("restore.lock");
-    fs::create_dir_all(work_dir).map_err(io_error(work_dir))?;
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_error(&path))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io_error(&path)(e.into()))?;
-    Ok(file)
+/// Holds `work_dir/restore.lock` (`crate::state_lock`): one process at a time writes or
+/// completes a journal, whatever started it (the daemon, `restore`, `snapshot --force`), and no
+/// snapshot copies the state paths meanwhile. Waits (logged) at most `state_lock::COMMAND_WAIT`.
+pub fn lock(work_dir: &Path) -> Result<crate::state_lock::StateLock, RestoreError> {
+    crate::state_lock::hold(work_dir, "restore", crate::state_lock::COMMAND_WAIT).map_err(|e| match e {
+        crate::state_lock::StateLockError::Io { path, source } => RestoreError::Io { path, source },
+        crate::state_lock::StateLockError::Busy {
+            path, holder, waited_s, ..
+        } => RestoreError::Io {
+            path,
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "still held by {holder} after {waited_s} s; nothing was swapped. Wait for it to finish and \
+                     restore again"
+                ),
+            ),
+        },
+    })
 }
 
 /// Carries out one swap, from wherever an earlier attempt stopped.
@@ -151,7 +157,7 @@ pub fn apply(swap: &Swap) -> Result<(), RestoreError> {
         match &swap.displaced {
             Some(place) if !exists(place) => {
                 if let Some(holder) = place.parent() {
-                    fs::create_dir_all(holder).map_err(io_error(holder))?;
+                    crate::private_fs::create_dir_all(holder).map_err(io_error(holder))?;
                 }
                 fs::rename(&swap.target, place).map_err(io_error(&swap.target))?;
                 tracing::info!(path = %swap.name, from = %swap.target.display(), to = %place.display(), "moved local state aside");

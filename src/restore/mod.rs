@@ -685,7 +685,7 @@ fn prepare_staging(target: &Path) -> Result<PathBuf, RestoreError> {
     remove_stale_staging(target);
     let prefix = format!(".{}.{STAGING_SUFFIX}.", target_name(target));
     let staging = parent.join(format!("{prefix}{}", std::process::id()));
-    fs::create_dir(&staging).map_err(io_error(&staging))?;
+    crate::private_fs::create_dir(&staging).map_err(io_error(&staging))?;
     Ok(staging)
 }
 

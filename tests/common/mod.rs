@@ -194,7 +194,9 @@ impl World {
     }
 
     /// Writes the config, with `extra` TOML appended. Spot and metrics are off unless `extra`
-    /// configures them: tests never reach for the real IMDS address or CloudWatch.
+    /// configures them: tests never reach for the real IMDS address or CloudWatch. The control
+    /// socket is the world's own unless `extra` has a `[daemon]` section: the default one is
+    /// shared by every daemon (and every test) on the machine.
     pub fn write_config(&self, extra: &str) {
         let mut extra = extra.to_string();
         let s3_extra = &self.s3_extra;
@@ -203,6 +205,9 @@ impl World {
         }
         if !extra.contains("[metrics]") {
             extra.push_str("\n[metrics]\nenabled = false\n");
+        }
+        if !extra.contains("[daemon]") {
+            extra.push_str(&format!("\n[daemon]\nsocket = {:?}\n", self.socket()));
         }
         let state = match &self.state_paths {
             Some(paths) => format!("[state]\nwork_dir = {:?}\n\n{paths}", self.work),
@@ -213,6 +218,11 @@ impl World {
             self.bucket, self.prefix, self.endpoint
         );
         fs::write(&self.config, text).expect("config");
+    }
+
+    /// This world's control socket (what `write_config` and `configure_daemon` name).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/spotkeeper/control.sock")
     }
 
     /// A second machine on the same repository: own state and work dirs (and the same state
@@ -891,7 +901,7 @@ pub fn configure_daemon(world: &World, moto: &Moto, name: &str, extra_container:
         env = world.dir.path().join("run/openclaw/.env"),
         moto = moto.endpoint(),
         image = fake_image(),
-        socket = world.dir.path().join("run/spotkeeper/control.sock"),
+        socket = world.socket(),
     );
     world.write_config(&config);
     (container, port)
@@ -1312,4 +1322,34 @@ pub fn tree_contains(root: &Path, marker: &[u8]) -> bool {
             _ => false,
         }
     })
+}
+
+/// `cmd` run through `program prefix... -- spotkeeper args...` with the same environment: under
+/// `setpriv` as another user, or under `sh -c 'umask 022; exec "$0" "$@"'`.
+pub fn wrapped(cmd: &Command, program: &str, prefix: &[&str]) -> Command {
+    let mut outer = Command::new(program);
+    outer.args(prefix).arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => outer.env(key, value),
+            None => outer.env_remove(key),
+        };
+    }
+    outer
+}
+
+/// `cmd` as the unprivileged user 65534 (needs root and setpriv).
+pub fn as_nobody(cmd: &Command) -> Command {
+    let mut outer = wrapped(
+        cmd,
+        "/usr/bin/setpriv",
+        &["--reuid=65534", "--regid=65534", "--clear-groups", "--"],
+    );
+    outer.env("HOME", "/nonexistent");
+    outer
+}
+
+/// `cmd` under umask 022 (a person's shell), whatever the test's own umask.
+pub fn under_umask_022(cmd: &Command) -> Command {
+    wrapped(cmd, "/bin/sh", &["-c", "umask 022; exec \"$0\" \"$@\""])
 }

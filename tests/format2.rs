@@ -910,6 +910,13 @@ fn what_spotkeeper_keeps_for_itself_is_private_whatever_the_umask() {
     write(&world.state.join("open.txt"), b"changed", 0o644);
     run(&["snapshot"]);
     run(&["restore", "--force"]);
+    // The previous state, moved aside: a whole copy of it, so private too.
+    let displaced_root = world.dir.path().join("state.displaced");
+    let displaced_mode = |p: &Path| fs::metadata(p).expect("displaced").permissions().mode() & 0o777;
+    assert_eq!(displaced_mode(&displaced_root), 0o700, "the .displaced folder");
+    for holder in fs::read_dir(&displaced_root).expect("displaced").flatten() {
+        assert_eq!(displaced_mode(&holder.path()), 0o700, "{}", holder.path().display());
+    }
 
     // The drill, paused while its scratch directory holds the restored state.
     let paused = world.dir.path().join("drill-paused");

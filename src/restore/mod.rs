@@ -624,10 +624,11 @@ struct Target {
 /// A new folder `<target>.displaced/<stamp>` (`…-2`, `…-3` when taken).
 fn displaced_holder(target: &Path, stamp: &str) -> Result<PathBuf, RestoreError> {
     let root = displaced_root(target);
-    fs::create_dir_all(&root).map_err(io_error(&root))?;
+    // 0700: it holds a whole copy of the state, whatever the umask.
+    crate::private_fs::create_dir_all(&root).map_err(io_error(&root))?;
     let mut holder = root.join(stamp);
     let mut n = 1;
-    while let Err(e) = fs::create_dir(&holder) {
+    while let Err(e) = crate::private_fs::create_dir(&holder) {
         if e.kind() != io::ErrorKind::AlreadyExists || n >= 1000 {
             return Err(RestoreError::Io {
                 path: holder,

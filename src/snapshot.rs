@@ -274,6 +274,9 @@ async fn take_format2_steps(
             bytes: path.bytes,
         });
     }
+    // The state's regular files and their bytes, as the description records them (restic's
+    // summary also counts links and other entries as files).
+    let (files, bytes) = paths.iter().fold((0, 0), |(f, b), p| (f + p.files, b + p.bytes));
     let description = Some(crate::format2::description(&paths, &skipped));
     let parent = match &head {
         Some(Head::Two(pointer)) => Some(pointer.restic_id.clone()),
@@ -293,8 +296,8 @@ async fn take_format2_steps(
         writer: request.host.writer.clone(),
         hostname: request.host.hostname.clone(),
         created_at: request.now,
-        files: backup.files,
-        bytes: backup.bytes,
+        files,
+        bytes,
         skipped: skipped.len() as u64,
     };
     let moved = || SnapshotError::LatestMoved {
@@ -316,8 +319,8 @@ async fn take_format2_steps(
             id: Some(id),
             time: request.now,
             hostname: FORMAT2_HOST.to_string(),
-            files: Some(backup.files),
-            bytes: Some(backup.bytes),
+            files: Some(files),
+            bytes: Some(bytes),
             data_added: Some(backup.data_added_packed),
             paths: None,
             follow: request.follow,
@@ -333,8 +336,8 @@ async fn take_format2_steps(
     Ok(SnapshotReport {
         id,
         parent: pointer.parent,
-        files: backup.files,
-        bytes: backup.bytes,
+        files,
+        bytes,
         archive_bytes: backup.data_added_packed,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         requests: store.requests() - requests_before,

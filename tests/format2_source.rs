@@ -397,9 +397,9 @@ fn names_links_and_metadata_round_trip_through_stock_restic_and_an_unchanged_tre
         read_first > 16 << 20,
         "the first snapshot copies and reads 8 MiB: {read_first}"
     );
-    // Three files and three links; the state walker skips (and reports) a name that is not
-    // UTF-8 before it reaches the mirror.
-    assert_eq!(first["files"], 6, "{first}");
+    // Three regular files (the links are not counted as files); the state walker skips (and
+    // reports) a name that is not UTF-8 before it reaches the mirror.
+    assert_eq!(first["files"], 3, "{first}");
     assert_eq!(first["skipped"], 1, "{first}");
     let (second, read_second) = snapshot_reading(&world);
     assert_eq!(second["outcome"], "uploaded", "{second}");

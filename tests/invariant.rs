@@ -453,6 +453,9 @@ fn every_tree_a_snapshot_accepts_is_restored_entry_for_entry() {
             .and_then(|rows| rows.iter().find(|row| row["id"] == snapshot["id"]))
             .unwrap_or_else(|| panic!("seed {seed}: list shows the snapshot: {listed}"));
         assert_eq!(row["paths"][0]["files"].as_u64(), Some(files), "seed {seed}: {row}");
+        // The files counted are the state's regular files, wherever they are shown.
+        assert_eq!(snapshot["files"].as_u64(), Some(files), "seed {seed}: {snapshot}");
+        assert_eq!(row["files"].as_u64(), Some(files), "seed {seed}: {row}");
         world.ok(&["verify"]);
 
         let to = world.dir.path().join("restored");

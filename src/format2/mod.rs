@@ -861,6 +861,25 @@ impl Listed {
             u32::try_from(snapshot.time.timestamp().subsec_nanosecond()).unwrap_or(0),
         )
         .unwrap_or_default();
+        let paths = paths_of(
+            snapshot.description.as_deref(),
+            snapshot.summary.as_ref().map(|s| s.total_files_processed),
+            snapshot.summary.as_ref().map(|s| s.total_bytes_processed),
+        )
+        // Never shown or used: names a config would refuse (restore checks them again).
+        .filter(|paths| paths.iter().all(|p| crate::config::check_path_name(&p.name).is_ok()));
+        // The state's regular files, as the description records them; restic's summary also
+        // counts links and other entries as files.
+        let (files, bytes) = match &paths {
+            Some(paths) => (
+                Some(paths.iter().map(|p| p.files).sum()),
+                Some(paths.iter().map(|p| p.bytes).sum()),
+            ),
+            None => (
+                snapshot.summary.as_ref().map(|s| s.total_files_processed),
+                snapshot.summary.as_ref().map(|s| s.total_bytes_processed),
+            ),
+        };
         Listed {
             restic_id: snapshot.id.to_hex().as_str().to_string(),
             id: snapshot.tags.iter().find_map(|tag| tag.parse().ok()),
@@ -869,16 +888,10 @@ impl Listed {
             sealed_head: snapshot.tags.contains(SEALED_HEAD_TAG),
             time,
             hostname: snapshot.hostname.clone(),
-            files: snapshot.summary.as_ref().map(|s| s.total_files_processed),
-            bytes: snapshot.summary.as_ref().map(|s| s.total_bytes_processed),
+            files,
+            bytes,
             data_added: snapshot.summary.as_ref().map(|s| s.data_added_packed),
-            paths: paths_of(
-                snapshot.description.as_deref(),
-                snapshot.summary.as_ref().map(|s| s.total_files_processed),
-                snapshot.summary.as_ref().map(|s| s.total_bytes_processed),
-            )
-            // Never shown or used: names a config would refuse (restore checks them again).
-            .filter(|paths| paths.iter().all(|p| crate::config::check_path_name(&p.name).is_ok())),
+            paths,
         }
     }
 }

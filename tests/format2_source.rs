@@ -49,6 +49,26 @@ fn restic(s3: &S3Server, world: &World, password_file: &Path, args: &[&OsStr]) -
     }
 }
 
+/// Stock restic restores snapshot `restic_id` into `target`.
+fn restic_restore(s3: &S3Server, world: &World, password_file: &Path, restic_id: &str, target: &Path) {
+    let out = restic(
+        s3,
+        world,
+        password_file,
+        &[
+            OsStr::new("restore"),
+            OsStr::new(restic_id),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restic restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn open_dir(path: &Path) -> OwnedFd {
     rustix::fs::open(
         path,
@@ -292,22 +312,7 @@ fn a_sparse_file_is_snapshotted_without_reading_its_holes_costs_kilobytes_and_re
     // Stock restic restores the bytes.
     let target = world.dir.path().join("by-restic");
     let restic_id = snapshot["restic_id"].as_str().expect("restic_id");
-    let out = restic(
-        &s3,
-        &world,
-        &password_file,
-        &[
-            OsStr::new("restore"),
-            OsStr::new(restic_id),
-            OsStr::new("--target"),
-            target.as_os_str(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "restic restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restic_restore(&s3, &world, &password_file, restic_id, &target);
     let restored = fs::File::open(find(&target, "sparse.bin").expect("restored")).expect("open");
     assert_eq!(restored.metadata().expect("stat").len(), size);
     let mut buf = vec![0u8; 4096];
@@ -415,22 +420,7 @@ fn names_links_and_metadata_round_trip_through_stock_restic_and_an_unchanged_tre
 
     let target = world.dir.path().join("by-restic");
     let restic_id = second["restic_id"].as_str().expect("restic_id");
-    let out = restic(
-        &s3,
-        &world,
-        &password_file,
-        &[
-            OsStr::new("restore"),
-            OsStr::new(restic_id),
-            OsStr::new("--target"),
-            target.as_os_str(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "restic restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restic_restore(&s3, &world, &password_file, restic_id, &target);
     let name = find(&target, "localtime")
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .expect("restored state");

@@ -968,3 +968,122 @@ fn what_spotkeeper_keeps_for_itself_is_private_whatever_the_umask() {
     let open = fs::metadata(world.state.join("open.txt")).expect("restored");
     assert_eq!(open.permissions().mode() & 0o777, 0o644);
 }
+
+/// A `ReadSource` that hands rustic_core's archiver whatever entries a hostile writer likes: the
+/// tree it stores then holds names no file system gives.
+struct Crafted(Vec<(std::path::PathBuf, rustic_core::repofile::Node, Option<Vec<u8>>)>);
+
+impl rustic_core::ReadSource for Crafted {
+    type Open = std::io::Cursor<Vec<u8>>;
+    type Iter = std::vec::IntoIter<rustic_core::RusticResult<rustic_core::ReadSourceEntry<Self::Open>>>;
+
+    fn size(&self) -> rustic_core::RusticResult<Option<u64>> {
+        Ok(None)
+    }
+
+    fn entries(&self) -> Self::Iter {
+        self.0
+            .iter()
+            .map(|(path, node, body)| {
+                Ok(rustic_core::ReadSourceEntry {
+                    path: path.clone(),
+                    node: node.clone(),
+                    open: body.clone().map(std::io::Cursor::new),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+}
+
+/// Writes a snapshot tagged `id` holding one state path, `state`, with `entries` (name, body)
+/// under it, straight through rustic_core.
+fn crafted_snapshot(world: &World, id: &str, entries: &[(&str, &str)]) {
+    use rustic_core::repofile::{Metadata, Node, NodeType};
+    use std::os::unix::ffi::OsStrExt;
+    let root = std::path::PathBuf::from("/crafted");
+    let mut crafted = vec![(
+        root.join("state"),
+        Node::new_node(std::ffi::OsStr::new("state"), NodeType::Dir, Metadata::default()),
+        None,
+    )];
+    for (i, (name, body)) in entries.iter().enumerate() {
+        let meta = Metadata {
+            size: body.len() as u64,
+            mode: Some(0o644),
+            ..Metadata::default()
+        };
+        crafted.push((
+            root.join("state").join(format!("entry-{i}")),
+            Node::new_node(std::ffi::OsStr::from_bytes(name.as_bytes()), NodeType::File, meta),
+            Some(body.as_bytes().to_vec()),
+        ));
+    }
+    let paths = vec![spotkeeper::format2::PathRecord {
+        name: "state".into(),
+        root: spotkeeper::manifest::Owner {
+            mode: 0o700,
+            uid: 0,
+            gid: 0,
+        },
+        files: entries.len() as u64,
+        bytes: 1,
+    }];
+    let (store_a, id) = (store(world), id.to_string());
+    blocking(move |handle| {
+        let backend = S3Backend::new(store_a, handle);
+        let backends = rustic_core::RepositoryBackends::new(std::sync::Arc::new(backend), None);
+        let options = rustic_core::RepositoryOptions::default().no_cache(true);
+        let repo = rustic_core::Repository::new(&options, &backends)
+            .expect("repository")
+            .open(&rustic_core::Credentials::password(PASSWORD))
+            .expect("open")
+            .to_indexed_ids()
+            .expect("index");
+        let snap = rustic_core::SnapshotOptions::default()
+            .host("spotkeeper".to_string())
+            .description(Some(spotkeeper::format2::description(&paths, &[])))
+            .add_tags(&format!("spotkeeper,{id}"))
+            .expect("tags")
+            .to_snapshot()
+            .expect("snapshot");
+        let backup = rustic_core::BackupOptions::default().as_path(std::path::PathBuf::from("/"));
+        repo.archive(&backup, &Crafted(crafted), snap, &[root])
+            .expect("archive");
+    });
+}
+
+#[test]
+fn a_crafted_tree_with_names_no_file_system_gives_is_refused_before_anything_is_written() {
+    let s3 = S3Server::start();
+    let (world, _) = format2_world(&s3, "crafted");
+    write(&world.state.join("ok.txt"), b"ok", 0o644);
+    world.ok(&["snapshot"]);
+    // (snapshot id, entries as (name, body), why the restore refuses)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        ("2026-11-30-12-00", &[("..", "x")], "a name that is empty, `.` or `..`"),
+        ("2026-11-30-12-20", &[("a/../../escape", "x")], "holds `/`"),
+        ("2026-11-30-12-40", &[("", "x")], "a name that is empty"),
+        (
+            "2026-11-30-13-00",
+            &[("twice", "x"), ("twice", "y")],
+            "two entries with one name",
+        ),
+    ];
+    for (id, entries, why) in cases {
+        crafted_snapshot(&world, id, entries);
+        let target = world.dir.path().join("target");
+        let (code, stderr) =
+            failure(&world.run(&["restore", "--snapshot", id, "--to", target.to_str().expect("utf-8")]));
+        assert_eq!(code, 5, "{id}: {stderr}");
+        assert!(stderr.contains(why), "{id}: expected {why:?}: {stderr}");
+        assert!(!target.exists(), "{id}: nothing was written");
+        assert!(!world.dir.path().join("escape").exists());
+        let staging = fs::read_dir(world.dir.path())
+            .expect("dir")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("spotkeeper-staging"));
+        assert!(!staging, "{id}: the staging directory was removed");
+    }
+}

@@ -10,11 +10,9 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{ACCESS_KEY, S3Server, SECRET_KEY, World, failure, noise, shape, write};
+use common::{ACCESS_KEY, PASSWORD, S3Server, SECRET_KEY, World, failure, format2_world, noise, shape, write};
 use spotkeeper::format2::{Password, Repo, S3Backend};
 use spotkeeper::store::Store;
-
-const PASSWORD: &str = "correct-horse-battery-staple-2026";
 
 fn store(world: &World) -> Store {
     let config = spotkeeper::config::Config::load(&world.config).expect("config");
@@ -245,13 +243,32 @@ const PLANTED: [&str; 3] = [
     "PLANTED: a chat message nobody but the owner may read, 2026",
 ];
 
-/// A world whose config has `[repository] password_file` (0600, outside the state).
-fn format2_world(s3: &S3Server, bucket: &str) -> (World, std::path::PathBuf) {
-    let world = World::new(s3, bucket, "lab");
-    let password_file = world.dir.path().join("repository-password");
-    write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
-    world.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
-    (world, password_file)
+/// Creates the repository and writes `snapshots` (spotkeeper id, a directory holding one
+/// directory per state path, the paths the description names) straight through the engine, as
+/// a writer with the password could, without spotkeeper's mirror or checks; their restic ids.
+fn direct_snapshots(
+    store: Store,
+    snapshots: Vec<(&'static str, std::path::PathBuf, Vec<spotkeeper::format2::PathRecord>)>,
+) -> Vec<String> {
+    blocking(move |handle| {
+        let pw = Password::new(PASSWORD, "test").expect("password");
+        let mut repo = Repo::init(S3Backend::new(store, handle), &pw, None).expect("init");
+        snapshots
+            .into_iter()
+            .map(|(id, source, paths)| {
+                repo.backup(
+                    &source,
+                    "spotkeeper",
+                    &[id.into()],
+                    chrono::Utc::now(),
+                    Some(spotkeeper::format2::description(&paths, &[])),
+                    None,
+                )
+                .expect("backup")
+                .id
+            })
+            .collect()
+    })
 }
 
 fn plant_secrets(root: &Path) {
@@ -537,21 +554,7 @@ fn a_hostile_repository_writes_nothing_outside_the_target_and_plants_no_privileg
         ("2026-11-30-12-20", evil.clone(), vec![path("../../escape", 0o700)]),
         ("2026-11-30-12-40", fifo.clone(), vec![path("state", 0o700)]),
     ];
-    blocking(move |handle| {
-        let pw = Password::new(PASSWORD, "test").expect("password");
-        let mut repo = Repo::init(S3Backend::new(store_a, handle), &pw, None).expect("init");
-        for (id, source, paths) in snapshots {
-            repo.backup(
-                &source,
-                "spotkeeper",
-                &[id.into()],
-                chrono::Utc::now(),
-                Some(spotkeeper::format2::description(&paths, &[])),
-                None,
-            )
-            .expect("backup");
-        }
-    });
+    direct_snapshots(store_a, Vec::from(snapshots));
     let nothing_written = |target: &Path| {
         assert!(!target.exists(), "nothing was planted");
         let staging: Vec<_> = fs::read_dir(world.dir.path())
@@ -796,33 +799,17 @@ fn an_older_spotkeepers_latest_json_without_a_mac_boots_a_new_machine_until_a_se
     // `sealed-head` tag, and a latest.json without a `mac`.
     let old = world.dir.path().join("old");
     write(&old.join("state/notes.txt"), b"from the old version", 0o644);
-    let store_a = store(&world);
-    let source = old.clone();
-    let restic_id = blocking(move |handle| {
-        let pw = Password::new(PASSWORD, "test").expect("password");
-        let mut repo = Repo::init(S3Backend::new(store_a, handle), &pw, None).expect("init");
-        let paths = vec![spotkeeper::format2::PathRecord {
-            name: "state".into(),
-            root: spotkeeper::manifest::Owner {
-                mode: 0o700,
-                uid: 0,
-                gid: 0,
-            },
-            files: 1,
-            bytes: 20,
-        }];
-        let backup = repo
-            .backup(
-                &source,
-                "spotkeeper",
-                &["2026-11-30-12-00".into()],
-                chrono::Utc::now(),
-                Some(spotkeeper::format2::description(&paths, &[])),
-                None,
-            )
-            .expect("backup");
-        backup.id
-    });
+    let state = spotkeeper::format2::PathRecord {
+        name: "state".into(),
+        root: spotkeeper::manifest::Owner {
+            mode: 0o700,
+            uid: 0,
+            gid: 0,
+        },
+        files: 1,
+        bytes: 20,
+    };
+    let restic_id = direct_snapshots(store(&world), vec![("2026-11-30-12-00", old.clone(), vec![state])]).remove(0);
     let legacy = serde_json::json!({
         "format": 2, "id": "2026-11-30-12-00", "restic_id": restic_id, "parent": null, "writer": "w-old",
         "hostname": "ip-10-0-0-1", "created_at": "2026-11-30T12:00:00Z", "files": 1, "bytes": 20, "skipped": 0

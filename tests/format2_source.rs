@@ -15,22 +15,12 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{S3Server, World, write};
+use common::{S3Server, World, format2_world, write};
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-const PASSWORD: &str = "correct-horse-battery-staple-2026";
 /// 42 directories of 120-byte names: 5 KiB of path, past `PATH_MAX` (4096).
 const LEVELS: usize = 42;
-
-/// A world whose config has `[repository] password_file` (0600, outside the state).
-fn format2_world(s3: &S3Server, bucket: &str) -> (World, PathBuf) {
-    let world = World::new(s3, bucket, "lab");
-    let password_file = world.dir.path().join("repository-password");
-    write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
-    world.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
-    (world, password_file)
-}
 
 /// Stock restic on the repository's files as s3s-fs stores them (TESTING.md: restic's S3
 /// listing of s3s-fs is unreliable).

@@ -18,11 +18,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use common::{S3Server, World, write};
+use common::{S3Server, format2_world};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use sha2::{Digest, Sha256};
-
-const PASSWORD: &str = "correct-horse-battery-staple-2026";
 
 /// xorshift64*: small, deterministic, replayable from its seed.
 struct Rng(u64);
@@ -396,14 +394,6 @@ fn compare(seed: u64, how: &str, want: &Tree, got: &Tree) {
     }
 }
 
-fn format2_world(s3: &S3Server, bucket: &str) -> World {
-    let world = World::new(s3, bucket, "agent");
-    let password_file = world.dir.path().join("repository-password");
-    write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
-    world.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
-    world
-}
-
 fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("SPOTKEEPER_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![seed];
@@ -425,7 +415,7 @@ fn every_tree_a_snapshot_accepts_is_restored_entry_for_entry() {
     for (round, seed) in seeds().into_iter().enumerate() {
         eprintln!("tree seed {seed} (replay with SPOTKEEPER_SEED={seed})");
         let mut rng = Rng(seed);
-        let world = format2_world(&s3, &format!("invariant-{round}"));
+        let (world, password_file) = format2_world(&s3, &format!("invariant-{round}"));
         let mut made = Made::default();
         {
             let root =
@@ -464,7 +454,6 @@ fn every_tree_a_snapshot_accepts_is_restored_entry_for_entry() {
 
         // A new machine: the state paths restored as the boot restore does (staged, swapped).
         let machine = world.sibling();
-        let password_file = world.dir.path().join("repository-password");
         machine.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
         machine.ok(&["restore"]);
         compare(

@@ -15,6 +15,18 @@ use sha2::{Digest, Sha256};
 
 pub const ACCESS_KEY: &str = "test";
 pub const SECRET_KEY: &str = "testsecret";
+/// The repository password of `format2_world`.
+pub const PASSWORD: &str = "correct-horse-battery-staple-2026";
+
+/// A world on format 2, the deployed format: `[repository] password_file` (0600, outside the
+/// state) under prefix `lab`. Returns the password file too (stock restic reads it).
+pub fn format2_world(s3: &S3Server, bucket: &str) -> (World, PathBuf) {
+    let world = World::new(s3, bucket, "lab");
+    let password_file = world.dir.path().join("repository-password");
+    write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
+    world.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
+    (world, password_file)
+}
 
 /// s3s-fs serving a fresh directory until dropped.
 pub struct S3Server {

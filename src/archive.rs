@@ -810,9 +810,17 @@ impl Extractor<'_> {
             )
             .map_err(|e| self.write_error("", e.into()))?;
         }
-        let mode = self.safe_mode(".", root_mode);
+        // The same rule as format 2's: no setuid, setgid, sticky or world-write on a state directory.
+        let (mode, dropped) = manifest.root.planted_mode();
+        if let Some(dropped) = dropped {
+            tracing::warn!(
+                mode = format!("{root_mode:o}"),
+                "{dropped} on the restored state directory"
+            );
+            self.unpacked.privilege_dropped.push(format!(". ({dropped})"));
+        }
         let root = self.dir_fd("")?;
-        rustix::fs::fchmod(root, mode).map_err(|e| self.write_error("", e.into()))?;
+        rustix::fs::fchmod(root, Mode::from_raw_mode(mode)).map_err(|e| self.write_error("", e.into()))?;
         Ok(())
     }
 }

@@ -45,13 +45,18 @@ fn archive(entries: &[Raw]) -> Vec<u8> {
 
 /// Uploads `archive` with a manifest listing `files` as snapshot ID and latest/.
 fn publish(s3: &S3Server, bucket: &str, archive: &[u8], files: serde_json::Value) {
+    publish_with_root(s3, bucket, archive, files, 0o700);
+}
+
+/// `publish`, the manifest recording the state directory's mode as `root_mode`.
+fn publish_with_root(s3: &S3Server, bucket: &str, archive: &[u8], files: serde_json::Value, root_mode: u32) {
     let manifest = serde_json::json!({
         "format": 1, "id": ID, "created_at": "2026-03-01T10:00:00Z", "parent": null,
         "host": {"hostname": "attacker", "instance_id": null},
         "archive": {"key": format!("snapshots/{ID}/state.tar.zst"), "bytes": archive.len(),
                     "sha256": hex::encode(Sha256::digest(archive)), "encoding": "tar+zstd"},
         "totals": {"files": 1, "bytes": 0},
-        "root": {"mode": 448, "uid": 0, "gid": 0},
+        "root": {"mode": root_mode, "uid": 0, "gid": 0},
         "files": files,
     });
     let body = serde_json::to_vec(&manifest).expect("manifest");
@@ -261,4 +266,32 @@ fn crafted_setuid_modes_are_not_planted() {
     let mode = std::fs::metadata(target.join("tool")).expect("restored").mode() & 0o7777;
     assert_eq!(mode, 0o755);
     assert_eq!(report["privilege_dropped"], serde_json::json!(["tool"]), "{report}");
+}
+
+/// Issue 20, item 10, in format 1 too: a manifest recording the state directory as 0o6777 gets
+/// a directory that is neither setuid, setgid nor world-writable, and the restore says so.
+#[test]
+fn a_recorded_state_directory_mode_is_never_planted_setuid_or_world_writable() {
+    use std::os::unix::fs::PermissionsExt;
+    let s3 = S3Server::start();
+    let world = World::new(&s3, "hostile-root", "");
+    let body = b"fine";
+    let entries = [Raw {
+        path: "a.txt",
+        kind: tar::EntryType::Regular,
+        link: None,
+        body,
+    }];
+    publish_with_root(
+        &s3,
+        "hostile-root",
+        &archive(&entries),
+        serde_json::json!([file_entry("a.txt", body)]),
+        0o6777,
+    );
+    let target = world.dir.path().join("target");
+    let report = world.json(&["restore", "--to", target.to_str().expect("utf8"), "--json"]);
+    let mode = std::fs::metadata(&target).expect("target").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o775, "{report}");
+    assert!(report["privilege_dropped"].to_string().contains("0o6002"), "{report}");
 }

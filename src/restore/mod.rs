@@ -778,10 +778,9 @@ fn set_root(staging: &Path, root: Option<crate::manifest::Owner>) -> Result<Opti
     if rustix::process::geteuid().is_root() {
         std::os::unix::fs::chown(staging, Some(root.uid), Some(root.gid)).map_err(io_error(staging))?;
     }
-    const PLANTED: u32 = 0o775;
-    fs::set_permissions(staging, fs::Permissions::from_mode(root.mode & PLANTED)).map_err(io_error(staging))?;
-    let extra = root.mode & !PLANTED;
-    Ok((extra != 0).then(|| format!("mode bits {extra:#o} of the recorded {:#o} dropped", root.mode)))
+    let (mode, dropped) = root.planted_mode();
+    fs::set_permissions(staging, fs::Permissions::from_mode(mode)).map_err(io_error(staging))?;
+    Ok(dropped)
 }
 
 /// Streams the archive (the snapshot's own, else `latest/`'s copy when restoring latest) into

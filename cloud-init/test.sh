@@ -6,8 +6,11 @@
 #   4. its boot script parses (sh -n), and its directory step, run in a scratch root, creates each
 #      missing state directory 0700 for the container's user and leaves an existing one alone;
 #   5. the spotkeeper.toml it writes holds OpenClaw's three [[state.paths]] (the boot script's
-#      directories, inside the unit's ReadWritePaths=), the container's user, ready_url, health_url,
-#      a stop_timeout of at least 30 s and [snapshot] follow = "60s" (the Pulumi alarm's basis),
+#      directories, inside the unit's ReadWritePaths=), the container as OpenClaw runs it (the image
+#      pinned by digest, its gateway command on the published port, init, the fixed hostname,
+#      Fleet's security profile, the container's user, the /healthz, /startupz and /readyz probes),
+#      a stop_timeout of at least 90 s that the unit's TimeoutStopSec= covers with two minutes to
+#      spare, and [snapshot] follow = "60s" (the Pulumi alarm's basis),
 #      and passes `spotkeeper check-config` (binary:
 #      $SPOTKEEPER_BIN, default target/debug/spotkeeper; skipped with a message when there is none);
 #   6. render.py refuses an unsafe value, an unknown variable, a missing one and a repository
@@ -41,7 +44,7 @@ cat >"$work/values.json" <<'EOF'
   "prefix": "openclaw/dev",
   "ssm_path": "/openclaw/dev/",
   "repository_password_ssm": "/openclaw-repository/dev/password",
-  "image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/openclaw:2026.2.26",
+  "image": "ghcr.io/openclaw/openclaw@sha256:0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
   "artifacts_bucket": "openclaw-dev-artifacts-1a2b3c4",
   "artifacts_prefix": "bin/",
   "sha256_aarch64": "5d41402abc4b2a76b9719d911017c592ae4e5c3b5e8b8a4b7e3b4f1c2d3e4f50"
@@ -106,7 +109,7 @@ if grep -qx 'bucket = "openclaw-dev-backup-1a2b3c4"' "$work/spotkeeper.toml" \
 else
   bad "spotkeeper.toml does not hold the rendered values"
 fi
-# OpenClaw's three directories (the boot script's), its user and readiness.
+# OpenClaw's three directories (the boot script's), the container as OpenClaw runs it, the stop budget.
 if out="$("$py" - "$work/spotkeeper.toml" "$repo/systemd/spotkeeper.service" "$work/dirs.sh" 2>&1 <<'PY'
 import re, sys, tomllib
 
@@ -129,17 +132,45 @@ if "repository" not in config:
 # The Pulumi alarm (UnprotectedSeconds over 10 minutes) assumes a snapshot a minute after a change.
 if config.get("snapshot", {}).get("follow") != "60s":
     problems.append(f"[snapshot] follow = {config.get('snapshot', {}).get('follow')!r}, want '60s'")
+# OpenClaw's compose file and Fleet (src/fleet/cell-profile.ts): its gateway on the container's
+# network, Docker's init, every capability dropped, no-new-privileges, 512 processes; a fixed
+# hostname for its owner lease; its three probes.
 for key, value in [
+    ("image", "ghcr.io/openclaw/openclaw@sha256:0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"),
+    ("command", ["node", "dist/index.js", "gateway", "--bind", "lan", "--port", "18789"]),
+    ("ports", ["127.0.0.1:18789:18789"]),
+    ("init", True),
+    ("hostname", "openclaw"),
     ("user", "1000:1000"),
+    ("cap_drop", ["ALL"]),
+    ("cap_add", []),
+    ("no_new_privileges", True),
+    ("pids_limit", 512),
+    ("memory_limit", "auto"),
+    ("probe", "openclaw"),
     ("health_url", "http://127.0.0.1:18789/healthz"),
+    ("startup_url", "http://127.0.0.1:18789/startupz"),
     ("ready_url", "http://127.0.0.1:18789/readyz"),
 ]:
     if container.get(key) != value:
         problems.append(f"[container] {key} = {container.get(key)!r}, want {value!r}")
-# OpenClaw force-exits 25 s after SIGTERM: the drain must outlast that.
-stop = re.fullmatch(r"(\d+)(s|m)", container.get("stop_timeout", ""))
-if not stop or int(stop[1]) * (60 if stop[2] == "m" else 1) < 30:
-    problems.append(f"[container] stop_timeout = {container.get('stop_timeout')!r}, want at least 30s")
+problems += [f"[container] environment holds {key}: secrets go through the env file"
+             for key in container.get("environment", {}) if key == "OPENCLAW_GATEWAY_TOKEN"]
+
+
+def seconds(text):
+    match = re.fullmatch(r"(\d+)(s|m)", text or "")
+    return int(match[1]) * (60 if match[2] == "m" else 1) if match else None
+
+
+# OpenClaw drains for up to 90 s after SIGTERM (openclaw/openclaw#150954); the unit's stop
+# timeout must cover that and the final snapshot.
+stop = seconds(container.get("stop_timeout"))
+unit_stop = seconds(re.search(r"^TimeoutStopSec=(.*)$", unit, re.M)[1])
+if stop is None or stop < 90:
+    problems.append(f"[container] stop_timeout = {container.get('stop_timeout')!r}, want at least 90s")
+elif unit_stop is None or unit_stop < stop + 120:
+    problems.append(f"TimeoutStopSec={unit_stop} leaves less than 120 s after stop_timeout {stop} s for the final snapshot")
 rw = re.search(r"^ReadWritePaths=(.*)$", unit, re.M)[1].split()
 for path in state.get("paths", []):
     for p in (path["dir"], path["dir"].rsplit("/", 1)[0]):
@@ -150,7 +181,8 @@ made = loop[1].split() if loop else []
 if made != [path["dir"] for path in want]:
     problems.append(f"the boot script creates {made}, not the [[state.paths]] directories")
 print("\n".join(problems) or "three paths (config, workspace, auth) inside ReadWritePaths= and made at boot, "
-      f"user, ready_url, health_url, stop_timeout {container['stop_timeout']}, follow {config['snapshot']['follow']}")
+      f"OpenClaw's image, command, init, hostname, security profile, user and probes, "
+      f"stop_timeout {container['stop_timeout']} within TimeoutStopSec={unit_stop}s, follow {config['snapshot']['follow']}")
 sys.exit(1 if problems else 0)
 PY
 )"; then

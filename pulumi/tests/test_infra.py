@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fnmatch
 import json
 import sys
 import tomllib
@@ -31,6 +32,10 @@ AZ = "eu-west-1b"
 SUBNET = "subnet-0pinned"
 # What the mocked RandomBytes "generates": recognisable, so the tests can follow it.
 PASSWORD_BASE64 = base64.b64encode(bytes(range(32))).decode()
+# What the mocked RandomPassword "generates" for the gateway token.
+GATEWAY_TOKEN = "Tok3nFromRandomPassword0123456789abcdefghijklmno"
+# OpenClaw's image pinned by digest (not a real release's digest: the program only passes it on).
+IMAGE = "ghcr.io/openclaw/openclaw@sha256:" + "0123456789abcdef" * 4
 
 
 class Recorder(pulumi.runtime.Mocks):
@@ -61,6 +66,9 @@ class Recorder(pulumi.runtime.Mocks):
         elif args.typ == "random:index/randomBytes:RandomBytes":
             assert args.inputs["length"] == 32, "PASSWORD_BASE64 is 32 bytes"
             state.update(base64=PASSWORD_BASE64, hex=bytes(range(32)).hex())
+        elif args.typ == "random:index/randomPassword:RandomPassword":
+            assert len(GATEWAY_TOKEN) == args.inputs["length"], "GATEWAY_TOKEN has the requested length"
+            state.update(result=GATEWAY_TOKEN)
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -130,9 +138,11 @@ def deploy(binaries):
 
     def run(stack: str = "dev", _subnet_az: str | None = None, **config) -> Deployment:
         config.setdefault("availabilityZone", AZ)
-        config.setdefault("image", "openclaw/openclaw:2026.2.26")
+        config.setdefault("image", IMAGE)
         arch = infra.arch_of(config.get("instanceType", infra.DEFAULT_INSTANCE_TYPE))
         config.setdefault("binary", str(binaries[arch]))
+        # A key given as None is left out of the stack's config.
+        config = {key: value for key, value in config.items() if value is not None}
         mocks = Recorder(subnet_az=_subnet_az)
         pulumi.runtime.set_mocks(mocks, project="spotkeeper", stack=stack, preview=False, monitor=RecordingMonitor(mocks))
         values = {"aws:region": REGION}
@@ -215,7 +225,7 @@ def test_user_data_contains_the_rendered_config_and_unit(deploy, binaries):
     assert config["s3"] == {"bucket": bucket, "prefix": "openclaw/dev", "region": REGION}
     assert config["secrets"]["ssm_path"] == "/openclaw/dev/"
     assert config["repository"] == {"password_ssm": "/openclaw-repository/dev/password"}
-    assert config["container"]["image"] == "openclaw/openclaw:2026.2.26"
+    assert config["container"]["image"] == IMAGE
     unit = render.extract(user_data, "/etc/systemd/system/spotkeeper.service")
     assert unit == (infra.REPO / "systemd" / "spotkeeper.service").read_text()
     assert f"'{infra.sha256_of(binaries['aarch64'])}'" in user_data
@@ -238,10 +248,11 @@ def test_user_data_holds_openclaws_three_state_paths_and_readiness(deploy):
     container = config["container"]
     assert "state_mount" not in container, "each path has its own mount"
     assert container["user"] == "1000:1000"
+    # Liveness on /healthz, READY on /startupz, /readyz only reported.
+    assert container["probe"] == "openclaw"
     assert container["health_url"] == "http://127.0.0.1:18790/healthz"
+    assert container["startup_url"] == "http://127.0.0.1:18790/startupz"
     assert container["ready_url"] == "http://127.0.0.1:18790/readyz"
-    # OpenClaw force-exits 25 s after SIGTERM: the drain must outlast that.
-    assert container["stop_timeout"] == "60s"
     # The boot script creates each missing directory for the container's user.
     dirs = " ".join(p["dir"] for p in OPENCLAW_STATE_PATHS)
     assert f"for dir in {dirs}; do" in user_data
@@ -253,6 +264,79 @@ def test_state_owner_is_the_containers_user_and_owns_new_state_directories(deplo
     config = tomllib.loads(render.extract(user_data, "/etc/spotkeeper/spotkeeper.toml"))
     assert config["container"]["user"] == "0:0"
     assert "chown '0:0' \"$dir\"" in user_data
+
+
+def test_user_data_runs_openclaw_as_its_compose_file_and_fleet_do(deploy):
+    container = tomllib.loads(render.extract(deploy().user_data(), "/etc/spotkeeper/spotkeeper.toml"))["container"]
+    # The gateway on the container's network, on the published port; Docker's init; a hostname
+    # that survives a recreate (OpenClaw's owner lease is keyed by it).
+    assert container["image"] == IMAGE
+    assert container["command"] == ["node", "dist/index.js", "gateway", "--bind", "lan", "--port", "18789"]
+    assert container["ports"] == ["127.0.0.1:18789:18789"]
+    assert container["init"] is True
+    assert container["hostname"] == "openclaw"
+    # Fleet's security profile (src/fleet/cell-profile.ts).
+    assert container["cap_drop"] == ["ALL"]
+    assert container["cap_add"] == []
+    assert container["no_new_privileges"] is True
+    assert container["pids_limit"] == 512
+    assert container["memory_limit"] == "auto"
+    assert "environment" not in container, "the gateway token comes through the .env file, not docker inspect"
+
+
+def test_the_stop_budget_covers_openclaws_drain_and_the_final_snapshot(deploy):
+    user_data = deploy().user_data()
+    container = tomllib.loads(render.extract(user_data, "/etc/spotkeeper/spotkeeper.toml"))["container"]
+    assert container["stop_timeout"] == "90s"
+    unit = render.extract(user_data, "/etc/systemd/system/spotkeeper.service")
+    (timeout_stop,) = [line for line in unit.splitlines() if line.startswith("TimeoutStopSec=")]
+    # Two minutes after the container's drain for the final snapshot.
+    assert int(timeout_stop.removeprefix("TimeoutStopSec=").removesuffix("s")) >= 90 + 120
+
+
+# --- the image pin -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        IMAGE,
+        "ghcr.io/openclaw/openclaw:2026.9.5@sha256:" + "ab" * 32,
+        "210987654321.dkr.ecr.eu-central-1.amazonaws.com/team/openclaw@sha256:" + "cd" * 32,
+    ],
+)
+def test_an_image_pinned_by_digest_is_accepted(deploy, image):
+    config = tomllib.loads(render.extract(deploy(image=image).user_data(), "/etc/spotkeeper/spotkeeper.toml"))
+    assert config["container"]["image"] == image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "ghcr.io/openclaw/openclaw:latest",
+        "openclaw/openclaw:2026.2.26",
+        "ghcr.io/openclaw/openclaw",
+        "ghcr.io/openclaw/openclaw@sha256:" + "0" * 63,
+        "ghcr.io/openclaw/openclaw@sha256:" + "A" * 64,
+        "ghcr.io/openclaw/openclaw@sha512:" + "0" * 64,
+    ],
+)
+def test_an_image_not_pinned_by_digest_is_refused_naming_the_config_key(deploy, image):
+    with pytest.raises(ValueError, match=r"config spotkeeper:image .* is not pinned by digest.*allowUnpinnedImage"):
+        deploy(image=image)
+
+
+def test_allow_unpinned_image_lets_a_tag_through(deploy):
+    user_data = deploy(image="ghcr.io/openclaw/openclaw:latest", allowUnpinnedImage="true").user_data()
+    config = tomllib.loads(render.extract(user_data, "/etc/spotkeeper/spotkeeper.toml"))
+    assert config["container"]["image"] == "ghcr.io/openclaw/openclaw:latest"
+    with pytest.raises(ValueError, match="not pinned by digest"):
+        deploy(image="ghcr.io/openclaw/openclaw:latest", allowUnpinnedImage="false")
+
+
+def test_the_image_is_required(deploy):
+    with pytest.raises(Exception, match="spotkeeper:image"):
+        deploy(image=None)
 
 
 # --- buckets -----------------------------------------------------------------------------------
@@ -444,7 +528,7 @@ def test_metrics_namespace_condition_follows_config(deploy):
 
 
 def test_ecr_pull_is_granted_only_for_an_ecr_image(deploy):
-    image = "210987654321.dkr.ecr.eu-central-1.amazonaws.com/team/openclaw:2026.2.26"
+    image = "210987654321.dkr.ecr.eu-central-1.amazonaws.com/team/openclaw:2026.9.5@sha256:" + "ef" * 32
     statements = deploy(image=image).policy()["Statement"]
     assert statements[: len(BASE_STATEMENTS)] == BASE_STATEMENTS
     assert statements[len(BASE_STATEMENTS) :] == [
@@ -469,6 +553,7 @@ def test_secrets_become_secure_string_parameters_under_the_stack_path(deploy):
     assert sorted((p.inputs["name"], p.inputs["type"]) for p in params) == [
         ("/openclaw-repository/dev/password", "SecureString"),
         ("/openclaw/dev/OPENAI_API_KEY", "SecureString"),
+        ("/openclaw/dev/OPENCLAW_GATEWAY_TOKEN", "SecureString"),
         ("/openclaw/dev/TELEGRAM_TOKEN", "SecureString"),
     ]
     for output in d.resources["parameters"].values():
@@ -478,6 +563,72 @@ def test_secrets_become_secure_string_parameters_under_the_stack_path(deploy):
 def test_bad_secret_name_is_refused(deploy):
     with pytest.raises(ValueError, match="valid environment variable name"):
         deploy(secrets={"NOT-VALID": "x"})
+
+
+# --- the gateway token -------------------------------------------------------------------------
+
+
+def test_gateway_token_is_generated_into_a_secure_string_under_the_secrets_path(deploy):
+    d = deploy()
+    token = d.mocks.one("random:index/randomPassword:RandomPassword")
+    # Letters and digits only: nothing a dotenv parser would quote, cut or expand.
+    assert token == {"length": 48, "special": False}
+    parameter = d.mocks.one("aws:ssm/parameter:Parameter", "gateway-token")
+    assert parameter["name"] == "/openclaw/dev/OPENCLAW_GATEWAY_TOKEN"
+    assert parameter["type"] == "SecureString"
+    # Sent to the engine as a secret, so the stack state holds it encrypted.
+    assert parameter["value"] == {rpc._special_sig_key: rpc._special_secret_sig, "value": GATEWAY_TOKEN}
+    # Under the path spotkeeper's [secrets] ssm_path reads, so it lands in the container's .env.
+    config = tomllib.loads(render.extract(d.user_data(), "/etc/spotkeeper/spotkeeper.toml"))
+    assert parameter["name"].startswith(config["secrets"]["ssm_path"])
+    assert parameter["name"].removeprefix(config["secrets"]["ssm_path"]) == "OPENCLAW_GATEWAY_TOKEN"
+
+
+def test_the_instance_role_can_read_and_decrypt_the_gateway_token(deploy):
+    d = deploy()
+    arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/openclaw/dev/OPENCLAW_GATEWAY_TOKEN"
+    statements = {s["Sid"]: s for s in d.policy()["Statement"]}
+    read = statements["ReadOwnSecrets"]
+    assert read["Action"] == ["ssm:GetParametersByPath"]
+    # GetParametersByPath is authorised on the path; the parameter lies directly under it.
+    assert f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/openclaw/dev" in read["Resource"]
+    assert any(fnmatch.fnmatchcase(arn, pattern) for pattern in read["Resource"])
+    decrypt = statements["DecryptOwnSecretsViaSsm"]["Condition"]["StringLike"]["kms:EncryptionContext:PARAMETER_ARN"]
+    assert fnmatch.fnmatchcase(arn, decrypt)
+
+
+def test_the_gateway_token_never_appears_in_user_data(deploy):
+    d = deploy()
+    user_data = d.user_data()
+    assert GATEWAY_TOKEN not in user_data
+    assert base64.b64encode(GATEWAY_TOKEN.encode()).decode() not in d.mocks.one("aws:ec2/launchTemplate:LaunchTemplate")["userData"]
+
+
+def test_the_gateway_token_is_exported_only_as_a_secret(deploy, monkeypatch):
+    d = deploy()
+    exported = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
+    infra.export(d.resources)
+    loop = asyncio.get_event_loop()
+    assert loop.run_until_complete(exported["gatewayToken"].is_secret())
+    assert d.value(exported["gatewayToken"]) == GATEWAY_TOKEN
+    assert d.value(exported["gatewayTokenParameter"]) == "/openclaw/dev/OPENCLAW_GATEWAY_TOKEN"
+    # No other output carries it.
+    for name, value in exported.items():
+        if name != "gatewayToken":
+            plain = d.value(value) if isinstance(value, pulumi.Output) else value
+            assert GATEWAY_TOKEN not in str(plain), name
+
+
+def test_the_instance_is_launched_only_after_the_gateway_token_exists(deploy):
+    d = deploy()
+    launch_template = d.mocks.registrations[("aws:ec2/launchTemplate:LaunchTemplate", "openclaw-dev-lt")]
+    assert d.value(d.resources["gateway_token_parameter"].urn) in launch_template.dependencies
+
+
+def test_a_gateway_token_in_config_secrets_is_refused(deploy):
+    with pytest.raises(ValueError, match="OPENCLAW_GATEWAY_TOKEN.*generated by this program"):
+        deploy(secrets={"OPENCLAW_GATEWAY_TOKEN": "mine"})
 
 
 # --- the repository password -------------------------------------------------------------------
@@ -625,10 +776,12 @@ def test_second_stack_gets_disjoint_prefix_ssm_path_and_role(deploy):
     assert "arn:aws:s3:::openclaw-backups-shared/openclaw/prod/*" in resources(two)
     assert {p.inputs["name"] for p in one.mocks.of_type("aws:ssm/parameter:Parameter")} == {
         "/openclaw/dev/K",
+        "/openclaw/dev/OPENCLAW_GATEWAY_TOKEN",
         "/openclaw-repository/dev/password",
     }
     assert {p.inputs["name"] for p in two.mocks.of_type("aws:ssm/parameter:Parameter")} == {
         "/openclaw/prod/K",
+        "/openclaw/prod/OPENCLAW_GATEWAY_TOKEN",
         "/openclaw-repository/prod/password",
     }
 

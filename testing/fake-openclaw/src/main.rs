@@ -1,51 +1,148 @@
-//! fake-openclaw: a stand-in for the OpenClaw container in spotkeeper's tests.
+//! fake-openclaw: a stand-in for the OpenClaw gateway container in spotkeeper's tests.
 //!
-//! It behaves like OpenClaw where it matters for backups: it writes into its
-//! state directory all the time (an append-only JSONL log, a SQLite database in
-//! WAL mode, a whole-file rewrite through temp + rename), answers `GET /healthz`,
-//! and drains for a configurable time on SIGTERM/SIGINT.
+//! It behaves like OpenClaw where it matters for backups and supervision: it writes
+//! into its state directory all the time (an append-only JSONL log, a SQLite database
+//! in WAL mode, a whole-file rewrite through temp + rename), keeps OpenClaw's gateway
+//! owner lease, answers OpenClaw's probes, drains for a configurable time on
+//! SIGTERM/SIGINT, and restarts itself on a "config change" the way the gateway does.
+//!
+//! Command line (the image's ENTRYPOINT is the binary; the container command is its argv):
+//!   [node dist/index.js gateway] [--bind loopback|lan|auto] [--port N]
+//!                      `--bind`/`--port` anywhere, also as `--bind=lan`; the program words
+//!                      are ignored, other arguments are logged and ignored. Without
+//!                      `--bind` (or with `loopback`) it listens on 127.0.0.1 only, like
+//!                      the image's own command: a published port is dead. `lan`, `auto`
+//!                      and `0.0.0.0` listen on 0.0.0.0. `--port` overrides PORT.
+//!   caps               print the `CapEff:` line of /proc/self/status (run with `docker exec`)
+//!   healthcheck [--port N]
+//!                      GET /healthz on 127.0.0.1:PORT; exit 0 when it answers 200 with a
+//!                      JSON body whose `ok` is true within 2 s, else 1 (an exec-form
+//!                      Docker health check; the image has no shell). So it fails on a
+//!                      FAKE_PRE_PROBES gateway, whose catch-all 200 is HTML.
 //!
 //! Environment (all optional):
 //!   STATE_DIR          state directory            (default /home/node/.openclaw)
-//!   PORT               HTTP port on 0.0.0.0       (default 18789)
+//!   PORT               HTTP port                  (default 18789; `--port` wins)
 //!   DRAIN_MS           drain time after a signal  (default 500)
 //!   WRITE_INTERVAL_MS  time between write cycles  (default 50)
-//!   ENV_FILE           env file for /env-keys     (default $STATE_DIR/.env)
-//!   CRASH_AFTER_MS     if set: exit with code 3 after that long
+//!   BOOT_MS            sleep before listening     (default 0: a slow boot, nothing answers)
+//!   ENV_FILE           OpenClaw's global env file (default $STATE_DIR/.env): listed by
+//!                      /env-keys, and read once at start for the OPENCLAW_* variables
+//!                      below, without overriding the process environment (as OpenClaw
+//!                      loads ~/.openclaw/.env)
+//!   CRASH_AFTER_MS     if set: exit with code 3 after that long (the lease is left behind)
 //!   EXTRA_DIRS         `:`-separated directories (OpenClaw's workspace and auth-profile
 //!                      mounts): each write cycle also replaces `seq.txt` in each, after
 //!                      the session log and the database and before `ack.txt`, so a
 //!                      consistent copy of all of them has every `seq.txt` at ack or ack+1
+//!   LEASE_TTL_MS       owner lease lifetime       (default 300000, OpenClaw's 5 minutes;
+//!                      0 makes every lease found expired, so a start never waits)
+//!   LEASE_HEARTBEAT_MS lease renewal interval     (default 15000)
+//!   FAKE_REQUIRE_AUTH  `1`: refuse a non-loopback bind without OPENCLAW_GATEWAY_TOKEN or
+//!                      OPENCLAW_GATEWAY_PASSWORD (the real gateway ALWAYS refuses; the
+//!                      fake does only when asked, since most tests run without a token)
+//!   FAKE_FAILED_CHANNELS comma list of channel names that start out failed (/readyz 503)
+//!   FAKE_PRE_PROBES    `1`: behave like an OpenClaw image from before 2026-03-02: no probe
+//!                      routes; every GET/HEAD path (/healthz, /readyz, /startupz too)
+//!                      answers 200 text/html (the Control UI catch-all), except /stats
+//!                      and /env-keys; the /fake/* routes still work
+//!   OPENCLAW_GATEWAY_TOKEN, OPENCLAW_GATEWAY_PASSWORD
+//!                      the gateway's secrets: a request with `Authorization: Bearer <either>`
+//!                      gets probe details (below)
+//!   OPENCLAW_NO_RESPAWN, OPENCLAW_SUPERVISOR_MODE, OPENCLAW_SYSTEMD_UNIT, INVOCATION_ID,
+//!   SYSTEMD_EXEC_PID, JOURNAL_STREAM
+//!                      supervisor hints, read as OpenClaw reads them (see config change)
 //!
-//! `GET /readyz` answers 503 until the first write cycle is durable, then 200 (as
-//! OpenClaw's readiness endpoint does once it serves).
+//! HTTP (HTTP/1.0, `Connection: close`). Probes: GET or HEAD only (else 405 with
+//! `Allow: GET, HEAD`), `application/json`, `Cache-Control: no-store`:
+//!   /healthz, /health    200 {"ok":true,"status":"live"}, also while draining
+//!   /startupz, /startup  503 {"ok":false,"status":"starting"} until started (the lease is
+//!                        held and the first write cycle is durable), then
+//!                        200 {"ok":true,"status":"started"};
+//!                        503 {"ok":false,"status":"draining"} once a signal arrived
+//!   /readyz, /ready      200 {"ready":true} when started, not draining and no channel
+//!                        failed, else 503 {"ready":false}
+//!   With a matching Bearer the bodies carry details: `uptimeMs`; /startupz while starting
+//!   `"pendingReason":"startup-sidecars"`; /readyz `"failing":[...]`: the failed channels,
+//!   or ["gateway-draining"], or ["startup-sidecars"] while starting ([] when ready).
+//! The fake's own routes:
+//!   GET  /stats               {"writes": N, "last_seq": N}
+//!   GET  /env-keys            key names of ENV_FILE as a JSON array (404 if it is absent)
+//!   POST /fake/channels       body: comma list of failed channels (empty: all healthy);
+//!                             200 {"failing":[...]}
+//!   POST /fake/config-change  a config change: 202 {"ok":true,"restart":"<mode>"}, then
+//!                             OpenClaw's "full process restart":
+//!       OPENCLAW_NO_RESPAWN truthy           -> mode `in-process`: keeps running; stdout
+//!                                               `restarted in-process`
+//!       OPENCLAW_SUPERVISOR_MODE external (or docker, clawctl), or any non-empty
+//!       OPENCLAW_SYSTEMD_UNIT, INVOCATION_ID, SYSTEMD_EXEC_PID, JOURNAL_STREAM
+//!                                            -> mode `supervised`: stops writing, releases
+//!                                               the lease, stdout `restarting`, exit 0
+//!       no hint                              -> mode `detached` (older builds; the detached
+//!                                               copy dies with the container): same, stdout
+//!                                               `respawning detached`, exit 0
+//! Anything else: 404 for GET/HEAD, 405 for other methods.
 //!
-//! `fake-openclaw healthcheck` instead probes GET /healthz on 127.0.0.1:PORT
-//! and exits 0 or 1 (an exec-form Docker health check; the image has no shell).
+//! Owner lease (see lease.rs): table `state_leases` in $STATE_DIR/state/openclaw.sqlite (WAL),
+//! scope `gateway-owner`, key `global`. After listening and before the first write cycle, the
+//! fake takes it when there is none, when it expired, or when its owner host is this
+//! container's hostname (the old process is gone); a live lease of another host is waited
+//! out: stderr `lease held by host X until T; waiting (...)` once, then a poll every 200 ms.
+//! While it waits /healthz answers and /startupz says starting. Heartbeats renew it; a clean
+//! drain or a config-change exit deletes it; a crash or SIGKILL leaves it.
 //!
-//! Stdout, one line each, nothing else: `started`, `ack N` after every durable
-//! write cycle, `draining` when a signal arrives, `drained` just before exit 0.
+//! Stdout, one line each, nothing else: `lease acquired`, then `started` (serving, lease
+//! held, writes about to begin), `ack N` after every durable write cycle, `draining` when a
+//! signal arrives, `drained` just before exit 0 (after the lease is released); or, after a
+//! config change, one of `restarted in-process`, `restarting`, `respawning detached`.
+//! A signal during the lease wait gives `draining`, `drained` with no `started`.
 //! Diagnostics go to stderr. No environment value is ever printed.
+//!
+//! Exit codes: 0 clean (drained, or a config-change restart); 1 a runtime failure (a
+//! write, the lease database); 3 CRASH_AFTER_MS; 78 a configuration error: bad argv or
+//! environment value, or (FAKE_REQUIRE_AUTH=1) a non-loopback bind without a secret,
+//! after OpenClaw's stderr line "Refusing to bind gateway to lan without auth. Set
+//! OPENCLAW_GATEWAY_TOKEN or OPENCLAW_GATEWAY_PASSWORD." (78 is EX_CONFIG).
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod env;
+mod http;
+mod lease;
+mod restart;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
+use serde::Deserialize;
+
+use cli::{Command, GatewayArgs};
+use env::{is_truthy, OpenClawEnv};
+use http::{HttpConfig, Shared};
 
 const SESSION_LOG: &str = "agents/main/sessions/current.jsonl";
 const MEMORY_DB: &str = "memory/main.sqlite";
 const CREDENTIALS: &str = "credentials/state.json";
 const ACK_FILE: &str = "ack.txt";
+const DEFAULT_PORT: u16 = 18789;
+/// Where the kernel keeps the UTS hostname (readable in a FROM-scratch container).
+const HOSTNAME_FILES: [&str; 2] = ["/proc/sys/kernel/hostname", "/etc/hostname"];
+const EXIT_RUNTIME: u8 = 1;
+/// EX_CONFIG: bad arguments or environment, or the refusal to bind without auth.
+const EXIT_CONFIG: u8 = 78;
 
 struct Config {
     state_dir: PathBuf,
+    bind: Ipv4Addr,
     port: u16,
     drain: Duration,
     interval: Duration,
@@ -53,6 +150,25 @@ struct Config {
     crash_after: Option<Duration>,
     boot: Duration,
     extra_dirs: Vec<PathBuf>,
+    lease: lease::Timing,
+    require_auth: bool,
+    pre_probes: bool,
+    failed_channels: Vec<String>,
+}
+
+enum Failure {
+    /// Exit 78; the message is printed with a prefix.
+    Config(String),
+    /// Exit 78; OpenClaw's refusal line was already printed.
+    Refused,
+    /// Exit 1.
+    Runtime(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Runtime(message)
+    }
 }
 
 fn env_u64(name: &str, default: u64) -> Result<u64, String> {
@@ -65,15 +181,21 @@ fn env_u64(name: &str, default: u64) -> Result<u64, String> {
     }
 }
 
-fn config() -> Result<Config, String> {
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| is_truthy(&v))
+}
+
+fn config(args: &GatewayArgs) -> Result<Config, String> {
     let state_dir = PathBuf::from(
         std::env::var("STATE_DIR")
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "/home/node/.openclaw".to_string()),
     );
-    let port = env_u64("PORT", 18789)?;
-    let port = u16::try_from(port).map_err(|_| "PORT is out of range".to_string())?;
+    let port = match args.port {
+        Some(port) => port,
+        None => u16::try_from(env_u64("PORT", DEFAULT_PORT.into())?).map_err(|_| "PORT is out of range".to_string())?,
+    };
     let env_file = std::env::var("ENV_FILE")
         .ok()
         .filter(|s| !s.is_empty())
@@ -85,6 +207,7 @@ fn config() -> Result<Config, String> {
     };
     Ok(Config {
         state_dir,
+        bind: args.bind.ip(),
         port,
         drain: Duration::from_millis(env_u64("DRAIN_MS", 500)?),
         interval: Duration::from_millis(env_u64("WRITE_INTERVAL_MS", 50)?.max(1)),
@@ -97,35 +220,72 @@ fn config() -> Result<Config, String> {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
             .collect(),
+        lease: lease::Timing {
+            ttl: Duration::from_millis(env_u64("LEASE_TTL_MS", 300_000)?),
+            heartbeat: Duration::from_millis(env_u64("LEASE_HEARTBEAT_MS", 15_000)?.max(1)),
+        },
+        require_auth: env_flag("FAKE_REQUIRE_AUTH"),
+        pre_probes: env_flag("FAKE_PRE_PROBES"),
+        failed_channels: http::parse_channels(&std::env::var("FAKE_FAILED_CHANNELS").unwrap_or_default()),
     })
 }
 
-/// Counters shared with the HTTP thread.
-struct Stats {
-    writes: AtomicU64,
-    last_seq: AtomicU64,
-}
-
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return healthcheck();
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(command) => command,
         Err(e) => {
             eprintln!("fake-openclaw: error: {e}");
-            ExitCode::from(1)
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let gateway = match command {
+        Command::Healthcheck { port } => return healthcheck(port),
+        Command::Caps => return caps(),
+        Command::Gateway(gateway) => gateway,
+    };
+    match run(&gateway) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("fake-openclaw: error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Refused) => ExitCode::from(EXIT_CONFIG),
+        Err(Failure::Runtime(e)) => {
+            eprintln!("fake-openclaw: error: {e}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }
 
-fn run() -> Result<(), String> {
-    let cfg = config()?;
+fn run(args: &GatewayArgs) -> Result<(), Failure> {
+    let started_at = now_ms();
+    let cfg = config(args).map_err(Failure::Config)?;
+    for word in &args.ignored {
+        eprintln!("fake-openclaw: ignoring argument {word:?}");
+    }
+    let openclaw_env = OpenClawEnv::load(&cfg.env_file);
+    let secrets: Vec<String> = ["OPENCLAW_GATEWAY_TOKEN", "OPENCLAW_GATEWAY_PASSWORD"]
+        .iter()
+        .filter_map(|name| openclaw_env.non_empty(name))
+        .map(|secret| secret.trim().to_string())
+        .collect();
+    if cli::refuses_without_auth(args.bind, !secrets.is_empty()) {
+        if cfg.require_auth {
+            eprintln!("{}", cli::refusal_message(args.bind));
+            return Err(Failure::Refused);
+        }
+        eprintln!(
+            "fake-openclaw: binding {} without a gateway token (the real gateway refuses; FAKE_REQUIRE_AUTH=1 does too)",
+            args.bind.name()
+        );
+    }
+    let restart = restart::restart_mode(|name| openclaw_env.get(name));
 
     // Signals first, so that a SIGTERM during start-up is not lost.
-    let stop = Arc::new(AtomicBool::new(false));
+    let signalled = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
+        signal_hook::flag::register(sig, Arc::clone(&signalled))
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
 
@@ -139,7 +299,7 @@ fn run() -> Result<(), String> {
 
     let dir = &cfg.state_dir;
     for sub in ["agents/main/sessions", "memory", "credentials"] {
-        fs::create_dir_all(dir.join(sub)).map_err(|e| format!("create {sub}: {e}"))?;
+        fs::create_dir_all(dir.join(sub)).map_err(|e| format!("create {}: {e}", dir.join(sub).display()))?;
     }
     for extra in &cfg.extra_dirs {
         fs::create_dir_all(extra).map_err(|e| format!("create {}: {e}", extra.display()))?;
@@ -149,65 +309,138 @@ fn run() -> Result<(), String> {
     let highest = highest_jsonl_seq(&dir.join(SESSION_LOG))?
         .max(highest_db_seq(&conn)?)
         .max(read_ack(&dir.join(ACK_FILE)));
-    let stats = Arc::new(Stats {
+    let shared = Arc::new(Shared {
         writes: AtomicU64::new(0),
         last_seq: AtomicU64::new(highest),
+        signalled: Arc::clone(&signalled),
+        restart_requested: AtomicBool::new(false),
+        failed_channels: Mutex::new(cfg.failed_channels.clone()),
+        started: Instant::now(),
     });
 
     // A slow boot, as a large app has: nothing answers /healthz until it is over.
     if !cfg.boot.is_zero() {
         thread::sleep(cfg.boot);
     }
-    let listener = TcpListener::bind(("0.0.0.0", cfg.port)).map_err(|e| format!("bind 0.0.0.0:{}: {e}", cfg.port))?;
+    let listener =
+        TcpListener::bind((cfg.bind, cfg.port)).map_err(|e| format!("bind {}:{}: {e}", cfg.bind, cfg.port))?;
+    eprintln!(
+        "fake-openclaw: listening on {}:{} (restart mode {})",
+        cfg.bind,
+        cfg.port,
+        restart.name()
+    );
     {
-        let stats = Arc::clone(&stats);
-        let env_file = cfg.env_file.clone();
-        thread::spawn(move || serve(listener, stats, env_file));
+        let shared = Arc::clone(&shared);
+        let http_cfg = Arc::new(HttpConfig {
+            env_file: cfg.env_file.clone(),
+            secrets,
+            pre_probes: cfg.pre_probes,
+            restart: restart.clone(),
+        });
+        thread::spawn(move || http::serve(listener, shared, http_cfg));
     }
+
+    let me = lease::Owner {
+        pid: std::process::id(),
+        host: hostname(),
+        started_at: Some(started_at),
+    };
+    let should_stop = || signalled.load(Ordering::SeqCst) || shared.restart_requested.load(Ordering::SeqCst);
+    let owner_lease = lease::acquire(dir, &me, cfg.port, cfg.lease, &should_stop)?;
 
     let mut log = open_log(&dir.join(SESSION_LOG))?;
-    eprintln!("fake-openclaw: next seq {}", highest + 1);
-    say("started");
-
     let mut seq = highest;
-    let mut next = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        seq += 1;
-        let writes = stats.writes.load(Ordering::SeqCst) + 1;
-        write_cycle(dir, &cfg.extra_dirs, &mut log, &conn, seq, writes == 1)?;
-        stats.writes.store(writes, Ordering::SeqCst);
-        stats.last_seq.store(seq, Ordering::SeqCst);
-        say(&format!("ack {seq}"));
+    if owner_lease.is_some() {
+        say("lease acquired");
+        eprintln!("fake-openclaw: next seq {}", highest + 1);
+        say("started");
 
-        next += cfg.interval;
-        let now = Instant::now();
-        if next < now {
-            next = now; // fell behind: do not burst to catch up
-        }
-        while !stop.load(Ordering::SeqCst) {
+        let mut next = Instant::now();
+        while !should_stop() {
+            seq += 1;
+            let writes = shared.writes.load(Ordering::SeqCst) + 1;
+            write_cycle(dir, &cfg.extra_dirs, &mut log, &conn, seq, writes == 1)?;
+            shared.writes.store(writes, Ordering::SeqCst);
+            shared.last_seq.store(seq, Ordering::SeqCst);
+            say(&format!("ack {seq}"));
+
+            next += cfg.interval;
             let now = Instant::now();
-            if now >= next {
-                break;
+            if next < now {
+                next = now; // fell behind: do not burst to catch up
             }
-            thread::sleep((next - now).min(Duration::from_millis(10)));
+            while !should_stop() {
+                let now = Instant::now();
+                if now >= next {
+                    break;
+                }
+                thread::sleep((next - now).min(Duration::from_millis(10)));
+            }
         }
     }
 
-    // Drain: no more writes, health still answered.
+    let close = |log: File, conn: Connection, owner_lease: Option<lease::Lease>| -> Result<(), String> {
+        drop(log);
+        conn.close().map_err(|(_, e)| format!("close {MEMORY_DB}: {e}"))?;
+        if let Some(owner_lease) = owner_lease {
+            owner_lease.release();
+        }
+        Ok(())
+    };
+
+    if !signalled.load(Ordering::SeqCst) && shared.restart_requested.load(Ordering::SeqCst) {
+        // A full process restart: no drain, writes stopped, lease released, exit 0.
+        close(log, conn, owner_lease)?;
+        // in-process restarts never stop the loop: only the exiting modes get here
+        say(restart.stdout_line());
+        return Ok(());
+    }
+
+    // Drain: no more writes, probes still answered.
     say("draining");
     thread::sleep(cfg.drain);
-    drop(log);
-    conn.close().map_err(|(_, e)| format!("close sqlite: {e}"))?;
+    close(log, conn, owner_lease)?;
     say("drained");
     Ok(())
 }
 
-/// `fake-openclaw healthcheck`: exit 0 if GET /healthz on 127.0.0.1:PORT
-/// answers 200 within 2 s, else 1. For exec-form health checks, as the
-/// scratch image has no shell: Healthcheck.Test = ["CMD", "/fake-openclaw", "healthcheck"].
-fn healthcheck() -> ExitCode {
+/// This container's hostname (the kernel's UTS name, as `os.hostname()` reads it).
+fn hostname() -> String {
+    HOSTNAME_FILES
+        .iter()
+        .find_map(|path| fs::read_to_string(path).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// `fake-openclaw caps`: the effective capabilities of a process started in the container
+/// (`docker exec`), as `/proc/self/status` says them; the image has no shell to read it.
+fn caps() -> ExitCode {
+    match fs::read_to_string("/proc/self/status") {
+        Ok(status) => {
+            for line in status.lines().filter(|l| l.starts_with("CapEff:")) {
+                say(line);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fake-openclaw: cannot read /proc/self/status: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `fake-openclaw healthcheck`: exit 0 if GET /healthz on 127.0.0.1:PORT answers 200
+/// with a JSON body whose `ok` is true within 2 s, else 1. For exec-form health checks,
+/// as the scratch image has no shell: Healthcheck.Test = ["CMD", "/fake-openclaw", "healthcheck"].
+fn healthcheck(port: Option<u16>) -> ExitCode {
     let ok = (|| -> Result<bool, String> {
-        let port = u16::try_from(env_u64("PORT", 18789)?).map_err(|e| e.to_string())?;
+        let port = match port {
+            Some(port) => port,
+            None => u16::try_from(env_u64("PORT", DEFAULT_PORT.into())?).map_err(|e| e.to_string())?,
+        };
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let t = Duration::from_secs(2);
         let mut s = TcpStream::connect_timeout(&addr, t).map_err(|e| e.to_string())?;
@@ -216,7 +449,7 @@ fn healthcheck() -> ExitCode {
             .map_err(|e| e.to_string())?;
         let mut resp = Vec::new();
         s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
-        Ok(resp.starts_with(b"HTTP/1.0 200"))
+        Ok(live_response(&resp))
     })();
     match ok {
         Ok(true) => ExitCode::SUCCESS,
@@ -224,17 +457,36 @@ fn healthcheck() -> ExitCode {
     }
 }
 
+/// A liveness answer as a real probe accepts it: status 200 and a JSON body with `"ok": true`.
+fn live_response(resp: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Live {
+        ok: bool,
+    }
+    let Some(head_end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let status_ok = resp
+        .split(|&b| b == b'\n')
+        .next()
+        .and_then(|line| std::str::from_utf8(line).ok())
+        .and_then(|line| line.split_whitespace().nth(1))
+        == Some("200");
+    status_ok && serde_json::from_slice::<Live>(&resp[head_end + 4..]).is_ok_and(|live| live.ok)
+}
+
 /// One stdout line, flushed at once (stdout is a pipe under Docker).
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
 
-fn now_ms() -> u128 {
+/// ms since the epoch.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -379,123 +631,6 @@ fn replace_file(path: &Path, data: &[u8]) -> Result<(), String> {
     res.map_err(|e| format!("replace {}: {e}", path.display()))
 }
 
-// ---------------------------------------------------------------- HTTP
-
-fn serve(listener: TcpListener, stats: Arc<Stats>, env_file: PathBuf) {
-    for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
-        let stats = Arc::clone(&stats);
-        let env_file = env_file.clone();
-        thread::spawn(move || {
-            let _ = handle(stream, &stats, &env_file);
-        });
-    }
-}
-
-fn handle(mut stream: TcpStream, stats: &Stats, env_file: &Path) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let _ = stream.set_nodelay(true);
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > 16 * 1024 {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let target = parts.next().unwrap_or("");
-    let path = target.split('?').next().unwrap_or("");
-
-    let (status, ctype, body) = match (method, path) {
-        ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", "ok".to_string()),
-        ("GET" | "HEAD", "/readyz") if stats.writes.load(Ordering::SeqCst) > 0 => {
-            ("200 OK", "text/plain", "ready".to_string())
-        }
-        ("GET" | "HEAD", "/readyz") => ("503 Service Unavailable", "text/plain", "starting".to_string()),
-        ("GET" | "HEAD", "/stats") => (
-            "200 OK",
-            "application/json",
-            format!(
-                "{{\"writes\": {}, \"last_seq\": {}}}",
-                stats.writes.load(Ordering::SeqCst),
-                stats.last_seq.load(Ordering::SeqCst)
-            ),
-        ),
-        ("GET" | "HEAD", "/env-keys") => match env_keys(env_file) {
-            Ok(Some(keys)) => ("200 OK", "application/json", keys),
-            Ok(None) => (
-                "404 Not Found",
-                "application/json",
-                "{\"error\": \"no env file\"}".into(),
-            ),
-            Err(_) => (
-                "500 Internal Server Error",
-                "application/json",
-                "{\"error\": \"cannot read env file\"}".into(),
-            ),
-        },
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "method not allowed".to_string()),
-    };
-    let mut resp = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        resp.push_str(&body);
-    }
-    stream.write_all(resp.as_bytes())?;
-    stream.flush()
-}
-
-/// Sorted, de-duplicated KEY names of a dotenv file as a JSON array; values
-/// are never read into the answer. `None` when the file does not exist.
-fn env_keys(path: &Path) -> io::Result<Option<String>> {
-    let text = match fs::read(path) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut keys: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let l = l.strip_prefix("export ").unwrap_or(l);
-            let (k, _) = l.split_once('=')?;
-            let k = k.trim();
-            (!k.is_empty()).then(|| k.to_string())
-        })
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let items: Vec<String> = keys.iter().map(|k| json_string(k)).collect();
-    Ok(Some(format!("[{}]", items.join(", "))))
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,17 +644,25 @@ mod tests {
     }
 
     #[test]
-    fn env_key_listing() {
-        let dir = std::env::temp_dir().join(format!("fake-openclaw-test-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(".env");
-        fs::write(
-            &p,
-            "# c\nZED=1\nexport API_KEY=secret\n\nAPI_KEY=again\nBAD LINE\nq\"=x\n",
-        )
-        .unwrap();
-        assert_eq!(env_keys(&p).unwrap().unwrap(), "[\"API_KEY\", \"ZED\", \"q\\\"\"]");
-        assert!(env_keys(&dir.join("missing")).unwrap().is_none());
-        fs::remove_dir_all(&dir).unwrap();
+    fn liveness_answers() {
+        let cases: &[(&str, bool)] = &[
+            (
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"ok\":true,\"status\":\"live\"}",
+                true,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n{ \"ok\": true }", true),
+            ("HTTP/1.0 200 OK\r\n\r\n{\"ok\":false,\"status\":\"live\"}", false),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<!doctype html><html></html>",
+                false,
+            ),
+            ("HTTP/1.0 200 OK\r\n\r\nok", false),
+            ("HTTP/1.0 503 Service Unavailable\r\n\r\n{\"ok\":true}", false),
+            ("HTTP/1.0 200 OK\r\n\r\n", false),
+            ("", false),
+        ];
+        for (resp, want) in cases {
+            assert_eq!(live_response(resp.as_bytes()), *want, "{resp:?}");
+        }
     }
 }

@@ -39,6 +39,9 @@ pub mod names {
     pub const HEAD_REFUSED: &str = "HeadRefused";
     /// 1 while the container is stuck frozen (a thaw failed), 0 once it thawed.
     pub const CONTAINER_FROZEN: &str = "ContainerFrozen";
+    /// 1 while the app reports itself alive but not ready (OpenClaw's `/readyz`: a channel that
+    /// cannot connect), 0 once ready; never a restart.
+    pub const APP_DEGRADED: &str = "AppDegraded";
     /// Entries of the state the last snapshot could not archive.
     pub const SKIPPED_ENTRIES: &str = "SkippedEntries";
 }

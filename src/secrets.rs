@@ -64,6 +64,11 @@ impl Secrets {
         self.0.is_empty()
     }
 
+    /// One secret's value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
     /// The values, for scanning logs and archives in tests and drills.
     pub fn values(&self) -> impl Iterator<Item = &str> {
         self.0.values().map(String::as_str)

@@ -22,11 +22,12 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), CommandError>
     let c = &status.container;
     println!("phase:          {}", status.phase);
     println!(
-        "container:      {} {} (healthy: {}, restarts: {}{})",
+        "container:      {} {} (healthy: {}, restarts: {}, self-restarts: {}{})",
         c.name,
         if c.state.is_empty() { "-" } else { &c.state },
         c.healthy.map_or("-".to_string(), |h| h.to_string()),
         c.restarts,
+        c.self_restarts,
         if c.crash_loop {
             ", CRASH LOOP: not restarting"
         } else {
@@ -40,6 +41,9 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), CommandError>
     );
     if !c.log_driver.is_empty() {
         println!("log driver:     {}", c.log_driver);
+    }
+    if let Some(degraded) = &c.degraded {
+        println!("DEGRADED:       {degraded} (alive and serving; not restarted)");
     }
     if let Some(frozen) = &c.frozen_error {
         println!("FROZEN:         {frozen}");

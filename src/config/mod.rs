@@ -20,7 +20,9 @@ pub const DEFAULT_STATE_DIR: &str = "/opt/openclaw/.openclaw";
 /// spotkeeper's own files: the local record, the snapshot mirror, the drill scratch dir.
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/spotkeeper";
 /// Never archived: the secrets file, locks, temp files, sockets, pid files, dependencies.
-pub const DEFAULT_EXCLUDES: [&str; 6] = ["/.env", "*.lock", "*.tmp", "*.sock", "*.pid", "node_modules/"];
+/// No plugin tree is excluded: OpenClaw keeps installed plugins in its state (`npm/`, `git/`,
+/// `extensions/`, with their `node_modules/`) and does not reinstall them at start.
+pub const DEFAULT_EXCLUDES: [&str; 5] = ["/.env", "*.lock", "*.tmp", "*.sock", "*.pid"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -92,7 +94,18 @@ pub const DEFAULT_CONTAINER_NAME: &str = "openclaw";
 pub const DEFAULT_STATE_MOUNT: &str = "/home/node/.openclaw";
 pub const DEFAULT_ENV_MOUNT: &str = "/home/node/.openclaw/.env";
 /// OpenClaw drains on SIGTERM; Docker's default of 10 s kills it mid-drain.
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// OpenClaw drains for up to 90 s when it believes a systemd unit supervises it but cannot read
+/// the unit's stop timeout: how it runs under spotkeeper's supervisor hint
+/// (`runtime::SUPERVISOR_HINT`), in a container without `systemctl`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(90);
+/// OpenClaw's gateway as its compose file and Fleet run it: listening on the container's
+/// network (the image's own command binds loopback, so a published port would be dead).
+pub const DEFAULT_COMMAND: [&str; 7] = ["node", "dist/index.js", "gateway", "--bind", "lan", "--port", "18789"];
+/// The container's fixed hostname (OpenClaw's owner lease is keyed by it).
+pub const DEFAULT_HOSTNAME: &str = "openclaw";
+/// Fleet's hardened profile: every capability dropped, at most 512 processes.
+pub const DEFAULT_CAP_DROP: [&str; 1] = ["ALL"];
+pub const DEFAULT_PIDS_LIMIT: i64 = 512;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often IMDS is asked for Spot notices.
@@ -199,6 +212,78 @@ pub struct SecretsConfig {
     pub endpoint: Option<String>,
 }
 
+/// How a probe's answer is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// OpenClaw's contract: a 2xx whose body is JSON with `"ok": true` (liveness, startup) or
+    /// `"ready": true` (readiness). A catch-all 200 (the Control UI's page on images from
+    /// before the probes) is not healthy.
+    Openclaw,
+    /// Any 2xx (another app).
+    Http,
+}
+
+/// The container's memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// The machine's memory less `MEMORY_RESERVE` for the system and spotkeeper (at least half
+    /// of it), read when the container is created.
+    Auto,
+    Bytes(u64),
+    Off,
+}
+
+impl Serialize for MemoryLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MemoryLimit::Auto => s.serialize_str("auto"),
+            MemoryLimit::Off => s.serialize_str("off"),
+            MemoryLimit::Bytes(bytes) => s.serialize_str(&format!("{}MiB", bytes / (1 << 20))),
+        }
+    }
+}
+
+/// What `memory_limit = "auto"` leaves to the system and spotkeeper.
+pub const MEMORY_RESERVE: u64 = 512 << 20;
+
+impl MemoryLimit {
+    /// `auto`, `off`, or a size with a binary unit (`1536MiB`, `1.5GiB`, at least 64 MiB).
+    pub fn parse(text: &str) -> Result<MemoryLimit, &'static str> {
+        let text = text.trim();
+        match text {
+            "auto" => return Ok(MemoryLimit::Auto),
+            "off" => return Ok(MemoryLimit::Off),
+            _ => {}
+        }
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or("expected a unit: MiB or GiB (or \"auto\", \"off\")")?;
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number.parse().map_err(|_| "expected a number before the unit")?;
+        let scale = match unit.trim() {
+            "MiB" => 1u64 << 20,
+            "GiB" => 1u64 << 30,
+            _ => return Err("expected a unit: MiB or GiB (or \"auto\", \"off\")"),
+        };
+        let bytes = (number * scale as f64) as u64;
+        if bytes < 64 << 20 {
+            return Err("at least 64MiB: less would not run OpenClaw's gateway");
+        }
+        Ok(MemoryLimit::Bytes(bytes))
+    }
+
+    /// The limit in bytes on a machine with `total` bytes of memory; `None`: no limit.
+    pub fn bytes(self, total: u64) -> Option<u64> {
+        match self {
+            MemoryLimit::Off => None,
+            MemoryLimit::Bytes(bytes) => Some(bytes),
+            MemoryLimit::Auto if total == 0 => None,
+            MemoryLimit::Auto => Some(total.saturating_sub(MEMORY_RESERVE).max(total / 2)),
+        }
+    }
+}
+
 /// How the container is kept consistent while a snapshot copies its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -215,18 +300,44 @@ pub enum Consistency {
 pub struct ContainerConfig {
     pub name: String,
     pub image: String,
+    /// The container's command (OpenClaw's own by default: `DEFAULT_COMMAND`); empty: the
+    /// image's.
     pub command: Vec<String>,
+    /// Docker's init as PID 1 (reaps the app's children, forwards signals), as OpenClaw's compose
+    /// and Fleet run it.
+    pub init: bool,
+    /// The container's hostname: fixed, because OpenClaw keys its gateway owner lease by
+    /// hostname and a container id changes at every create.
+    pub hostname: String,
+    /// Capabilities dropped (`["ALL"]`) and added back.
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    /// `no-new-privileges`: no setuid binary in the image gains privileges.
+    pub no_new_privileges: bool,
+    /// The most processes the container may hold; `None`: no limit (written `0`).
+    #[serde(serialize_with = "serialize_pids_limit")]
+    pub pids_limit: Option<i64>,
+    /// The container's memory limit.
+    pub memory_limit: MemoryLimit,
     /// The one-path form's mount (`[state] dir`); the effective mounts are `StatePath::mount`.
     #[serde(skip)]
     pub state_mount: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env_mount: Option<String>,
     pub ports: Vec<String>,
+    /// Liveness, probed while it runs (OpenClaw's `/healthz`): failures past a threshold restart it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_url: Option<String>,
-    /// Answers 2xx once the app is ready to serve (OpenClaw's `/readyz`): READY waits for it.
+    /// Answers once the app finished starting (OpenClaw's `/startupz`): READY waits for it, or
+    /// for liveness where the image has no such endpoint (404).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_url: Option<String>,
+    /// Readiness (OpenClaw's `/readyz`): a failure is reported as a degraded app (a channel
+    /// that cannot connect), never a restart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_url: Option<String>,
+    /// How probe answers are read: OpenClaw's JSON bodies, or any 2xx.
+    pub probe: ProbeKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(serialize_with = "serialize_duration")]
@@ -405,6 +516,15 @@ struct RawContainer {
     name: Option<String>,
     image: Option<String>,
     command: Option<Vec<String>>,
+    init: Option<bool>,
+    hostname: Option<String>,
+    cap_drop: Option<Vec<String>>,
+    cap_add: Option<Vec<String>>,
+    no_new_privileges: Option<bool>,
+    pids_limit: Option<i64>,
+    memory_limit: Option<String>,
+    startup_url: Option<String>,
+    probe: Option<ProbeKind>,
     state_mount: Option<String>,
     env_mount: Option<String>,
     ports: Option<Vec<String>>,
@@ -1080,11 +1200,54 @@ impl Validator<'_> {
         {
             return Err(self.invalid("container.health_url", url.clone(), "expected an http:// URL"));
         }
-        if let Some(url) = &raw.ready_url
-            && !url.starts_with("http://")
-        {
-            return Err(self.invalid("container.ready_url", url.clone(), "expected an http:// URL"));
+        for (key, url) in [
+            ("container.ready_url", &raw.ready_url),
+            ("container.startup_url", &raw.startup_url),
+        ] {
+            if let Some(url) = url
+                && !url.starts_with("http://")
+            {
+                return Err(self.invalid(key, url.clone(), "expected an http:// URL"));
+            }
         }
+        let hostname = raw.hostname.unwrap_or_else(|| DEFAULT_HOSTNAME.to_string());
+        if !is_hostname(&hostname) {
+            return Err(self.invalid(
+                "container.hostname",
+                hostname,
+                "expected a host name: 1 to 63 letters, digits and `-`, not starting or ending with `-`",
+            ));
+        }
+        let cap_drop = raw
+            .cap_drop
+            .unwrap_or_else(|| DEFAULT_CAP_DROP.iter().map(|c| c.to_string()).collect());
+        let cap_add = raw.cap_add.unwrap_or_default();
+        for (key, caps) in [("container.cap_drop", &cap_drop), ("container.cap_add", &cap_add)] {
+            if let Some(cap) = caps.iter().find(|c| !is_capability(c)) {
+                return Err(self.invalid(
+                    key,
+                    cap.clone(),
+                    "expected a capability name such as ALL, NET_BIND_SERVICE or CAP_CHOWN",
+                ));
+            }
+        }
+        let pids_limit = match raw.pids_limit {
+            None => Some(DEFAULT_PIDS_LIMIT),
+            Some(0) => None,
+            Some(n) if n < 16 => {
+                return Err(self.invalid_number(
+                    "container.pids_limit",
+                    n,
+                    "at least 16 (0 for no limit): OpenClaw's gateway and its tools need processes",
+                ));
+            }
+            Some(n) => Some(n),
+        };
+        let memory_limit = match &raw.memory_limit {
+            None => MemoryLimit::Auto,
+            Some(text) => MemoryLimit::parse(text)
+                .map_err(|reason| self.invalid("container.memory_limit", text.clone(), reason))?,
+        };
         let restart_limit = raw.restart_limit.unwrap_or(DEFAULT_RESTART_LIMIT);
         if restart_limit == 0 {
             return Err(self.invalid_number("container.restart_limit", 0, "must be at least 1"));
@@ -1100,7 +1263,18 @@ impl Validator<'_> {
         Ok(ContainerConfig {
             name,
             image,
-            command: raw.command.unwrap_or_default(),
+            command: raw
+                .command
+                .unwrap_or_else(|| DEFAULT_COMMAND.iter().map(|s| s.to_string()).collect()),
+            init: raw.init.unwrap_or(true),
+            hostname,
+            cap_drop,
+            cap_add,
+            no_new_privileges: raw.no_new_privileges.unwrap_or(true),
+            pids_limit,
+            memory_limit,
+            startup_url: raw.startup_url,
+            probe: raw.probe.unwrap_or(ProbeKind::Openclaw),
             state_mount,
             env_mount,
             ports,
@@ -1216,6 +1390,10 @@ impl Validator<'_> {
     }
 }
 
+fn serialize_pids_limit<S: serde::Serializer>(value: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_i64(value.unwrap_or(0))
+}
+
 fn serialize_duration<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&duration::format(*value))
 }
@@ -1239,6 +1417,23 @@ pub fn check_path_name(name: &str) -> Result<(), String> {
 }
 
 /// S3's bucket naming rules, so a typo fails here rather than as a signature error later.
+/// An RFC 1123 label: what Docker accepts as a hostname and `hostname()` returns in the container.
+fn is_hostname(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// `ALL` or a capability name, with or without `CAP_` (Docker takes both).
+fn is_capability(name: &str) -> bool {
+    let bare = name.strip_prefix("CAP_").unwrap_or(name);
+    !bare.is_empty()
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
 fn check_bucket_name(bucket: &str) -> Result<(), String> {
     if !(3..=63).contains(&bucket.len()) {
         return Err("must be 3 to 63 characters long".into());
@@ -1310,6 +1505,61 @@ mod tests {
         assert_eq!(config.s3.prefix, "");
         assert_eq!(config.repository_url(), "s3://openclaw-backup-dev");
         assert_eq!(config.retention.keep_all_within, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn the_container_defaults_run_openclaw_as_its_compose_and_fleet_do() {
+        let config = parse("[s3]\nbucket = \"b-1\"\n[container]\nimage = \"ghcr.io/openclaw/openclaw@sha256:ab\"\n")
+            .expect("valid");
+        let c = config.container.expect("container");
+        assert_eq!(c.command, DEFAULT_COMMAND);
+        assert!(c.init && c.no_new_privileges);
+        assert_eq!(c.hostname, "openclaw");
+        assert_eq!(c.cap_drop, ["ALL"]);
+        assert!(c.cap_add.is_empty());
+        assert_eq!(c.pids_limit, Some(512));
+        assert_eq!(c.memory_limit, MemoryLimit::Auto);
+        assert_eq!(c.stop_timeout, Duration::from_secs(90));
+        assert_eq!(c.probe, ProbeKind::Openclaw);
+        // `[]` keeps the image's command; 0 lifts the pids limit.
+        let config = parse(
+            "[s3]\nbucket = \"b-1\"\n[container]\nimage = \"x\"\ncommand = []\npids_limit = 0\nmemory_limit = \"off\"\n",
+        )
+        .expect("valid");
+        let c = config.container.expect("container");
+        assert!(c.command.is_empty());
+        assert_eq!(c.pids_limit, None);
+        assert_eq!(c.memory_limit, MemoryLimit::Off);
+        for (text, key) in [
+            ("hostname = \"-bad\"", "container.hostname"),
+            ("hostname = \"a.b\"", "container.hostname"),
+            ("cap_drop = [\"all caps\"]", "container.cap_drop"),
+            ("cap_add = [\"\"]", "container.cap_add"),
+            ("pids_limit = 3", "container.pids_limit"),
+            ("memory_limit = \"2GB\"", "container.memory_limit"),
+            ("memory_limit = \"10MiB\"", "container.memory_limit"),
+            ("startup_url = \"127.0.0.1/startupz\"", "container.startup_url"),
+            ("probe = \"tcp\"", "probe"),
+        ] {
+            let msg = error(&format!("[s3]\nbucket = \"b-1\"\n[container]\nimage = \"x\"\n{text}\n"));
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn memory_limits_parse_and_auto_leaves_the_system_its_share() {
+        let gib = 1u64 << 30;
+        assert_eq!(MemoryLimit::parse("1536MiB"), Ok(MemoryLimit::Bytes(1536 << 20)));
+        assert_eq!(MemoryLimit::parse("1.5GiB"), Ok(MemoryLimit::Bytes(1536 << 20)));
+        assert_eq!(MemoryLimit::parse("auto"), Ok(MemoryLimit::Auto));
+        assert!(MemoryLimit::parse("1.5").is_err());
+        assert!(MemoryLimit::parse("GiB").is_err());
+        // (total, limit): a 2 GiB t4g.small leaves 512 MiB; a tiny machine keeps half.
+        for (total, limit) in [(2 * gib, Some(gib + gib / 2)), (gib / 2, Some(gib / 4)), (0, None)] {
+            assert_eq!(MemoryLimit::Auto.bytes(total), limit, "{total}");
+        }
+        assert_eq!(MemoryLimit::Off.bytes(2 * gib), None);
+        assert_eq!(MemoryLimit::Bytes(gib).bytes(2 * gib), Some(gib));
     }
 
     #[test]
@@ -1503,7 +1753,8 @@ mod tests {
         let config = parse(
             "[state]\ndir = \"/srv/state\"\nwork_dir = \"/srv/spotkeeper\"\nexclude = [\"*.log\"]\n\
              [s3]\nbucket = \"b-1\"\nprefix = \"lab\"\nendpoint = \"http://127.0.0.1:9000\"\n\
-             [retention]\nweekly_within = \"6w\"\n",
+             [retention]\nweekly_within = \"6w\"\n\
+             [container]\nimage = \"x\"\npids_limit = 0\nmemory_limit = \"1.5GiB\"\ncap_add = [\"CHOWN\"]\n",
         )
         .expect("valid");
         let rendered = config.to_toml();

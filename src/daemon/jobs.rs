@@ -503,6 +503,7 @@ impl Daemon {
         }
         tracing::info!(count = fresh.len(), keys = ?fresh.keys(), "secrets changed; recreating the container");
         self.update(|s| s.secrets = Some(fresh.len()));
+        self.remember_gateway_token(&fresh);
         self.secrets = Some(fresh);
         if matches!(
             self.supervision.state(),

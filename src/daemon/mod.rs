@@ -36,6 +36,7 @@ use crate::mirror::{MirrorError, MirrorSet, SyncStats, TrackerSet};
 use crate::record::{self, RecordError};
 use crate::repository::{self, RepositoryError};
 use crate::restore::{self, RestoreError, RestoreRequest};
+use crate::runtime::probe::{self, Probe, Verdict};
 use crate::runtime::{self, Container, ContainerEvent, ContainerRuntime, ContainerSpec, RunState, RuntimeError};
 use crate::secrets::{self, Secrets, SecretsError};
 use crate::snapshot::{self, SnapshotError, SnapshotOutcome, SnapshotRequest};
@@ -69,6 +70,8 @@ const STARTUP_RETRY_MAX: Duration = Duration::from_secs(60);
 const EXTEND_STEP: Duration = Duration::from_secs(300);
 /// Prune runs daily at this offset after UTC midnight (clear of the :00 snapshot).
 const PRUNE_OFFSET: Duration = Duration::from_secs(7 * 60);
+/// The secret OpenClaw's gateway authenticates with; its probes give details to its holder.
+const GATEWAY_TOKEN_KEY: &str = "OPENCLAW_GATEWAY_TOKEN";
 /// Consecutive failed probes before the container counts as unhealthy.
 const UNHEALTHY_AFTER: u32 = 3;
 /// Attempts at thawing the container before it is reported stuck (then retried every loop).
@@ -98,8 +101,8 @@ pub enum DaemonError {
     Mirror(#[from] MirrorError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
-    #[error("the container did not become healthy within {0:?}")]
-    Unhealthy(Duration),
+    #[error("the container did not finish starting within {}: {url} {last}", crate::duration::format(*after))]
+    Unhealthy { after: Duration, url: String, last: String },
     #[error("stopped by a second signal before the final snapshot completed")]
     Aborted,
     #[error("task failed: {0}")]
@@ -123,7 +126,7 @@ impl DaemonError {
             DaemonError::Restore(e) => exit::of_restore(e),
             DaemonError::Snapshot(e) => exit::of_snapshot(e),
             DaemonError::Repository(e) => exit::of_repository(e),
-            DaemonError::Aborted | DaemonError::Task(_) | DaemonError::Unhealthy(_) => Exit::Failure,
+            DaemonError::Aborted | DaemonError::Task(_) | DaemonError::Unhealthy { .. } => Exit::Failure,
             DaemonError::Secrets(_)
             | DaemonError::Runtime(_)
             | DaemonError::Record(_)
@@ -139,6 +142,8 @@ enum Event {
     Container(ContainerEvent),
     EventsReconnected,
     Health(bool),
+    /// The app's readiness: `Some(reason)` while it reports itself not ready.
+    Readiness(Option<String>),
     Control(Request, oneshot::Sender<Reply>),
     Signal,
 }
@@ -345,6 +350,9 @@ struct Daemon {
     frozen: Arc<AtomicBool>,
     /// When a failed health probe counts (not while stopped for a snapshot, nor while booting).
     health: Arc<health::HealthGate>,
+    /// The gateway token from the secrets (`OPENCLAW_GATEWAY_TOKEN`): the readiness probe
+    /// presents it, so that OpenClaw says which channels fail.
+    probe_token: Arc<Mutex<Option<String>>>,
     /// A thaw failed: the container may still be frozen; the loop keeps thawing it.
     stuck_frozen: bool,
     /// The mirror holds changes that no snapshot has uploaded yet. Set by anything that may
@@ -399,6 +407,7 @@ impl Daemon {
             image: None,
             frozen: Arc::new(AtomicBool::new(false)),
             health: Arc::new(health::HealthGate::default()),
+            probe_token: Arc::new(Mutex::new(None)),
             stuck_frozen: false,
             pending_upload: true,
             last_snapshot_id: None,
@@ -573,6 +582,7 @@ impl Daemon {
                 Some(Event::Container(event)) => self.on_container_event(event).await,
                 Some(Event::EventsReconnected) => self.on_events_reconnected().await,
                 Some(Event::Health(healthy)) => self.on_health(healthy).await,
+                Some(Event::Readiness(degraded)) => self.on_readiness(degraded),
                 Some(Event::Control(request, reply)) => {
                     let response = self.on_control(request).await;
                     let _ = reply.send(response);

@@ -6,6 +6,11 @@
 //! - a stop spotkeeper asked for (a `stop`-consistency snapshot, a manual restore, new secrets)
 //!   is never a crash, and neither is a death Docker reports late, from before the last start;
 //! - a container removed behind spotkeeper's back is recreated from the config, not counted;
+//! - a clean exit (code 0) that spotkeeper did not ask for is the app restarting itself (OpenClaw
+//!   does a "full process restart" after a config or auth change and, with a supervisor, expects
+//!   it to start the process again): started again at once, not counted, unless it happens more
+//!   than `SELF_RESTART_LIMIT` times within the window (a command that exits at once), when it
+//!   counts as a failure;
 //! - real failures restart with exponential backoff, and too many within the window stop the
 //!   restarts (a crash loop) until an operator acts;
 //! - once the machine is going away (SIGTERM, a Spot notice) nothing restarts.
@@ -33,8 +38,8 @@ pub enum Supervised {
 /// Something the executor saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed {
-    /// Docker reported the container's death (`die`, `oom`) at `at`.
-    Died { at: DateTime<Utc> },
+    /// Docker reported the container's death (`die`) at `at`, with its exit code if reported.
+    Died { at: DateTime<Utc>, exit_code: Option<i64> },
     /// The container is not running, seen by inspecting it (no event, e.g. after the events
     /// stream reconnected).
     FoundStopped,
@@ -53,6 +58,8 @@ pub enum Decision {
     Ignore(&'static str),
     /// Start it again after `after`; stop it first when it still runs (unhealthy).
     Restart { after: Duration, stop_first: bool },
+    /// The app exited cleanly on its own (a self-restart): start it again now, not a failure.
+    StartAgain,
     /// Create it again from the config, now.
     Recreate,
     /// Too many failures within the window: stop restarting.
@@ -61,6 +68,10 @@ pub enum Decision {
 
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Clean exits within the restart window that are taken as self-restarts; beyond this they count
+/// as failures. Ten config edits in a minute are well inside it; a command that exits 0 at once
+/// reaches it in seconds and then backs off into the crash loop like any failure.
+pub const SELF_RESTART_LIMIT: usize = 30;
 
 /// The supervisor's memory.
 #[derive(Debug, Clone)]
@@ -68,6 +79,7 @@ pub struct Supervision {
     limit: u32,
     window: Duration,
     failures: Vec<DateTime<Utc>>,
+    self_restarts: Vec<DateTime<Utc>>,
     planned_stop: bool,
     started_at: Option<DateTime<Utc>>,
     restart_due: Option<DateTime<Utc>>,
@@ -82,6 +94,7 @@ impl Supervision {
             limit: limit.max(1),
             window,
             failures: Vec::new(),
+            self_restarts: Vec::new(),
             planned_stop: false,
             started_at: None,
             restart_due: None,
@@ -131,6 +144,7 @@ impl Supervision {
     /// An operator acted (a manual restore): forget failures and the crash loop.
     pub fn reset(&mut self) {
         self.failures.clear();
+        self.self_restarts.clear();
         self.crash_loop = false;
     }
 
@@ -167,11 +181,20 @@ impl Supervision {
                 Decision::Recreate
             }
             _ if self.planned_stop => Decision::Ignore("spotkeeper stopped it on purpose"),
-            Observed::Died { at } if self.started_at.is_some_and(|started| at < started) => {
+            Observed::Died { at, .. } if self.started_at.is_some_and(|started| at < started) => {
                 Decision::Ignore("a death from before the last start")
             }
             Observed::Died { .. } | Observed::FoundStopped | Observed::Unhealthy if self.restart_due.is_some() => {
                 Decision::Ignore("a restart is already scheduled")
+            }
+            Observed::Died { exit_code: Some(0), .. } => {
+                let window = TimeDelta::from_std(self.window).unwrap_or(TimeDelta::MAX);
+                self.self_restarts.retain(|t| now - *t < window);
+                if self.self_restarts.len() >= SELF_RESTART_LIMIT {
+                    return self.failed(now, false);
+                }
+                self.self_restarts.push(now);
+                Decision::StartAgain
             }
             Observed::Unhealthy => self.failed(now, true),
             Observed::Died { .. } | Observed::FoundStopped | Observed::StartFailed => self.failed(now, false),
@@ -204,6 +227,14 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("time")
     }
 
+    /// A death at `at` with exit code `code`.
+    fn died(at: i64, code: i64) -> Observed {
+        Observed::Died {
+            at: t(at),
+            exit_code: Some(code),
+        }
+    }
+
     fn restart(secs: u64) -> Decision {
         Decision::Restart {
             after: Duration::from_secs(secs),
@@ -227,15 +258,15 @@ mod tests {
         use Observed::*;
         use Step::*;
         let rows: Vec<(&str, Vec<Step>, Decision)> = vec![
-            ("a death is a failure", vec![See(Died { at: t(5) }, 5)], restart(1)),
+            ("a death is a failure", vec![See(died(5, 1), 5)], restart(1)),
             (
                 "an oom during a planned stop is not",
-                vec![PlannedStop, See(Died { at: t(5) }, 5)],
+                vec![PlannedStop, See(died(5, 1), 5)],
                 Decision::Ignore("spotkeeper stopped it on purpose"),
             ),
             (
                 "a planned stop's death reported after the restart is not",
-                vec![PlannedStop, Started(10), See(Died { at: t(9) }, 11)],
+                vec![PlannedStop, Started(10), See(died(9, 1), 11)],
                 Decision::Ignore("a death from before the last start"),
             ),
             (
@@ -243,25 +274,25 @@ mod tests {
                 vec![
                     PlannedStop,
                     Started(10),
-                    See(Died { at: t(9) }, 11),
+                    See(died(9, 1), 11),
                     PlannedStop,
                     Started(20),
-                    See(Died { at: t(19) }, 21),
+                    See(died(19, 1), 21),
                     PlannedStop,
                     Started(30),
-                    See(Died { at: t(29) }, 31),
+                    See(died(29, 1), 31),
                     PlannedStop,
                     Started(40),
-                    See(Died { at: t(39) }, 41),
+                    See(died(39, 1), 41),
                     PlannedStop,
                     Started(50),
-                    See(Died { at: t(51) }, 52),
+                    See(died(51, 1), 52),
                 ],
                 restart(1),
             ),
             (
                 "a failed stop makes deaths count again",
-                vec![PlannedStop, Abandon, See(Died { at: t(5) }, 5)],
+                vec![PlannedStop, Abandon, See(died(5, 1), 5)],
                 restart(1),
             ),
             (
@@ -289,16 +320,16 @@ mod tests {
             ),
             (
                 "one failure schedules one restart",
-                vec![See(Died { at: t(5) }, 5), See(Unhealthy, 6)],
+                vec![See(died(5, 1), 5), See(Unhealthy, 6)],
                 Decision::Ignore("a restart is already scheduled"),
             ),
             (
                 "backoff doubles",
                 vec![
-                    See(Died { at: t(5) }, 5),
+                    See(died(5, 1), 5),
                     Taken,
                     Started(7),
-                    See(Died { at: t(8) }, 8),
+                    See(died(8, 1), 8),
                     Taken,
                     Started(11),
                     See(StartFailed, 12),
@@ -308,7 +339,7 @@ mod tests {
             (
                 "the fourth failure in the window is a crash loop",
                 vec![
-                    See(Died { at: t(5) }, 5),
+                    See(died(5, 1), 5),
                     Taken,
                     See(StartFailed, 7),
                     Taken,
@@ -344,7 +375,7 @@ mod tests {
                     See(StartFailed, 4),
                     Reset,
                     Started(10),
-                    See(Died { at: t(11) }, 11),
+                    See(died(11, 1), 11),
                 ],
                 restart(1),
             ),
@@ -362,8 +393,53 @@ mod tests {
                 restart(1),
             ),
             (
+                "a clean exit is a self-restart: started again at once, not counted",
+                vec![See(died(5, 0), 5)],
+                Decision::StartAgain,
+            ),
+            (
+                "ten self-restarts in a minute, then a crash: the first failure",
+                (0..10)
+                    .flat_map(|i| [See(died(6 * i + 5, 0), 6 * i + 5), Started(6 * i + 6)])
+                    .chain([See(died(65, 1), 65)])
+                    .collect(),
+                restart(1),
+            ),
+            (
+                "a clean exit during a planned stop is the stop",
+                vec![PlannedStop, See(died(5, 0), 5)],
+                Decision::Ignore("spotkeeper stopped it on purpose"),
+            ),
+            (
+                "an exit without a code is a failure",
+                vec![See(
+                    Died {
+                        at: t(5),
+                        exit_code: None,
+                    },
+                    5,
+                )],
+                restart(1),
+            ),
+            (
+                "a command that exits 0 at once counts once past the self-restart limit",
+                (0..SELF_RESTART_LIMIT as i64)
+                    .flat_map(|i| [See(died(i + 1, 0), i + 1), Started(i + 1)])
+                    .chain([See(died(40, 0), 40)])
+                    .collect(),
+                restart(1),
+            ),
+            (
+                "self-restarts outside the window are forgotten",
+                (0..SELF_RESTART_LIMIT as i64)
+                    .flat_map(|i| [See(died(i + 1, 0), i + 1), Started(i + 1)])
+                    .chain([See(died(700, 0), 700)])
+                    .collect(),
+                Decision::StartAgain,
+            ),
+            (
                 "nothing restarts once the machine is going away",
-                vec![Finish, See(Died { at: t(5) }, 5)],
+                vec![Finish, See(died(5, 1), 5)],
                 Decision::Ignore("the machine is going away; nothing restarts"),
             ),
         ];
@@ -393,7 +469,7 @@ mod tests {
         s.stopping_on_purpose();
         assert_eq!(s.state(), Supervised::PlannedStop);
         s.started(t(1));
-        assert_eq!(s.observe(Observed::Died { at: t(2) }, t(2)), restart(1));
+        assert_eq!(s.observe(Observed::died(2, 1), t(2)), restart(1));
         assert_eq!(s.state(), Supervised::BackingOff);
         assert_eq!(s.restart_due(), Some(t(3)));
         s.restart_taken();

@@ -89,6 +89,7 @@ impl Daemon {
         secrets::write_env_file(&config.env_file, &secrets)?;
         tracing::info!(count = secrets.len(), keys = ?secrets.keys(), env_file = %config.env_file.display(), "secrets written");
         self.update(|s| s.secrets = Some(secrets.len()));
+        self.remember_gateway_token(&secrets);
         self.secrets = Some(secrets);
         Ok(())
     }
@@ -568,26 +569,58 @@ impl Daemon {
         Ok(at)
     }
 
+    /// Keeps the gateway token for the readiness probe.
+    pub(super) fn remember_gateway_token(&self, secrets: &Secrets) {
+        if let Ok(mut token) = self.probe_token.lock() {
+            *token = secrets.get(GATEWAY_TOKEN_KEY).map(str::to_string);
+        }
+    }
+
+    /// READY waits for the app to finish starting: OpenClaw's `/startupz` (`startup_url`), or
+    /// liveness (`health_url`) where there is no startup endpoint or the image answers 404 there
+    /// (builds before it). Readiness (`/readyz`) never gates READY: one channel account that
+    /// cannot log in would hold a working gateway back until systemd gives up. An answer that
+    /// is not OpenClaw's contract (a catch-all page) never passes: the error says why.
     pub(super) async fn wait_healthy(&mut self) -> Result<(), DaemonError> {
-        // READY waits for readiness when the app has a readiness endpoint (OpenClaw's /readyz),
-        // else for liveness.
-        let Some(url) = self
-            .container_config
-            .ready_url
-            .clone()
-            .or_else(|| self.container_config.health_url.clone())
-        else {
-            return Ok(());
+        let kind = self.container_config.probe;
+        let live = self.container_config.health_url.clone();
+        let (mut url, mut asking) = match (self.container_config.startup_url.clone(), live.clone()) {
+            (Some(url), _) => (url, Probe::Startup),
+            (None, Some(url)) => (url, Probe::Live),
+            (None, None) => return Ok(()),
         };
         let deadline = Instant::now() + self.container_config.start_timeout;
+        let mut last: String;
         loop {
             systemd::progress();
-            if runtime::probe(&url).await {
-                self.update(|s| s.container.healthy = Some(true));
-                return Ok(());
+            let verdict = match runtime::fetch(&url, None).await {
+                Ok(answer) => probe::judge(kind, asking, &answer),
+                Err(e) => Verdict::Fail(e),
+            };
+            match verdict {
+                Verdict::Pass => {
+                    tracing::info!(url, "the app has started");
+                    self.update(|s| s.container.healthy = Some(true));
+                    return Ok(());
+                }
+                Verdict::NoEndpoint if asking == Probe::Startup && live.is_some() => {
+                    tracing::info!(
+                        url,
+                        "the image has no startup endpoint (404); READY waits for liveness instead"
+                    );
+                    url = live.clone().unwrap_or_default();
+                    asking = Probe::Live;
+                    continue;
+                }
+                Verdict::NoEndpoint => last = "answered 404: the image has no such endpoint".into(),
+                Verdict::Fail(reason) => last = reason,
             }
             if Instant::now() >= deadline {
-                return Err(DaemonError::Unhealthy(self.container_config.start_timeout));
+                return Err(DaemonError::Unhealthy {
+                    after: self.container_config.start_timeout,
+                    url,
+                    last,
+                });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

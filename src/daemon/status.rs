@@ -44,6 +44,14 @@ pub struct ContainerStatus {
     pub state: String,
     pub healthy: Option<bool>,
     pub restarts: u64,
+    /// Clean exits the app made on its own and was started again for (OpenClaw restarts itself
+    /// after a config change); not failures.
+    #[serde(default)]
+    pub self_restarts: u64,
+    /// Why the app reports itself not ready while it is alive (OpenClaw's `/readyz`: a channel
+    /// that cannot connect); `None`: ready, or not probed.
+    #[serde(default)]
+    pub degraded: Option<String>,
     pub image: String,
     pub image_digest: Option<String>,
     pub crash_loop: bool,

@@ -81,16 +81,25 @@ impl Daemon {
         // Health probes; a probe during a freeze does not count.
         if let Some(url) = self.container_config.health_url.clone() {
             let interval = self.container_config.health_interval;
+            let kind = self.container_config.probe;
             let frozen = Arc::clone(&self.frozen);
             let gate = Arc::clone(&self.health);
+            let events = events.clone();
             tokio::spawn(async move {
                 let mut failures = 0u32;
                 let mut healthy = true;
                 loop {
                     tokio::time::sleep(interval).await;
-                    let ok = runtime::probe(&url).await;
+                    let verdict = match runtime::fetch(&url, None).await {
+                        Ok(answer) => probe::judge(kind, Probe::Live, &answer),
+                        Err(e) => Verdict::Fail(e),
+                    };
+                    let ok = verdict == Verdict::Pass;
                     if frozen.load(Ordering::Relaxed) || !gate.counts(ok) {
                         continue;
+                    }
+                    if let Verdict::Fail(reason) = &verdict {
+                        tracing::debug!(url, reason, "liveness probe failed");
                     }
                     failures = if ok { 0 } else { failures + 1 };
                     let now_healthy = ok || failures < UNHEALTHY_AFTER;
@@ -103,6 +112,59 @@ impl Daemon {
                 }
             });
         }
+        // Readiness: reported (a degraded channel), never a restart.
+        if let Some(url) = self.container_config.ready_url.clone() {
+            let interval = self.container_config.health_interval;
+            let kind = self.container_config.probe;
+            let frozen = Arc::clone(&self.frozen);
+            let token = Arc::clone(&self.probe_token);
+            tokio::spawn(async move {
+                let mut reported: Option<String> = None;
+                loop {
+                    tokio::time::sleep(interval).await;
+                    if frozen.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let bearer = token.lock().ok().and_then(|t| t.clone());
+                    let verdict = match runtime::fetch(&url, bearer.as_deref()).await {
+                        Ok(answer) => probe::judge(kind, Probe::Ready, &answer),
+                        Err(e) => Verdict::Fail(e),
+                    };
+                    let degraded = match verdict {
+                        Verdict::Pass | Verdict::NoEndpoint => None,
+                        Verdict::Fail(reason) => Some(reason),
+                    };
+                    if degraded != reported {
+                        reported = degraded.clone();
+                        if events.send(Event::Readiness(degraded)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// The app's readiness changed: report it (journal, STATUS, `status`, a metric); a degraded
+    /// app keeps running, as OpenClaw's gateway serves with a channel down.
+    pub(super) fn on_readiness(&mut self, degraded: Option<String>) {
+        self.metrics.record(
+            names::APP_DEGRADED,
+            if degraded.is_some() { 1.0 } else { 0.0 },
+            Unit::Count,
+        );
+        match &degraded {
+            Some(reason) => {
+                let text = format!("running; {} degraded: {reason}", self.container.name);
+                tracing::warn!(container = %self.container.name, reason, "the app reports itself not ready (a channel, not a crash): kept running");
+                self.notifier.status(&text);
+            }
+            None => {
+                tracing::info!(container = %self.container.name, "the app reports itself ready again");
+                self.notifier.status(&format!("running; {} ready", self.container.name));
+            }
+        }
+        self.update(|s| s.container.degraded = degraded);
     }
 
     pub(super) async fn on_container_event(&mut self, event: ContainerEvent) {
@@ -121,9 +183,9 @@ impl Daemon {
                 return;
             }
             ContainerEvent::Other => return,
-            ContainerEvent::Died { at } => {
+            ContainerEvent::Died { at, exit_code } => {
                 self.update(|s| s.container.state = "exited".into());
-                Observed::Died { at }
+                Observed::Died { at, exit_code }
             }
             ContainerEvent::Destroyed { at } => {
                 self.update(|s| s.container.state = "missing".into());
@@ -188,6 +250,12 @@ impl Daemon {
                 tracing::warn!(container = %self.container.name, why, restart_in_ms = after.as_millis() as u64, "container failed; restarting after backoff");
                 self.notifier
                     .status(&format!("container failed ({why}); restarting in {}s", after.as_secs()));
+            }
+            Decision::StartAgain => {
+                tracing::info!(container = %self.container.name, why, "the app exited cleanly on its own (a self-restart, such as OpenClaw's after a config change); starting it again");
+                self.update(|s| s.container.self_restarts += 1);
+                // A start that fails goes back to the policy, which may decide again.
+                Box::pin(self.start_container("self-restart")).await;
             }
             Decision::Recreate => {
                 tracing::warn!(container = %self.container.name, why, "the container is gone; creating it again from the config");

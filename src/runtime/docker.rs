@@ -265,6 +265,11 @@ impl ContainerRuntime for Container {
                 Ok(e) => Ok(ContainerEvent::from_engine(
                     e.action.as_deref().unwrap_or_default(),
                     e.time_nano,
+                    e.actor
+                        .as_ref()
+                        .and_then(|actor| actor.attributes.as_ref())
+                        .and_then(|attributes| attributes.get("exitCode"))
+                        .map(String::as_str),
                 )),
                 Err(source) => Err(RuntimeError::Container {
                     op: "watch events of",
@@ -324,15 +329,35 @@ impl ContainerSpec<'_> {
         }
         let mut labels = HashMap::new();
         labels.insert(MANAGED_LABEL.to_string(), "true".to_string());
+        // spotkeeper is the app's supervisor: OpenClaw then exits cleanly for a restart instead of
+        // spawning a detached copy that would die with the container. The config may override it.
+        let mut environment = c.environment.clone();
+        for (key, value) in SUPERVISOR_HINT {
+            environment.entry(key.to_string()).or_insert_with(|| value.to_string());
+        }
+        let memory = c
+            .memory_limit
+            .bytes(total_memory())
+            .and_then(|bytes| i64::try_from(bytes).ok());
         ContainerCreateBody {
             image: Some(c.image.clone()),
             cmd: (!c.command.is_empty()).then(|| c.command.clone()),
             user: c.user.clone(),
-            env: Some(c.environment.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            hostname: Some(c.hostname.clone()),
+            env: Some(environment.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             exposed_ports: Some(exposed),
             labels: Some(labels),
             stop_timeout: i64::try_from(c.stop_timeout.as_secs()).ok(),
             host_config: Some(HostConfig {
+                init: Some(c.init),
+                cap_drop: Some(c.cap_drop.clone()),
+                cap_add: (!c.cap_add.is_empty()).then(|| c.cap_add.clone()),
+                security_opt: c.no_new_privileges.then(|| vec!["no-new-privileges:true".to_string()]),
+                pids_limit: c.pids_limit,
+                memory,
+                // No swap beyond the limit: a gateway that outgrows it is killed and restarted,
+                // not slowed to a crawl on a small instance.
+                memory_swap: memory,
                 binds: Some(binds),
                 port_bindings: Some(bindings),
                 // spotkeeper supervises; Docker must not restart behind its back.
@@ -349,6 +374,22 @@ impl ContainerSpec<'_> {
             ..Default::default()
         }
     }
+}
+
+/// The supervisor hint OpenClaw reads (`src/infra/supervisor-markers.ts`, read by
+/// `src/infra/process-respawn.ts`): with it, a "full process restart" after a config or auth
+/// change exits 0 and leaves the start to its supervisor (spotkeeper starts it again at once);
+/// without it, older builds spawn a detached copy that dies with the container. It also sets the
+/// gateway's drain: it cannot read the unit's stop timeout from inside the container and drains
+/// within its logged 90-second default (openclaw/openclaw#150954) instead of 330 s.
+pub const SUPERVISOR_HINT: [(&str, &str); 1] = [("OPENCLAW_SYSTEMD_UNIT", "spotkeeper.service")];
+
+/// The machine's memory in bytes (0 when unknown).
+// `totalram` is a C `unsigned long`: 64 bits here, 32 on 32-bit targets.
+#[allow(clippy::useless_conversion)]
+fn total_memory() -> u64 {
+    let info = rustix::system::sysinfo();
+    u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit))
 }
 
 fn image_digest(image: &bollard::models::ImageInspect) -> Option<String> {
@@ -373,6 +414,73 @@ fn split_reference(image: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_container_is_created_as_openclaw_runs_it() {
+        let config = crate::config::Config::parse(
+            "[s3]\nbucket = \"b-1\"\n[[state.paths]]\nname = \"config\"\ndir = \"/opt/openclaw/.openclaw\"\n\
+             mount = \"/home/node/.openclaw\"\n[[state.paths]]\nname = \"workspace\"\ndir = \"/opt/openclaw/workspace\"\n\
+             mount = \"/home/node/.openclaw/workspace\"\n[repository]\npassword_file = \"/etc/spotkeeper/pw\"\n\
+             [container]\nimage = \"ghcr.io/openclaw/openclaw@sha256:ab\"\nmemory_limit = \"1GiB\"\n\
+             [container.environment]\nNODE_ENV = \"production\"\n",
+            Path::new("/etc/spotkeeper/test.toml"),
+        )
+        .expect("valid");
+        let container = config.container.clone().expect("container");
+        let spec = ContainerSpec {
+            config: &container,
+            paths: &config.state.paths,
+            env_file: Some(Path::new("/run/openclaw/.env")),
+            log_driver: "journald",
+        };
+        let body = spec.body();
+        assert_eq!(
+            body.cmd.as_deref(),
+            Some(&["node", "dist/index.js", "gateway", "--bind", "lan", "--port", "18789"].map(String::from)[..])
+        );
+        assert_eq!(body.hostname.as_deref(), Some("openclaw"));
+        let env = body.env.expect("env");
+        assert!(
+            env.contains(&"OPENCLAW_SYSTEMD_UNIT=spotkeeper.service".to_string()),
+            "{env:?}"
+        );
+        assert!(env.contains(&"NODE_ENV=production".to_string()), "{env:?}");
+        let host = body.host_config.expect("host config");
+        assert_eq!(host.init, Some(true));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.cap_add, None);
+        assert_eq!(host.security_opt, Some(vec!["no-new-privileges:true".to_string()]));
+        assert_eq!(host.pids_limit, Some(512));
+        assert_eq!(host.memory, Some(1 << 30));
+        assert_eq!(host.memory_swap, Some(1 << 30));
+        // Nothing mounted but the state paths (outer first) and the env file, read-only.
+        assert_eq!(
+            host.binds,
+            Some(vec![
+                "/opt/openclaw/.openclaw:/home/node/.openclaw:rw".to_string(),
+                "/opt/openclaw/workspace:/home/node/.openclaw/workspace:rw".to_string(),
+                "/run/openclaw/.env:/home/node/.openclaw/.env:ro".to_string(),
+            ])
+        );
+        // The config may override the hint.
+        let mut overridden = container.clone();
+        overridden
+            .environment
+            .insert("OPENCLAW_SYSTEMD_UNIT".into(), "other.service".into());
+        let spec = ContainerSpec {
+            config: &overridden,
+            ..spec
+        };
+        let env = spec.body().env.expect("env");
+        assert!(
+            env.contains(&"OPENCLAW_SYSTEMD_UNIT=other.service".to_string()),
+            "{env:?}"
+        );
+        assert_eq!(
+            env.iter().filter(|e| e.starts_with("OPENCLAW_SYSTEMD_UNIT=")).count(),
+            1
+        );
+    }
 
     #[test]
     fn references_split_into_repo_and_tag() {

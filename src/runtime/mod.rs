@@ -3,8 +3,9 @@
 //! `RunState` and `ContainerEvent`, never Docker's strings or status codes.
 
 mod docker;
+pub mod probe;
 
-pub use docker::{Container, ContainerSpec, FALLBACK_LOG_DRIVER, MANAGED_LABEL, connect};
+pub use docker::{Container, ContainerSpec, FALLBACK_LOG_DRIVER, MANAGED_LABEL, SUPERVISOR_HINT, connect};
 
 use std::future::Future;
 use std::time::Duration;
@@ -74,9 +75,11 @@ pub enum RunState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerEvent {
     Started,
-    /// It died (exited, was killed, or was stopped) at `at`.
+    /// It died (exited, was killed, or was stopped) at `at`, with the exit code the engine
+    /// reported (`None`: not reported).
     Died {
         at: DateTime<Utc>,
+        exit_code: Option<i64>,
     },
     /// The kernel's OOM killer hit it; a death follows.
     OutOfMemory,
@@ -91,12 +94,16 @@ pub enum ContainerEvent {
 }
 
 impl ContainerEvent {
-    /// Maps an engine's action name and time (nanoseconds since the epoch) to an event.
-    pub fn from_engine(action: &str, time_nano: Option<i64>) -> ContainerEvent {
+    /// Maps an engine's action name, time (nanoseconds since the epoch) and the `exitCode`
+    /// attribute of a `die` to an event.
+    pub fn from_engine(action: &str, time_nano: Option<i64>, exit_code: Option<&str>) -> ContainerEvent {
         let at = time_nano.map(DateTime::from_timestamp_nanos).unwrap_or_else(Utc::now);
         match action {
             "start" | "restart" => ContainerEvent::Started,
-            "die" => ContainerEvent::Died { at },
+            "die" => ContainerEvent::Died {
+                at,
+                exit_code: exit_code.and_then(|code| code.trim().parse().ok()),
+            },
             "oom" => ContainerEvent::OutOfMemory,
             "pause" => ContainerEvent::Paused,
             "unpause" => ContainerEvent::Unpaused,
@@ -161,17 +168,51 @@ pub async fn thaw<R: ContainerRuntime>(runtime: &R, attempts: u32) -> Result<(),
     })
 }
 
-/// Probes `url` with one GET: healthy means a 2xx answer within the probe timeout.
-pub async fn probe(url: &str) -> bool {
-    use http_body_util::Empty;
+/// What one GET of a probe URL answered: the status and the start of the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// The most of a probe's body read: OpenClaw's answers are a few hundred bytes.
+const PROBE_BODY_LIMIT: usize = 64 * 1024;
+
+/// One GET of `url` within the probe timeout, with `bearer` as the `Authorization` (OpenClaw
+/// gives the details of a failing probe to a caller holding its gateway token); `Err` names
+/// what failed (refused, timed out, …). Nothing of the token is ever part of an error.
+pub async fn fetch(url: &str, bearer: Option<&str>) -> Result<Answer, String> {
+    use http_body_util::{BodyExt, Empty, Limited};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    let Ok(uri) = url.parse::<hyper::Uri>() else {
-        return false;
-    };
+    let uri = url.parse::<hyper::Uri>().map_err(|e| format!("not a URL: {e}"))?;
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, client.get(uri)).await,
-        Ok(Ok(response)) if response.status().is_success()
-    )
+    let mut request = hyper::Request::get(uri);
+    if let Some(token) = bearer {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Empty::new())
+        .map_err(|_| "cannot build the probe request".to_string())?;
+    let answer = async {
+        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        // A body larger than the limit is cut there: its start is enough to judge it.
+        let mut body = Vec::new();
+        let mut limited = Limited::new(response.into_body(), PROBE_BODY_LIMIT);
+        while let Some(frame) = limited.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        body.extend_from_slice(data);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(Answer { status, body })
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, answer)
+        .await
+        .map_err(|_| format!("no answer within {}s", PROBE_TIMEOUT.as_secs()))?
 }

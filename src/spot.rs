@@ -140,6 +140,23 @@ pub fn stop_budget(
         .max(Duration::from_secs(1))
 }
 
+/// Whether a Spot notice first takes a snapshot of the running app, frozen, before SIGTERM:
+/// it holds everything the app acknowledged before the notice even if the drain or the final
+/// snapshot does not finish, and with an open repository it costs about what changed. Taken when
+/// the app can be frozen and the snapshot's estimate (`upload_estimate`) still leaves the drain
+/// at least half of `stop_timeout` and the final snapshot its reserve.
+pub fn snapshot_first(
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+    stop_timeout: Duration,
+    upload_estimate: Duration,
+    can_freeze: bool,
+) -> bool {
+    let budget = (deadline - now).to_std().unwrap_or(Duration::ZERO);
+    let needed = upload_estimate + stop_timeout / 2 + upload_estimate.max(Duration::from_secs(20));
+    can_freeze && budget >= needed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +170,31 @@ mod tests {
         assert_eq!(rebalance.notice_time.to_rfc3339(), "2026-11-23T09:55:00+00:00");
         let err = parse_instance_action("<html>").expect_err("not json");
         assert!(err.to_string().contains("spot/instance-action"), "{err}");
+    }
+
+    #[test]
+    fn a_notice_takes_a_frozen_snapshot_first_when_it_fits() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let at = |s: i64| now + chrono::TimeDelta::seconds(s);
+        let secs = Duration::from_secs;
+        // (deadline in s, stop timeout, estimate, can freeze) -> first?
+        let rows = [
+            ((120, 90, 5, true), true),
+            ((120, 90, 30, true), true),
+            ((120, 90, 40, true), false),
+            ((120, 90, 5, false), false),
+            ((90, 90, 5, true), true),
+            ((60, 90, 5, true), false),
+            ((30, 90, 5, true), false),
+            ((-5, 90, 0, true), false),
+        ];
+        for ((deadline, stop, estimate, freeze), expected) in rows {
+            assert_eq!(
+                snapshot_first(now, at(deadline), secs(stop), secs(estimate), freeze),
+                expected,
+                "{deadline} {stop} {estimate} {freeze}"
+            );
+        }
     }
 
     #[test]

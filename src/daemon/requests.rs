@@ -133,8 +133,9 @@ impl Daemon {
         result
     }
 
-    /// A Spot interruption: stop the container within a budget taken from the notice's time,
-    /// take the final snapshot, update `latest/`, report each step; then wait for the end.
+    /// A Spot interruption: a frozen snapshot of the running app first (when it fits), then stop
+    /// the container within what is left of the notice's two minutes, keeping a reserve for the
+    /// final snapshot, then the final snapshot; report each step; then wait for the end.
     pub(super) async fn on_interruption(&mut self, action: InstanceAction) {
         let noticed = Utc::now();
         let text = format!(
@@ -149,13 +150,39 @@ impl Daemon {
             s.spot_notice = Some(action.clone());
         });
         let upload_estimate = self.last_snapshot_duration * 3 + Duration::from_secs(10);
-        let stop_timeout = crate::spot::stop_budget(
+        let started = Instant::now();
+        // Nothing restarts from now on.
+        self.supervision.finish();
+        // First the running app, frozen: everything it acknowledged before the notice is safe
+        // before the drain begins, whatever happens after.
+        if crate::spot::snapshot_first(
             noticed,
             action.time,
             self.container_config.stop_timeout,
             upload_estimate,
+            self.container_config.consistency == Consistency::Freeze,
+        ) {
+            self.notifier
+                .status("Spot notice: a frozen snapshot of the running app first");
+            match self.snapshot_now("spot notice", Hold::AsConfigured).await {
+                Ok(outcome) => tracing::warn!(
+                    outcome = %serde_json::to_string(&outcome).unwrap_or_default(),
+                    seconds_left = (action.time - Utc::now()).num_seconds(),
+                    "Spot notice: the running app's state is in a snapshot; stopping it now"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "Spot notice: the first snapshot failed; stopping the app and taking the final one")
+                }
+            }
+        }
+        // Then SIGTERM with what is left, keeping the final snapshot's reserve.
+        let stop_timeout = crate::spot::stop_budget(
+            Utc::now(),
+            action.time,
+            self.container_config.stop_timeout,
+            upload_estimate,
         );
-        let started = Instant::now();
+        tracing::warn!(stop_budget_s = stop_timeout.as_secs(), "Spot notice: stopping the app");
         let outcome = self.final_snapshot("spot interruption", stop_timeout).await;
         let took_ms = started.elapsed().as_millis() as u64;
         let left = (action.time - Utc::now()).num_seconds();

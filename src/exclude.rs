@@ -66,9 +66,6 @@ mod tests {
             ("a/b/c.tmp", false),
             ("gateway.sock", false),
             ("run/openclaw.pid", false),
-            ("node_modules", true),
-            ("workspace/node_modules", true),
-            ("workspace/node_modules/x/index.js", false),
         ];
         for (path, is_dir) in excluded {
             assert!(ex.is_excluded(Path::new(path), is_dir), "{path} should be excluded");
@@ -80,6 +77,12 @@ mod tests {
             ("memory.sqlite-wal", false),
             ("locks", true),
             ("node_modules", false),
+            // Plugins: OpenClaw does not reinstall them at start.
+            ("node_modules", true),
+            ("npm/projects/@acme%2Fplugin/node_modules", true),
+            ("npm/projects/@acme%2Fplugin/node_modules/x/index.js", false),
+            ("git/plugin/node_modules", true),
+            ("extensions/legacy/node_modules", true),
             ("credentials/telegram.json", false),
         ];
         for (path, is_dir) in kept {

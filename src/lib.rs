@@ -20,6 +20,7 @@ pub mod format2;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;
+pub mod openclaw;
 pub mod ports;
 pub mod private_fs;
 pub mod progress;

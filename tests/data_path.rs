@@ -34,7 +34,12 @@ fn build_state(root: &Path, small_files: usize) {
     write(&root.join(".env"), b"SECRET=nope", 0o600);
     write(&root.join("gateway.lock"), b"1", 0o644);
     write(&root.join("tmp/x.tmp"), b"1", 0o644);
-    write(&root.join("workspace/node_modules/pkg/index.js"), b"x", 0o644);
+    // Kept: OpenClaw's installed plugins, with their dependencies.
+    write(
+        &root.join("npm/projects/@acme%2Fplugin/node_modules/pkg/index.js"),
+        b"x",
+        0o644,
+    );
     fs::set_permissions(
         root.join("empty/dir"),
         std::os::unix::fs::PermissionsExt::from_mode(0o750),
@@ -44,9 +49,7 @@ fn build_state(root: &Path, small_files: usize) {
 }
 
 fn without_excluded(mut tree: common::TreeShape) -> common::TreeShape {
-    tree.retain(|path, _| {
-        !(path == ".env" || path.ends_with(".lock") || path.ends_with(".tmp") || path.contains("node_modules"))
-    });
+    tree.retain(|path, _| !(path == ".env" || path.ends_with(".lock") || path.ends_with(".tmp")));
     tree
 }
 
@@ -125,7 +128,12 @@ fn round_trip_restores_the_state_exactly() {
     assert_eq!(rows, 500);
     // Excluded files are absent.
     assert!(!restored.join(".env").exists());
-    assert!(!restored.join("workspace/node_modules").exists());
+    // OpenClaw's plugins come back with their dependencies.
+    assert!(
+        restored
+            .join("npm/projects/@acme%2Fplugin/node_modules/pkg/index.js")
+            .is_file()
+    );
 
     let verified = world.json(&["verify", "--json"]);
     assert_eq!(verified["ok"], true);

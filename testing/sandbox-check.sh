@@ -14,7 +14,8 @@
 # Steps: snapshot of the three paths; restore --force over three changed directories (each is
 # staged and displaced beside itself: a rename between work_dir and /opt/openclaw would fail with
 # EXDEV under the unit's mounts); `spotkeeper run` with the fake OpenClaw image (secrets from SSM,
-# container writing into all three mounts, ready_url, scheduled snapshots, SIGTERM, final
+# container writing into all three mounts under OpenClaw's command and Fleet's security profile,
+# startup_url and ready_url, scheduled snapshots, SIGTERM, final
 # snapshot), when Docker answers and the image exists (testing/build-fake-image.sh;
 # FAKE_OPENCLAW_IMAGE). It does not run systemd itself (PID 1 is not systemd on CI machines).
 #
@@ -123,6 +124,7 @@ image = "$image"
 user = "1000:1000"
 ports = ["127.0.0.1:$health_port:18789"]
 health_url = "http://127.0.0.1:$health_port/healthz"
+startup_url = "http://127.0.0.1:$health_port/startupz"
 ready_url = "http://127.0.0.1:$health_port/readyz"
 health_interval = "1s"
 stop_timeout = "10s"
@@ -230,6 +232,8 @@ else
     kill -0 "$run_pid" 2>/dev/null || break
   done
   status="$("${sk[@]}" status 2>&1 || true)"
+  # The app runs as OpenClaw's compose and Fleet run it (the config's defaults).
+  profile="$(docker inspect -f '{{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}} {{.HostConfig.Init}} {{.Config.Hostname}} {{json .Config.Cmd}}' "$container" 2>&1 || true)"
   pkill -TERM -f "^$bin --config $work/spotkeeper.toml run" || true
   rc=0
   wait "$run_pid" || rc=$?
@@ -239,11 +243,14 @@ else
   mounts_ok=no
   [[ -s "$workspace_dir/seq.txt" && -s "$auth_dir/seq.txt" ]] \
     && [[ "$(listed 2>/dev/null)" == "2 config,workspace,auth" ]] && mounts_ok=yes
-  if [[ $rc -eq 0 && "$snapshots" -ge 2 && $env_ok == yes && $mounts_ok == yes ]] && grep -q '"final"' "$work/run.log" \
-    && echo "$status" | grep -q 'healthy: true'; then
-    ok "spotkeeper run: secrets from SSM, container healthy and writing into the three mounts, $snapshots scheduled snapshots, final snapshot of the three on SIGTERM, exit 0"
+  want_profile='["ALL"] ["no-new-privileges:true"] 512 true openclaw ["node","dist/index.js","gateway","--bind","lan","--port","18789"]'
+  profile_ok=no
+  [[ "$profile" == "$want_profile" ]] && profile_ok=yes
+  if [[ $rc -eq 0 && "$snapshots" -ge 2 && $env_ok == yes && $mounts_ok == yes && $profile_ok == yes ]] \
+    && grep -q '"final"' "$work/run.log" && echo "$status" | grep -q 'healthy: true'; then
+    ok "spotkeeper run: secrets from SSM, container (OpenClaw's command, init, hostname, every capability dropped, no-new-privileges, 512 processes) healthy and writing into the three mounts, $snapshots scheduled snapshots, final snapshot of the three on SIGTERM, exit 0"
   else
-    bad "spotkeeper run (exit $rc, $snapshots snapshots, secrets written: $env_ok, three mounts written and snapshotted: $mounts_ok):"
+    bad "spotkeeper run (exit $rc, $snapshots snapshots, secrets written: $env_ok, three mounts written and snapshotted: $mounts_ok, profile: $profile):"
     tail -20 "$work/run.log" | sed 's/^/         /'
     echo "$status" | sed 's/^/         /'
   fi

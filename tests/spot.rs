@@ -130,3 +130,101 @@ fn without_imds_the_watcher_is_disabled_and_the_daemon_carries_on() {
     assert!(daemon.stop().success());
     remove_container(&t.container);
 }
+
+/// Issue 24's Spot order, with OpenClaw's 90-second drain: on the notice a frozen snapshot of
+/// the running gateway first, then SIGTERM with what is left of the two minutes, then the final
+/// snapshot. Everything the gateway acknowledged before the notice is in the snapshots, and the
+/// final upload lands before the deadline.
+#[test]
+fn a_spot_notice_with_a_90_second_drain_snapshots_first_and_lands_before_the_deadline() {
+    if !docker_available() {
+        return;
+    }
+    let imds = FakeImds::start();
+    let extra = format!(
+        "[spot]\nenabled = true\nimds_endpoint = {:?}\npoll = \"1s\"\n",
+        imds.endpoint()
+    );
+    let t = setup("spot90", "", &extra);
+    t.with_repository();
+    t.edit_config(|config| {
+        config
+            .replace("stop_timeout = \"20s\"", "stop_timeout = \"90s\"")
+            .replace("DRAIN_MS = \"300\"", "DRAIN_MS = \"90000\"")
+    });
+    t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
+    let mut daemon = Daemon::start(&t.world);
+    let running = wait_for(Duration::from_secs(120), || {
+        status(&t.world).is_some_and(|s| s["phase"] == "running" && s["last_snapshot"]["id"].is_string())
+    });
+    assert!(running, "daemon not running; log:\n{}", daemon.log());
+
+    // Every write cycle up to this one was acknowledged before the notice.
+    let acked_before = read_ack(&t.world.state);
+    let deadline = chrono::Utc::now() + chrono::TimeDelta::seconds(120);
+    imds.set_instance_action("terminate", deadline);
+    let handled = wait_for(Duration::from_secs(150), || {
+        let log = daemon.log();
+        log.contains("interrupted: final snapshot done") || log.contains("final snapshot FAILED")
+    });
+    let log = daemon.log();
+    assert!(handled, "interruption not handled; log:\n{log}");
+    let done = log
+        .lines()
+        .find(|l| l.contains("interrupted: final snapshot done"))
+        .unwrap_or_else(|| panic!("the final snapshot failed; log:\n{log}"));
+    eprintln!("drill: {done}");
+    // The order: the frozen snapshot, then the stop, then the final snapshot.
+    let first = log
+        .find("the running app's state is in a snapshot")
+        .expect("a snapshot first");
+    let stop = log.find("Spot notice: stopping the app").expect("then the stop");
+    let last = log
+        .find("interrupted: final snapshot done")
+        .expect("then the final snapshot");
+    assert!(first < stop && stop < last, "order; log:\n{log}");
+    // Before the deadline (the line says how many seconds were left).
+    let left: i64 = done
+        .split(" s before the deadline")
+        .next()
+        .and_then(|head| head.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no seconds left in {done:?}"));
+    assert!(left >= 0, "the final snapshot landed after the deadline: {done}");
+
+    // Nothing acknowledged before the notice is lost: the head holds it all, and the drained
+    // gateway's last write too.
+    let restored = t.world.dir.path().join("restored");
+    t.world.ok(&["restore", "--to", restored.to_str().expect("utf8")]);
+    let restored_ack = read_ack(&restored);
+    assert!(
+        restored_ack >= acked_before,
+        "restored ack {restored_ack} < {acked_before} acknowledged before the notice"
+    );
+    assert_eq!(
+        restored_ack,
+        read_ack(&t.world.state),
+        "the final snapshot is the drained state"
+    );
+    let db = rusqlite::Connection::open(restored.join("memory/main.sqlite")).expect("restored db");
+    let rows: i64 = db
+        .query_row(
+            "SELECT count(*) FROM memory WHERE seq <= ?1",
+            [acked_before as i64],
+            |r| r.get(0),
+        )
+        .expect("count");
+    let first_seq: i64 = db
+        .query_row("SELECT min(seq) FROM memory", [], |r| r.get(0))
+        .expect("min");
+    assert_eq!(rows, acked_before as i64 - first_seq + 1, "every acknowledged row");
+    assert!(daemon.stop().success(), "log:\n{}", daemon.log());
+    remove_container(&t.container);
+}
+
+fn read_ack(state: &std::path::Path) -> u64 {
+    fs::read_to_string(state.join("ack.txt"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}

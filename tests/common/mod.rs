@@ -549,6 +549,33 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     ok.then(|| body.to_string())
 }
 
+/// One HTTP/1.0 request to 127.0.0.1:`port`: the status code and the body, `None` when nothing
+/// answered within 3 s.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(stream, "{head}\r\n{body}").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
 /// LocalStack serving CloudWatch on 127.0.0.1 until dropped (it speaks the current SDK's
 /// protocol; moto does not).
 pub struct LocalStack {
@@ -871,6 +898,26 @@ pub struct Setup {
     pub ssm_path: String,
 }
 
+impl Setup {
+    /// Format 2, as deployed: an encrypted repository whose password is in a 0600 file.
+    pub fn with_repository(&self) {
+        let password_file = self.world.dir.path().join("repository-password");
+        write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
+        self.edit_config(|config| format!("{config}\n[repository]\npassword_file = {password_file:?}\n"));
+    }
+
+    /// Rewrites the config through `f`.
+    pub fn edit_config(&self, f: impl FnOnce(&str) -> String) {
+        let config = fs::read_to_string(&self.world.config).expect("config");
+        fs::write(&self.world.config, f(&config)).expect("config");
+    }
+
+    /// Adds `line` (KEY = "value") to `[container.environment]`.
+    pub fn container_env(&self, line: &str) {
+        self.edit_config(|config| config.replace("DRAIN_MS = \"300\"\n", &format!("DRAIN_MS = \"300\"\n{line}\n")));
+    }
+}
+
 impl Drop for Setup {
     /// A failed test must not leave its container behind.
     fn drop(&mut self) {
@@ -906,7 +953,8 @@ pub fn configure_daemon(world: &World, moto: &Moto, name: &str, extra_container:
         "[snapshot]\ninterval = \"3s\"\n\n\
          [secrets]\nssm_path = {ssm_path:?}\nenv_file = {env:?}\nrefresh = \"2s\"\nendpoint = {moto:?}\n\n\
          [container]\nname = {container:?}\nimage = {image:?}\nports = [\"127.0.0.1:{port}:18789\"]\n\
-         health_url = \"http://127.0.0.1:{port}/healthz\"\nhealth_interval = \"1s\"\nstop_timeout = \"20s\"\n\
+         health_url = \"http://127.0.0.1:{port}/healthz\"\nstartup_url = \"http://127.0.0.1:{port}/startupz\"\n\
+         health_interval = \"1s\"\nstop_timeout = \"20s\"\n\
          start_timeout = \"60s\"\nlog_driver = \"json-file\"\n{extra_container}\n\
          [container.environment]\nWRITE_INTERVAL_MS = \"20\"\nDRAIN_MS = \"300\"\n\n\
          [daemon]\nsocket = {socket:?}\n{extra}",

@@ -42,12 +42,13 @@ BENCH_SCALES ?= small,medium
 BENCH_RUNS ?= 3
 
 # Figures only, never asserted (docs/performance.md): the tools side by side, then the daemon's
-# freeze window and idle footprint.
+# freeze window and idle footprint, then the recovery time (empty machine to READY).
 bench:
 	./bench/run.sh --scales $(BENCH_SCALES) --runs $(BENCH_RUNS)
 	python3 bench/daemon.py --scale medium
 	python3 bench/daemon.py --scale medium --format2
 	python3 bench/follow.py --minutes 30
+	python3 bench/recovery.py --scales medium,large --runs $(BENCH_RUNS)
 
 # Graviton (t4g) cross build; needs `rustup target add aarch64-unknown-linux-gnu` and
 # gcc-aarch64-linux-gnu (docs/deployment.md).

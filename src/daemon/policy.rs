@@ -469,7 +469,7 @@ mod tests {
         s.stopping_on_purpose();
         assert_eq!(s.state(), Supervised::PlannedStop);
         s.started(t(1));
-        assert_eq!(s.observe(Observed::died(2, 1), t(2)), restart(1));
+        assert_eq!(s.observe(died(2, 1), t(2)), restart(1));
         assert_eq!(s.state(), Supervised::BackingOff);
         assert_eq!(s.restart_due(), Some(t(3)));
         s.restart_taken();

@@ -212,6 +212,15 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
         let dir = t.world.dir.path().join(format!("check-{id}"));
         t.world
             .ok(&["restore", "--snapshot", id, "--to", dir.to_str().expect("utf8")]);
+        // A tick between the manual restore of the seed (which has no database) and the app's
+        // start holds no database yet: then it holds no acknowledged write either.
+        if !dir.join("memory/main.sqlite").exists() {
+            assert!(
+                !dir.join("ack.txt").exists(),
+                "{id}: writes acknowledged without their database"
+            );
+            continue;
+        }
         sqlite_ok(&dir);
     }
 

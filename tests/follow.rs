@@ -33,7 +33,8 @@ fn follow_world(s3: &S3Server, moto: &Moto, name: &str, write_interval_ms: u64) 
         )
         .replace(
             "WRITE_INTERVAL_MS = \"20\"",
-            &format!("WRITE_INTERVAL_MS = \"{write_interval_ms}\""),
+            // The lease's heartbeat is a write too (OpenClaw's, every 15 s): as rare as the app's.
+            &format!("WRITE_INTERVAL_MS = \"{write_interval_ms}\"\nLEASE_HEARTBEAT_MS = \"{write_interval_ms}\""),
         );
     fs::write(&world.config, config).expect("config");
     moto.put_parameter(&format!("/openclaw/{name}/API_KEY"), "x");

@@ -14,6 +14,8 @@ pub struct HealthGate {
     /// Milliseconds after `epoch()` until which a booting app's failures do not count; 0 once a
     /// probe succeeded.
     booting_until_ms: AtomicU64,
+    /// Counts the container's starts: a prober forgets its failures when it changes.
+    starts: AtomicU64,
 }
 
 fn epoch() -> Instant {
@@ -35,8 +37,19 @@ impl HealthGate {
         self.held.store(false, Ordering::Relaxed);
     }
 
+    /// How many times the container was started (a new life resets the failure count).
+    pub fn starts(&self) -> u64 {
+        self.starts.load(Ordering::Relaxed)
+    }
+
+    /// Whether the daemon holds the container still.
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
     /// The container was just started: give it `grace` to answer.
     pub fn started(&self, grace: Duration) {
+        self.starts.fetch_add(1, Ordering::Relaxed);
         let grace = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         self.booting_until_ms
             .store(now_ms().saturating_add(grace).max(1), Ordering::Relaxed);

@@ -141,7 +141,8 @@ enum Event {
     Rebalance(Rebalance),
     Container(ContainerEvent),
     EventsReconnected,
-    Health(bool),
+    /// The liveness verdict changed (healthy or not), judged at that time.
+    Health(bool, DateTime<Utc>),
     /// The app's readiness: `Some(reason)` while it reports itself not ready.
     Readiness(Option<String>),
     Control(Request, oneshot::Sender<Reply>),
@@ -581,7 +582,7 @@ impl Daemon {
                 }
                 Some(Event::Container(event)) => self.on_container_event(event).await,
                 Some(Event::EventsReconnected) => self.on_events_reconnected().await,
-                Some(Event::Health(healthy)) => self.on_health(healthy).await,
+                Some(Event::Health(healthy, at)) => self.on_health(healthy, at).await,
                 Some(Event::Readiness(degraded)) => self.on_readiness(degraded),
                 Some(Event::Control(request, reply)) => {
                     let response = self.on_control(request).await;

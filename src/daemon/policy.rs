@@ -45,8 +45,9 @@ pub enum Observed {
     FoundStopped,
     /// The container no longer exists (`destroy` event at `at`, or Docker answered 404).
     Missing { at: DateTime<Utc> },
-    /// Health probes failed past the threshold.
-    Unhealthy,
+    /// Health probes failed past the threshold, judged at `at` (the verdict may wait in the
+    /// event queue while the daemon snapshots; one from before the last start is stale).
+    Unhealthy { at: DateTime<Utc> },
     /// A (re)start or recreation failed.
     StartFailed,
 }
@@ -184,7 +185,12 @@ impl Supervision {
             Observed::Died { at, .. } if self.started_at.is_some_and(|started| at < started) => {
                 Decision::Ignore("a death from before the last start")
             }
-            Observed::Died { .. } | Observed::FoundStopped | Observed::Unhealthy if self.restart_due.is_some() => {
+            Observed::Unhealthy { at } if self.started_at.is_some_and(|started| at < started) => {
+                Decision::Ignore("an unhealthy verdict from before the last start")
+            }
+            Observed::Died { .. } | Observed::FoundStopped | Observed::Unhealthy { .. }
+                if self.restart_due.is_some() =>
+            {
                 Decision::Ignore("a restart is already scheduled")
             }
             Observed::Died { exit_code: Some(0), .. } => {
@@ -196,7 +202,7 @@ impl Supervision {
                 self.self_restarts.push(now);
                 Decision::StartAgain
             }
-            Observed::Unhealthy => self.failed(now, true),
+            Observed::Unhealthy { .. } => self.failed(now, true),
             Observed::Died { .. } | Observed::FoundStopped | Observed::StartFailed => self.failed(now, false),
         }
     }
@@ -312,7 +318,7 @@ mod tests {
             ),
             (
                 "unhealthy: stop it, then restart",
-                vec![See(Unhealthy, 5)],
+                vec![See(Unhealthy { at: t(5) }, 5)],
                 Decision::Restart {
                     after: Duration::from_secs(1),
                     stop_first: true,
@@ -320,7 +326,7 @@ mod tests {
             ),
             (
                 "one failure schedules one restart",
-                vec![See(died(5, 1), 5), See(Unhealthy, 6)],
+                vec![See(died(5, 1), 5), See(Unhealthy { at: t(6) }, 6)],
                 Decision::Ignore("a restart is already scheduled"),
             ),
             (
@@ -391,6 +397,11 @@ mod tests {
                     See(FoundStopped, 3600),
                 ],
                 restart(1),
+            ),
+            (
+                "an unhealthy verdict that waited in the queue past a restart is stale",
+                vec![See(died(5, 0), 5), Started(6), See(Unhealthy { at: t(5) }, 7)],
+                Decision::Ignore("an unhealthy verdict from before the last start"),
             ),
             (
                 "a clean exit is a self-restart: started again at once, not counted",

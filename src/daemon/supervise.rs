@@ -88,8 +88,14 @@ impl Daemon {
             tokio::spawn(async move {
                 let mut failures = 0u32;
                 let mut healthy = true;
+                let mut life = gate.starts();
                 loop {
                     tokio::time::sleep(interval).await;
+                    // A new start: failures of the previous life do not count toward this one.
+                    if gate.starts() != life {
+                        life = gate.starts();
+                        failures = 0;
+                    }
                     let verdict = match runtime::fetch(&url, None).await {
                         Ok(answer) => probe::judge(kind, Probe::Live, &answer),
                         Err(e) => Verdict::Fail(e),
@@ -105,7 +111,7 @@ impl Daemon {
                     let now_healthy = ok || failures < UNHEALTHY_AFTER;
                     if now_healthy != healthy {
                         healthy = now_healthy;
-                        if events.send(Event::Health(healthy)).await.is_err() {
+                        if events.send(Event::Health(healthy, Utc::now())).await.is_err() {
                             return;
                         }
                     }
@@ -117,19 +123,22 @@ impl Daemon {
             let interval = self.container_config.health_interval;
             let kind = self.container_config.probe;
             let frozen = Arc::clone(&self.frozen);
+            let gate = Arc::clone(&self.health);
             let token = Arc::clone(&self.probe_token);
             tokio::spawn(async move {
                 let mut reported: Option<String> = None;
                 loop {
                     tokio::time::sleep(interval).await;
-                    if frozen.load(Ordering::Relaxed) {
+                    if frozen.load(Ordering::Relaxed) || gate.is_held() {
                         continue;
                     }
                     let bearer = token.lock().ok().and_then(|t| t.clone());
-                    let verdict = match runtime::fetch(&url, bearer.as_deref()).await {
-                        Ok(answer) => probe::judge(kind, Probe::Ready, &answer),
-                        Err(e) => Verdict::Fail(e),
+                    // No answer at all is the app down or restarting: liveness reports that, not
+                    // readiness.
+                    let Ok(answer) = runtime::fetch(&url, bearer.as_deref()).await else {
+                        continue;
                     };
+                    let verdict = probe::judge(kind, Probe::Ready, &answer);
                     let degraded = match verdict {
                         Verdict::Pass | Verdict::NoEndpoint => None,
                         Verdict::Fail(reason) => Some(reason),
@@ -219,7 +228,7 @@ impl Daemon {
             .await;
     }
 
-    pub(super) async fn on_health(&mut self, healthy: bool) {
+    pub(super) async fn on_health(&mut self, healthy: bool, at: DateTime<Utc>) {
         self.update(|s| s.container.healthy = Some(healthy));
         self.metrics
             .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
@@ -227,7 +236,7 @@ impl Daemon {
             tracing::info!(container = %self.container.name, "container healthy again");
             return;
         }
-        let decision = self.supervision.observe(Observed::Unhealthy, Utc::now());
+        let decision = self.supervision.observe(Observed::Unhealthy { at }, Utc::now());
         self.carry_out(decision, "health check failed").await;
     }
 

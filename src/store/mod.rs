@@ -1,7 +1,8 @@
 //! S3 through the real SDK: small gets and puts, streaming multipart upload, server-side copy,
 //! complete listings, batched deletes. Keys passed in are relative to the configured prefix.
 //! Every error names the bucket and key; `is_transient` is the one place that decides what a
-//! retry can fix.
+//! retry can fix. `ObjectStore` (object_store.rs) is the edge as a trait, with its contract in
+//! `tests/storage_contract.rs`; the callers still hold a `Store`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +22,10 @@ use tokio::task::JoinSet;
 
 use crate::config::S3Config;
 
+mod object_store;
 pub mod problem;
 
+pub use object_store::{Fetched, Head, ListPage, ObjectStore, Put};
 pub use problem::{Context, Failure, Problem, failure_of};
 
 /// Size of every multipart part but the last; S3's minimum is 5 MiB.
@@ -316,7 +319,12 @@ impl Store {
     /// Runs `call` (a whole GET) again when its answer broke off while its body was read: the
     /// SDK retries a request, not a body that fails after the answer began. A GET can always be
     /// repeated; each retry is a WARN line, as the SDK's own are.
-    async fn again_if_broken<T>(&self, mut call: impl AsyncFnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// (A closure returning a future, not an async closure: the futures of `ObjectStore` must be
+    /// `Send`, which the compiler cannot yet prove through an async closure.)
+    async fn again_if_broken<T, F>(&self, call: impl Fn() -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
         let mut attempt = 1;
         loop {
             match call().await {
@@ -338,8 +346,7 @@ impl Store {
         relative: &str,
         cap: u64,
     ) -> Result<Option<(Bytes, Option<String>)>, StoreError> {
-        self.again_if_broken(async || self.get_bytes_capped_once(relative, cap).await)
-            .await
+        self.again_if_broken(|| self.get_bytes_capped_once(relative, cap)).await
     }
 
     async fn get_bytes_capped_once(
@@ -383,7 +390,7 @@ impl Store {
     /// exist. Fewer bytes than asked (the object is shorter) is an error: a reader of packs asks
     /// for exactly what its index says is there.
     pub async fn get_range(&self, relative: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
-        self.again_if_broken(async || self.get_range_once(relative, offset, length).await)
+        self.again_if_broken(|| self.get_range_once(relative, offset, length))
             .await
     }
 
@@ -461,6 +468,25 @@ impl Store {
         }
     }
 
+    /// Size and ETag of an object, or `None` when it does not exist.
+    pub async fn head_object(&self, relative: &str) -> Result<Option<Head>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(relative))
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(Head {
+                size: output.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                etag: output.e_tag,
+            })),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(err) => Err(self.error("head", relative, err)),
+        }
+    }
+
     /// Puts a small object. `condition` makes the write conditional (see [`PutCondition`]).
     pub async fn put_bytes(
         &self,
@@ -480,6 +506,7 @@ impl Store {
         for (name, value) in metadata {
             request = request.metadata(*name, value);
         }
+        let must_exist = matches!(condition, PutCondition::Matches(_));
         request = match condition {
             PutCondition::None => request,
             PutCondition::Absent => request.if_none_match("*"),
@@ -487,6 +514,12 @@ impl Store {
         };
         match crate::systemd::alive_while(self.request_bound, request.send()).await {
             Ok(output) => Ok(output.e_tag),
+            // If-Match on a key that is gone: S3 (and moto) answer 404 NoSuchKey where s3s-fs
+            // answers 412. Either way the object is no longer the one named: the same refusal.
+            Err(err) if must_exist && err.code() == Some("NoSuchKey") => Err(StoreError::request(
+                Problem::PreconditionFailed,
+                self.context("put", relative),
+            )),
             Err(err) => Err(self.error("put", relative, err)),
         }
     }
@@ -699,40 +732,45 @@ impl Store {
     /// Every object under `relative_prefix`, following continuation tokens to the end. An error
     /// on any page fails the whole listing: a partial listing must never look like a complete one.
     pub async fn list(&self, relative_prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let mut objects = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let output = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(self.full_key(relative_prefix))
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| self.error("list", relative_prefix, e))?;
-            for object in output.contents() {
-                if let Some(key) = object.key() {
-                    objects.push(ObjectInfo {
-                        key: self.relative_key(key).to_string(),
-                        size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-                    });
-                }
-            }
-            match (output.is_truncated(), output.next_continuation_token) {
-                (Some(true), Some(next)) => token = Some(next),
-                (Some(true), None) => {
-                    return Err(StoreError::request(
-                        Problem::Other {
-                            status: None,
-                            code: None,
-                            message: "the listing is truncated but S3 gave no continuation token".into(),
-                        },
-                        self.context("list", relative_prefix),
-                    ));
-                }
-                _ => return Ok(objects),
-            }
+        ObjectStore::list(self, relative_prefix).await
+    }
+
+    /// One page of the listing under `relative_prefix` (S3's page: up to 1,000 keys), from
+    /// `continuation`. A page that says it is truncated but gives no token is an error.
+    pub async fn list_page(&self, relative_prefix: &str, continuation: Option<String>) -> Result<ListPage, StoreError> {
+        let output = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full_key(relative_prefix))
+            .set_continuation_token(continuation)
+            .send()
+            .await
+            .map_err(|e| self.error("list", relative_prefix, e))?;
+        let objects = output
+            .contents()
+            .iter()
+            .filter_map(|object| {
+                Some(ObjectInfo {
+                    key: self.relative_key(object.key()?).to_string(),
+                    size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                })
+            })
+            .collect();
+        match (output.is_truncated(), output.next_continuation_token) {
+            (Some(true), Some(next)) => Ok(ListPage {
+                objects,
+                next: Some(next),
+            }),
+            (Some(true), None) => Err(StoreError::request(
+                Problem::Other {
+                    status: None,
+                    code: None,
+                    message: "the listing is truncated but S3 gave no continuation token".into(),
+                },
+                self.context("list", relative_prefix),
+            )),
+            _ => Ok(ListPage { objects, next: None }),
         }
     }
 

@@ -1416,7 +1416,6 @@ pub fn check_path_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// S3's bucket naming rules, so a typo fails here rather than as a signature error later.
 /// An RFC 1123 label: what Docker accepts as a hostname and `hostname()` returns in the container.
 fn is_hostname(name: &str) -> bool {
     (1..=63).contains(&name.len())
@@ -1434,6 +1433,7 @@ fn is_capability(name: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// S3's bucket naming rules, so a typo fails here rather than as a signature error later.
 fn check_bucket_name(bucket: &str) -> Result<(), String> {
     if !(3..=63).contains(&bucket.len()) {
         return Err("must be 3 to 63 characters long".into());

@@ -178,17 +178,23 @@ pub struct Answer {
 /// The most of a probe's body read: OpenClaw's answers are a few hundred bytes.
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
 
-/// One GET of `url` within the probe timeout, with `bearer` as the `Authorization` (OpenClaw
-/// gives the details of a failing probe to a caller holding its gateway token); `Err` names
-/// what failed (refused, timed out, …). Nothing of the token is ever part of an error.
+/// One GET of `url` within the probe timeout, with `bearer` as the `Authorization` when `url`
+/// is on this machine (OpenClaw gives the details of a failing probe to a caller holding its
+/// gateway token); `Err` names what failed (refused, timed out, …). Nothing of the token is ever
+/// part of an error.
 pub async fn fetch(url: &str, bearer: Option<&str>) -> Result<Answer, String> {
     use http_body_util::{BodyExt, Empty, Limited};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     let uri = url.parse::<hyper::Uri>().map_err(|e| format!("not a URL: {e}"))?;
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    // The token goes only to this machine: a probe URL elsewhere over plain HTTP would carry the
+    // gateway's credential across a network.
+    let local = uri
+        .host()
+        .is_some_and(|host| matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1"));
     let mut request = hyper::Request::get(uri);
-    if let Some(token) = bearer {
+    if let Some(token) = bearer.filter(|_| local) {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = request

@@ -6,17 +6,15 @@
 //! `startup` holds the start-up steps, `policy` the pure supervisor (observations in, decisions
 //! out), `supervise` the watchers and the executor of those decisions, `jobs` the periodic work
 //! (snapshot, prune, secrets, drill), `requests` what comes from outside (control requests, Spot
-//! notices, signals), `status` what `spotkeeper status` shows.
+//! notices, signals). What `spotkeeper status` shows is part of the control protocol
+//! (`control::Status`).
 
 mod health;
 mod jobs;
 pub mod policy;
 mod requests;
 mod startup;
-mod status;
 mod supervise;
-
-pub use status::{ContainerStatus, PruneStatus, SnapshotStatus, Status, VerifyStatus};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::boot::{self, BootAction, BootRefusal};
 use crate::config::{Config, Consistency, ContainerConfig};
-use crate::control::{self, Reply, Request};
+use crate::control::{self, ContainerStatus, PruneStatus, Reply, Request, SnapshotStatus, Status, VerifyStatus};
 use crate::exit::{self, Exit};
 use crate::manifest::{Host, ImageInfo};
 use crate::metrics::{Metrics, Unit, names};

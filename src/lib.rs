@@ -17,6 +17,7 @@ pub mod exclude;
 pub mod exit;
 pub mod failpoint;
 pub mod format2;
+pub mod liveness;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;

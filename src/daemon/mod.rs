@@ -42,7 +42,7 @@ use crate::snapshot_id::SnapshotId;
 use crate::spot::{InstanceAction, Rebalance, SpotWatcher};
 use crate::store::Store;
 use crate::systemd::{self, Notifier};
-use crate::{drill, prune, schedule};
+use crate::{drill, liveness, prune, schedule};
 use policy::{Decision, Observed, Supervision};
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
@@ -162,7 +162,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     spawn_signals(events_tx.clone());
     systemd::spawn_watchdog(notifier);
-    systemd::spawn_progress_status(notifier);
+    crate::progress::spawn_status(notifier);
     // The socket first: a second daemon on this machine must fail before touching anything.
     let listener = control::bind(&config.daemon.socket).await?;
     spawn_control(
@@ -469,7 +469,7 @@ impl Daemon {
             self.unprotected_since = Some(Utc::now());
         }
         loop {
-            systemd::progress();
+            liveness::mark();
             let now = Utc::now();
             self.note_changes();
             if schedule::is_due(now, next_gauges) {

@@ -864,7 +864,7 @@ struct TrackingReader<R> {
 
 impl<R: Read> Read for TrackingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::systemd::progress();
+        crate::liveness::mark();
         self.inner.read(buf).inspect_err(|e| {
             if let Ok(mut slot) = self.error.lock()
                 && slot.is_none()

@@ -399,7 +399,7 @@ impl Store {
             .key(self.full_key(relative))
             .range(range)
             .send();
-        let output = match crate::systemd::alive_while(self.request_bound, request).await {
+        let output = match crate::liveness::alive_while(self.request_bound, request).await {
             Ok(output) => output,
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(err) => return Err(self.error("get", relative, err)),
@@ -485,7 +485,7 @@ impl Store {
             PutCondition::Absent => request.if_none_match("*"),
             PutCondition::Matches(etag) => request.if_match(etag),
         };
-        match crate::systemd::alive_while(self.request_bound, request.send()).await {
+        match crate::liveness::alive_while(self.request_bound, request.send()).await {
             Ok(output) => Ok(output.e_tag),
             Err(err) => Err(self.error("put", relative, err)),
         }
@@ -540,7 +540,7 @@ impl Store {
                     .multipart_upload(completed)
                     .if_none_match("*")
                     .send();
-                crate::systemd::alive_while(self.request_bound, request)
+                crate::liveness::alive_while(self.request_bound, request)
                     .await
                     .map_err(|e| self.error("complete multipart upload of", relative, e))?;
                 Ok(())
@@ -579,7 +579,7 @@ impl Store {
             }
             match chunks.recv().await {
                 Some(Chunk::Data(bytes)) => {
-                    crate::systemd::progress();
+                    crate::liveness::mark();
                     carry.extend_from_slice(&bytes);
                 }
                 Some(Chunk::End) => return Ok((carry.split().freeze(), true)),
@@ -642,7 +642,7 @@ impl Store {
             let part_number = next_part;
             let relative = relative.to_string();
             in_flight.spawn(async move {
-                let output = crate::systemd::alive_while(store.request_bound, request.send())
+                let output = crate::liveness::alive_while(store.request_bound, request.send())
                     .await
                     .map_err(|e| store.error("upload part of", &relative, e))?;
                 Ok(CompletedPart::builder()
@@ -690,7 +690,7 @@ impl Store {
             .copy_source(source)
             .send();
         // A server-side copy of a large archive takes a while without a byte of progress here.
-        crate::systemd::alive_while(self.request_bound, request)
+        crate::liveness::alive_while(self.request_bound, request)
             .await
             .map_err(|e| self.error("copy to", to, e))?;
         Ok(())

@@ -41,4 +41,5 @@ pub mod state_lock;
 pub mod store;
 pub mod stream;
 pub mod systemd;
+pub mod tree;
 pub mod walk;

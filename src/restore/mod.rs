@@ -768,9 +768,9 @@ pub async fn restore_format2(
 /// record (a snapshot not written by spotkeeper), 0700. Bits above 0o777 (setuid, setgid,
 /// sticky) and the world-write bit are never planted on a state directory (another local user
 /// could plant files in the app's state): returns which were dropped.
-fn set_root(staging: &Path, root: Option<crate::manifest::Owner>) -> Result<Option<String>, RestoreError> {
+fn set_root(staging: &Path, root: Option<crate::tree::Owner>) -> Result<Option<String>, RestoreError> {
     use std::os::unix::fs::PermissionsExt;
-    let root = root.unwrap_or(crate::manifest::Owner {
+    let root = root.unwrap_or(crate::tree::Owner {
         mode: 0o700,
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),

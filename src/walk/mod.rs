@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FileType, Stat};
 
 use crate::exclude::Excludes;
-use crate::manifest::Skipped;
+use crate::tree::Skipped;
 
 pub use tracker::{ChangeSet, ChangeTracker, Changes, TrackerOptions};
 

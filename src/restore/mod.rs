@@ -21,6 +21,7 @@ use crate::store::Store;
 mod journal;
 pub mod plan;
 pub use journal::{JOURNAL_FILE, pending as journal_pending};
+pub use plan::TargetState;
 
 /// At every start (daemon, `restore`, `snapshot`), before anything looks at the state: completes
 /// a restore that was killed between its swaps, then removes what restores killed earlier left
@@ -187,14 +188,6 @@ pub struct RestoredPath {
     pub bytes: u64,
     /// Where its previous local content was moved, if it had any.
     pub displaced: Option<PathBuf>,
-}
-
-/// What is at a restore target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetState {
-    Absent,
-    Empty,
-    NonEmpty,
 }
 
 /// Looks at `target` without changing it.

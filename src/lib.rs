@@ -17,6 +17,8 @@ pub mod exclude;
 pub mod exit;
 pub mod failpoint;
 pub mod format2;
+#[cfg(test)]
+mod layers;
 pub mod liveness;
 pub mod manifest;
 pub mod metrics;

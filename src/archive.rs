@@ -17,8 +17,9 @@ use tar::{EntryType, Header};
 use rustix::fs::{AtFlags, Mode, Stat, Timestamps};
 
 use crate::exclude::Excludes;
-use crate::manifest::{self, EntryKind, FileEntry, Manifest, Owner, Skipped, Totals};
+use crate::manifest::{self, EntryKind, FileEntry, Manifest, Totals};
 use crate::stream::HashingReader;
+use crate::tree::{Owner, Skipped};
 use crate::walk::{self, Found, Visitor, Walk, fd, sparse};
 
 /// Read size when hashing and copying file contents.

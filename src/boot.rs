@@ -2,7 +2,7 @@
 //! says, and what to do, every refusal included. No I/O: the daemon gathers the facts (retrying S3
 //! until it has an answer; an error is never "no snapshot") and carries the decision out.
 
-use crate::restore::TargetState;
+use crate::restore::plan::TargetState;
 use crate::snapshot_id::SnapshotId;
 
 /// What the repository said about `latest/`.

@@ -17,6 +17,9 @@ pub mod exclude;
 pub mod exit;
 pub mod failpoint;
 pub mod format2;
+#[cfg(test)]
+mod layers;
+pub mod liveness;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;
@@ -40,4 +43,5 @@ pub mod state_lock;
 pub mod store;
 pub mod stream;
 pub mod systemd;
+pub mod tree;
 pub mod walk;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot_id::SnapshotId;
+use crate::tree::{Owner, Skipped};
 
 /// The format this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -115,26 +116,6 @@ pub struct Totals {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
-    /// Permission bits, e.g. 0o700 = 448.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl Owner {
-    /// The mode a restore gives a state directory recorded with this one, in either format: bits
-    /// above 0o777 (setuid, setgid, sticky) and the world-write bit are never planted (another
-    /// local user could plant files in the app's state). Also says what was dropped, if anything.
-    pub fn planted_mode(&self) -> (u32, Option<String>) {
-        const PLANTED: u32 = 0o775;
-        let extra = self.mode & !PLANTED;
-        let dropped = (extra != 0).then(|| format!("mode bits {extra:#o} of the recorded {:#o} dropped", self.mode));
-        (self.mode & PLANTED, dropped)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     File,
@@ -187,12 +168,6 @@ impl FileEntry {
             sparse: None,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Skipped {
-    pub path: String,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,17 +439,6 @@ pub fn diff(old: &[FileEntry], new: &[FileEntry]) -> ManifestDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_state_directory_is_never_planted_setuid_sticky_or_world_writable() {
-        let planted = |mode| Owner { mode, uid: 0, gid: 0 }.planted_mode();
-        assert_eq!(planted(0o700), (0o700, None));
-        assert_eq!(planted(0o775), (0o775, None));
-        let (mode, dropped) = planted(0o6777);
-        assert_eq!(mode, 0o775);
-        assert!(dropped.is_some_and(|d| d.contains("0o6002")));
-        assert_eq!(planted(0o1777).0, 0o775);
-    }
 
     fn entry(path: &str, kind: EntryKind) -> FileEntry {
         FileEntry {

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::systemd::{self, Notifier};
+
 struct Meter {
     task: Mutex<Option<(&'static str, Instant)>>,
     bytes: AtomicU64,
@@ -40,8 +42,30 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Draw bars on stderr from now on, when stderr is a terminal and not the journal.
 pub fn draw_on_terminal() {
-    let terminal = std::io::stderr().is_terminal() && !crate::systemd::stderr_is_journal();
+    let terminal = std::io::stderr().is_terminal() && !systemd::stderr_is_journal();
     DRAW.store(terminal, Ordering::Relaxed);
+}
+
+/// How often long work's progress reaches `systemctl status`.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Shows the progress of long work (a snapshot, a restore, the drill) in STATUS, as
+/// `snapshot: 120.0 MiB of 400.0 MiB (30%), 12.0 MiB/s, about 24 s left`; work shorter than one
+/// period is not shown. The job's own STATUS line replaces it when the work ends.
+pub fn spawn_status(notifier: Notifier) {
+    if !notifier.enabled() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(STATUS_EVERY).await;
+            if let Some(reading) = reading()
+                && reading.elapsed >= STATUS_EVERY
+            {
+                notifier.status(&describe(&reading));
+            }
+        }
+    });
 }
 
 /// What the meter reads now.

@@ -54,6 +54,17 @@ pub enum RepositoryError {
     NeedsPassword { repository: String },
 }
 
+impl From<pointer::PointerError> for RepositoryError {
+    fn from(error: pointer::PointerError) -> Self {
+        match error {
+            pointer::PointerError::Store(e) => RepositoryError::Store(e),
+            pointer::PointerError::Manifest(e) => RepositoryError::Manifest(e),
+            pointer::PointerError::Format2(e) => RepositoryError::Format2(e),
+            pointer::PointerError::Head(e) => RepositoryError::Head(e),
+        }
+    }
+}
+
 impl RepositoryError {
     /// The S3 failure underneath, whichever format's code met it.
     pub fn store_error(&self) -> Option<&StoreError> {

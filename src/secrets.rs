@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use aws_sdk_ssm::Client;
 use aws_sdk_ssm::error::DisplayErrorContext;
 
-use crate::config::SecretsConfig;
+use crate::config::{SecretsConfig, is_env_name};
 use crate::store::Problem;
 use crate::store::problem;
 
@@ -104,13 +104,6 @@ impl Secrets {
     fn render(&self) -> String {
         self.0.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
     }
-}
-
-/// A valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn is_env_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// An SSM client from the shared SDK configuration; `endpoint` overrides it (tests).

@@ -13,13 +13,12 @@ use crate::archive::{self, ArchiveError, Packed};
 use crate::exclude::Excludes;
 use crate::format2::Engine;
 use crate::format2::pointer::{self, Pointer};
-use crate::manifest::{
-    ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, ManifestError, Owner, Skipped,
-};
+use crate::manifest::{ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, ManifestError};
 use crate::repository::{self, Head, LATEST_ARCHIVE, LATEST_MANIFEST, RepositoryError};
 use crate::snapshot_id::SnapshotId;
 use crate::store::{Problem, PutCondition, Store};
 use crate::stream::ChunkWriter;
+use crate::tree::{Owner, Skipped};
 
 /// Chunks queued between the packer and the uploader.
 const QUEUED_CHUNKS: usize = 4;

@@ -543,7 +543,7 @@ fn a_hostile_repository_writes_nothing_outside_the_target_and_plants_no_privileg
     .expect("fifo");
     let path = |name: &str, mode: u32| spotkeeper::format2::PathRecord {
         name: name.into(),
-        root: spotkeeper::manifest::Owner { mode, uid: 0, gid: 0 },
+        root: spotkeeper::tree::Owner { mode, uid: 0, gid: 0 },
         files: 1,
         bytes: 10,
     };
@@ -801,7 +801,7 @@ fn an_older_spotkeepers_latest_json_without_a_mac_boots_a_new_machine_until_a_se
     write(&old.join("state/notes.txt"), b"from the old version", 0o644);
     let state = spotkeeper::format2::PathRecord {
         name: "state".into(),
-        root: spotkeeper::manifest::Owner {
+        root: spotkeeper::tree::Owner {
             mode: 0o700,
             uid: 0,
             gid: 0,
@@ -1008,7 +1008,7 @@ fn crafted_snapshot(world: &World, id: &str, entries: &[(&str, &str)]) {
     }
     let paths = vec![spotkeeper::format2::PathRecord {
         name: "state".into(),
-        root: spotkeeper::manifest::Owner {
+        root: spotkeeper::tree::Owner {
             mode: 0o700,
             uid: 0,
             gid: 0,

@@ -90,7 +90,7 @@ async fn fill_mirrors(
     (
         std::path::PathBuf,
         Vec<crate::mirror::PathTotals>,
-        Vec<crate::manifest::Skipped>,
+        Vec<crate::tree::Skipped>,
         std::fs::File,
     ),
     CommandError,

@@ -1253,7 +1253,7 @@ impl Validator<'_> {
             return Err(self.invalid_number("container.restart_limit", 0, "must be at least 1"));
         }
         let environment = raw.environment.unwrap_or_default();
-        if let Some(key) = environment.keys().find(|k| !crate::secrets::is_env_name(k)) {
+        if let Some(key) = environment.keys().find(|k| !is_env_name(k)) {
             return Err(self.invalid(
                 "container.environment",
                 key.clone(),
@@ -1414,6 +1414,14 @@ pub fn check_path_name(name: &str) -> Result<(), String> {
         return Err("expected 1 to 32 of a-z, 0-9, `_` and `-`, starting with a letter or digit".into());
     }
     Ok(())
+}
+
+/// A valid environment variable name (a `[container] environment` key, the last segment of an
+/// SSM parameter's name): `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// An RFC 1123 label: what Docker accepts as a hostname and `hostname()` returns in the container.

@@ -6,17 +6,15 @@
 //! `startup` holds the start-up steps, `policy` the pure supervisor (observations in, decisions
 //! out), `supervise` the watchers and the executor of those decisions, `jobs` the periodic work
 //! (snapshot, prune, secrets, drill), `requests` what comes from outside (control requests, Spot
-//! notices, signals), `status` what `spotkeeper status` shows.
+//! notices, signals). What `spotkeeper status` shows is part of the control protocol
+//! (`control::Status`).
 
 mod health;
 mod jobs;
 pub mod policy;
 mod requests;
 mod startup;
-mod status;
 mod supervise;
-
-pub use status::{ContainerStatus, PruneStatus, SnapshotStatus, Status, VerifyStatus};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::boot::{self, BootAction, BootRefusal};
 use crate::config::{Config, Consistency, ContainerConfig};
-use crate::control::{self, Reply, Request};
+use crate::control::{self, ContainerStatus, PruneStatus, Reply, Request, SnapshotStatus, Status, VerifyStatus};
 use crate::exit::{self, Exit};
 use crate::manifest::{Host, ImageInfo};
 use crate::metrics::{Metrics, Unit, names};
@@ -44,7 +42,7 @@ use crate::snapshot_id::SnapshotId;
 use crate::spot::{InstanceAction, Rebalance, SpotWatcher};
 use crate::store::Store;
 use crate::systemd::{self, Notifier};
-use crate::{drill, prune, schedule};
+use crate::{drill, liveness, prune, schedule};
 use policy::{Decision, Observed, Supervision};
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
@@ -165,7 +163,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     spawn_signals(events_tx.clone());
     systemd::spawn_watchdog(notifier);
-    systemd::spawn_progress_status(notifier);
+    crate::progress::spawn_status(notifier);
     // The socket first: a second daemon on this machine must fail before touching anything.
     let listener = control::bind(&config.daemon.socket).await?;
     spawn_control(
@@ -472,7 +470,7 @@ impl Daemon {
             self.unprotected_since = Some(Utc::now());
         }
         loop {
-            systemd::progress();
+            liveness::mark();
             let now = Utc::now();
             self.note_changes();
             if schedule::is_due(now, next_gauges) {

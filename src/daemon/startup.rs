@@ -77,7 +77,7 @@ impl Daemon {
             match secrets::fetch(&client, &config.ssm_path).await {
                 Ok(secrets) => break secrets,
                 Err(e) if e.is_transient() => {
-                    systemd::progress();
+                    liveness::mark();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "SSM not reachable; the container waits for its secrets");
                     self.notifier.extend(delay + EXTEND_STEP);
                     tokio::time::sleep(delay).await;
@@ -106,7 +106,7 @@ impl Daemon {
                 match crate::format2::load_password(&repository, &self.sdk_config).await {
                     Ok(password) => break password,
                     Err(e @ crate::format2::PasswordError::Ssm { transient: true, .. }) => {
-                        systemd::progress();
+                        liveness::mark();
                         tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "repository password: SSM not reachable, retrying");
                         self.notifier.status("reading the repository password: waiting for SSM");
                         self.notifier.extend(delay + EXTEND_STEP);
@@ -156,7 +156,7 @@ impl Daemon {
             match op().await {
                 Ok(value) => return Ok(value),
                 Err(e) if e.is_transient() => {
-                    systemd::progress();
+                    liveness::mark();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "{what}: S3 not reachable, retrying (never starting fresh on an error)");
                     self.notifier.status(&format!("{what}: waiting for S3"));
                     self.notifier.extend(delay + EXTEND_STEP);
@@ -498,14 +498,14 @@ impl Daemon {
             match restore::restore(&store, self.engine.as_ref(), &request).await {
                 Ok(report) => break report,
                 Err(RestoreError::Repository(e)) if e.is_transient() => {
-                    systemd::progress();
+                    liveness::mark();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "restore: S3 not reachable, retrying");
                     self.notifier.extend(delay + EXTEND_STEP);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(STARTUP_RETRY_MAX);
                 }
                 Err(RestoreError::Download { key, source }) => {
-                    systemd::progress();
+                    liveness::mark();
                     tracing::warn!(key, error = %source, retry_in_s = delay.as_secs(), "restore: download failed, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(STARTUP_RETRY_MAX);
@@ -592,7 +592,7 @@ impl Daemon {
         let deadline = Instant::now() + self.container_config.start_timeout;
         let mut last: String;
         loop {
-            systemd::progress();
+            liveness::mark();
             let verdict = match runtime::fetch(&url, None).await {
                 Ok(answer) => probe::judge(kind, asking, &answer),
                 Err(e) => Verdict::Fail(e),

@@ -183,9 +183,9 @@ impl S3Backend {
         key: &str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> RusticResult<T> {
-        crate::systemd::progress();
+        crate::liveness::mark();
         let result = self.handle.block_on(call);
-        crate::systemd::progress();
+        crate::liveness::mark();
         result.map_err(|e| {
             RusticError::with_source(ErrorKind::Backend, "S3 {op} of {key} failed", e)
                 .attach_context("op", op)

@@ -644,13 +644,13 @@ const PATHS_LINE: &str = "spotkeeper-paths: ";
 pub struct PathRecord {
     pub name: String,
     /// The path's directory's own owner and mode (restored onto the directory).
-    pub root: crate::manifest::Owner,
+    pub root: crate::tree::Owner,
     pub files: u64,
     pub bytes: u64,
 }
 
 /// A snapshot's description: the paths, then the entries that were skipped.
-pub fn description(paths: &[PathRecord], skipped: &[crate::manifest::Skipped]) -> String {
+pub fn description(paths: &[PathRecord], skipped: &[crate::tree::Skipped]) -> String {
     let mut text = format!("{PATHS_LINE}{}", serde_json::to_string(paths).unwrap_or_default());
     if !skipped.is_empty() {
         text.push_str("\nskipped (could not be copied):");
@@ -937,7 +937,7 @@ mod tests {
 
     #[test]
     fn the_paths_round_trip_through_the_description() {
-        let owner = |mode| crate::manifest::Owner {
+        let owner = |mode| crate::tree::Owner {
             mode,
             uid: 1000,
             gid: 1000,
@@ -956,7 +956,7 @@ mod tests {
                 bytes: 10,
             },
         ];
-        let skipped = vec![crate::manifest::Skipped {
+        let skipped = vec![crate::tree::Skipped {
             path: "config/a/fifo".into(),
             reason: "a FIFO".into(),
         }];

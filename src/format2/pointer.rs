@@ -14,6 +14,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::format2::Format2Error;
 use crate::format2::head::HeadError;
 use crate::manifest::{MAX_METADATA_BYTES, ManifestError};
 use crate::snapshot_id::SnapshotId;
@@ -178,6 +179,23 @@ impl Pointer {
     }
 }
 
+/// Why `latest.json` could not be read or trusted. `repository::RepositoryError` takes each
+/// variant as its own (the pointer knows nothing of the layer that reads the head).
+#[derive(Debug, thiserror::Error)]
+pub enum PointerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Too large, not valid JSON or of another format.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The repository's key or listing, needed to check the MAC.
+    #[error(transparent)]
+    Format2(#[from] Format2Error),
+    /// No MAC, or a wrong one.
+    #[error(transparent)]
+    Head(#[from] HeadError),
+}
+
 /// `latest.json` and its ETag; `None` when there is none (no format-2 snapshot yet). With
 /// `engine` (the password), its MAC is checked: a pointer without one, or whose MAC does not
 /// match, is an error (`HeadError`) naming it. Without, nothing can be checked: callers without
@@ -185,7 +203,7 @@ impl Pointer {
 pub async fn read(
     store: &Store,
     engine: Option<&crate::format2::Engine>,
-) -> Result<Option<(Pointer, Option<String>)>, crate::repository::RepositoryError> {
+) -> Result<Option<(Pointer, Option<String>)>, PointerError> {
     let got = match store.get_bytes_capped(POINTER_KEY, MAX_METADATA_BYTES).await {
         Err(StoreError::TooLarge { key, cap, .. }) => return Err(ManifestError::TooLarge { key, cap }.into()),
         other => other?,

@@ -123,7 +123,7 @@ impl Plan {
         });
         let mut pending = vec![(root, 0usize)];
         while let Some((tree_id, dir)) = pending.pop() {
-            crate::systemd::progress();
+            crate::liveness::mark();
             let tree = repo.get_tree(&tree_id).map_err(RestorerError::Repository)?;
             let mut seen = HashSet::with_capacity(tree.nodes.len());
             for node in tree.nodes {
@@ -499,7 +499,7 @@ fn read_job(
         }
         out.push((blob.place, data));
     }
-    crate::systemd::progress();
+    crate::liveness::mark();
     Ok(out)
 }
 
@@ -705,7 +705,7 @@ fn write_files(
                         break;
                     };
                     write_sparse(&out, &data, place.offset).map_err(|e| write_error(&file.rel)(e))?;
-                    crate::systemd::progress();
+                    crate::liveness::mark();
                 }
                 _ => break,
             }

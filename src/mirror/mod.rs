@@ -22,7 +22,8 @@ use rustix::fs::{AtFlags, FileType, Mode, Stat, Timestamps};
 use serde::{Deserialize, Serialize};
 
 use crate::exclude::Excludes;
-use crate::manifest::{self, Skipped};
+use crate::manifest;
+use crate::tree::Skipped;
 use crate::walk::{self, ChangeSet, Found, Visitor, Walk, fd, sparse};
 
 mod set;

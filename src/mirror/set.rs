@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use super::{Mirror, MirrorError, SyncStats};
 use crate::config::StatePath;
 use crate::exclude::Excludes;
-use crate::manifest::Skipped;
+use crate::tree::Skipped;
 use crate::walk::tracker::{ChangeTracker, Changes};
 
 /// The failpoint after each path's mirror is synced (`crate::failpoint`).

@@ -21,6 +21,7 @@ use crate::store::Store;
 mod journal;
 pub mod plan;
 pub use journal::{JOURNAL_FILE, pending as journal_pending};
+pub use plan::TargetState;
 
 /// At every start (daemon, `restore`, `snapshot`), before anything looks at the state: completes
 /// a restore that was killed between its swaps, then removes what restores killed earlier left
@@ -187,14 +188,6 @@ pub struct RestoredPath {
     pub bytes: u64,
     /// Where its previous local content was moved, if it had any.
     pub displaced: Option<PathBuf>,
-}
-
-/// What is at a restore target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetState {
-    Absent,
-    Empty,
-    NonEmpty,
 }
 
 /// Looks at `target` without changing it.
@@ -768,9 +761,9 @@ pub async fn restore_format2(
 /// record (a snapshot not written by spotkeeper), 0700. Bits above 0o777 (setuid, setgid,
 /// sticky) and the world-write bit are never planted on a state directory (another local user
 /// could plant files in the app's state): returns which were dropped.
-fn set_root(staging: &Path, root: Option<crate::manifest::Owner>) -> Result<Option<String>, RestoreError> {
+fn set_root(staging: &Path, root: Option<crate::tree::Owner>) -> Result<Option<String>, RestoreError> {
     use std::os::unix::fs::PermissionsExt;
-    let root = root.unwrap_or(crate::manifest::Owner {
+    let root = root.unwrap_or(crate::tree::Owner {
         mode: 0o700,
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),
@@ -864,7 +857,7 @@ struct TrackingReader<R> {
 
 impl<R: Read> Read for TrackingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::systemd::progress();
+        crate::liveness::mark();
         self.inner.read(buf).inspect_err(|e| {
             if let Ok(mut slot) = self.error.lock()
                 && slot.is_none()

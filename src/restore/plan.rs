@@ -1,4 +1,13 @@
-//! Which of a snapshot's paths a restore writes, and where: pure policy, table-tested.
+//! Which of a snapshot's paths a restore writes, and where, and what a target held before: pure
+//! policy, table-tested.
+
+/// What is at a restore target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetState {
+    Absent,
+    Empty,
+    NonEmpty,
+}
 
 /// What a restore into the configured state paths does with a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]

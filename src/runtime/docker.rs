@@ -97,7 +97,7 @@ impl Container {
         };
         let mut progress = self.docker.create_image(Some(options), None, credentials);
         while let Some(step) = progress.next().await {
-            crate::systemd::progress();
+            crate::liveness::mark();
             step.map_err(|source| RuntimeError::Pull {
                 image: image.to_string(),
                 source,
@@ -215,7 +215,7 @@ impl ContainerRuntime for Container {
         let docker = self.docker.clone().with_timeout(timeout + API_TIMEOUT);
         // Docker's grace period can be long: waiting it out is not a hang (the watchdog).
         let stopped =
-            crate::systemd::alive_while(timeout + API_TIMEOUT, docker.stop_container(&self.name, Some(options)));
+            crate::liveness::alive_while(timeout + API_TIMEOUT, docker.stop_container(&self.name, Some(options)));
         match stopped.await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {

@@ -406,7 +406,7 @@ impl Store {
             .key(self.full_key(relative))
             .range(range)
             .send();
-        let output = match crate::systemd::alive_while(self.request_bound, request).await {
+        let output = match crate::liveness::alive_while(self.request_bound, request).await {
             Ok(output) => output,
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(err) => return Err(self.error("get", relative, err)),
@@ -512,7 +512,7 @@ impl Store {
             PutCondition::Absent => request.if_none_match("*"),
             PutCondition::Matches(etag) => request.if_match(etag),
         };
-        match crate::systemd::alive_while(self.request_bound, request.send()).await {
+        match crate::liveness::alive_while(self.request_bound, request.send()).await {
             Ok(output) => Ok(output.e_tag),
             // If-Match on a key that is gone: S3 (and moto) answer 404 NoSuchKey where s3s-fs
             // answers 412. Either way the object is no longer the one named: the same refusal.
@@ -573,7 +573,7 @@ impl Store {
                     .multipart_upload(completed)
                     .if_none_match("*")
                     .send();
-                crate::systemd::alive_while(self.request_bound, request)
+                crate::liveness::alive_while(self.request_bound, request)
                     .await
                     .map_err(|e| self.error("complete multipart upload of", relative, e))?;
                 Ok(())
@@ -612,7 +612,7 @@ impl Store {
             }
             match chunks.recv().await {
                 Some(Chunk::Data(bytes)) => {
-                    crate::systemd::progress();
+                    crate::liveness::mark();
                     carry.extend_from_slice(&bytes);
                 }
                 Some(Chunk::End) => return Ok((carry.split().freeze(), true)),
@@ -675,7 +675,7 @@ impl Store {
             let part_number = next_part;
             let relative = relative.to_string();
             in_flight.spawn(async move {
-                let output = crate::systemd::alive_while(store.request_bound, request.send())
+                let output = crate::liveness::alive_while(store.request_bound, request.send())
                     .await
                     .map_err(|e| store.error("upload part of", &relative, e))?;
                 Ok(CompletedPart::builder()
@@ -723,7 +723,7 @@ impl Store {
             .copy_source(source)
             .send();
         // A server-side copy of a large archive takes a while without a byte of progress here.
-        crate::systemd::alive_while(self.request_bound, request)
+        crate::liveness::alive_while(self.request_bound, request)
             .await
             .map_err(|e| self.error("copy to", to, e))?;
         Ok(())

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FileType, Stat};
 
 use crate::exclude::Excludes;
-use crate::manifest::Skipped;
+use crate::tree::Skipped;
 
 pub use tracker::{ChangeSet, ChangeTracker, Changes, TrackerOptions};
 
@@ -166,7 +166,7 @@ impl<'a> Walk<'a> {
         visitor: &mut V,
     ) -> Result<bool, V::Error> {
         // A long walk is progress for the systemd watchdog, entry by entry.
-        crate::systemd::progress();
+        crate::liveness::mark();
         let Ok(text) = std::str::from_utf8(name.to_bytes()) else {
             self.skip(&fd::join(dir_rel, &fd::shown(name.to_bytes())), "the name is not UTF-8");
             return Ok(true);

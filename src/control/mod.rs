@@ -6,6 +6,8 @@
 //! that share one `[daemon] socket` must never have one's `restore --force` carried out on the
 //! other's state. The protocol has a version; a daemon from before it finds no `command` at the
 //! top of a `Call`, answers "bad request" and does nothing.
+//!
+//! `status` holds what a `status` request answers (what `spotkeeper status` shows).
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -17,11 +19,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::config::Config;
-use crate::daemon::Status;
 use crate::exit::Exit;
 use crate::restore::RestoreReport;
 use crate::snapshot::SnapshotOutcome;
 use crate::snapshot_id::SnapshotId;
+
+mod status;
+pub use status::{ContainerStatus, PruneStatus, SnapshotStatus, Status, VerifyStatus};
 
 /// Longest a request may take: a restore of a large state through the daemon.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);

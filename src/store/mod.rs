@@ -454,22 +454,25 @@ impl Store {
         &self,
         relative: &str,
     ) -> Result<Option<std::collections::HashMap<String, String>>, StoreError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(relative))
-            .send()
-            .await
-        {
-            Ok(output) => Ok(Some(output.metadata.unwrap_or_default())),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-            Err(err) => Err(self.error("head", relative, err)),
-        }
+        Ok(self
+            .head_request(relative)
+            .await?
+            .map(|output| output.metadata.unwrap_or_default()))
     }
 
     /// Size and ETag of an object, or `None` when it does not exist.
     pub async fn head_object(&self, relative: &str) -> Result<Option<Head>, StoreError> {
+        Ok(self.head_request(relative).await?.map(|output| Head {
+            size: output.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            etag: output.e_tag,
+        }))
+    }
+
+    /// One HEAD request; `None` when the object does not exist.
+    async fn head_request(
+        &self,
+        relative: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, StoreError> {
         match self
             .client
             .head_object()
@@ -478,10 +481,7 @@ impl Store {
             .send()
             .await
         {
-            Ok(output) => Ok(Some(Head {
-                size: output.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-                etag: output.e_tag,
-            })),
+            Ok(output) => Ok(Some(output)),
             Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
             Err(err) => Err(self.error("head", relative, err)),
         }

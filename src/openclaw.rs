@@ -37,12 +37,10 @@ pub fn check(config: &Config) -> Result<Option<Vec<Outside>>, String> {
         return Ok(None);
     };
     let file = dir.join(CONFIG_FILE);
-    let text = match std::fs::read_to_string(&file) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    let Some(text) = read_untrusted(&file)? else {
+        return Ok(None);
     };
-    let doc: Value = json5::from_str(&text).map_err(|e| format!("{} is not valid JSON5: {e}", file.display()))?;
+    let doc = parse(&file, &text)?;
     let mounts: Vec<String> = config
         .state
         .paths
@@ -50,6 +48,61 @@ pub fn check(config: &Config) -> Result<Option<Vec<Outside>>, String> {
         .filter_map(|p| mount_of(p, config.container.as_ref().map(|c| c.state_mount.as_str())))
         .collect();
     Ok(Some(outside(&doc, &mounts)))
+}
+
+/// Parses `text` (JSON5). The error names the place, never the text: the file is the app's to
+/// write, and json5's own message quotes the line.
+fn parse(file: &Path, text: &str) -> Result<Value, String> {
+    json5::from_str(text).map_err(|e| match e {
+        json5::Error::Message { location: Some(at), .. } => {
+            format!(
+                "{} is not valid JSON5 (line {}, column {})",
+                file.display(),
+                at.line,
+                at.column
+            )
+        }
+        json5::Error::Message { location: None, .. } => format!("{} is not valid JSON5", file.display()),
+    })
+}
+
+/// The most of `openclaw.json` read: OpenClaw's is a few KiB.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Reads `file`, which lies in the state directory (the app's to write): its last component is
+/// opened without following a link and without blocking on a FIFO, and only a regular file of at
+/// most `MAX_CONFIG_BYTES` is read. `Ok(None)`: there is none.
+fn read_untrusted(file: &Path) -> Result<Option<String>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(file);
+    let handle = match opened {
+        Ok(handle) => handle,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(format!("{} is a link; not followed", file.display()));
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    };
+    let meta = handle
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", file.display()));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!("{} is larger than {MAX_CONFIG_BYTES} bytes", file.display()));
+    }
+    let mut text = String::new();
+    handle
+        .take(MAX_CONFIG_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    Ok(Some(text))
 }
 
 fn mount_of(path: &StatePath, default_mount: Option<&str>) -> Option<String> {
@@ -127,6 +180,37 @@ fn resolve(path: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_planted_link_fifo_or_garbage_is_refused_without_reading_or_echoing_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let secret = dir.path().join("outside.json");
+        std::fs::write(&secret, "{ agents: { list: [ { workspace: \"/srv/TOP-SECRET\" } ] } }").expect("write");
+        let file = dir.path().join(CONFIG_FILE);
+        // A link to a file outside: not followed.
+        std::os::unix::fs::symlink(&secret, &file).expect("link");
+        let err = read_untrusted(&file).expect_err("a link");
+        assert!(err.contains("link") && !err.contains("TOP-SECRET"), "{err}");
+        std::fs::remove_file(&file).expect("rm");
+        // A FIFO: refused at once, no blocking open.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &file,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("fifo");
+        let err = read_untrusted(&file).expect_err("a fifo");
+        assert!(err.contains("not a regular file"), "{err}");
+        std::fs::remove_file(&file).expect("rm");
+        // Not JSON5: the place is named, the content is not.
+        std::fs::write(&file, "TOP-SECRET-LINE = not json\n").expect("write");
+        let text = read_untrusted(&file).expect("read").expect("present");
+        let err = parse(&file, &text).expect_err("invalid");
+        assert!(err.contains("line 1") && !err.contains("TOP-SECRET"), "{err}");
+        assert_eq!(read_untrusted(&dir.path().join("absent.json")), Ok(None));
+    }
 
     #[test]
     fn agent_directories_outside_the_mounts_are_named() {

@@ -153,7 +153,7 @@ pub fn of_restore(error: &RestoreError) -> Exit {
 pub fn of_snapshot(error: &SnapshotError) -> Exit {
     match error {
         SnapshotError::Repository(e) => of_repository(e),
-        SnapshotError::Archive(_) => Exit::Io,
+        SnapshotError::Root { .. } => Exit::Io,
         SnapshotError::Diverged { .. } | SnapshotError::LatestMoved { .. } => Exit::Refused,
         SnapshotError::Task(_) => Exit::Failure,
     }

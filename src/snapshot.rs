@@ -1,38 +1,33 @@
-//! Taking a snapshot: pack, compress, hash and upload in one streaming pass, write the manifest
-//! (which makes the snapshot complete), then move `latest/` to it, but only when the state
-//! descends from the current `latest/` (the lineage guard).
+//! Taking a snapshot: back up the mirrors into format 2's repository (restic's format, through
+//! rustic_core), then move the head, `latest.json`, to it, but only when the state descends from
+//! the current head (the lineage guard). Format 2 is the only format written; format 1 is read
+//! forever (`restore`, `verify`, `list`, `prune`) and a first format-2 snapshot on a format-1
+//! prefix retires its `latest/`.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
 
-use crate::archive::{self, ArchiveError, Packed};
-use crate::exclude::Excludes;
 use crate::format2::Engine;
 use crate::format2::pointer::{self, Pointer};
-use crate::manifest::{ARCHIVE_ENCODING, ArchiveInfo, FORMAT_VERSION, Host, ImageInfo, Manifest, ManifestError};
+use crate::manifest::{Host, ManifestError};
 use crate::repository::{self, Head, LATEST_ARCHIVE, LATEST_MANIFEST, RepositoryError};
 use crate::snapshot_id::SnapshotId;
-use crate::store::{Problem, PutCondition, Store};
-use crate::stream::ChunkWriter;
+use crate::store::Store;
 use crate::tree::{Owner, Skipped};
-
-/// Chunks queued between the packer and the uploader.
-const QUEUED_CHUNKS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error(transparent)]
     Repository(#[from] RepositoryError),
-    #[error("cannot archive the state: {0}")]
-    Archive(#[from] ArchiveError),
+    #[error("cannot read the state's root {path}: {source}")]
+    Root { path: PathBuf, source: std::io::Error },
     #[error(
-        "refusing to replace latest/ in {repository}: it is snapshot {latest}, but this state {origin}. \
+        "refusing to replace the latest snapshot of {repository}: it is snapshot {latest}, but this state {origin}. \
          Another machine may be writing this prefix. Nothing was uploaded. If this machine is now the only \
-         writer, run `spotkeeper snapshot --force`; to look at latest/ first, run `spotkeeper restore --to DIR`"
+         writer, run `spotkeeper snapshot --force`; to look at the latest snapshot first, run \
+         `spotkeeper restore --to DIR`"
     )]
     Diverged {
         repository: String,
@@ -40,8 +35,8 @@ pub enum SnapshotError {
         origin: String,
     },
     #[error(
-        "snapshot {id} is complete in {repository}, but latest/ was replaced by another writer while it was \
-         uploading, so latest/ was left as that writer made it"
+        "snapshot {id} is complete in {repository}, but the latest snapshot (latest.json) was replaced by \
+         another writer while it was uploading, so latest.json was left as that writer made it"
     )]
     LatestMoved { repository: String, id: SnapshotId },
     #[error("snapshot task failed: {0}")]
@@ -51,22 +46,18 @@ pub enum SnapshotError {
 /// What to snapshot and how.
 #[derive(Debug, Clone)]
 pub struct SnapshotRequest {
-    /// Format 1: the directory to pack (one path). Format 2: a directory holding one directory
-    /// per state path, named as the path (spotkeeper's mirrors).
+    /// A directory holding one directory per state path, named as the path (spotkeeper's
+    /// mirrors, filled by the descriptor walk: the engine never reads the live state).
     pub source: PathBuf,
-    /// Format 2: each path's files and bytes (its owner and mode are read from `source`).
+    /// Each path's files and bytes (its owner and mode are read from `source`).
     pub paths: Vec<crate::mirror::PathTotals>,
-    pub excludes: Excludes,
-    pub compression_level: i32,
     pub host: Host,
-    pub image: Option<ImageInfo>,
-    /// The `latest/` id the local state descends from (the local record), if known.
+    /// The head the local state descends from (the local record), if known.
     pub base: Option<SnapshotId>,
-    /// Replace `latest/` even when the state does not descend from it.
+    /// Move the head even when the state does not descend from it.
     pub force: bool,
     pub now: DateTime<Utc>,
-    /// Entries skipped before packing (by the walk that filled the daemon's mirror): this
-    /// snapshot's too, listed in its manifest.
+    /// Entries the walk that filled the mirrors skipped: listed in the snapshot's description.
     pub also_skipped: Vec<Skipped>,
     /// Taken to follow changes (`[snapshot] follow`), not on the schedule: tagged `follow`,
     /// kept only `retention.follow_keep` unless the tiers keep it.
@@ -166,39 +157,11 @@ pub fn check_lineage(
     }
 }
 
-/// Takes one snapshot of `request.source`: format 2 when an engine (a password) is given, else
-/// format 1, which is refused once the prefix holds format 2.
-pub async fn take(
-    store: &Store,
-    engine: Option<&Engine>,
-    request: SnapshotRequest,
-) -> Result<SnapshotReport, SnapshotError> {
-    match engine {
-        Some(engine) => take_format2(store, engine, request).await,
-        None => {
-            if repository::has_pointer(store).await? {
-                return Err(RepositoryError::NeedsPassword {
-                    repository: repository_url(store),
-                }
-                .into());
-            }
-            take_format1(store, request).await
-        }
-    }
-}
-
-/// The restic host of every snapshot: stable, because rustic_core finds a snapshot's parent by
-/// host (and paths), and Spot machines' hostnames change. The real hostname is in `latest.json`.
-pub const FORMAT2_HOST: &str = "spotkeeper";
-
-/// Format 2: backs up the mirror into the restic repository (creating it when the prefix has
-/// none), then moves `latest.json` to it under the lineage guard.
-async fn take_format2(
-    store: &Store,
-    engine: &Engine,
-    request: SnapshotRequest,
-) -> Result<SnapshotReport, SnapshotError> {
-    let taken = take_format2_steps(store, engine, request).await;
+/// Takes one snapshot of `request.source` into format 2's repository (creating it on an empty
+/// prefix, or on one that held only format 1), then moves `latest.json` to it under the lineage
+/// guard. Format 2 is the only format written: the CLI and the daemon both come here.
+pub async fn take(store: &Store, engine: &Engine, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
+    let taken = take_steps(store, engine, request).await;
     if taken.is_err() {
         // Whatever failed, the next snapshot trusts nothing it knew: it reads the head again.
         engine.forget_known();
@@ -206,10 +169,14 @@ async fn take_format2(
     taken
 }
 
-/// `take_format2`'s steps. In the steady state (this engine wrote the head last) it reads
+/// The restic host of every snapshot: stable, because rustic_core finds a snapshot's parent by
+/// host (and paths), and Spot machines' hostnames change. The real hostname is in `latest.json`.
+pub const FORMAT2_HOST: &str = "spotkeeper";
+
+/// `take`'s steps. In the steady state (this engine wrote the head last) it reads
 /// nothing from S3: the head and its ETag, the snapshots and the index listing are what the
 /// engine knows; the pointer's conditional write fails if anyone else moved the head.
-async fn take_format2_steps(
+async fn take_steps(
     store: &Store,
     engine: &Engine,
     request: SnapshotRequest,
@@ -353,8 +320,10 @@ async fn take_format2_steps(
 /// directory's).
 fn root_owner(source: &std::path::Path) -> Result<Owner, SnapshotError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(source)
-        .map_err(|e| ArchiveError::Stream(std::io::Error::new(e.kind(), format!("{}: {e}", source.display()))))?;
+    let meta = std::fs::metadata(source).map_err(|e| SnapshotError::Root {
+        path: source.to_path_buf(),
+        source: e,
+    })?;
     Ok(Owner {
         mode: meta.mode() & 0o7777,
         uid: meta.uid(),
@@ -450,182 +419,11 @@ pub(crate) async fn retire_format1_latest(store: &Store) {
     }
 }
 
-/// Format 1: one archive and manifest per snapshot, then `latest/`.
-async fn take_format1(store: &Store, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
-    let started = Instant::now();
-    let requests_before = store.requests();
-    let counts_before = store.request_counts();
-    let latest = repository::latest_for_writer(store, None).await?;
-    let latest_id = latest.as_ref().map(|(m, _)| m.id);
-    let latest_lineage = latest.as_ref().map(|(m, _)| (m.id, m.parent, m.host.writer.as_deref()));
-    let writer = request.host.writer.as_deref().unwrap_or_default();
-    check_lineage(latest_lineage, request.base, writer, request.force).map_err(|origin| SnapshotError::Diverged {
-        repository: repository_url(store),
-        latest: latest_id.unwrap_or(SnapshotId::new(request.now, 1)),
-        origin,
-    })?;
-    // The previous snapshot's size is the estimate of this one's, for the progress bar.
-    let _progress = crate::progress::begin("snapshot", latest.as_ref().map(|(m, _)| m.totals.bytes), None);
-    let taken = repository::ids_in_minute(store, &SnapshotId::new(request.now, 1)).await?;
-    let id = SnapshotId::first_free(request.now, &taken);
-    let archive_key = repository::archive_key(&id);
-
-    let (mut packed, archive_bytes, archive_sha256) = pack_and_upload(store, &request, &archive_key).await?;
-    packed.skipped.extend(request.also_skipped.iter().cloned());
-    let manifest = Manifest {
-        format: FORMAT_VERSION,
-        id,
-        created_at: request.now,
-        parent: latest_id,
-        host: request.host.clone(),
-        archive: ArchiveInfo {
-            key: archive_key.clone(),
-            bytes: archive_bytes,
-            sha256: archive_sha256,
-            encoding: ARCHIVE_ENCODING.to_string(),
-        },
-        totals: packed.totals,
-        root: packed.root.unwrap_or(Owner {
-            mode: 0o700,
-            uid: 0,
-            gid: 0,
-        }),
-        files: packed.files,
-        skipped: packed.skipped.clone(),
-        image: request.image.clone(),
-    };
-    let body = Bytes::from(manifest.encode());
-    let metadata = [
-        (repository::META_FILES, manifest.totals.files.to_string()),
-        (repository::META_BYTES, manifest.totals.bytes.to_string()),
-        (repository::META_CREATED_AT, manifest.created_at.to_rfc3339()),
-    ];
-    // The manifest makes the snapshot complete; never overwrite a complete snapshot.
-    store
-        .put_bytes(
-            &repository::manifest_key(&id),
-            body.clone(),
-            "application/json",
-            &metadata,
-            PutCondition::Absent,
-        )
-        .await
-        .map_err(RepositoryError::from)?;
-
-    update_latest(store, &manifest, latest.and_then(|(_, etag)| etag), body).await?;
-
-    Ok(SnapshotReport {
-        id,
-        parent: latest_id,
-        files: manifest.totals.files,
-        bytes: manifest.totals.bytes,
-        archive_bytes,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        requests: store.requests() - requests_before,
-        skipped: packed.skipped.iter().map(|s| s.path.clone()).collect(),
-        torn: packed.torn,
-        created_at: manifest.created_at,
-        restic_id: None,
-        paths: vec![crate::mirror::PathTotals {
-            name: crate::config::SHORTHAND_PATH_NAME.to_string(),
-            files: manifest.totals.files,
-            bytes: manifest.totals.bytes,
-        }],
-        request_counts: store.request_counts().since(&counts_before),
-    })
-}
-
 fn repository_url(store: &Store) -> String {
     let prefix = store.full_key("");
     format!("s3://{}/{}", store.bucket(), prefix.trim_end_matches('/'))
         .trim_end_matches('/')
         .to_string()
-}
-
-/// Copies the archive to `latest/`, then replaces `latest/manifest.json` only if it is still the
-/// one this snapshot descends from (If-Match on its ETag, or If-None-Match when there was none).
-async fn update_latest(
-    store: &Store,
-    manifest: &Manifest,
-    latest_etag: Option<String>,
-    body: Bytes,
-) -> Result<(), SnapshotError> {
-    // Re-read the pointer just before touching latest/: a writer that moved it during our upload
-    // is caught here, before even the archive copy.
-    let current = repository::latest_for_writer(store, Some(manifest.id)).await?;
-    let moved = match (&current, manifest.parent) {
-        (None, None) => false,
-        (Some((m, _)), Some(parent)) => m.id != parent,
-        _ => true,
-    };
-    if moved {
-        return Err(SnapshotError::LatestMoved {
-            repository: repository_url(store),
-            id: manifest.id,
-        });
-    }
-    store
-        .copy(&manifest.archive.key, LATEST_ARCHIVE)
-        .await
-        .map_err(RepositoryError::from)?;
-    let condition = match latest_etag {
-        Some(etag) => PutCondition::Matches(etag),
-        None => PutCondition::Absent,
-    };
-    match store
-        .put_bytes(LATEST_MANIFEST, body, "application/json", &[], condition)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.problem() == Some(&Problem::PreconditionFailed) => Err(SnapshotError::LatestMoved {
-            repository: repository_url(store),
-            id: manifest.id,
-        }),
-        Err(e) => Err(RepositoryError::from(e).into()),
-    }
-}
-
-/// Runs the packer on a blocking thread and the uploader on this task, joined by a small
-/// channel of parts: memory stays at a few parts whatever the state's size.
-async fn pack_and_upload(
-    store: &Store,
-    request: &SnapshotRequest,
-    archive_key: &str,
-) -> Result<(Packed, u64, String), SnapshotError> {
-    let (sender, receiver) = mpsc::channel(QUEUED_CHUNKS);
-    let source = request.source.clone();
-    let excludes = request.excludes.clone();
-    let level = request.compression_level;
-    let packer = tokio::task::spawn_blocking(move || -> Result<(Packed, u64, String), ArchiveError> {
-        let writer = ChunkWriter::new(sender);
-        let mut encoder = zstd::stream::write::Encoder::new(writer, level).map_err(ArchiveError::Stream)?;
-        encoder.include_checksum(true).map_err(ArchiveError::Stream)?;
-        encoder
-            .multithread(compression_workers())
-            .map_err(ArchiveError::Stream)?;
-        let (packed, encoder) = archive::pack(&source, &excludes, encoder)?;
-        let writer = encoder.finish().map_err(ArchiveError::Stream)?;
-        let (bytes, sha256) = writer.finish().map_err(ArchiveError::Stream)?;
-        Ok((packed, bytes, sha256))
-    });
-    let upload = store.upload_stream(archive_key, "application/zstd", receiver);
-    let (packed, uploaded) = tokio::join!(packer, upload);
-    let packed = packed.map_err(|e| SnapshotError::Task(e.to_string()))?;
-    match (packed, uploaded) {
-        (Ok(result), Ok(())) => Ok(result),
-        // A broken pipe on our side means the uploader stopped: its error is the real one.
-        (Err(ArchiveError::Stream(e)), Err(upload)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            Err(RepositoryError::from(upload).into())
-        }
-        (Err(pack), _) => Err(pack.into()),
-        (Ok(_), Err(upload)) => Err(RepositoryError::from(upload).into()),
-    }
-}
-
-/// zstd worker threads: all cores but one for the packer, at least one, at most four.
-fn compression_workers() -> u32 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    u32::try_from(cores.saturating_sub(1).clamp(1, 4)).unwrap_or(1)
 }
 
 /// This machine's name, for the manifest.

@@ -1,71 +1,9 @@
-//! Glue between the synchronous archive code and the async store: writers and readers that hash
-//! and count what passes through them.
+//! A reader that hashes and counts what passes through it (format 1's archives, read forever).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
-use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
-use crate::store::{CHUNK_SIZE, Chunk};
-
-/// Cuts a byte stream into chunks of `CHUNK_SIZE` for the uploader, hashing and counting it on
-/// the way.
-/// `finish` sends the last part and the end marker; dropping it without `finish` makes the
-/// uploader abort, so a failed archive is never stored.
-pub struct ChunkWriter {
-    sender: mpsc::Sender<Chunk>,
-    buffer: BytesMut,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl ChunkWriter {
-    pub fn new(sender: mpsc::Sender<Chunk>) -> Self {
-        ChunkWriter {
-            sender,
-            buffer: BytesMut::with_capacity(CHUNK_SIZE),
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
-    }
-
-    fn send(&mut self, chunk: Chunk) -> io::Result<()> {
-        self.sender
-            .blocking_send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
-    }
-
-    /// Sends what is buffered and the end marker; returns (bytes, sha256 hex).
-    pub fn finish(mut self) -> io::Result<(u64, String)> {
-        if !self.buffer.is_empty() {
-            let part = self.buffer.split().freeze();
-            self.send(Chunk::Data(part))?;
-        }
-        self.send(Chunk::End)?;
-        Ok((self.bytes, hex::encode(self.hasher.finalize_reset())))
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = CHUNK_SIZE - self.buffer.len();
-        let taken = &data[..data.len().min(room)];
-        self.buffer.extend_from_slice(taken);
-        self.hasher.update(taken);
-        self.bytes += taken.len() as u64;
-        if self.buffer.len() == CHUNK_SIZE {
-            let part: Bytes = self.buffer.split().freeze();
-            self.buffer.reserve(CHUNK_SIZE);
-            self.send(Chunk::Data(part))?;
-        }
-        Ok(taken.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Hashes and counts everything read through it.
 pub struct HashingReader<R> {

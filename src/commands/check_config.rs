@@ -8,6 +8,10 @@ use super::CommandError;
 use crate::config::{Config, ContainerConfig, ProbeKind};
 
 pub async fn run(config: &Config, path: &Path) -> Result<(), CommandError> {
+    // A daemon's config (it has [container]) is what `run` would refuse without [repository].
+    if config.container.is_some() {
+        config.writer_repository("run")?;
+    }
     let (region, source) = crate::aws::resolve_region(config.s3.region.as_deref()).await;
     eprintln!("{} is valid; effective configuration:", path.display());
     print!("{}", config.to_toml());
@@ -21,6 +25,20 @@ pub async fn run(config: &Config, path: &Path) -> Result<(), CommandError> {
 /// What an operator should fix although the config is valid.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    if config.repository.is_none() {
+        out.push(
+            "there is no [repository] section: `snapshot` and `run` refuse to write (format 2 is the only format \
+             written); this config can only read format 1 snapshots"
+                .to_string(),
+        );
+    }
+    if config.snapshot.ignored_compression_level {
+        out.push(
+            "snapshot.compression_level is ignored: it was format 1's zstd level, and format 1 is no longer written; \
+             remove it"
+                .to_string(),
+        );
+    }
     if let Some(container) = &config.container {
         out.extend(container_warnings(container));
     }

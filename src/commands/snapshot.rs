@@ -6,7 +6,6 @@ use super::{CommandError, human_bytes, print_json};
 use crate::cli::SnapshotArgs;
 use crate::config::Config;
 use crate::control::Reply;
-use crate::exclude::Excludes;
 use crate::manifest::Host;
 use crate::record;
 use crate::snapshot::{self, SnapshotOutcome, SnapshotRequest};
@@ -24,8 +23,11 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
     // Format 2's metadata cache is the daemon's, in work_dir: only one of the two snapshots at a
     // time (through the daemon when it runs), and a snapshot after a small change then reads its
     // parent's trees from disk instead of S3.
+    // Format 2 is the only format written: without [repository], refuse before touching anything.
+    config.writer_repository("snapshot")?;
     let cache = config.state.work_dir.join(crate::daemon::REPO_CACHE_DIR);
     let (store, engine) = super::open_with_cache(config, Some(cache)).await?;
+    let engine = engine.ok_or_else(|| crate::config::ConfigError::NoRepository { command: "snapshot" })?;
     let store = &store;
     let repository = config.repository_url();
     // A restore killed between its swaps is completed first: never snapshot half a set.
@@ -38,37 +40,24 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
     let base = local
         .as_ref()
         .and_then(|r| r.base_for_set(&repository, &config.state.dirs()));
-    let excludes = Excludes::new(&primary.dir, &primary.exclude).map_err(|e| crate::config::ConfigError::Parse {
-        path: primary.dir.clone(),
-        message: e.to_string(),
-    })?;
-    // Format 2's engine walks by path: it reads mirrors that spotkeeper's own walker (by
-    // descriptor, no link followed) filled, never the live state directories.
-    let (source, paths, also_skipped, _lock) = match &engine {
-        Some(_) => {
-            let (mirrors, paths, skipped, lock) = fill_mirrors(config).await?;
-            (mirrors, paths, skipped, Some(lock))
-        }
-        None => (primary.dir.clone(), Vec::new(), Vec::new(), None),
-    };
+    // The engine walks by path: it reads mirrors that spotkeeper's own walker (by descriptor, no
+    // link followed) filled, never the live state directories.
+    let (source, paths, also_skipped, _lock) = fill_mirrors(config).await?;
     let request = SnapshotRequest {
         source,
         paths,
-        excludes,
-        compression_level: config.snapshot.compression_level,
         host: Host {
             hostname: snapshot::hostname(),
             instance_id: None,
             writer: Some(record::current_writer_id(&config.state.work_dir)?),
         },
-        image: None,
         base,
         force: args.force,
         now: Utc::now(),
         also_skipped,
         follow: false,
     };
-    let report = snapshot::take(store, engine.as_ref(), request).await?;
+    let report = snapshot::take(store, &engine, request).await?;
     record::remember(&config.state.work_dir, &repository, &primary.dir, report.id, report.id)?;
     print_outcome(&report.outcome(0), args.json, "")
 }

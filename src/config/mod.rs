@@ -48,6 +48,13 @@ pub enum ConfigError {
         key: String,
         what: &'static str,
     },
+    #[error(
+        "`spotkeeper {command}` writes snapshots in format 2, an encrypted repository, and this config has no \
+         [repository] section. Add one with `password_ssm = \"/spotkeeper/NAME/repository-password\"` and run \
+         `spotkeeper init --create-password`, or with `password_file = \"/path/to/a-0600-file\"` (docs/format.md). \
+         Format 1 snapshots on this prefix stay readable without it: list, verify, restore and prune work on them"
+    )]
+    NoRepository { command: &'static str },
 }
 
 /// `No such file or directory`, without `(os error 2)`.
@@ -84,7 +91,6 @@ pub const DEFAULT_SOCKET: &str = "/run/spotkeeper/control.sock";
 /// Snapshot every 20 minutes, at :00, :20 and :40 UTC.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(20 * 60);
 /// zstd level: fast, about 3x on chat-like text.
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 /// After a change, a snapshot within a minute: the window of loss on a hard crash.
 pub const DEFAULT_FOLLOW: Duration = Duration::from_secs(60);
 /// The longest the container may stay frozen; past it the freeze is undone and the tick fails.
@@ -192,7 +198,10 @@ pub struct VerifyConfig {
 pub struct SnapshotConfig {
     #[serde(serialize_with = "serialize_duration")]
     pub interval: Duration,
-    pub compression_level: i32,
+    /// `compression_level` was set: format 1's zstd level, ignored since format 1 is no longer
+    /// written (check-config warns; refusing it would stop an upgraded machine from booting).
+    #[serde(skip)]
+    pub ignored_compression_level: bool,
     #[serde(serialize_with = "serialize_duration")]
     pub freeze_cap: Duration,
     /// After the app changes something, a snapshot within this long (debounced from the first
@@ -588,6 +597,12 @@ struct RawRetention {
 }
 
 impl Config {
+    /// The repository a writer (`snapshot`, `run`) writes to: format 2 is the only format
+    /// written, so a config without `[repository]` is refused for them (exit 3).
+    pub fn writer_repository(&self, command: &'static str) -> Result<&RepositoryConfig, ConfigError> {
+        self.repository.as_ref().ok_or(ConfigError::NoRepository { command })
+    }
+
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -1015,14 +1030,6 @@ impl Validator<'_> {
         if interval < Duration::from_secs(1) {
             return Err(self.invalid("snapshot.interval", duration::format(interval), "must be at least 1s"));
         }
-        let compression_level = raw.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
-        if !(1..=19).contains(&compression_level) {
-            return Err(self.invalid_number(
-                "snapshot.compression_level",
-                compression_level,
-                "must be between 1 and 19",
-            ));
-        }
         let freeze_cap = self.duration("snapshot.freeze_cap", raw.freeze_cap, DEFAULT_FREEZE_CAP)?;
         if freeze_cap.is_zero() {
             return Err(self.invalid("snapshot.freeze_cap", "0s", "must be longer than 0s"));
@@ -1049,7 +1056,7 @@ impl Validator<'_> {
         };
         Ok(SnapshotConfig {
             interval,
-            compression_level,
+            ignored_compression_level: raw.compression_level.is_some(),
             freeze_cap,
             follow,
         })

@@ -4,16 +4,9 @@
 use super::*;
 
 impl Daemon {
-    /// `[snapshot] follow` when it can work: format 2 (a follow snapshot costs what changed)
-    /// and every path tracked (it must know when the app writes). Said once at start.
+    /// `[snapshot] follow` when it can work: every path tracked (it must know when the app writes). Said once at start.
     pub(super) fn follow_interval(&self) -> Option<Duration> {
         let follow = self.config.snapshot.follow?;
-        if self.engine.is_none() {
-            tracing::info!(
-                "[snapshot] follow is inactive on format 1 (each snapshot uploads the whole state); add [repository] for a one-minute window of loss"
-            );
-            return None;
-        }
         if !self.tracker.as_ref().is_some_and(TrackerSet::complete) {
             tracing::warn!(
                 "[snapshot] follow is inactive: a state path cannot be watched for changes (inotify); only the scheduled snapshots run"
@@ -397,37 +390,25 @@ impl Daemon {
             .as_ref()
             .and_then(|r| r.base_for_set(&self.repository, &self.config.state.dirs()));
         let mirror = self.take_mirror()?;
-        let (source, paths, also_skipped) = (
-            match self.engine {
-                Some(_) => mirror.root().to_path_buf(),
-                None => mirror.primary_dir(),
-            },
-            mirror.totals(),
-            mirror.skipped(),
-        );
+        let (source, paths, also_skipped) = (mirror.root().to_path_buf(), mirror.totals(), mirror.skipped());
         self.mirror = Some(mirror);
         let request = SnapshotRequest {
             source,
             paths,
-            excludes: crate::exclude::Excludes::new(
-                &self.config.state.primary().dir,
-                &self.config.state.primary().exclude,
-            )
-            .map_err(|e| DaemonError::Task(e.to_string()))?,
-            compression_level: self.config.snapshot.compression_level,
             also_skipped,
             host: Host {
                 hostname: self.hostname.clone(),
                 instance_id: self.instance_id.clone(),
                 writer: Some(self.writer.clone()),
             },
-            image: self.image.clone(),
             base,
             force: false,
             now: Utc::now(),
             follow,
         };
-        let report = snapshot::take(&self.store, self.engine.as_ref(), request).await?;
+        // The engine is loaded at start-up, before the first snapshot can be due.
+        let engine = self.engine.clone().ok_or_else(|| DaemonError::Task("the repository is not open yet".into()))?;
+        let report = snapshot::take(&self.store, &engine, request).await?;
         record::remember(
             &self.config.state.work_dir,
             &self.repository,

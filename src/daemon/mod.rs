@@ -82,6 +82,8 @@ pub enum DaemonError {
     #[error("the [container] section is required for `spotkeeper run`")]
     NoContainer,
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -115,7 +117,7 @@ impl DaemonError {
     /// Exit code for this error: the same mapping as the CLI's (`crate::exit`).
     pub fn exit(&self) -> Exit {
         match self {
-            DaemonError::NoContainer => Exit::Config,
+            DaemonError::NoContainer | DaemonError::Config(_) => Exit::Config,
             DaemonError::Boot(e) => e.exit(),
             DaemonError::Refused(_) | DaemonError::StateLock(crate::state_lock::StateLockError::Busy { .. }) => {
                 Exit::Refused
@@ -150,6 +152,8 @@ enum Event {
 /// Runs the daemon until a signal stops it.
 pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> {
     let container_config = config.container.clone().ok_or(DaemonError::NoContainer)?;
+    // Format 2 is the only format written: without [repository], refuse before anything starts.
+    config.writer_repository("run")?;
     let status = Arc::new(Mutex::new(Status {
         phase: "starting".into(),
         started_at: Some(Utc::now()),

@@ -94,12 +94,13 @@ impl Daemon {
         Ok(())
     }
 
-    /// Format 2: reads the repository password (SSM errors that may pass are retried with
+    /// Reads the repository password (SSM errors that may pass are retried with
     /// backoff, as the secrets are), and when the prefix holds `latest.json`, opens the
     /// repository now: a wrong or missing password stops the start-up (exit 3) instead of letting
     /// the app run while every snapshot, the final one included, fails.
     pub(super) async fn load_repository(&mut self) -> Result<(), DaemonError> {
-        if let Some(repository) = self.config.repository.clone() {
+        {
+            let repository = self.config.writer_repository("run")?.clone();
             self.say("reading the repository password");
             let mut delay = STARTUP_RETRY_MIN;
             let password = loop {
@@ -118,11 +119,6 @@ impl Daemon {
             };
             let cache = self.config.state.work_dir.join(REPO_CACHE_DIR);
             self.engine = Some(crate::format2::Engine::new(self.store.clone(), password, Some(cache)));
-        } else {
-            tracing::warn!(
-                "no [repository] section: snapshots are written in format 1 (one unencrypted archive each); \
-                 docs/format.md explains how to move to format 2"
-            );
         }
         let store = self.store.clone();
         if !self

@@ -1,4 +1,4 @@
-//! S3 through the real SDK: small gets and puts, streaming multipart upload, server-side copy,
+//! S3 through the real SDK: gets and puts (conditional ones too), ranged and capped gets,
 //! complete listings, batched deletes. Keys passed in are relative to the configured prefix.
 //! Every error names the bucket and key; `is_transient` is the one place that decides what a
 //! retry can fix. `ObjectStore` (object_store.rs) is the edge as a trait, with its contract in
@@ -15,10 +15,8 @@ use aws_sdk_s3::config::interceptors::{BeforeTransmitInterceptorContextRef, Fina
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use bytes::Bytes;
 
 use crate::config::S3Config;
 
@@ -28,12 +26,6 @@ pub mod problem;
 pub use object_store::{Fetched, Head, ListPage, ObjectStore, Put};
 pub use problem::{Context, Failure, Problem, failure_of};
 
-/// Size of every multipart part but the last; S3's minimum is 5 MiB.
-pub const PART_SIZE: usize = 12 * 1024 * 1024;
-/// Parts uploaded at once; with the part being filled this bounds upload memory to three parts.
-const PARTS_IN_FLIGHT: usize = 2;
-/// What the archive writer hands to the uploader at a time.
-pub const CHUNK_SIZE: usize = 1024 * 1024;
 /// S3's limit for one DeleteObjects call.
 const DELETE_BATCH: usize = 1000;
 /// Attempts per request, counting the first; the SDK backs off exponentially between them.
@@ -88,14 +80,6 @@ pub struct ObjectInfo {
     /// Relative to the prefix.
     pub key: String,
     pub size: u64,
-}
-
-/// One piece of a streamed upload. The uploader completes the object only after `End`, so a
-/// producer that fails midway can never leave a truncated object behind.
-#[derive(Debug)]
-pub enum Chunk {
-    Data(Bytes),
-    End,
 }
 
 /// Counts HTTP attempts, so commands and benchmarks can report what an operation cost: all of
@@ -524,209 +508,12 @@ impl Store {
         }
     }
 
-    /// Uploads the chunks received on `chunks` as one object: a single PUT when it all fits in one
-    /// part, otherwise a multipart upload with a few parts in flight. Parts are assembled here from
-    /// small chunks, so memory holds the parts in flight plus the one being filled. Completes only
-    /// on `Chunk::End`; on any failure the multipart upload is aborted. The object must not exist
-    /// yet (`If-None-Match: *` on the PUT or the completion).
-    pub async fn upload_stream(
-        &self,
-        relative: &str,
-        content_type: &str,
-        mut chunks: mpsc::Receiver<Chunk>,
-    ) -> Result<(), StoreError> {
-        let mut carry = BytesMut::with_capacity(PART_SIZE);
-        let (first, ended) = self.assemble(relative, &mut chunks, &mut carry).await?;
-        if ended {
-            // Everything fit in one part: one PUT instead of three requests.
-            return self.put_stream_body(relative, content_type, first).await;
-        }
-        let (second, ended) = self.assemble(relative, &mut chunks, &mut carry).await?;
-        if ended && second.is_empty() {
-            return self.put_stream_body(relative, content_type, first).await;
-        }
-        let key = self.full_key(relative);
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type(content_type)
-            .send()
-            .await
-            .map_err(|e| self.error("start multipart upload of", relative, e))?;
-        let upload_id = created
-            .upload_id
-            .ok_or_else(|| self.aborted(relative, "S3 returned no upload id"))?;
-        let result = self
-            .upload_parts(relative, &upload_id, [first, second], ended, &mut chunks, &mut carry)
-            .await;
-        match result {
-            Ok(parts) => {
-                let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
-                let request = self
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(completed)
-                    .if_none_match("*")
-                    .send();
-                crate::liveness::alive_while(self.request_bound, request)
-                    .await
-                    .map_err(|e| self.error("complete multipart upload of", relative, e))?;
-                Ok(())
-            }
-            Err(err) => {
-                let abort = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                if let Err(abort_err) = abort {
-                    tracing::warn!(key = %key, error = %DisplayErrorContext(&abort_err),
-                        "could not abort multipart upload; the bucket's lifecycle rule will remove it");
-                }
-                Err(err)
-            }
-        }
-    }
-
-    /// Reads chunks until a whole part is buffered or the stream ends: (part, ended). A channel
-    /// closed without `Chunk::End` means the writer failed.
-    async fn assemble(
-        &self,
-        relative: &str,
-        chunks: &mut mpsc::Receiver<Chunk>,
-        carry: &mut BytesMut,
-    ) -> Result<(Bytes, bool), StoreError> {
-        loop {
-            if carry.len() >= PART_SIZE {
-                let part = carry.split_to(PART_SIZE).freeze();
-                carry.reserve(PART_SIZE);
-                return Ok((part, false));
-            }
-            match chunks.recv().await {
-                Some(Chunk::Data(bytes)) => {
-                    crate::liveness::mark();
-                    carry.extend_from_slice(&bytes);
-                }
-                Some(Chunk::End) => return Ok((carry.split().freeze(), true)),
-                None => return Err(self.aborted(relative, "the archive writer stopped midway")),
-            }
-        }
-    }
-
-    async fn put_stream_body(&self, relative: &str, content_type: &str, body: Bytes) -> Result<(), StoreError> {
-        self.put_bytes(relative, body, content_type, &[], PutCondition::Absent)
-            .await
-            .map(|_| ())
-    }
-
-    async fn upload_parts(
-        &self,
-        relative: &str,
-        upload_id: &str,
-        first_two: [Bytes; 2],
-        mut ended: bool,
-        chunks: &mut mpsc::Receiver<Chunk>,
-        carry: &mut BytesMut,
-    ) -> Result<Vec<CompletedPart>, StoreError> {
-        let mut in_flight: JoinSet<Result<CompletedPart, StoreError>> = JoinSet::new();
-        let mut done = Vec::new();
-        let mut next_part: i32 = 1;
-        let [first, second] = first_two;
-        let mut queued = vec![second, first];
-        loop {
-            let body = match queued.pop() {
-                Some(body) => body,
-                None if ended => break,
-                None => match self.assemble(relative, chunks, carry).await {
-                    Ok((body, end)) => {
-                        ended = end;
-                        if body.is_empty() {
-                            break;
-                        }
-                        body
-                    }
-                    Err(e) => {
-                        in_flight.abort_all();
-                        return Err(e);
-                    }
-                },
-            };
-            // Wait for a slot before taking more from the writer: memory stays bounded.
-            while in_flight.len() >= PARTS_IN_FLIGHT {
-                done.push(self.joined(relative, in_flight.join_next().await)?);
-            }
-            let request = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(self.full_key(relative))
-                .upload_id(upload_id)
-                .part_number(next_part)
-                .body(ByteStream::from(body));
-            let store = self.clone();
-            let part_number = next_part;
-            let relative = relative.to_string();
-            in_flight.spawn(async move {
-                let output = crate::liveness::alive_while(store.request_bound, request.send())
-                    .await
-                    .map_err(|e| store.error("upload part of", &relative, e))?;
-                Ok(CompletedPart::builder()
-                    .part_number(part_number)
-                    .set_e_tag(output.e_tag)
-                    .build())
-            });
-            next_part += 1;
-        }
-        while let Some(joined) = in_flight.join_next().await {
-            done.push(self.joined(relative, Some(joined))?);
-        }
-        done.sort_by_key(|p| p.part_number());
-        Ok(done)
-    }
-
-    fn joined(
-        &self,
-        relative: &str,
-        joined: Option<Result<Result<CompletedPart, StoreError>, tokio::task::JoinError>>,
-    ) -> Result<CompletedPart, StoreError> {
-        match joined {
-            Some(Ok(result)) => result,
-            Some(Err(join_error)) => Err(self.aborted(relative, &format!("part upload task failed: {join_error}"))),
-            None => Err(self.aborted(relative, "no part upload in flight")),
-        }
-    }
-
     fn aborted(&self, relative: &str, reason: &str) -> StoreError {
         StoreError::UploadAborted {
             bucket: self.bucket.clone(),
             key: self.full_key(relative),
             reason: reason.to_string(),
         }
-    }
-
-    /// Server-side copy within the bucket (objects up to 5 GiB).
-    pub async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        let source = format!("{}/{}", self.bucket, percent_encode_key(&self.full_key(from)));
-        let request = self
-            .client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(to))
-            .copy_source(source)
-            .send();
-        // A server-side copy of a large archive takes a while without a byte of progress here.
-        crate::liveness::alive_while(self.request_bound, request)
-            .await
-            .map_err(|e| self.error("copy to", to, e))?;
-        Ok(())
     }
 
     /// Every object under `relative_prefix`, following continuation tokens to the end. An error
@@ -909,31 +696,10 @@ impl Intercept for RetryLog {
     }
 }
 
-/// CopySource is a URL path: keep `/` and unreserved characters, escape the rest.
-fn percent_encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn copy_source_is_percent_encoded() {
-        assert_eq!(
-            percent_encode_key("lab/snapshots/2026-02-27-14-00/state.tar.zst"),
-            "lab/snapshots/2026-02-27-14-00/state.tar.zst"
-        );
-        assert_eq!(percent_encode_key("my lab/ü+x"), "my%20lab/%C3%BC%2Bx");
-    }
 
     #[test]
     fn endpoints_are_shown_as_host_and_port() {

@@ -28,7 +28,6 @@ fn the_container_runs_with_openclaws_command_init_hostname_and_fleets_profile() 
         return;
     }
     let t = setup("profile", "", "");
-    t.with_repository();
     t.container_env("FAKE_REQUIRE_AUTH = \"1\"");
     t.moto
         .put_parameter(&format!("{}OPENCLAW_GATEWAY_TOKEN", t.ssm_path), TOKEN);
@@ -120,7 +119,6 @@ fn ten_config_edits_in_a_minute_are_self_restarts_not_a_crash_loop() {
         return;
     }
     let t = setup("selfrestart", "restart_limit = 3\nrestart_window = \"10m\"\n", "");
-    t.with_repository();
     t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
     let mut daemon = Daemon::start(&t.world);
     let running = wait_for(Duration::from_secs(120), || {
@@ -157,7 +155,6 @@ fn an_image_from_before_the_probes_is_never_taken_for_healthy() {
         return;
     }
     let t = setup("preprobes", "", "");
-    t.with_repository();
     t.edit_config(|config| config.replace("start_timeout = \"60s\"", "start_timeout = \"6s\""));
     t.container_env("FAKE_PRE_PROBES = \"1\"");
     t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
@@ -198,7 +195,6 @@ fn a_failing_channel_is_reported_degraded_and_never_restarted() {
         return;
     }
     let t = setup("degraded", "", "");
-    t.with_repository();
     t.edit_config(|config| {
         config.replace(
             "health_interval = ",
@@ -255,7 +251,6 @@ fn a_new_machine_restored_from_a_running_gateway_reclaims_its_lease_and_serves_w
     }
     // Machine A runs the gateway and snapshots it while it runs; then it is lost (kill -9).
     let t = setup("lease-a", "", "");
-    t.with_repository();
     t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
     let mut a = Daemon::start(&t.world);
     let running = wait_for(Duration::from_secs(120), || {

@@ -146,7 +146,6 @@ fn a_spot_notice_with_a_90_second_drain_snapshots_first_and_lands_before_the_dea
         imds.endpoint()
     );
     let t = setup("spot90", "", &extra);
-    t.with_repository();
     t.edit_config(|config| {
         config
             .replace("stop_timeout = \"20s\"", "stop_timeout = \"90s\"")

@@ -15,17 +15,69 @@ use sha2::{Digest, Sha256};
 
 pub const ACCESS_KEY: &str = "test";
 pub const SECRET_KEY: &str = "testsecret";
-/// The repository password of `format2_world`.
+/// The repository password of every world (`World::password_file`).
 pub const PASSWORD: &str = "correct-horse-battery-staple-2026";
 
-/// A world on format 2, the deployed format: `[repository] password_file` (0600, outside the
-/// state) under prefix `lab`. Returns the password file too (stock restic reads it).
+/// A world under prefix `lab` (format 2, as every world). Returns the password file too (stock
+/// restic reads it).
 pub fn format2_world(s3: &S3Server, bucket: &str) -> (World, PathBuf) {
     let world = World::new(s3, bucket, "lab");
-    let password_file = world.dir.path().join("repository-password");
-    write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
-    world.write_config(&format!("[repository]\npassword_file = {password_file:?}\n"));
+    let password_file = world.password_file.clone().expect("a world has a password");
     (world, password_file)
+}
+
+/// A prefix of format 1 written by the last spotkeeper that wrote format 1 (tests/fixtures/format1,
+/// see its README): two snapshots, the second `latest/`. Puts its objects under `prefix` in
+/// `bucket` through the S3 API, with their content types and metadata. Returns their ids, oldest
+/// first.
+pub fn load_format1_fixture(s3: &S3Server, bucket: &str, prefix: &str) -> [String; 2] {
+    let root = repo_root().join("tests/fixtures/format1");
+    let objects: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&fs::read(root.join("objects.json")).expect("objects.json")).expect("objects.json");
+    s3.bucket(bucket);
+    for (key, meta) in &objects {
+        let body = fs::read(root.join("objects").join(key)).expect("fixture object");
+        let metadata: BTreeMap<String, String> =
+            serde_json::from_value(meta["metadata"].clone()).expect("fixture metadata");
+        let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}/{key}") };
+        s3.put_object_with(bucket, &full, &body, meta["content_type"].as_str(), &metadata);
+    }
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_slice(&fs::read(root.join("list.json")).expect("list.json")).expect("list.json");
+    let ids: Vec<String> = listed.iter().rev().map(|row| row["id"].as_str().expect("id").to_string()).collect();
+    [ids[0].clone(), ids[1].clone()]
+}
+
+/// The tree the fixture's snapshot `n` (1 or 2) restores to, as `shape` sees it.
+pub fn format1_fixture_shape(n: u8) -> TreeShape {
+    let path = repo_root().join(format!("tests/fixtures/format1/state-{n}.json"));
+    let rows: BTreeMap<String, (String, String, String, String)> =
+        serde_json::from_slice(&fs::read(path).expect("fixture shape")).expect("fixture shape");
+    rows.into_iter()
+        .map(|(path, (kind, mode, mtime, content))| {
+            let kind = kind.chars().next().expect("kind");
+            let mode = u32::from_str_radix(&mode, 8).expect("mode");
+            (path, (kind, mode, mtime.parse().expect("mtime"), content))
+        })
+        .collect()
+}
+
+/// The snapshot `list` marks latest (the head), if any.
+pub fn head_id(world: &World) -> Option<String> {
+    let listed = world.json(&["list", "--json"]);
+    listed
+        .as_array()
+        .expect("list --json is an array")
+        .iter()
+        .find(|row| row["latest"] == serde_json::json!(true))
+        .map(|row| row["id"].as_str().expect("id").to_string())
+}
+
+/// The head is a complete snapshot that `verify` passes; returns its id (`None`: no head yet).
+pub fn assert_head_verifies(world: &World) -> Option<String> {
+    let id = head_id(world)?;
+    world.ok(&["verify", &id]);
+    Some(id)
 }
 
 /// s3s-fs serving a fresh directory until dropped.
@@ -112,8 +164,21 @@ impl S3Server {
 
     /// Puts an object through the S3 API (fixtures, tampering).
     pub fn put_object(&self, bucket: &str, key: &str, body: &[u8]) {
+        self.put_object_with(bucket, key, body, None, &BTreeMap::new());
+    }
+
+    /// Puts an object with a content type and user metadata.
+    pub fn put_object_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+        content_type: Option<&str>,
+        metadata: &BTreeMap<String, String>,
+    ) {
         let endpoint = self.endpoint();
         let (bucket, key, body) = (bucket.to_string(), key.to_string(), body.to_vec());
+        let (content_type, metadata) = (content_type.map(str::to_string), metadata.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -132,6 +197,8 @@ impl S3Server {
                 .bucket(bucket)
                 .key(key)
                 .body(body.into())
+                .set_content_type(content_type)
+                .set_metadata(Some(metadata.into_iter().collect()))
                 .send()
                 .await
                 .expect("put object");
@@ -176,6 +243,9 @@ pub struct World {
     pub s3_extra: String,
     /// `[[state.paths]]` entries written instead of `[state] dir` (see `use_three_paths`).
     pub state_paths: Option<String>,
+    /// The repository password's file (0600, outside the state), named by `[repository]
+    /// password_file` in every config `write_config` writes; `None` after `without_repository`.
+    pub password_file: Option<PathBuf>,
 }
 
 impl World {
@@ -189,7 +259,10 @@ impl World {
         let state = dir.path().join("state");
         let work = dir.path().join("work");
         fs::create_dir_all(&state).expect("state dir");
+        let password_file = dir.path().join("repository-password");
+        write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
         let world = World {
+            password_file: Some(password_file),
             config: dir.path().join("spotkeeper.toml"),
             dir,
             state,
@@ -221,6 +294,11 @@ impl World {
         if !extra.contains("[daemon]") {
             extra.push_str(&format!("\n[daemon]\nsocket = {:?}\n", self.socket()));
         }
+        if let Some(password_file) = &self.password_file
+            && !extra.contains("[repository]")
+        {
+            extra.push_str(&format!("\n[repository]\npassword_file = {password_file:?}\n"));
+        }
         let state = match &self.state_paths {
             Some(paths) => format!("[state]\nwork_dir = {:?}\n\n{paths}", self.work),
             None => format!("[state]\ndir = {:?}\nwork_dir = {:?}\n", self.state, self.work),
@@ -230,6 +308,13 @@ impl World {
             self.bucket, self.prefix, self.endpoint
         );
         fs::write(&self.config, text).expect("config");
+    }
+
+    /// From now on the config has no `[repository]`: it can only read format 1 (and `snapshot`
+    /// and `run` refuse). Rewrites the config without extras.
+    pub fn without_repository(&mut self) {
+        self.password_file = None;
+        self.write_config("");
     }
 
     /// This world's control socket (what `write_config` and `configure_daemon` name).
@@ -899,13 +984,6 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Format 2, as deployed: an encrypted repository whose password is in a 0600 file.
-    pub fn with_repository(&self) {
-        let password_file = self.world.dir.path().join("repository-password");
-        write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
-        self.edit_config(|config| format!("{config}\n[repository]\npassword_file = {password_file:?}\n"));
-    }
-
     /// Rewrites the config through `f`.
     pub fn edit_config(&self, f: impl FnOnce(&str) -> String) {
         let config = fs::read_to_string(&self.world.config).expect("config");

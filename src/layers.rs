@@ -8,7 +8,7 @@
 //!    nothing from the files that reach the outside world (`EDGES`: S3, Docker, the restic engine,
 //!    SSM, CloudWatch, IMDS, systemd, the control socket, the daemon and the commands), so they
 //!    stay testable without any of them. The rule is on direct imports; `PURE_EXCEPTIONS` names
-//!    the one crossing kept and why.
+//!    the crossings kept and why.
 //! 3. The leaves (`LEAVES`: liveness, snapshot ids, the tree's shared types) import no other
 //!    module: the data path marks liveness and systemd reads it, neither through the other.
 //! 4. The top (`daemon`, `commands`) is imported by no domain module: only `commands` starts the
@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 /// Files that decide and never do I/O, relative to `src/`.
 const PURE: &[&str] = &[
     "boot.rs",
+    "catalog/model.rs",
     "config/diagnose.rs",
     "daemon/policy.rs",
     "duration.rs",
@@ -63,11 +64,18 @@ const EDGES: &[&str] = &[
 ];
 
 /// Pure files that may import an edge file, each with the reason.
-const PURE_EXCEPTIONS: &[(&str, &str, &str)] = &[(
-    "format2/head.rs",
-    "format2/mod.rs",
-    "format 2's listing record (`Listed`) is declared beside the engine that lists",
-)];
+const PURE_EXCEPTIONS: &[(&str, &str, &str)] = &[
+    (
+        "format2/head.rs",
+        "format2/mod.rs",
+        "format 2's listing record (`Listed`) is declared beside the engine that lists",
+    ),
+    (
+        "catalog/model.rs",
+        "format2/mod.rs",
+        "format 2's listing record (`Listed`) is declared beside the engine that lists",
+    ),
+];
 
 /// Files that import no other module, so that any module may import them.
 const LEAVES: &[&str] = &["liveness.rs", "snapshot_id.rs", "tree.rs"];

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod aws;
 pub mod boot;
+pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;

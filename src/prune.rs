@@ -6,9 +6,10 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::catalog::{self, Catalog, Detail};
 use crate::format2::{self, Engine};
-use crate::repository::{self, Listing, RepositoryError};
-use crate::retention::{self, Action, Decision, RetentionPolicy, SnapshotSummary};
+use crate::repository::{self, RepositoryError};
+use crate::retention::{self, Action, Decision, RetentionPolicy};
 use crate::snapshot_id::SnapshotId;
 use crate::store::Store;
 
@@ -35,26 +36,19 @@ pub async fn prune(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<Vec<Outcome>, RepositoryError> {
-    let listing = repository::list(store).await?;
-    let format2 = match engine {
-        Some(engine) => repository::list_format2(engine).await?,
-        None if repository::has_pointer(store).await? => {
-            return Err(RepositoryError::NeedsPassword {
-                repository: store.url("").trim_end_matches('/').to_string(),
-            });
-        }
-        None => Vec::new(),
-    };
-    for foreign in format2.iter().filter(|l| l.id.is_none()) {
+    let catalog = catalog::read(store, engine, Detail::Listing).await?;
+    catalog.require_format2()?;
+    for foreign in catalog.foreign_format2() {
         tracing::warn!(restic_id = %foreign.restic_id, "a restic snapshot tagged spotkeeper without a spotkeeper id; left alone");
     }
-    // Only to keep the head: unchecked, a forged one could only keep one snapshot more.
-    let latest = repository::head(store, None).await?.map(|(head, _)| head.id());
-    let in_format2 = |id: SnapshotId| format2.iter().any(|l| l.id == Some(id));
-    let mut outcomes: Vec<Outcome> = plan(&listing, &format2, latest, policy, now)
+    // Prune must know what the head is in order never to delete it. One that cannot be trusted
+    // still names what it keeps: a forged one could only keep one snapshot more.
+    let catalog = catalog.readable()?;
+    let latest = catalog.claimed_head_id();
+    let mut outcomes: Vec<Outcome> = plan(&catalog, latest, policy, now)
         .into_iter()
         .map(|decision| Outcome {
-            format: if in_format2(decision.id) { 2 } else { 1 },
+            format: catalog.format_of(decision.id).number(),
             decision,
             error: None,
         })
@@ -67,9 +61,9 @@ pub async fn prune(
         {
             crate::snapshot::retire_format1_latest(store).await;
         }
-        delete(store, &listing, &mut outcomes).await?;
+        delete(store, &catalog, &mut outcomes).await?;
         if let Some(engine) = engine {
-            forget(engine, &format2, &mut outcomes).await?;
+            forget(engine, catalog.format2(), &mut outcomes).await?;
         }
     }
     Ok(outcomes)
@@ -116,37 +110,15 @@ async fn forget(engine: &Engine, format2: &[format2::Listed], outcomes: &mut [Ou
     Ok(())
 }
 
-/// The policy's decisions over both formats, plus one guard the policy cannot see: the snapshot
-/// the head (`latest.json` or `latest/`) points to.
+/// The policy's decisions over both formats (`Catalog::retention_input`), plus one guard the
+/// policy cannot see: the snapshot the head (`latest.json` or `latest/`) points to.
 pub fn plan(
-    listing: &Listing,
-    format2: &[format2::Listed],
+    catalog: &Catalog,
     latest: Option<SnapshotId>,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
 ) -> Vec<Decision> {
-    let mut summaries: Vec<SnapshotSummary> = listing
-        .snapshots
-        .iter()
-        .map(|s| SnapshotSummary {
-            id: s.id,
-            complete: s.complete,
-            follow: false,
-        })
-        .collect();
-    // A format-2 snapshot is complete once it is listed (restic writes the snapshot file last).
-    summaries.extend(
-        format2
-            .iter()
-            .filter_map(|l| Some((l.id?, l.follow)))
-            .filter(|(id, _)| !listing.snapshots.iter().any(|s| s.id == *id))
-            .map(|(id, follow)| SnapshotSummary {
-                id,
-                complete: true,
-                follow,
-            }),
-    );
-    let mut decisions = retention::plan(&summaries, policy, now);
+    let mut decisions = retention::plan(&catalog.retention_input(), policy, now);
     for decision in &mut decisions {
         if Some(decision.id) == latest && decision.action == Action::Delete {
             decision.action = Action::Keep;
@@ -158,10 +130,9 @@ pub fn plan(
 
 /// Deletes manifests first, then the rest of each snapshot whose manifest is gone, so a
 /// half-deleted snapshot reads as incomplete, never as complete with a missing archive.
-async fn delete(store: &Store, listing: &Listing, outcomes: &mut [Outcome]) -> Result<(), RepositoryError> {
-    let doomed: Vec<&repository::Listed> = listing
-        .snapshots
-        .iter()
+async fn delete(store: &Store, catalog: &Catalog, outcomes: &mut [Outcome]) -> Result<(), RepositoryError> {
+    let doomed: Vec<&repository::Listed> = catalog
+        .format1()
         .filter(|s| {
             outcomes
                 .iter()

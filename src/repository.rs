@@ -143,20 +143,6 @@ pub async fn head(store: &Store, engine: Option<&Engine>) -> Result<Option<(Head
     Ok(latest(store).await?.map(|(m, etag)| (Head::One(m), etag)))
 }
 
-/// Refuses a format-2 head that moved backwards: one older than a snapshot the lineage published
-/// after it (`format2::head::newer_published`). `listed`: format 2's snapshots.
-pub fn check_not_replayed(store: &Store, pointer: &Pointer, listed: &[format2::Listed]) -> Result<(), RepositoryError> {
-    match format2::head::newer_published(&pointer.restic_id, pointer.id, listed) {
-        Some(newer) => Err(format2::head::HeadError::Replayed {
-            key: store.full_key(pointer::POINTER_KEY),
-            head: pointer.id,
-            newer,
-        }
-        .into()),
-        None => Ok(()),
-    }
-}
-
 /// Format 2's snapshots, or none when the repository under `repo/` does not exist yet.
 pub async fn list_format2(engine: &Engine) -> Result<Vec<format2::Listed>, RepositoryError> {
     match engine.list().await {

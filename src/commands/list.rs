@@ -2,18 +2,14 @@
 //! manifests' metadata, format 2 with restic's id and what each snapshot added to the repository.
 
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::{CommandError, human_bytes, print_json};
+use crate::catalog::{self, Detail, HeadRead, Snapshot};
 use crate::cli::ListArgs;
 use crate::config::Config;
-use crate::repository::{self, Listed, META_BYTES, META_CREATED_AT, META_FILES};
 use crate::snapshot_id::SnapshotId;
 use crate::store::Store;
-
-/// HEAD requests in flight while reading manifest metadata.
-const HEADS_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -42,85 +38,23 @@ pub async fn run(
     engine: Option<&crate::format2::Engine>,
     args: &ListArgs,
 ) -> Result<(), CommandError> {
-    let listing = repository::list(store).await?;
+    let catalog = catalog::read(store, engine, Detail::Totals).await?;
+    // `list` is how a person looks at a damaged repository: say it, and list anyway.
+    if let HeadRead::Unreadable(e) = catalog.head() {
+        tracing::warn!(error = %e, "the latest pointer cannot be read; no snapshot is marked latest");
+    }
+    if catalog.format2_unlisted() {
+        tracing::warn!(
+            "this prefix holds format 2 snapshots, which need [repository] password_ssm or password_file \
+             to be listed (and latest.json's MAC to be checked); only format 1 is shown"
+        );
+    }
     // A head that is not authentic, or moved backwards: listed anyway (the snapshots are what a
     // person picks from), nothing marked latest, then the error (exit 5).
-    let mut untrusted = None;
-    let mut head = match repository::head(store, engine).await {
-        Ok(head) => head.map(|(h, _)| h),
-        // `list` is how a person looks at a damaged repository: say it, and list anyway.
-        Err(repository::RepositoryError::Manifest(e)) => {
-            tracing::warn!(error = %e, "the latest pointer cannot be read; no snapshot is marked latest");
-            None
-        }
-        Err(e @ repository::RepositoryError::Head(_)) => {
-            untrusted = Some(e);
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let latest_one = match &head {
-        Some(repository::Head::One(manifest)) => Some(manifest.id),
-        _ => None,
-    };
-    let format2 = match engine {
-        Some(engine) => repository::list_format2(engine).await?,
-        None => {
-            if repository::has_pointer(store).await? {
-                tracing::warn!(
-                    "this prefix holds format 2 snapshots, which need [repository] password_ssm or password_file \
-                     to be listed (and latest.json's MAC to be checked); only format 1 is shown"
-                );
-            }
-            Vec::new()
-        }
-    };
-    if let Some(repository::Head::Two(pointer)) = &head
-        && engine.is_some()
-        && let Err(e) = repository::check_not_replayed(store, pointer, &format2)
-    {
-        untrusted = Some(e);
-        head = None;
-    }
-    // Two writers in one minute can give two restic snapshots one id: the head is the one whose
-    // restic id latest.json names.
-    let latest_restic = match &head {
-        Some(repository::Head::Two(pointer)) => Some(pointer.restic_id.clone()),
-        _ => None,
-    };
-    let rows: Vec<Result<Row, CommandError>> = stream::iter(listing.snapshots.into_iter().rev())
-        .map(|listed| row(store, listed, latest_one))
-        .buffered(HEADS_IN_FLIGHT)
-        .collect()
-        .await;
-    let mut rows = rows.into_iter().collect::<Result<Vec<_>, _>>()?;
-    rows.extend(format2.into_iter().filter_map(|l| {
-        let id = l.id?;
-        Some(Row {
-            id,
-            created_at: l.time,
-            complete: true,
-            latest: latest_restic.as_deref() == Some(l.restic_id.as_str()),
-            archive_bytes: l.data_added,
-            files: l.files,
-            bytes: l.bytes,
-            format: 2,
-            follow: l.follow,
-            restic_id: Some(l.restic_id),
-            paths: l
-                .paths
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| crate::mirror::PathTotals {
-                    name: p.name,
-                    files: p.files,
-                    bytes: p.bytes,
-                })
-                .collect(),
-        })
-    }));
+    let untrusted = catalog.distrust().map(crate::repository::RepositoryError::from);
+    let mut rows: Vec<Row> = catalog.snapshots().iter().map(|s| row(s, catalog.is_head(s))).collect();
     rows.sort_by(|a, b| b.id.cmp(&a.id).then(b.format.cmp(&a.format)));
-    for key in &listing.foreign {
+    for key in catalog.foreign_keys() {
         tracing::warn!(key = %store.full_key(key), "object under snapshots/ that belongs to no snapshot id; left alone");
     }
     if args.json {
@@ -163,43 +97,37 @@ pub async fn run(
     untrusted.map_or(Ok(()), |e| Err(e.into()))
 }
 
-async fn row(store: &Store, listed: Listed, latest: Option<SnapshotId>) -> Result<Row, CommandError> {
-    let mut row = Row {
-        id: listed.id,
-        created_at: listed.id.time(),
-        complete: listed.complete,
-        latest: latest == Some(listed.id),
-        archive_bytes: listed.archive_bytes,
-        files: None,
-        bytes: None,
-        format: 1,
-        restic_id: None,
-        paths: Vec::new(),
-        follow: false,
-    };
-    if !listed.complete {
-        return Ok(row);
-    }
-    let metadata = store
-        .head_metadata(&repository::manifest_key(&listed.id))
-        .await
-        .map_err(repository::RepositoryError::from)?;
-    if let Some(metadata) = metadata {
-        row.files = metadata.get(META_FILES).and_then(|v| v.parse().ok());
-        row.bytes = metadata.get(META_BYTES).and_then(|v| v.parse().ok());
-        if let Some(created) = metadata
-            .get(META_CREATED_AT)
-            .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
-        {
-            row.created_at = created.with_timezone(&Utc);
+fn row(snapshot: &Snapshot, latest: bool) -> Row {
+    let paths = match (snapshot.paths(), snapshot.files(), snapshot.bytes()) {
+        (Some(paths), _, _) => paths
+            .iter()
+            .map(|p| crate::mirror::PathTotals {
+                name: p.name.clone(),
+                files: p.files,
+                bytes: p.bytes,
+            })
+            .collect(),
+        // Format 1 holds the one path `state`.
+        (None, Some(files), Some(bytes)) if snapshot.format() == catalog::Format::One => {
+            vec![crate::mirror::PathTotals {
+                name: crate::config::SHORTHAND_PATH_NAME.to_string(),
+                files,
+                bytes,
+            }]
         }
+        (None, _, _) => Vec::new(),
+    };
+    Row {
+        id: snapshot.id(),
+        created_at: snapshot.created_at(),
+        complete: snapshot.complete(),
+        latest,
+        archive_bytes: snapshot.stored(),
+        files: snapshot.files(),
+        bytes: snapshot.bytes(),
+        format: snapshot.format().number(),
+        restic_id: snapshot.restic_id().map(str::to_string),
+        paths,
+        follow: snapshot.follow(),
     }
-    if let (Some(files), Some(bytes)) = (row.files, row.bytes) {
-        row.paths = vec![crate::mirror::PathTotals {
-            name: crate::config::SHORTHAND_PATH_NAME.to_string(),
-            files,
-            bytes,
-        }];
-    }
-    Ok(row)
 }

@@ -6,6 +6,7 @@
 use serde::Serialize;
 
 use super::{CommandError, print_json};
+use crate::catalog::{self, Detail};
 use crate::cli::VerifyArgs;
 use crate::config::Config;
 use crate::restore;
@@ -29,9 +30,10 @@ pub async fn run(
     args: &VerifyArgs,
 ) -> Result<(), CommandError> {
     let repository = config.repository_url();
+    let catalog = catalog::read(store, engine, Detail::Listing).await?;
     if args.deep {
         if let Some(engine) = engine
-            && !crate::repository::list_format2(engine).await?.is_empty()
+            && catalog.holds_format2()
         {
             engine
                 .with(|repo| repo.check(true))
@@ -58,7 +60,7 @@ pub async fn run(
         );
         return Ok(());
     }
-    let (chosen, _) = restore::resolve(store, engine, args.snapshot, &repository).await?;
+    let (chosen, _) = restore::choose(catalog, store, args.snapshot, &repository).await?;
     let manifest = match chosen {
         restore::Chosen::One(manifest) => *manifest,
         restore::Chosen::Two(two) => return verify_format2(engine, two, args.json).await,

@@ -2,6 +2,8 @@
 //! container, healthy.
 
 use super::*;
+use crate::catalog::{self, HeadRead};
+use crate::manifest::ManifestError;
 
 impl Daemon {
     /// Start-up, in order. Every step that talks to S3 or SSM retries transient errors with
@@ -179,124 +181,85 @@ impl Daemon {
         let descends = |lineage: (SnapshotId, Option<SnapshotId>, Option<&str>)| {
             snapshot::check_lineage(Some(lineage), base, &self.writer, false).is_ok()
         };
-        let newest_complete = || async {
-            let listing = self.retry_s3("listing snapshots", || repository::list(&store)).await?;
-            let one = listing.snapshots.iter().rev().find(|s| s.complete).map(|s| s.id);
-            let two = match &engine {
-                Some(engine) => self
-                    .retry_s3("listing format-2 snapshots", || repository::list_format2(engine))
-                    .await?
-                    .iter()
-                    .filter_map(|l| l.id.map(|id| (id, l.time)))
-                    .max(),
-                None => None,
-            };
-            Ok::<_, RepositoryError>((one, two))
-        };
-        match self
-            .retry_s3("reading the latest pointer", || {
-                repository::head(&store, engine.as_ref())
+        let catalog = self
+            .retry_s3("reading the repository", || {
+                catalog::read(&store, engine.as_ref(), catalog::Detail::Listing)
             })
-            .await
-        {
-            Ok(Some((head, _))) => {
-                // latest.json is authentic; whether it moved backwards, the history tells.
-                let (newer_published, local_newer) = match (&head, &engine) {
-                    (repository::Head::Two(pointer), Some(engine)) => {
-                        let listed = self
-                            .retry_s3("listing format-2 snapshots", || repository::list_format2(engine))
-                            .await?;
-                        (
-                            crate::format2::head::newer_published(&pointer.restic_id, pointer.id, &listed),
-                            origin.filter(|local| {
-                                crate::format2::head::local_is_newer(*local, &pointer.restic_id, pointer.id, &listed)
-                            }),
-                        )
-                    }
-                    _ => (None, None),
-                };
-                Ok((
+            .await?;
+        let why = match catalog.head() {
+            // latest.json is authentic; whether it moved backwards, the history tells.
+            HeadRead::Found(head) => {
+                return Ok((
                     boot::LatestView::Readable {
                         id: head.id(),
                         local_descends: descends(head.lineage()),
-                        newer_published,
-                        local_newer,
+                        newer_published: catalog.newer_published(),
+                        local_newer: catalog.local_newer(origin),
                     },
                     Some(head.created_at()),
-                ))
+                ));
             }
-            Err(RepositoryError::Head(untrusted)) => {
-                let why = untrusted.to_string();
-                let view = match &untrusted {
-                    crate::format2::head::HeadError::Unauthenticated { pointer, .. } => {
-                        boot::LatestView::Unauthenticated {
-                            local_descends: descends((pointer.id, pointer.parent, pointer.writer.as_deref())),
-                            why,
-                        }
-                    }
-                    _ => boot::LatestView::Forged { why },
-                };
-                Ok((view, None))
-            }
-            Ok(None) => {
-                let (one, two) = newest_complete().await?;
-                Ok((
-                    boot::LatestView::Absent {
-                        newest_complete: one.max(two.map(|(id, _)| id)),
+            HeadRead::Untrusted { error, claimed } => {
+                let view = match error {
+                    crate::format2::head::HeadError::Unauthenticated { .. } => boot::LatestView::Unauthenticated {
+                        local_descends: descends((claimed.id, claimed.parent, claimed.writer.as_deref())),
+                        why: error.to_string(),
                     },
-                    None,
-                ))
+                    _ => boot::LatestView::Forged { why: error.to_string() },
+                };
+                return Ok((view, None));
+            }
+            HeadRead::Absent => {
+                let newest_complete = catalog.newest_complete().map(catalog::Snapshot::id);
+                return Ok((boot::LatestView::Absent { newest_complete }, None));
             }
             // Another version's pointer: never guessed around.
-            Err(RepositoryError::Manifest(e @ crate::manifest::ManifestError::PointerFormat { .. })) => {
-                Err(RepositoryError::Manifest(e).into())
+            HeadRead::Unreadable(ManifestError::PointerFormat { key, found }) => {
+                let (key, found) = (key.clone(), *found);
+                return Err(RepositoryError::Manifest(ManifestError::PointerFormat { key, found }).into());
             }
-            Err(RepositoryError::Manifest(e)) => {
-                tracing::error!(error = %e, "the latest pointer cannot be read; falling back on the newest complete snapshot");
-                let (one, two) = newest_complete().await?;
-                let mut local_descends = false;
-                let mut created_at = None;
-                let newest = match (one, two) {
-                    // Format 2's snapshots carry no lineage of their own: only a state that is
-                    // exactly that snapshot descends from it.
-                    (one, Some((id, time))) if one.is_none_or(|o| o < id) => {
-                        local_descends = base == Some(id);
-                        created_at = Some(time);
-                        Some(id)
-                    }
-                    (Some(id), _) => {
-                        match self
-                            .retry_s3("reading the newest snapshot's manifest", || {
-                                repository::manifest(&store, &id)
-                            })
-                            .await
-                        {
-                            Ok(Some(manifest)) => {
-                                local_descends =
-                                    descends((manifest.id, manifest.parent, manifest.host.writer.as_deref()));
-                                created_at = Some(manifest.created_at);
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::warn!(snapshot_id = %id, error = %e, "cannot read the newest snapshot's manifest either")
-                            }
-                        }
-                        Some(id)
-                    }
-                    // Unreachable: a format-2 snapshot with no format-1 one is taken above.
-                    (None, _) => None,
-                };
-                Ok((
-                    boot::LatestView::Unreadable {
-                        why: e.to_string(),
-                        newest_complete: newest,
-                        local_descends,
-                    },
-                    created_at,
-                ))
+            HeadRead::Unreadable(e) => e.to_string(),
+        };
+        tracing::error!(error = %why, "the latest pointer cannot be read; falling back on the newest complete snapshot");
+        let mut local_descends = false;
+        let mut created_at = None;
+        let newest = catalog
+            .newest_complete()
+            .map(|newest| (newest.id(), newest.format(), newest.created_at()));
+        match newest {
+            // Format 2's snapshots carry no lineage of their own: only a state that is exactly
+            // that snapshot descends from it.
+            Some((id, catalog::Format::Two, time)) => {
+                local_descends = base == Some(id);
+                created_at = Some(time);
             }
-            Err(e) => Err(e.into()),
+            Some((id, catalog::Format::One, _)) => {
+                match self
+                    .retry_s3("reading the newest snapshot's manifest", || {
+                        repository::manifest(&store, &id)
+                    })
+                    .await
+                {
+                    Ok(Some(manifest)) => {
+                        local_descends = descends((manifest.id, manifest.parent, manifest.host.writer.as_deref()));
+                        created_at = Some(manifest.created_at);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(snapshot_id = %id, error = %e, "cannot read the newest snapshot's manifest either")
+                    }
+                }
+            }
+            None => {}
         }
+        Ok((
+            boot::LatestView::Unreadable {
+                why,
+                newest_complete: newest.map(|(id, _, _)| id),
+                local_descends,
+            },
+            created_at,
+        ))
     }
 
     pub(super) async fn boot_restore(&mut self) -> Result<(), DaemonError> {

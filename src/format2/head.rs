@@ -13,7 +13,7 @@ use crate::format2::pointer::Pointer;
 use crate::snapshot_id::SnapshotId;
 
 /// Why the head is not followed. Each names the object; each is an integrity error (exit 5).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HeadError {
     #[error(
         "{key} failed its authentication: its MAC does not match its content under this repository's key (it was \

@@ -204,38 +204,57 @@ pub async fn read(
     store: &Store,
     engine: Option<&crate::format2::Engine>,
 ) -> Result<Option<(Pointer, Option<String>)>, PointerError> {
-    let got = match store.get_bytes_capped(POINTER_KEY, MAX_METADATA_BYTES).await {
-        Err(StoreError::TooLarge { key, cap, .. }) => return Err(ManifestError::TooLarge { key, cap }.into()),
-        other => other?,
-    };
-    let Some((bytes, etag)) = got else {
+    let Some((bytes, etag)) = get(store).await? else {
         return Ok(None);
     };
     let full_key = store.full_key(POINTER_KEY);
     let (pointer, mac) = Pointer::decode(&bytes, &full_key)?;
-    if let Some(engine) = engine {
-        let key = engine.pointer_key().await?;
-        match pointer.authenticity(mac.as_deref(), &key) {
-            Authenticity::Valid => {}
-            // Written by a spotkeeper from before the MAC, as long as no snapshot in the
-            // repository was taken by one that writes it: then a pointer without a MAC can only be
-            // a stripped one. (An upgrade's first new machine must boot on its old pointer.)
-            Authenticity::Missing if !engine.list().await?.iter().any(|s| s.sealed_head) => {
-                tracing::warn!(key = %full_key, "latest.json carries no MAC: written by an older spotkeeper (no snapshot \
-                    of this repository was taken by one that authenticates it); trusted this once, the next snapshot \
-                    writes an authenticated one");
-            }
-            Authenticity::Missing => {
-                return Err(HeadError::Unauthenticated {
-                    key: full_key,
-                    pointer: Box::new(pointer),
-                }
-                .into());
-            }
-            Authenticity::Wrong => return Err(HeadError::Forged { key: full_key }.into()),
-        }
+    let Some(engine) = engine else {
+        return Ok(Some((pointer, etag)));
+    };
+    let authenticity = pointer.authenticity(mac.as_deref(), &engine.pointer_key().await?);
+    // Only a pointer without a MAC needs the listing.
+    let sealed_seen = authenticity == Authenticity::Missing && engine.list().await?.iter().any(|s| s.sealed_head);
+    Ok(Some((trust(pointer, authenticity, sealed_seen, &full_key)?, etag)))
+}
+
+/// `latest.json`'s bytes and ETag, `None` when there is none; one larger than a pointer can be is
+/// refused naming it (`ManifestError::TooLarge`).
+pub async fn get(store: &Store) -> Result<Option<(bytes::Bytes, Option<String>)>, PointerError> {
+    match store.get_bytes_capped(POINTER_KEY, MAX_METADATA_BYTES).await {
+        Err(StoreError::TooLarge { key, cap, .. }) => Err(ManifestError::TooLarge { key, cap }.into()),
+        other => Ok(other?),
     }
-    Ok(Some((pointer, etag)))
+}
+
+/// What a reader with the password makes of `pointer` (read from `full_key`), given its MAC's
+/// `authenticity` and whether any snapshot of the repository was taken by a spotkeeper that
+/// writes the MAC (`sealed_seen`, the `sealed-head` tag).
+pub fn trust(
+    pointer: Pointer,
+    authenticity: Authenticity,
+    sealed_seen: bool,
+    full_key: &str,
+) -> Result<Pointer, HeadError> {
+    match authenticity {
+        Authenticity::Valid => Ok(pointer),
+        // Written by a spotkeeper from before the MAC, as long as no snapshot in the repository
+        // was taken by one that writes it: then a pointer without a MAC can only be a stripped
+        // one. (An upgrade's first new machine must boot on its old pointer.)
+        Authenticity::Missing if !sealed_seen => {
+            tracing::warn!(key = %full_key, "latest.json carries no MAC: written by an older spotkeeper (no snapshot \
+                of this repository was taken by one that authenticates it); trusted this once, the next snapshot \
+                writes an authenticated one");
+            Ok(pointer)
+        }
+        Authenticity::Missing => Err(HeadError::Unauthenticated {
+            key: full_key.to_string(),
+            pointer: Box::new(pointer),
+        }),
+        Authenticity::Wrong => Err(HeadError::Forged {
+            key: full_key.to_string(),
+        }),
+    }
 }
 
 /// Why the pointer was not written.

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::io::SyncIoBridge;
 
 use crate::archive::{self, ArchiveError};
+use crate::catalog::{self, Catalog, Detail, Found, HeadRead};
 use crate::format2::{self, Engine};
 use crate::manifest::Manifest;
 use crate::repository::{self, Head, LATEST_ARCHIVE, RepositoryError};
@@ -250,85 +251,74 @@ pub async fn resolve(
     snapshot: Option<SnapshotId>,
     repository: &str,
 ) -> Result<(Chosen, Option<SnapshotId>), RestoreError> {
+    choose(
+        catalog::read(store, engine, Detail::Listing).await?,
+        store,
+        snapshot,
+        repository,
+    )
+    .await
+}
+
+/// `resolve` on a catalog already read; `store` only reads a format-1 snapshot's manifest.
+pub async fn choose(
+    catalog: Catalog,
+    store: &Store,
+    snapshot: Option<SnapshotId>,
+    repository: &str,
+) -> Result<(Chosen, Option<SnapshotId>), RestoreError> {
     if let Some(id) = snapshot {
-        // The head only informs the local record: a damaged one must not block a named snapshot.
-        let head = match repository::head(store, engine).await {
-            Ok(head) => head.map(|(h, _)| h),
-            Err(RepositoryError::Manifest(e)) => {
-                tracing::warn!(error = %e, "ignoring an unreadable latest pointer");
-                None
+        // The head only informs the local record: a damaged one must not block a named snapshot,
+        // nor one that is not authentic: the named snapshot is (restic's files are).
+        match catalog.head() {
+            HeadRead::Unreadable(e) => tracing::warn!(error = %e, "ignoring an unreadable latest pointer"),
+            HeadRead::Untrusted { error, .. } => {
+                tracing::warn!(error = %error, "ignoring a latest pointer that cannot be trusted")
             }
-            // Nor one that is not authentic: the named snapshot is (restic's files are).
-            Err(RepositoryError::Head(e)) => {
-                tracing::warn!(error = %e, "ignoring a latest pointer that cannot be trusted");
-                None
-            }
-            Err(e) => return Err(e.into()),
+            HeadRead::Absent | HeadRead::Found(_) => {}
+        }
+        let head_id = catalog.head_id();
+        let not_found = || -> Result<(Chosen, Option<SnapshotId>), RestoreError> {
+            // A format-2 prefix read without a password: say what is missing, not "not found".
+            catalog.require_format2()?;
+            Err(RestoreError::SnapshotNotFound {
+                repository: repository.to_string(),
+                id,
+            })
         };
-        let head_id = head.as_ref().map(Head::id);
-        if let Some(engine) = engine {
-            // The head is named by its restic id: another writer's snapshot that took the same
-            // spotkeeper id (same minute) never stands in for it.
-            if let Some(Head::Two(pointer)) = &head
-                && pointer.id == id
-            {
-                return Ok((Chosen::Two(chosen_of_pointer(pointer.clone())), head_id));
-            }
-            let listed = repository::list_format2(engine).await?;
-            let found: Vec<&format2::Listed> = listed.iter().filter(|l| l.id == Some(id)).collect();
-            match found.as_slice() {
-                [] => {}
-                [one] => return Ok((Chosen::Two(chosen2(one, id)), head_id)),
-                many => {
-                    return Err(RestoreError::Ambiguous {
-                        repository: repository.to_string(),
-                        id,
-                        restic_ids: many.iter().map(|l| l.restic_id.clone()).collect::<Vec<_>>().join(", "),
-                    });
-                }
-            }
-        }
-        if let Some(manifest) = repository::manifest(store, &id).await? {
-            return Ok((Chosen::One(Box::new(manifest)), head_id));
-        }
-        // A format-2 prefix read without a password: say what is missing, not "not found".
-        if engine.is_none() && (matches!(head, Some(Head::Two(_))) || repository::has_pointer(store).await?) {
-            need_engine(engine, repository)?;
-        }
-        return Err(RestoreError::SnapshotNotFound {
-            repository: repository.to_string(),
-            id,
-        });
+        return match catalog.find(id) {
+            Found::Head(pointer) => Ok((Chosen::Two(chosen_of_pointer(pointer.clone())), head_id)),
+            Found::Two(listed) => Ok((Chosen::Two(chosen2(listed, id)), head_id)),
+            Found::Ambiguous(restic_ids) => Err(RestoreError::Ambiguous {
+                repository: repository.to_string(),
+                id,
+                restic_ids: restic_ids.join(", "),
+            }),
+            Found::One => match repository::manifest(store, &id).await? {
+                Some(manifest) => Ok((Chosen::One(Box::new(manifest)), head_id)),
+                None => not_found(),
+            },
+            Found::Missing => not_found(),
+        };
     }
-    match repository::head(store, engine).await? {
-        Some((Head::Two(pointer), _)) => {
-            let engine = need_engine(engine, repository)?;
-            repository::check_not_replayed(store, &pointer, &repository::list_format2(engine).await?)?;
-            let id = pointer.id;
-            return Ok((Chosen::Two(chosen_of_pointer(pointer)), Some(id)));
+    let catalog = catalog.followable()?;
+    match catalog.head() {
+        HeadRead::Found(Head::Two(pointer)) => {
+            catalog.require_format2()?;
+            Ok((Chosen::Two(chosen_of_pointer(pointer.clone())), Some(pointer.id)))
         }
-        Some((Head::One(manifest), _)) => {
-            let id = manifest.id;
-            return Ok((Chosen::One(Box::new(manifest)), Some(id)));
-        }
-        None => {}
-    }
-    // No head: only listings that succeeded and found no complete snapshot mean "none".
-    let listing = repository::list(store).await?;
-    let mut complete: Vec<SnapshotId> = listing.snapshots.iter().filter(|s| s.complete).map(|s| s.id).collect();
-    if let Some(engine) = engine {
-        complete.extend(repository::list_format2(engine).await?.iter().filter_map(|l| l.id));
-        complete.sort_unstable();
-    }
-    match complete.last() {
-        Some(newest) => Err(RestoreError::LatestMissing {
-            repository: repository.to_string(),
-            newest: *newest,
-            count: complete.len(),
-        }),
-        None => Err(RestoreError::NoSnapshot {
-            repository: repository.to_string(),
-        }),
+        HeadRead::Found(Head::One(manifest)) => Ok((Chosen::One(Box::new(manifest.clone())), Some(manifest.id))),
+        // No head: only listings that succeeded and found no complete snapshot mean "none".
+        _ => match catalog.newest_complete() {
+            Some(newest) => Err(RestoreError::LatestMissing {
+                repository: repository.to_string(),
+                newest: newest.id(),
+                count: catalog.complete_count(),
+            }),
+            None => Err(RestoreError::NoSnapshot {
+                repository: repository.to_string(),
+            }),
+        },
     }
 }
 

@@ -17,33 +17,32 @@ mod startup;
 mod supervise;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::boot::{self, BootAction, BootRefusal};
-use crate::config::{Config, Consistency, ContainerConfig};
-use crate::control::{self, ContainerStatus, PruneStatus, Reply, Request, SnapshotStatus, Status, VerifyStatus};
+use crate::boot::BootRefusal;
+use crate::config::{Config, ContainerConfig};
+use crate::control::{self, ContainerStatus, Reply, Request, Status};
 use crate::exit::{self, Exit};
-use crate::manifest::{Host, ImageInfo};
-use crate::metrics::{Metrics, Unit, names};
-use crate::mirror::{MirrorError, MirrorSet, SyncStats, TrackerSet};
-use crate::record::{self, RecordError};
-use crate::repository::{self, RepositoryError};
-use crate::restore::{self, RestoreError, RestoreRequest};
-use crate::runtime::probe::{self, Probe, Verdict};
-use crate::runtime::{self, Container, ContainerEvent, ContainerRuntime, ContainerSpec, RunState, RuntimeError};
+use crate::manifest::ImageInfo;
+use crate::metrics::Metrics;
+use crate::mirror::{MirrorError, MirrorSet, TrackerSet};
+use crate::record::RecordError;
+use crate::repository::RepositoryError;
+use crate::restore::RestoreError;
+use crate::runtime::{self, Container, ContainerEvent, ContainerRuntime, RuntimeError};
 use crate::secrets::{self, Secrets, SecretsError};
-use crate::snapshot::{self, SnapshotError, SnapshotOutcome, SnapshotRequest};
+use crate::snapshot::{self, SnapshotError};
 use crate::snapshot_id::SnapshotId;
-use crate::spot::{InstanceAction, Rebalance, SpotWatcher};
+use crate::spot::{InstanceAction, Rebalance};
 use crate::store::Store;
 use crate::systemd::{self, Notifier};
-use crate::{drill, liveness, prune, schedule};
-use policy::{Decision, Observed, Supervision};
+use crate::{liveness, schedule};
+use policy::Supervision;
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
 pub const MIRROR_DIR: &str = "mirrors";
@@ -191,8 +190,8 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
         event = wait_for_signal(&mut events) => {
             let _ = event;
             tracing::warn!("stopped during start-up");
-            daemon.notifier.stopping("stopping during start-up");
-            let _ = daemon.container.stop(daemon.container_config.stop_timeout).await;
+            daemon.edges.notifier.stopping("stopping during start-up");
+            let _ = daemon.workload.container.stop(daemon.container_config.stop_timeout).await;
             daemon.remove_env_file();
             let _ = std::fs::remove_file(&daemon.config.daemon.socket);
             return Ok(());
@@ -321,26 +320,33 @@ fn spawn_control(
     });
 }
 
+/// The daemon's state, grouped by what it is. Its `impl` is spread over the files of this folder,
+/// one per kind of work.
 struct Daemon {
     config: Config,
     container_config: ContainerConfig,
+    edges: Edges,
+    workload: Workload,
+    snapshots: Snapshots,
+}
+
+/// What the daemon talks to: S3 (and format 2's engine on it), SSM, CloudWatch, systemd, and the
+/// status the control socket answers with. Docker is reached through `Workload::container`.
+struct Edges {
     store: Store,
     /// Format 2's repository, kept open between snapshots; `None`: format 1 (or not loaded yet:
     /// the password is read during start-up, after a frozen container is thawed).
     engine: Option<crate::format2::Engine>,
     sdk_config: aws_config::SdkConfig,
-    notifier: Notifier,
-    status: Arc<Mutex<Status>>,
-    container: Container,
-    repository: String,
     secrets_client: Option<aws_sdk_ssm::Client>,
-    secrets: Option<Secrets>,
-    image: Option<ImageInfo>,
-    /// The mirrors snapshots are taken from (one per state path), with their indexes; `None`
-    /// while a sync holds them.
-    mirror: Option<MirrorSet>,
-    /// What changed in each state path since the last sync (inotify).
-    tracker: Option<TrackerSet>,
+    notifier: Notifier,
+    metrics: Metrics,
+    status: Arc<Mutex<Status>>,
+}
+
+/// The container and what keeps it running: its supervision, health, secrets and image.
+struct Workload {
+    container: Container,
     /// The pure supervisor: planned stops, backoff, crash loop, finishing.
     supervision: Supervision,
     /// The log driver the container is created with (the configured one, or the fallback).
@@ -354,6 +360,20 @@ struct Daemon {
     probe_token: Arc<Mutex<Option<String>>>,
     /// A thaw failed: the container may still be frozen; the loop keeps thawing it.
     stuck_frozen: bool,
+    secrets: Option<Secrets>,
+    image: Option<ImageInfo>,
+}
+
+/// What snapshots are taken from and what they protect: the mirrors, the change trackers, the
+/// bookkeeping of what they protect, and the repository and writer they are written as.
+struct Snapshots {
+    /// The repository's URL, as requests and the local record name it.
+    repository: String,
+    /// The mirrors snapshots are taken from (one per state path), with their indexes; `None`
+    /// while a sync holds them.
+    mirror: Option<MirrorSet>,
+    /// What changed in each state path since the last sync (inotify).
+    tracker: Option<TrackerSet>,
     /// The mirror holds changes that no snapshot has uploaded yet. Set by anything that may
     /// have changed the mirror (a sync, complete or not); cleared only by a completed upload.
     pending_upload: bool,
@@ -368,7 +388,6 @@ struct Daemon {
     /// This daemon's writer id (see `record::writer_id`); set once the instance is known.
     writer: String,
     instance_id: Option<String>,
-    metrics: Metrics,
 }
 
 impl Daemon {
@@ -388,47 +407,53 @@ impl Daemon {
             .as_ref()
             .map(|secrets| secrets::client(secrets, sdk_config));
         Ok(Daemon {
-            repository: config.repository_url(),
-            mirror: None,
-            tracker: None,
-            supervision: Supervision::new(container_config.restart_limit, container_config.restart_window),
-            log_driver: container_config.log_driver.clone(),
+            edges: Edges {
+                store,
+                engine: None,
+                sdk_config: sdk_config.clone(),
+                secrets_client,
+                notifier,
+                metrics,
+                status,
+            },
+            workload: Workload {
+                container,
+                supervision: Supervision::new(container_config.restart_limit, container_config.restart_window),
+                log_driver: container_config.log_driver.clone(),
+                frozen: Arc::new(AtomicBool::new(false)),
+                health: Arc::new(health::HealthGate::default()),
+                probe_token: Arc::new(Mutex::new(None)),
+                stuck_frozen: false,
+                secrets: None,
+                image: None,
+            },
+            snapshots: Snapshots {
+                repository: config.repository_url(),
+                mirror: None,
+                tracker: None,
+                pending_upload: true,
+                last_snapshot_id: None,
+                last_complete_at: None,
+                unprotected_since: None,
+                last_snapshot_duration: Duration::ZERO,
+                hostname: snapshot::hostname(),
+                writer: String::new(),
+                instance_id: None,
+            },
             config,
             container_config,
-            store,
-            engine: None,
-            sdk_config: sdk_config.clone(),
-            notifier,
-            status,
-            container,
-            secrets_client,
-            secrets: None,
-            image: None,
-            frozen: Arc::new(AtomicBool::new(false)),
-            health: Arc::new(health::HealthGate::default()),
-            probe_token: Arc::new(Mutex::new(None)),
-            stuck_frozen: false,
-            pending_upload: true,
-            last_snapshot_id: None,
-            last_complete_at: None,
-            unprotected_since: None,
-            last_snapshot_duration: Duration::ZERO,
-            hostname: snapshot::hostname(),
-            writer: String::new(),
-            instance_id: None,
-            metrics,
         })
     }
 
     fn update(&self, f: impl FnOnce(&mut Status)) {
-        if let Ok(mut status) = self.status.lock() {
+        if let Ok(mut status) = self.edges.status.lock() {
             f(&mut status);
         }
     }
 
     fn say(&self, text: &str) {
         tracing::info!("{text}");
-        self.notifier.status(text);
+        self.edges.notifier.status(text);
     }
 
     /// Removes the secrets file: nothing reads it once the container is stopped for good.
@@ -466,8 +491,8 @@ impl Daemon {
         let mut follow_failed_at: Option<DateTime<Utc>> = None;
         // Local state kept at boot may hold changes no snapshot has (a hard crash): follow them
         // from now.
-        if follow.is_some() && self.pending_upload && self.unprotected_since.is_none() {
-            self.unprotected_since = Some(Utc::now());
+        if follow.is_some() && self.snapshots.pending_upload && self.snapshots.unprotected_since.is_none() {
+            self.snapshots.unprotected_since = Some(Utc::now());
         }
         loop {
             liveness::mark();
@@ -477,10 +502,10 @@ impl Daemon {
                 self.publish_gauges(now);
                 next_gauges = now + chrono::TimeDelta::seconds(60);
             }
-            if self.stuck_frozen {
+            if self.workload.stuck_frozen {
                 self.thaw().await;
             }
-            if self.supervision.state() == policy::Supervised::Finishing {
+            if self.workload.supervision.state() == policy::Supervised::Finishing {
                 // The instance is going away: no more scheduled work; wait for the end.
                 next_snapshot = now + chrono::TimeDelta::days(1);
                 next_prune = next_snapshot;
@@ -497,7 +522,7 @@ impl Daemon {
             // not again before `follow` has passed (no hot loop of freezes while S3 is down).
             let follow_due = follow.and_then(|follow| {
                 let step = chrono::TimeDelta::from_std(follow).unwrap_or_default();
-                let due = self.unprotected_since? + step;
+                let due = self.snapshots.unprotected_since? + step;
                 Some(match follow_failed_at {
                     Some(failed) => due.max(failed + step),
                     None => due,
@@ -536,10 +561,10 @@ impl Daemon {
                 next_verify = Some(next_daily(Utc::now(), verify_offset));
                 continue;
             }
-            if let Some(due) = self.supervision.restart_due()
+            if let Some(due) = self.workload.supervision.restart_due()
                 && schedule::is_due(now, due)
             {
-                self.supervision.restart_taken();
+                self.workload.supervision.restart_taken();
                 self.restart_container("backoff elapsed").await;
                 continue;
             }
@@ -548,7 +573,7 @@ impl Daemon {
                 next_secrets,
                 next_verify,
                 Some(next_gauges),
-                self.supervision.restart_due(),
+                self.workload.supervision.restart_due(),
             ]
             .into_iter()
             .flatten()
@@ -561,7 +586,7 @@ impl Daemon {
                 None if follow.is_some() => wake = wake.min(FOLLOW_POLL),
                 None => {}
             }
-            if self.stuck_frozen {
+            if self.workload.stuck_frozen {
                 wake = wake.min(THAW_RETRY);
             }
             let event = tokio::select! {
@@ -574,7 +599,7 @@ impl Daemon {
                 Some(Event::Interruption(action)) => self.on_interruption(action).await,
                 Some(Event::Rebalance(notice)) => {
                     tracing::warn!(notice_time = %notice.notice_time, "rebalance recommendation: taking an extra snapshot now");
-                    if self.supervision.state() != policy::Supervised::Finishing {
+                    if self.workload.supervision.state() != policy::Supervised::Finishing {
                         self.snapshot_tick("rebalance recommendation").await;
                     }
                 }

@@ -26,6 +26,7 @@ const PURE: &[&str] = &[
     "boot.rs",
     "config/diagnose.rs",
     "daemon/policy.rs",
+    "daemon/protection.rs",
     "duration.rs",
     "format2/head.rs",
     "manifest.rs",

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::policy::{self, Observed};
+use super::protection::Upload;
 use super::{Daemon, DaemonError, FOLLOW_REASON, LEGACY_MIRROR_DIR, MIRROR_DIR, MIRROR_INDEX_DIR, THAW_ATTEMPTS};
 use crate::config::Consistency;
 use crate::control::{PruneStatus, SnapshotStatus, VerifyStatus};
@@ -42,34 +43,20 @@ impl Daemon {
         Some(follow)
     }
 
-    /// Folds the trackers' first change into `unprotected_since` (and `status`).
+    /// Folds the trackers' first change into the window of loss (and `status`).
     pub(super) fn note_changes(&mut self) {
-        let first = self
-            .snapshots
-            .tracker
-            .as_ref()
-            .and_then(TrackerSet::first_change_at)
-            .map(DateTime::<Utc>::from);
-        if let Some(first) = first {
-            let since = self.snapshots.unprotected_since.map_or(first, |since| since.min(first));
-            if self.snapshots.unprotected_since != Some(since) {
-                self.snapshots.unprotected_since = Some(since);
-                self.update(|s| s.unprotected_since = Some(since));
-            }
+        if let Some(first) = self.first_change() {
+            self.protect(|p| p.changed(first));
         }
     }
 
-    /// After a snapshot made the head hold everything synced: only changes the trackers saw
-    /// since the sync are unprotected.
-    fn protected_up_to_sync(&mut self) {
-        self.snapshots.unprotected_since = self
-            .snapshots
+    /// The trackers' first change since the last sync took its changes.
+    fn first_change(&self) -> Option<DateTime<Utc>> {
+        self.snapshots
             .tracker
             .as_ref()
             .and_then(TrackerSet::first_change_at)
-            .map(DateTime::<Utc>::from);
-        let unprotected = self.snapshots.unprotected_since;
-        self.update(|s| s.unprotected_since = unprotected);
+            .map(DateTime::<Utc>::from)
     }
 
     /// One scheduled (or requested) snapshot; a failure is logged and retried at the next tick.
@@ -94,11 +81,7 @@ impl Daemon {
         if let Err(e) = &result {
             // Whatever failed, the mirror may hold changes no upload has: never forget them,
             // and count them as unprotected from the attempt at the latest.
-            self.snapshots.pending_upload = true;
-            if self.snapshots.unprotected_since.is_none() {
-                self.snapshots.unprotected_since = Some(attempted_at);
-                self.update(|s| s.unprotected_since = Some(attempted_at));
-            }
+            self.protect(|p| p.failed(attempted_at));
             self.edges.metrics.record(names::SNAPSHOT_SUCCESS, 0.0, Unit::Count);
             if matches!(
                 e,
@@ -120,21 +103,22 @@ impl Daemon {
         }
         let (_, freeze) = self.sync_mirror(hold).await?;
         let freeze_ms = u64::try_from(freeze.as_millis()).unwrap_or(u64::MAX);
-        if !self.snapshots.pending_upload
-            && let Some(since) = self.snapshots.last_snapshot_id
-        {
+        if let Some(since) = self.snapshots.protection.unchanged_since() {
             tracing::info!(since = %since, freeze_ms, "state unchanged; no upload");
-            self.protected_up_to_sync();
+            let since_sync = self.first_change();
+            self.protect(|p| p.up_to_date(since_sync));
             self.update(|s| s.unchanged_since = Some(since));
             self.edges.notifier.status(&format!("running; unchanged since {since}"));
             return Ok(SnapshotOutcome::Unchanged { since, freeze_ms });
         }
         let report = self.upload_mirror(reason == FOLLOW_REASON).await?;
-        self.snapshots.pending_upload = false;
-        self.protected_up_to_sync();
-        self.snapshots.last_snapshot_id = Some(report.id);
-        self.snapshots.last_complete_at = Some(report.created_at);
-        self.snapshots.last_snapshot_duration = Duration::from_millis(report.duration_ms);
+        let upload = Upload {
+            id: report.id,
+            created_at: report.created_at,
+            duration: Duration::from_millis(report.duration_ms),
+        };
+        let since_sync = self.first_change();
+        self.protect(|p| p.uploaded(upload, since_sync));
         self.edges.metrics.record(names::SNAPSHOT_SUCCESS, 1.0, Unit::Count);
         self.edges
             .metrics
@@ -396,9 +380,8 @@ impl Daemon {
         };
         drop(restore_lock);
         // Anything that may have changed the mirror makes an upload pending.
-        if synced.as_ref().map_or(true, |stats| stats.changed()) {
-            self.snapshots.pending_upload = true;
-        }
+        let changed = synced.as_ref().map_or(true, |stats| stats.changed());
+        self.protect(|p| p.synced(changed));
         // The changes taken for a sync that did not complete are no longer in the tracker:
         // only a full walk is sure to copy them.
         if synced.is_err()
@@ -588,16 +571,13 @@ impl Daemon {
 
     /// Gauges published every minute, so an alarm fires when backups stop.
     pub(super) fn publish_gauges(&self, now: DateTime<Utc>) {
-        if let Some(at) = self.snapshots.last_complete_at {
-            let seconds = (now - at).num_seconds().max(0);
+        let protection = &self.snapshots.protection;
+        if let Some(seconds) = protection.seconds_since_last_snapshot(now) {
             self.edges
                 .metrics
                 .record(names::SECONDS_SINCE_LAST_SNAPSHOT, seconds as f64, Unit::Seconds);
         }
-        let unprotected = self
-            .snapshots
-            .unprotected_since
-            .map_or(0, |since| (now - since).num_seconds().max(0));
+        let unprotected = protection.unprotected_seconds(now);
         self.edges
             .metrics
             .record(names::UNPROTECTED_SECONDS, unprotected as f64, Unit::Seconds);

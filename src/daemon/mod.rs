@@ -12,6 +12,7 @@
 mod health;
 mod jobs;
 pub mod policy;
+mod protection;
 mod requests;
 mod startup;
 mod supervise;
@@ -43,6 +44,7 @@ use crate::store::Store;
 use crate::systemd::{self, Notifier};
 use crate::{liveness, schedule};
 use policy::Supervision;
+use protection::Protection;
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
 pub const MIRROR_DIR: &str = "mirrors";
@@ -365,7 +367,7 @@ struct Workload {
 }
 
 /// What snapshots are taken from and what they protect: the mirrors, the change trackers, the
-/// bookkeeping of what they protect, and the repository and writer they are written as.
+/// window of loss, and the repository and writer they are written as.
 struct Snapshots {
     /// The repository's URL, as requests and the local record name it.
     repository: String,
@@ -374,16 +376,8 @@ struct Snapshots {
     mirror: Option<MirrorSet>,
     /// What changed in each state path since the last sync (inotify).
     tracker: Option<TrackerSet>,
-    /// The mirror holds changes that no snapshot has uploaded yet. Set by anything that may
-    /// have changed the mirror (a sync, complete or not); cleared only by a completed upload.
-    pending_upload: bool,
-    last_snapshot_id: Option<SnapshotId>,
-    /// When the newest complete snapshot was taken (for SecondsSinceLastSnapshot).
-    last_complete_at: Option<DateTime<Utc>>,
-    /// When the oldest change not yet in the head happened (UnprotectedSeconds); `None`: the
-    /// head holds every change the tracker saw.
-    unprotected_since: Option<DateTime<Utc>>,
-    last_snapshot_duration: Duration,
+    /// What the head holds of the state, and since when it does not hold everything.
+    protection: Protection,
     hostname: String,
     /// This daemon's writer id (see `record::writer_id`); set once the instance is known.
     writer: String,
@@ -431,11 +425,7 @@ impl Daemon {
                 repository: config.repository_url(),
                 mirror: None,
                 tracker: None,
-                pending_upload: true,
-                last_snapshot_id: None,
-                last_complete_at: None,
-                unprotected_since: None,
-                last_snapshot_duration: Duration::ZERO,
+                protection: Protection::default(),
                 hostname: snapshot::hostname(),
                 writer: String::new(),
                 instance_id: None,
@@ -491,8 +481,8 @@ impl Daemon {
         let mut follow_failed_at: Option<DateTime<Utc>> = None;
         // Local state kept at boot may hold changes no snapshot has (a hard crash): follow them
         // from now.
-        if follow.is_some() && self.snapshots.pending_upload && self.snapshots.unprotected_since.is_none() {
-            self.snapshots.unprotected_since = Some(Utc::now());
+        if follow.is_some() {
+            self.protect(|p| p.following_from(Utc::now()));
         }
         loop {
             liveness::mark();
@@ -522,7 +512,7 @@ impl Daemon {
             // not again before `follow` has passed (no hot loop of freezes while S3 is down).
             let follow_due = follow.and_then(|follow| {
                 let step = chrono::TimeDelta::from_std(follow).unwrap_or_default();
-                let due = self.snapshots.unprotected_since? + step;
+                let due = self.snapshots.protection.unprotected_since()? + step;
                 Some(match follow_failed_at {
                     Some(failed) => due.max(failed + step),
                     None => due,
@@ -612,6 +602,16 @@ impl Daemon {
                     let _ = reply.send(response);
                 }
             }
+        }
+    }
+
+    /// Applies one event to the window of loss (`protection.rs`) and shows the result in `status`.
+    fn protect(&mut self, event: impl FnOnce(&mut Protection)) {
+        let before = self.snapshots.protection.unprotected_since();
+        event(&mut self.snapshots.protection);
+        let after = self.snapshots.protection.unprotected_since();
+        if after != before {
+            self.update(|s| s.unprotected_since = after);
         }
     }
 }

@@ -164,7 +164,7 @@ impl Daemon {
             s.phase = "interrupted".into();
             s.spot_notice = Some(action.clone());
         });
-        let upload_estimate = self.snapshots.last_snapshot_duration * 3 + Duration::from_secs(10);
+        let upload_estimate = self.snapshots.protection.last_duration() * 3 + Duration::from_secs(10);
         let started = Instant::now();
         // Nothing restarts from now on.
         self.workload.supervision.finish();

@@ -359,7 +359,7 @@ impl Daemon {
             })
             .map(|r| r.snapshot_id);
         let (latest, created_at) = self.latest_view(base, origin).await?;
-        self.snapshots.last_complete_at = created_at;
+        self.snapshots.protection.head_found(created_at);
         let action = match boot::decide(local, &latest, &self.snapshots.repository) {
             Ok(action) => action,
             Err(refusal) => {
@@ -387,7 +387,7 @@ impl Daemon {
                 }
                 self.create_absent_paths()?;
                 if let boot::LatestView::Readable { id, .. } = latest {
-                    self.snapshots.last_snapshot_id = Some(id);
+                    self.snapshots.protection.kept_local(id);
                 }
                 Ok(())
             }
@@ -553,10 +553,9 @@ impl Daemon {
         self.edges
             .metrics
             .record(names::RESTORE_DURATION, report.duration_ms as f64, Unit::Milliseconds);
-        self.snapshots.last_snapshot_id = report.latest.or(Some(report.id));
         // The mirror no longer matches the state, and a tracker watches the directory that was
         // moved aside.
-        self.snapshots.pending_upload = true;
+        self.protect(|p| p.restored(report.latest.unwrap_or(report.id)));
         if self.snapshots.tracker.is_some() {
             self.start_tracker();
         }

@@ -27,6 +27,7 @@ const PURE: &[&str] = &[
     "config/diagnose.rs",
     "daemon/policy.rs",
     "daemon/protection.rs",
+    "daemon/timetable.rs",
     "duration.rs",
     "format2/head.rs",
     "manifest.rs",

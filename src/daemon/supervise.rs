@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::policy::{Decision, Observed};
-use super::{Daemon, Event, THAW_ATTEMPTS, THAW_RETRY, UNHEALTHY_AFTER};
+use super::timetable::THAW_RETRY;
+use super::{Daemon, Event, THAW_ATTEMPTS, UNHEALTHY_AFTER};
 use crate::metrics::{Unit, names};
 use crate::runtime::probe::{self, Probe, Verdict};
 use crate::runtime::{self, ContainerEvent, ContainerRuntime, RunState};

@@ -27,6 +27,8 @@ const PURE: &[&str] = &[
     "catalog/model.rs",
     "config/diagnose.rs",
     "daemon/policy.rs",
+    "daemon/protection.rs",
+    "daemon/timetable.rs",
     "duration.rs",
     "format2/head.rs",
     "manifest.rs",

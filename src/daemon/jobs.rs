@@ -1,13 +1,29 @@
 //! The periodic work: snapshots through the frozen mirror, prune, secret refresh, the restore
 //! drill, gauges.
 
-use super::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::policy::{self, Observed};
+use super::protection::Upload;
+use super::{Daemon, DaemonError, FOLLOW_REASON, LEGACY_MIRROR_DIR, MIRROR_DIR, MIRROR_INDEX_DIR, THAW_ATTEMPTS};
+use crate::config::Consistency;
+use crate::control::{PruneStatus, SnapshotStatus, VerifyStatus};
+use crate::manifest::Host;
+use crate::metrics::{Unit, names};
+use crate::mirror::{MirrorError, MirrorSet, SyncStats, TrackerSet};
+use crate::runtime::{self, Container, ContainerRuntime, RunState, RuntimeError};
+use crate::snapshot::{self, SnapshotError, SnapshotOutcome, SnapshotRequest};
+use crate::{drill, prune, record, restore, secrets};
 
 impl Daemon {
     /// `[snapshot] follow` when it can work: every path tracked (it must know when the app writes). Said once at start.
     pub(super) fn follow_interval(&self) -> Option<Duration> {
         let follow = self.config.snapshot.follow?;
-        if !self.tracker.as_ref().is_some_and(TrackerSet::complete) {
+        if !self.snapshots.tracker.as_ref().is_some_and(TrackerSet::complete) {
             tracing::warn!(
                 "[snapshot] follow is inactive: a state path cannot be watched for changes (inotify); only the scheduled snapshots run"
             );
@@ -20,32 +36,20 @@ impl Daemon {
         Some(follow)
     }
 
-    /// Folds the trackers' first change into `unprotected_since` (and `status`).
+    /// Folds the trackers' first change into the window of loss (and `status`).
     pub(super) fn note_changes(&mut self) {
-        let first = self
-            .tracker
-            .as_ref()
-            .and_then(TrackerSet::first_change_at)
-            .map(DateTime::<Utc>::from);
-        if let Some(first) = first {
-            let since = self.unprotected_since.map_or(first, |since| since.min(first));
-            if self.unprotected_since != Some(since) {
-                self.unprotected_since = Some(since);
-                self.update(|s| s.unprotected_since = Some(since));
-            }
+        if let Some(first) = self.first_change() {
+            self.protect(|p| p.changed(first));
         }
     }
 
-    /// After a snapshot made the head hold everything synced: only changes the trackers saw
-    /// since the sync are unprotected.
-    fn protected_up_to_sync(&mut self) {
-        self.unprotected_since = self
+    /// The trackers' first change since the last sync took its changes.
+    fn first_change(&self) -> Option<DateTime<Utc>> {
+        self.snapshots
             .tracker
             .as_ref()
             .and_then(TrackerSet::first_change_at)
-            .map(DateTime::<Utc>::from);
-        let unprotected = self.unprotected_since;
-        self.update(|s| s.unprotected_since = unprotected);
+            .map(DateTime::<Utc>::from)
     }
 
     /// One scheduled (or requested) snapshot; a failure is logged and retried at the next tick.
@@ -54,7 +58,7 @@ impl Daemon {
             Ok(outcome) => Some(outcome),
             Err(e) => {
                 tracing::error!(error = %e, reason, "snapshot failed; retrying at the next tick");
-                self.notifier.status(&format!("snapshot failed: {e}"));
+                self.edges.notifier.status(&format!("snapshot failed: {e}"));
                 self.update(|s| s.last_error = Some(format!("snapshot failed: {e}")));
                 None
             }
@@ -70,17 +74,13 @@ impl Daemon {
         if let Err(e) = &result {
             // Whatever failed, the mirror may hold changes no upload has: never forget them,
             // and count them as unprotected from the attempt at the latest.
-            self.pending_upload = true;
-            if self.unprotected_since.is_none() {
-                self.unprotected_since = Some(attempted_at);
-                self.update(|s| s.unprotected_since = Some(attempted_at));
-            }
-            self.metrics.record(names::SNAPSHOT_SUCCESS, 0.0, Unit::Count);
+            self.protect(|p| p.failed(attempted_at));
+            self.edges.metrics.record(names::SNAPSHOT_SUCCESS, 0.0, Unit::Count);
             if matches!(
                 e,
                 DaemonError::Snapshot(SnapshotError::Diverged { .. } | SnapshotError::LatestMoved { .. })
             ) {
-                self.metrics.record(names::LINEAGE_CONFLICT, 1.0, Unit::Count);
+                self.edges.metrics.record(names::LINEAGE_CONFLICT, 1.0, Unit::Count);
             }
         }
         result
@@ -96,29 +96,34 @@ impl Daemon {
         }
         let (_, freeze) = self.sync_mirror(hold).await?;
         let freeze_ms = u64::try_from(freeze.as_millis()).unwrap_or(u64::MAX);
-        if !self.pending_upload
-            && let Some(since) = self.last_snapshot_id
-        {
+        if let Some(since) = self.snapshots.protection.unchanged_since() {
             tracing::info!(since = %since, freeze_ms, "state unchanged; no upload");
-            self.protected_up_to_sync();
+            let since_sync = self.first_change();
+            self.protect(|p| p.up_to_date(since_sync));
             self.update(|s| s.unchanged_since = Some(since));
-            self.notifier.status(&format!("running; unchanged since {since}"));
+            self.edges.notifier.status(&format!("running; unchanged since {since}"));
             return Ok(SnapshotOutcome::Unchanged { since, freeze_ms });
         }
         let report = self.upload_mirror(reason == FOLLOW_REASON).await?;
-        self.pending_upload = false;
-        self.protected_up_to_sync();
-        self.last_snapshot_id = Some(report.id);
-        self.last_complete_at = Some(report.created_at);
-        self.last_snapshot_duration = Duration::from_millis(report.duration_ms);
-        self.metrics.record(names::SNAPSHOT_SUCCESS, 1.0, Unit::Count);
-        self.metrics
+        let upload = Upload {
+            id: report.id,
+            created_at: report.created_at,
+            duration: Duration::from_millis(report.duration_ms),
+        };
+        let since_sync = self.first_change();
+        self.protect(|p| p.uploaded(upload, since_sync));
+        self.edges.metrics.record(names::SNAPSHOT_SUCCESS, 1.0, Unit::Count);
+        self.edges
+            .metrics
             .record(names::SNAPSHOT_DURATION, report.duration_ms as f64, Unit::Milliseconds);
-        self.metrics
+        self.edges
+            .metrics
             .record(names::ARCHIVE_BYTES, report.archive_bytes as f64, Unit::Bytes);
-        self.metrics
+        self.edges
+            .metrics
             .record(names::FREEZE_WINDOW, freeze_ms as f64, Unit::Milliseconds);
-        self.metrics
+        self.edges
+            .metrics
             .record(names::SKIPPED_ENTRIES, report.skipped.len() as f64, Unit::Count);
         if !report.skipped.is_empty() {
             tracing::warn!(snapshot_id = %report.id, skipped = report.skipped.len(),
@@ -128,7 +133,9 @@ impl Daemon {
         tracing::info!(snapshot_id = %report.id, reason, files = report.files, archive_bytes = report.archive_bytes,
             duration_ms = report.duration_ms, freeze_ms, requests = report.requests, put = counts.put, list = counts.list,
             get = counts.get, "snapshot complete");
-        self.notifier.status(&format!("running; last snapshot {}", report.id));
+        self.edges
+            .notifier
+            .status(&format!("running; last snapshot {}", report.id));
         self.update(|s| {
             s.last_snapshot = Some(SnapshotStatus {
                 id: report.id,
@@ -164,7 +171,7 @@ impl Daemon {
             Ok(lock) => lock,
             Err(e) => {
                 tracing::warn!(error = %e, "mirror warm-up skipped; the first snapshot copies everything frozen");
-                self.mirror = Some(mirror);
+                self.snapshots.mirror = Some(mirror);
                 return;
             }
         };
@@ -198,14 +205,14 @@ impl Daemon {
     /// and a tick with nothing changed freezes nothing. Started again after a restore swapped
     /// the directory. Without it (no inotify, a watch limit), every sync walks everything.
     pub(super) fn start_tracker(&mut self) {
-        self.tracker = None;
-        self.tracker = Some(TrackerSet::start(&self.config.state.paths));
+        self.snapshots.tracker = None;
+        self.snapshots.tracker = Some(TrackerSet::start(&self.config.state.paths));
     }
 
     /// The mirror, held across ticks so that its index is read once, not inside each freeze;
     /// opened (index read from disk) when it is not held, at the first use or after a failure.
     fn take_mirror(&mut self) -> Result<MirrorSet, MirrorError> {
-        match self.mirror.take() {
+        match self.snapshots.mirror.take() {
             Some(mirror) => Ok(mirror),
             None => {
                 let work_dir = &self.config.state.work_dir;
@@ -250,7 +257,7 @@ impl Daemon {
         if let Err(e) = mirror.save() {
             tracing::warn!(error = %e, "cannot save the mirror index; the next start copies more");
         }
-        self.mirror = Some(mirror);
+        self.snapshots.mirror = Some(mirror);
     }
 
     /// Brings the mirror up to date, holding the container still as `hold` says. Returns the
@@ -258,7 +265,7 @@ impl Daemon {
     /// mirror may have changed, before anything else can fail.
     pub(super) async fn sync_mirror(&mut self, hold: Hold) -> Result<(SyncStats, Duration), DaemonError> {
         // The change tracker saw nothing since the last sync: nothing is frozen, nothing copied.
-        if let Some(tracker) = &self.tracker
+        if let Some(tracker) = &self.snapshots.tracker
             && !tracker.has_changes()
         {
             return Ok((SyncStats::default(), Duration::ZERO));
@@ -268,12 +275,12 @@ impl Daemon {
             Hold::AlreadyQuiet => false,
             Hold::AsConfigured => {
                 // An error is not "not running": never copy a live state by mistake.
-                let mut state = self.container.state().await?;
+                let mut state = self.workload.container.state().await?;
                 if state == RunState::Paused {
-                    tracing::warn!(container = %self.container.name, "container found frozen before a snapshot; thawing it first");
+                    tracing::warn!(container = %self.workload.container.name, "container found frozen before a snapshot; thawing it first");
                     if !self.thaw().await {
                         return Err(RuntimeError::StillFrozen {
-                            container: self.container.name.clone(),
+                            container: self.workload.container.name.clone(),
                             attempts: THAW_ATTEMPTS,
                             last: "it was frozen before the snapshot and would not thaw".into(),
                         }
@@ -291,7 +298,7 @@ impl Daemon {
         let restore_lock = match self.restore_lock().await {
             Ok(lock) => lock,
             Err(e) => {
-                self.mirror = Some(mirror);
+                self.snapshots.mirror = Some(mirror);
                 return Err(e);
             }
         };
@@ -303,20 +310,23 @@ impl Daemon {
         if running {
             match consistency {
                 Consistency::Freeze => {
-                    self.frozen.store(true, Ordering::Relaxed);
-                    if let Err(e) = self.container.pause().await {
+                    self.workload.frozen.store(true, Ordering::Relaxed);
+                    if let Err(e) = self.workload.container.pause().await {
                         // It may be frozen all the same (the answer was lost): make sure it is not.
                         self.thaw().await;
                         return Err(e.into());
                     }
-                    guard = Some(ThawGuard::new(self.container.clone(), Arc::clone(&self.frozen)));
+                    guard = Some(ThawGuard::new(
+                        self.workload.container.clone(),
+                        Arc::clone(&self.workload.frozen),
+                    ));
                 }
                 Consistency::Stop => {
-                    self.supervision.stopping_on_purpose();
-                    self.health.hold();
-                    if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
-                        self.supervision.stop_abandoned();
-                        self.health.release();
+                    self.workload.supervision.stopping_on_purpose();
+                    self.workload.health.hold();
+                    if let Err(e) = self.workload.container.stop(self.container_config.stop_timeout).await {
+                        self.workload.supervision.stop_abandoned();
+                        self.workload.health.release();
                         return Err(e.into());
                     }
                     stopped = true;
@@ -325,7 +335,7 @@ impl Daemon {
             }
         }
         // Taken while the app is held still: every change made before the freeze is in it.
-        let changes = self.tracker.as_ref().map(TrackerSet::take);
+        let changes = self.snapshots.tracker.as_ref().map(TrackerSet::take);
         let worker_cancel = Arc::clone(&cancel);
         let mut worker = tokio::task::spawn_blocking(move || {
             let stats = match changes {
@@ -363,13 +373,12 @@ impl Daemon {
         };
         drop(restore_lock);
         // Anything that may have changed the mirror makes an upload pending.
-        if synced.as_ref().map_or(true, |stats| stats.changed()) {
-            self.pending_upload = true;
-        }
+        let changed = synced.as_ref().map_or(true, |stats| stats.changed());
+        self.protect(|p| p.synced(changed));
         // The changes taken for a sync that did not complete are no longer in the tracker:
         // only a full walk is sure to copy them.
         if synced.is_err()
-            && let Some(tracker) = &self.tracker
+            && let Some(tracker) = &self.snapshots.tracker
         {
             tracker.request_full_walk("the previous sync did not complete");
         }
@@ -377,7 +386,7 @@ impl Daemon {
             // The copy is consistent whether or not the start works; a failed start is the
             // supervisor's business (backoff), not a reason to lose the snapshot.
             self.start_container("after a snapshot copy").await;
-            self.health.release();
+            self.workload.health.release();
         }
         let stats = synced?;
         tracing::debug!(?stats, freeze_ms = freeze.as_millis() as u64, "mirror synced");
@@ -388,18 +397,18 @@ impl Daemon {
         let record = record::load(&self.config.state.work_dir)?;
         let base = record
             .as_ref()
-            .and_then(|r| r.base_for_set(&self.repository, &self.config.state.dirs()));
+            .and_then(|r| r.base_for_set(&self.snapshots.repository, &self.config.state.dirs()));
         let mirror = self.take_mirror()?;
         let (source, paths, also_skipped) = (mirror.root().to_path_buf(), mirror.totals(), mirror.skipped());
-        self.mirror = Some(mirror);
+        self.snapshots.mirror = Some(mirror);
         let request = SnapshotRequest {
             source,
             paths,
             also_skipped,
             host: Host {
-                hostname: self.hostname.clone(),
-                instance_id: self.instance_id.clone(),
-                writer: Some(self.writer.clone()),
+                hostname: self.snapshots.hostname.clone(),
+                instance_id: self.snapshots.instance_id.clone(),
+                writer: Some(self.snapshots.writer.clone()),
             },
             base,
             force: false,
@@ -407,11 +416,11 @@ impl Daemon {
             follow,
         };
         // The engine is loaded at start-up, before the first snapshot can be due.
-        let engine = self.engine.clone().ok_or_else(|| DaemonError::Task("the repository is not open yet".into()))?;
-        let report = snapshot::take(&self.store, &engine, request).await?;
+        let engine = self.edges.engine.clone().ok_or_else(|| DaemonError::Task("the repository is not open yet".into()))?;
+        let report = snapshot::take(&self.edges.store, &engine, request).await?;
         record::remember(
             &self.config.state.work_dir,
-            &self.repository,
+            &self.snapshots.repository,
             &self.config.state.primary().dir,
             report.id,
             report.id,
@@ -421,12 +430,12 @@ impl Daemon {
 
     pub(super) async fn prune_tick(&mut self) {
         // Daily: what inotify cannot see (writes through mmap) is caught by a full walk.
-        if let Some(tracker) = &self.tracker {
+        if let Some(tracker) = &self.snapshots.tracker {
             tracker.request_full_walk("the daily full walk");
         }
         let result = prune::prune(
-            &self.store,
-            self.engine.as_ref(),
+            &self.edges.store,
+            self.edges.engine.as_ref(),
             &self.config.retention,
             Utc::now(),
             false,
@@ -441,7 +450,8 @@ impl Daemon {
                     kept = outcomes.len() - deleted,
                     "prune complete"
                 );
-                self.metrics
+                self.edges
+                    .metrics
                     .record(names::PRUNE_DELETIONS, (deleted - failed) as f64, Unit::Count);
                 PruneStatus {
                     at: Utc::now(),
@@ -465,7 +475,7 @@ impl Daemon {
 
     /// Re-reads secrets; when they changed, rewrites the env file and recreates the container.
     pub(super) async fn secrets_tick(&mut self) {
-        let (Some(config), Some(client)) = (self.config.secrets.clone(), self.secrets_client.clone()) else {
+        let (Some(config), Some(client)) = (self.config.secrets.clone(), self.edges.secrets_client.clone()) else {
             return;
         };
         let fresh = match secrets::fetch(&client, &config.ssm_path).await {
@@ -475,7 +485,7 @@ impl Daemon {
                 return;
             }
         };
-        if self.secrets.as_ref() == Some(&fresh) {
+        if self.workload.secrets.as_ref() == Some(&fresh) {
             return;
         }
         if let Err(e) = secrets::write_env_file(&config.env_file, &fresh) {
@@ -485,16 +495,16 @@ impl Daemon {
         tracing::info!(count = fresh.len(), keys = ?fresh.keys(), "secrets changed; recreating the container");
         self.update(|s| s.secrets = Some(fresh.len()));
         self.remember_gateway_token(&fresh);
-        self.secrets = Some(fresh);
+        self.workload.secrets = Some(fresh);
         if matches!(
-            self.supervision.state(),
+            self.workload.supervision.state(),
             policy::Supervised::CrashLoop | policy::Supervised::Finishing
         ) {
             return;
         }
         if let Err(e) = self.recreate_container().await {
             tracing::error!(error = %e, "cannot recreate the container with the new secrets");
-            let decision = self.supervision.observe(Observed::StartFailed, Utc::now());
+            let decision = self.workload.supervision.observe(Observed::StartFailed, Utc::now());
             self.carry_out(decision, "recreate with new secrets failed").await;
         }
     }
@@ -502,10 +512,10 @@ impl Daemon {
     /// The daily restore drill; a failure is loud (error log, STATUS, metric).
     pub(super) async fn verify_tick(&mut self) {
         let result = drill::run(
-            &self.store,
-            self.engine.as_ref(),
+            &self.edges.store,
+            self.edges.engine.as_ref(),
             &self.config.state.work_dir,
-            &self.repository,
+            &self.snapshots.repository,
             None,
         )
         .await;
@@ -513,7 +523,7 @@ impl Daemon {
             Ok(report) => {
                 tracing::info!(snapshot_id = %report.id, files = report.files, databases = report.databases.len(),
                     duration_ms = report.duration_ms, "restore drill passed");
-                self.metrics.record(names::BACKUP_VERIFIED, 1.0, Unit::Count);
+                self.edges.metrics.record(names::BACKUP_VERIFIED, 1.0, Unit::Count);
                 VerifyStatus {
                     at: Utc::now(),
                     id: Some(report.id),
@@ -525,8 +535,8 @@ impl Daemon {
             Err(e) => {
                 let text = format!("RESTORE DRILL FAILED: {e}");
                 tracing::error!("{text}");
-                self.notifier.status(&text);
-                self.metrics.record(names::BACKUP_VERIFIED, 0.0, Unit::Count);
+                self.edges.notifier.status(&text);
+                self.edges.metrics.record(names::BACKUP_VERIFIED, 0.0, Unit::Count);
                 self.update(|s| s.last_error = Some(text));
                 VerifyStatus {
                     at: Utc::now(),
@@ -542,19 +552,20 @@ impl Daemon {
 
     /// Gauges published every minute, so an alarm fires when backups stop.
     pub(super) fn publish_gauges(&self, now: DateTime<Utc>) {
-        if let Some(at) = self.last_complete_at {
-            let seconds = (now - at).num_seconds().max(0);
-            self.metrics
+        let protection = &self.snapshots.protection;
+        if let Some(seconds) = protection.seconds_since_last_snapshot(now) {
+            self.edges
+                .metrics
                 .record(names::SECONDS_SINCE_LAST_SNAPSHOT, seconds as f64, Unit::Seconds);
         }
-        let unprotected = self
-            .unprotected_since
-            .map_or(0, |since| (now - since).num_seconds().max(0));
-        self.metrics
+        let unprotected = protection.unprotected_seconds(now);
+        self.edges
+            .metrics
             .record(names::UNPROTECTED_SECONDS, unprotected as f64, Unit::Seconds);
         // Without a health URL there is nothing to report.
-        if let Some(healthy) = self.status.lock().ok().and_then(|s| s.container.healthy) {
-            self.metrics
+        if let Some(healthy) = self.edges.status.lock().ok().and_then(|s| s.container.healthy) {
+            self.edges
+                .metrics
                 .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
         }
     }

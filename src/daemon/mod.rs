@@ -4,55 +4,54 @@
 //! and on SIGTERM/SIGINT a graceful stop with a final snapshot.
 //!
 //! `startup` holds the start-up steps, `policy` the pure supervisor (observations in, decisions
-//! out), `supervise` the watchers and the executor of those decisions, `jobs` the periodic work
-//! (snapshot, prune, secrets, drill), `requests` what comes from outside (control requests, Spot
-//! notices, signals). What `spotkeeper status` shows is part of the control protocol
-//! (`control::Status`).
+//! out), `supervise` the watchers and the executor of those decisions, `timetable` what is due
+//! when (pure), `jobs` the periodic work (snapshot, prune, secrets, drill), `protection` the window
+//! of loss (pure), `requests` what comes from outside (control requests, Spot notices, signals).
+//! What `spotkeeper status` shows is part of the control protocol (`control::Status`).
 
 mod health;
 mod jobs;
 pub mod policy;
+mod protection;
 mod requests;
 mod startup;
 mod supervise;
+mod timetable;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::boot::{self, BootAction, BootRefusal};
-use crate::config::{Config, Consistency, ContainerConfig};
-use crate::control::{self, ContainerStatus, PruneStatus, Reply, Request, SnapshotStatus, Status, VerifyStatus};
+use crate::boot::BootRefusal;
+use crate::config::{Config, ContainerConfig};
+use crate::control::{self, ContainerStatus, Reply, Request, Status};
 use crate::exit::{self, Exit};
-use crate::manifest::{Host, ImageInfo};
-use crate::metrics::{Metrics, Unit, names};
-use crate::mirror::{MirrorError, MirrorSet, SyncStats, TrackerSet};
-use crate::record::{self, RecordError};
-use crate::repository::{self, RepositoryError};
-use crate::restore::{self, RestoreError, RestoreRequest};
-use crate::runtime::probe::{self, Probe, Verdict};
-use crate::runtime::{self, Container, ContainerEvent, ContainerRuntime, ContainerSpec, RunState, RuntimeError};
+use crate::liveness;
+use crate::manifest::ImageInfo;
+use crate::metrics::Metrics;
+use crate::mirror::{MirrorError, MirrorSet, TrackerSet};
+use crate::record::RecordError;
+use crate::repository::RepositoryError;
+use crate::restore::RestoreError;
+use crate::runtime::{self, Container, ContainerEvent, ContainerRuntime, RuntimeError};
 use crate::secrets::{self, Secrets, SecretsError};
-use crate::snapshot::{self, SnapshotError, SnapshotOutcome, SnapshotRequest};
+use crate::snapshot::{self, SnapshotError};
 use crate::snapshot_id::SnapshotId;
-use crate::spot::{InstanceAction, Rebalance, SpotWatcher};
+use crate::spot::{InstanceAction, Rebalance};
 use crate::store::Store;
 use crate::systemd::{self, Notifier};
-use crate::{drill, liveness, prune, schedule};
-use policy::{Decision, Observed, Supervision};
+use policy::Supervision;
+use protection::Protection;
+use timetable::{Job, Plan, Timetable};
 
 /// Folder in `work_dir` holding the frozen copy that snapshots are packed from.
 pub const MIRROR_DIR: &str = "mirrors";
 /// The reason of a snapshot taken to follow changes (`[snapshot] follow`): tagged `follow`.
 pub const FOLLOW_REASON: &str = "follow";
-/// While follow snapshots are on and nothing is pending, the loop looks at the trackers this
-/// often (an atomic read), so that a change is seen within it; the debounce counts from the
-/// change itself, which the tracker timestamps.
-const FOLLOW_POLL: Duration = Duration::from_secs(1);
 /// The mirrors' indexes, in `work_dir` (never inside `MIRROR_DIR`, which snapshots store).
 pub const MIRROR_INDEX_DIR: &str = "mirror-indexes";
 /// Where one mirror of the one state directory lived before `[[state.paths]]`: removed at start.
@@ -66,16 +65,12 @@ const STARTUP_RETRY_MIN: Duration = Duration::from_secs(1);
 const STARTUP_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Extra start/stop time asked of systemd before each long step.
 const EXTEND_STEP: Duration = Duration::from_secs(300);
-/// Prune runs daily at this offset after UTC midnight (clear of the :00 snapshot).
-const PRUNE_OFFSET: Duration = Duration::from_secs(7 * 60);
 /// The secret OpenClaw's gateway authenticates with; its probes give details to its holder.
 const GATEWAY_TOKEN_KEY: &str = "OPENCLAW_GATEWAY_TOKEN";
 /// Consecutive failed probes before the container counts as unhealthy.
 const UNHEALTHY_AFTER: u32 = 3;
 /// Attempts at thawing the container before it is reported stuck (then retried every loop).
 const THAW_ATTEMPTS: u32 = 8;
-/// How often a container stuck frozen is thawed again.
-const THAW_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -195,8 +190,8 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
         event = wait_for_signal(&mut events) => {
             let _ = event;
             tracing::warn!("stopped during start-up");
-            daemon.notifier.stopping("stopping during start-up");
-            let _ = daemon.container.stop(daemon.container_config.stop_timeout).await;
+            daemon.edges.notifier.stopping("stopping during start-up");
+            let _ = daemon.workload.container.stop(daemon.container_config.stop_timeout).await;
             daemon.remove_env_file();
             let _ = std::fs::remove_file(&daemon.config.daemon.socket);
             return Ok(());
@@ -325,26 +320,33 @@ fn spawn_control(
     });
 }
 
+/// The daemon's state, grouped by what it is. Its `impl` is spread over the files of this folder,
+/// one per kind of work.
 struct Daemon {
     config: Config,
     container_config: ContainerConfig,
+    edges: Edges,
+    workload: Workload,
+    snapshots: Snapshots,
+}
+
+/// What the daemon talks to: S3 (and format 2's engine on it), SSM, CloudWatch, systemd, and the
+/// status the control socket answers with. Docker is reached through `Workload::container`.
+struct Edges {
     store: Store,
     /// Format 2's repository, kept open between snapshots; `None`: format 1 (or not loaded yet:
     /// the password is read during start-up, after a frozen container is thawed).
     engine: Option<crate::format2::Engine>,
     sdk_config: aws_config::SdkConfig,
-    notifier: Notifier,
-    status: Arc<Mutex<Status>>,
-    container: Container,
-    repository: String,
     secrets_client: Option<aws_sdk_ssm::Client>,
-    secrets: Option<Secrets>,
-    image: Option<ImageInfo>,
-    /// The mirrors snapshots are taken from (one per state path), with their indexes; `None`
-    /// while a sync holds them.
-    mirror: Option<MirrorSet>,
-    /// What changed in each state path since the last sync (inotify).
-    tracker: Option<TrackerSet>,
+    notifier: Notifier,
+    metrics: Metrics,
+    status: Arc<Mutex<Status>>,
+}
+
+/// The container and what keeps it running: its supervision, health, secrets and image.
+struct Workload {
+    container: Container,
     /// The pure supervisor: planned stops, backoff, crash loop, finishing.
     supervision: Supervision,
     /// The log driver the container is created with (the configured one, or the fallback).
@@ -358,21 +360,26 @@ struct Daemon {
     probe_token: Arc<Mutex<Option<String>>>,
     /// A thaw failed: the container may still be frozen; the loop keeps thawing it.
     stuck_frozen: bool,
-    /// The mirror holds changes that no snapshot has uploaded yet. Set by anything that may
-    /// have changed the mirror (a sync, complete or not); cleared only by a completed upload.
-    pending_upload: bool,
-    last_snapshot_id: Option<SnapshotId>,
-    /// When the newest complete snapshot was taken (for SecondsSinceLastSnapshot).
-    last_complete_at: Option<DateTime<Utc>>,
-    /// When the oldest change not yet in the head happened (UnprotectedSeconds); `None`: the
-    /// head holds every change the tracker saw.
-    unprotected_since: Option<DateTime<Utc>>,
-    last_snapshot_duration: Duration,
+    secrets: Option<Secrets>,
+    image: Option<ImageInfo>,
+}
+
+/// What snapshots are taken from and what they protect: the mirrors, the change trackers, the
+/// window of loss, and the repository and writer they are written as.
+struct Snapshots {
+    /// The repository's URL, as requests and the local record name it.
+    repository: String,
+    /// The mirrors snapshots are taken from (one per state path), with their indexes; `None`
+    /// while a sync holds them.
+    mirror: Option<MirrorSet>,
+    /// What changed in each state path since the last sync (inotify).
+    tracker: Option<TrackerSet>,
+    /// What the head holds of the state, and since when it does not hold everything.
+    protection: Protection,
     hostname: String,
     /// This daemon's writer id (see `record::writer_id`); set once the instance is known.
     writer: String,
     instance_id: Option<String>,
-    metrics: Metrics,
 }
 
 impl Daemon {
@@ -392,47 +399,49 @@ impl Daemon {
             .as_ref()
             .map(|secrets| secrets::client(secrets, sdk_config));
         Ok(Daemon {
-            repository: config.repository_url(),
-            mirror: None,
-            tracker: None,
-            supervision: Supervision::new(container_config.restart_limit, container_config.restart_window),
-            log_driver: container_config.log_driver.clone(),
+            edges: Edges {
+                store,
+                engine: None,
+                sdk_config: sdk_config.clone(),
+                secrets_client,
+                notifier,
+                metrics,
+                status,
+            },
+            workload: Workload {
+                container,
+                supervision: Supervision::new(container_config.restart_limit, container_config.restart_window),
+                log_driver: container_config.log_driver.clone(),
+                frozen: Arc::new(AtomicBool::new(false)),
+                health: Arc::new(health::HealthGate::default()),
+                probe_token: Arc::new(Mutex::new(None)),
+                stuck_frozen: false,
+                secrets: None,
+                image: None,
+            },
+            snapshots: Snapshots {
+                repository: config.repository_url(),
+                mirror: None,
+                tracker: None,
+                protection: Protection::default(),
+                hostname: snapshot::hostname(),
+                writer: String::new(),
+                instance_id: None,
+            },
             config,
             container_config,
-            store,
-            engine: None,
-            sdk_config: sdk_config.clone(),
-            notifier,
-            status,
-            container,
-            secrets_client,
-            secrets: None,
-            image: None,
-            frozen: Arc::new(AtomicBool::new(false)),
-            health: Arc::new(health::HealthGate::default()),
-            probe_token: Arc::new(Mutex::new(None)),
-            stuck_frozen: false,
-            pending_upload: true,
-            last_snapshot_id: None,
-            last_complete_at: None,
-            unprotected_since: None,
-            last_snapshot_duration: Duration::ZERO,
-            hostname: snapshot::hostname(),
-            writer: String::new(),
-            instance_id: None,
-            metrics,
         })
     }
 
     fn update(&self, f: impl FnOnce(&mut Status)) {
-        if let Ok(mut status) = self.status.lock() {
+        if let Ok(mut status) = self.edges.status.lock() {
             f(&mut status);
         }
     }
 
     fn say(&self, text: &str) {
         tracing::info!("{text}");
-        self.notifier.status(text);
+        self.edges.notifier.status(text);
     }
 
     /// Removes the secrets file: nothing reads it once the container is stopped for good.
@@ -448,149 +457,105 @@ impl Daemon {
         }
     }
 
+    /// Runs what is due, else waits for an event (at most the timetable's nap), until a signal.
     async fn main_loop(&mut self, events: &mut mpsc::Receiver<Event>) -> Result<(), DaemonError> {
-        let interval = self.config.snapshot.interval;
-        let mut next_snapshot = schedule::next_tick(Utc::now(), interval);
-        let day = Duration::from_secs(86_400);
-        // Prune once at start, then daily.
-        let mut next_prune = Utc::now();
-        let mut next_secrets = self
-            .config
-            .secrets
-            .as_ref()
-            .map(|s| Utc::now() + chrono::TimeDelta::from_std(s.refresh).unwrap_or_default());
-        // The loop must come round at least this often to show it is alive (the watchdog task
-        // pings systemd only while something shows progress).
-        let heartbeat = systemd::watchdog_interval().map_or(MAX_NAP, |every| (every / 2).min(MAX_NAP));
-        let verify_offset = chrono::TimeDelta::from_std(self.config.verify.at_offset).unwrap_or_default();
-        let mut next_verify = self.config.verify.daily.then(|| next_daily(Utc::now(), verify_offset));
-        let mut next_gauges = Utc::now();
-        self.update(|s| s.next_snapshot = Some(next_snapshot));
+        let started = Utc::now();
         let follow = self.follow_interval();
-        let mut follow_failed_at: Option<DateTime<Utc>> = None;
-        // Local state kept at boot may hold changes no snapshot has (a hard crash): follow them
-        // from now.
-        if follow.is_some() && self.pending_upload && self.unprotected_since.is_none() {
-            self.unprotected_since = Some(Utc::now());
+        let mut timetable = Timetable::new(self.plan(follow), started);
+        self.update(|s| s.next_snapshot = timetable.next_snapshot());
+        if follow.is_some() {
+            self.protect(|p| p.following_from(started));
         }
         loop {
             liveness::mark();
             let now = Utc::now();
             self.note_changes();
-            if schedule::is_due(now, next_gauges) {
-                self.publish_gauges(now);
-                next_gauges = now + chrono::TimeDelta::seconds(60);
+            timetable.unprotected_since(self.snapshots.protection.unprotected_since());
+            timetable.restart_due(self.workload.supervision.restart_due());
+            timetable.stuck_frozen(self.workload.stuck_frozen, now);
+            if self.workload.supervision.state() == policy::Supervised::Finishing {
+                timetable.finish();
             }
-            if self.stuck_frozen {
-                self.thaw().await;
-            }
-            if self.supervision.state() == policy::Supervised::Finishing {
-                // The instance is going away: no more scheduled work; wait for the end.
-                next_snapshot = now + chrono::TimeDelta::days(1);
-                next_prune = next_snapshot;
-                next_secrets = None;
-                next_verify = None;
-            }
-            if schedule::is_due(now, next_snapshot) {
-                self.snapshot_tick("scheduled").await;
-                next_snapshot = schedule::next_tick(Utc::now(), interval);
-                self.update(|s| s.next_snapshot = Some(next_snapshot));
+            if let Some(job) = timetable.due(now) {
+                let ok = self.run_job(job, now).await;
+                timetable.done(job, ok, Utc::now());
+                if job == Job::Snapshot {
+                    self.update(|s| s.next_snapshot = timetable.next_snapshot());
+                }
                 continue;
-            }
-            // A follow snapshot `follow` after the oldest unprotected change; after a failed one,
-            // not again before `follow` has passed (no hot loop of freezes while S3 is down).
-            let follow_due = follow.and_then(|follow| {
-                let step = chrono::TimeDelta::from_std(follow).unwrap_or_default();
-                let due = self.unprotected_since? + step;
-                Some(match follow_failed_at {
-                    Some(failed) => due.max(failed + step),
-                    None => due,
-                })
-            });
-            if let Some(due) = follow_due
-                && schedule::is_due(now, due)
-            {
-                follow_failed_at = match self.snapshot_tick(FOLLOW_REASON).await {
-                    Some(_) => None,
-                    None => Some(Utc::now()),
-                };
-                continue;
-            }
-            if schedule::is_due(now, next_prune) {
-                self.prune_tick().await;
-                next_prune = schedule::next_tick(Utc::now(), day)
-                    + chrono::TimeDelta::from_std(PRUNE_OFFSET).unwrap_or_default();
-                continue;
-            }
-            if let Some(due) = next_secrets
-                && schedule::is_due(now, due)
-            {
-                self.secrets_tick().await;
-                next_secrets = self
-                    .config
-                    .secrets
-                    .as_ref()
-                    .map(|s| Utc::now() + chrono::TimeDelta::from_std(s.refresh).unwrap_or_default());
-                continue;
-            }
-            if let Some(due) = next_verify
-                && schedule::is_due(now, due)
-            {
-                self.verify_tick().await;
-                next_verify = Some(next_daily(Utc::now(), verify_offset));
-                continue;
-            }
-            if let Some(due) = self.supervision.restart_due()
-                && schedule::is_due(now, due)
-            {
-                self.supervision.restart_taken();
-                self.restart_container("backoff elapsed").await;
-                continue;
-            }
-            let mut wake = schedule::nap(now, next_snapshot, MAX_NAP).min(schedule::nap(now, next_prune, MAX_NAP));
-            for due in [
-                next_secrets,
-                next_verify,
-                Some(next_gauges),
-                self.supervision.restart_due(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                wake = wake.min(schedule::nap(now, due, MAX_NAP));
-            }
-            wake = wake.min(heartbeat);
-            match follow_due {
-                Some(due) => wake = wake.min(schedule::nap(now, due, MAX_NAP)),
-                None if follow.is_some() => wake = wake.min(FOLLOW_POLL),
-                None => {}
-            }
-            if self.stuck_frozen {
-                wake = wake.min(THAW_RETRY);
             }
             let event = tokio::select! {
                 event = events.recv() => event,
-                _ = tokio::time::sleep(wake) => continue,
+                _ = tokio::time::sleep(timetable.nap(now)) => continue,
             };
             match event {
                 None => return Ok(()),
                 Some(Event::Signal) => return self.shutdown(events).await,
-                Some(Event::Interruption(action)) => self.on_interruption(action).await,
-                Some(Event::Rebalance(notice)) => {
-                    tracing::warn!(notice_time = %notice.notice_time, "rebalance recommendation: taking an extra snapshot now");
-                    if self.supervision.state() != policy::Supervised::Finishing {
-                        self.snapshot_tick("rebalance recommendation").await;
-                    }
-                }
-                Some(Event::Container(event)) => self.on_container_event(event).await,
-                Some(Event::EventsReconnected) => self.on_events_reconnected().await,
-                Some(Event::Health(healthy, at)) => self.on_health(healthy, at).await,
-                Some(Event::Readiness(degraded)) => self.on_readiness(degraded),
-                Some(Event::Control(request, reply)) => {
-                    let response = self.on_control(request).await;
-                    let _ = reply.send(response);
+                Some(event) => self.on_event(event).await,
+            }
+        }
+    }
+
+    /// What the configuration asks of the timetable. The loop must come round at least every
+    /// half `WatchdogSec` to show it is alive (the watchdog task pings systemd only while
+    /// something shows progress), and every `MAX_NAP` to notice a suspend.
+    fn plan(&self, follow: Option<Duration>) -> Plan {
+        Plan {
+            snapshot_every: self.config.snapshot.interval,
+            follow,
+            secrets_every: self.config.secrets.as_ref().map(|s| s.refresh),
+            verify_at: self.config.verify.daily.then_some(self.config.verify.at_offset),
+            max_nap: systemd::watchdog_interval().map_or(MAX_NAP, |every| (every / 2).min(MAX_NAP)),
+        }
+    }
+
+    /// Runs one job of the timetable; `false` when it failed (the timetable retries it).
+    async fn run_job(&mut self, job: Job, now: DateTime<Utc>) -> bool {
+        match job {
+            Job::Gauges => self.publish_gauges(now),
+            Job::Thaw => return self.thaw().await,
+            Job::Snapshot => return self.snapshot_tick("scheduled").await.is_some(),
+            Job::Follow => return self.snapshot_tick(FOLLOW_REASON).await.is_some(),
+            Job::Prune => self.prune_tick().await,
+            Job::Secrets => self.secrets_tick().await,
+            Job::Verify => self.verify_tick().await,
+            Job::Restart => {
+                self.workload.supervision.restart_taken();
+                self.restart_container("backoff elapsed").await;
+            }
+        }
+        true
+    }
+
+    /// One event from outside (a signal ends the loop before it gets here).
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Signal => {}
+            Event::Interruption(action) => self.on_interruption(action).await,
+            Event::Rebalance(notice) => {
+                tracing::warn!(notice_time = %notice.notice_time, "rebalance recommendation: taking an extra snapshot now");
+                if self.workload.supervision.state() != policy::Supervised::Finishing {
+                    self.snapshot_tick("rebalance recommendation").await;
                 }
             }
+            Event::Container(event) => self.on_container_event(event).await,
+            Event::EventsReconnected => self.on_events_reconnected().await,
+            Event::Health(healthy, at) => self.on_health(healthy, at).await,
+            Event::Readiness(degraded) => self.on_readiness(degraded),
+            Event::Control(request, reply) => {
+                let response = self.on_control(request).await;
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    /// Applies one event to the window of loss (`protection.rs`) and shows the result in `status`.
+    fn protect(&mut self, event: impl FnOnce(&mut Protection)) {
+        let before = self.snapshots.protection.unprotected_since();
+        event(&mut self.snapshots.protection);
+        let after = self.snapshots.protection.unprotected_since();
+        if after != before {
+            self.update(|s| s.unprotected_since = after);
         }
     }
 }
@@ -598,15 +563,4 @@ impl Daemon {
 /// An optional id for logs: the id, or `none`.
 fn show(id: Option<SnapshotId>) -> String {
     id.map_or_else(|| "none".to_string(), |id| id.to_string())
-}
-
-/// The next time of day `offset` after UTC midnight that is after `now`.
-fn next_daily(now: DateTime<Utc>, offset: chrono::TimeDelta) -> DateTime<Utc> {
-    let midnight = schedule::next_tick(now, Duration::from_secs(86_400)) - chrono::TimeDelta::days(1);
-    let today = midnight + offset;
-    if today > now {
-        today
-    } else {
-        today + chrono::TimeDelta::days(1)
-    }
 }

@@ -1,8 +1,22 @@
 //! What comes from outside: control requests, Spot interruption notices, SIGTERM/SIGINT; and the
 //! final snapshot both of the last two end with.
 
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+
 use super::jobs::Hold;
-use super::*;
+use super::{Daemon, DaemonError, EXTEND_STEP, Event};
+use crate::config::Consistency;
+use crate::control::{self, Reply, Request};
+use crate::exit::Exit;
+use crate::metrics::{Unit, names};
+use crate::restore;
+use crate::runtime::{self, ContainerRuntime};
+use crate::snapshot::SnapshotOutcome;
+use crate::snapshot_id::SnapshotId;
+use crate::spot::InstanceAction;
 
 /// How the container was held still for the final snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +57,14 @@ impl Daemon {
         }
         // Pin the snapshot now: once the safety snapshot is taken, latest/ is that snapshot, and
         // restoring "latest" would change nothing.
-        let store = self.store.clone();
-        let (chosen, _) = restore::resolve(&store, self.engine.as_ref(), snapshot, &self.repository).await?;
+        let store = self.edges.store.clone();
+        let (chosen, _) =
+            restore::resolve(&store, self.edges.engine.as_ref(), snapshot, &self.snapshots.repository).await?;
         let snapshot = Some(chosen.id());
         self.say(&format!("manual restore of {}: stopping the container", chosen.id()));
-        self.supervision.stopping_on_purpose();
-        if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
-            self.supervision.stop_abandoned();
+        self.workload.supervision.stopping_on_purpose();
+        if let Err(e) = self.workload.container.stop(self.container_config.stop_timeout).await {
+            self.workload.supervision.stop_abandoned();
             return Err(e.into());
         }
         let safety = match self
@@ -81,7 +96,7 @@ impl Daemon {
                     .into(),
             ));
         }
-        self.supervision.reset();
+        self.workload.supervision.reset();
         self.update(|s| {
             s.container.crash_loop = false;
             s.phase = "running".into();
@@ -100,20 +115,20 @@ impl Daemon {
     /// a graceful stop; if that fails, a kill; if that fails too, a freeze; and if even that
     /// fails, the state as it is. The snapshot is attempted in every case.
     async fn final_snapshot(&mut self, reason: &str, stop_timeout: Duration) -> Result<SnapshotOutcome, DaemonError> {
-        self.supervision.finish();
+        self.workload.supervision.finish();
         // A frozen container cannot act on SIGTERM.
-        if let Err(e) = runtime::thaw(&self.container, 3).await {
+        if let Err(e) = runtime::thaw(&self.workload.container, 3).await {
             tracing::warn!(error = %e, "cannot thaw the container before stopping it");
         }
-        let quiesced = match self.container.stop(stop_timeout).await {
+        let quiesced = match self.workload.container.stop(stop_timeout).await {
             Ok(()) => Quiesced::Stopped,
             Err(e) => {
                 tracing::error!(error = %e, "graceful stop failed; killing the container");
-                match self.container.kill().await {
+                match self.workload.container.kill().await {
                     Ok(()) => Quiesced::Killed,
                     Err(e) => {
                         tracing::error!(error = %e, "kill failed; freezing the container for the final snapshot");
-                        match self.container.pause().await {
+                        match self.workload.container.pause().await {
                             Ok(()) => Quiesced::Frozen,
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot freeze it either; the final snapshot reads the state as it is");
@@ -125,7 +140,7 @@ impl Daemon {
             }
         };
         tracing::info!(?quiesced, "container held for the final snapshot");
-        self.notifier.status("taking the final snapshot");
+        self.edges.notifier.status("taking the final snapshot");
         let result = self.snapshot_now(reason, Hold::AlreadyQuiet).await;
         if quiesced == Quiesced::Frozen {
             self.thaw().await;
@@ -143,16 +158,16 @@ impl Daemon {
             action.action, action.time
         );
         tracing::warn!(action = %action.action, time = %action.time, "{text}");
-        self.notifier.status(&text);
-        self.metrics.record(names::SPOT_NOTICE, 1.0, Unit::Count);
+        self.edges.notifier.status(&text);
+        self.edges.metrics.record(names::SPOT_NOTICE, 1.0, Unit::Count);
         self.update(|s| {
             s.phase = "interrupted".into();
             s.spot_notice = Some(action.clone());
         });
-        let upload_estimate = self.last_snapshot_duration * 3 + Duration::from_secs(10);
+        let upload_estimate = self.snapshots.protection.last_duration() * 3 + Duration::from_secs(10);
         let started = Instant::now();
         // Nothing restarts from now on.
-        self.supervision.finish();
+        self.workload.supervision.finish();
         // First the running app, frozen: everything it acknowledged before the notice is safe
         // before the drain begins, whatever happens after.
         if crate::spot::snapshot_first(
@@ -162,7 +177,8 @@ impl Daemon {
             upload_estimate,
             self.container_config.consistency == Consistency::Freeze,
         ) {
-            self.notifier
+            self.edges
+                .notifier
                 .status("Spot notice: a frozen snapshot of the running app first");
             match self.snapshot_now("spot notice", Hold::AsConfigured).await {
                 Ok(outcome) => tracing::warn!(
@@ -191,25 +207,27 @@ impl Daemon {
                 let done = format!("interrupted: final snapshot done in {took_ms} ms, {left} s before the deadline");
                 tracing::warn!(took_ms, seconds_left = left, stop_budget_ms = stop_timeout.as_millis() as u64,
                     outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "{done}");
-                self.notifier.status(&done);
+                self.edges.notifier.status(&done);
             }
             Err(e) => {
                 let text = format!("interrupted: the final snapshot FAILED: {e}");
                 tracing::error!(took_ms, seconds_left = left, "{text}");
-                self.notifier.status(&text);
+                self.edges.notifier.status(&text);
                 self.update(|s| s.last_error = Some(text));
             }
         }
-        self.metrics.flush(Duration::from_secs(5)).await;
+        self.edges.metrics.flush(Duration::from_secs(5)).await;
     }
 
     /// SIGTERM/SIGINT: stop the container, take a final snapshot, remove the secrets file, exit.
     /// The exit is non-zero only when the final snapshot failed. A second signal aborts it.
     pub(super) async fn shutdown(&mut self, events: &mut mpsc::Receiver<Event>) -> Result<(), DaemonError> {
         self.update(|s| s.phase = "stopping".into());
-        self.notifier.stopping("stopping the container");
-        self.notifier.extend(self.container_config.stop_timeout + EXTEND_STEP);
-        tracing::info!(container = %self.container.name, "stopping: container first, then the final snapshot");
+        self.edges.notifier.stopping("stopping the container");
+        self.edges
+            .notifier
+            .extend(self.container_config.stop_timeout + EXTEND_STEP);
+        tracing::info!(container = %self.workload.container.name, "stopping: container first, then the final snapshot");
         let stop_timeout = self.container_config.stop_timeout;
         let aborted = async {
             loop {
@@ -227,7 +245,7 @@ impl Daemon {
             // not stay frozen after spotkeeper exits.
             self.thaw().await;
         }
-        self.metrics.flush(Duration::from_secs(5)).await;
+        self.edges.metrics.flush(Duration::from_secs(5)).await;
         self.remove_env_file();
         match result {
             Ok(outcome) => {

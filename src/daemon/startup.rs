@@ -1,7 +1,27 @@
 //! Start-up, in order: thaw a container left frozen, secrets, the boot restore decision, image,
 //! container, healthy.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    Daemon, DaemonError, EXTEND_STEP, GATEWAY_TOKEN_KEY, REPO_CACHE_DIR, STARTUP_RETRY_MAX, STARTUP_RETRY_MIN,
+    THAW_ATTEMPTS, show,
+};
+use crate::boot::{self, BootAction, BootRefusal};
+use crate::manifest::ImageInfo;
+use crate::metrics::{Unit, names};
+use crate::repository::{self, RepositoryError};
+use crate::restore::{self, RestoreError, RestoreRequest};
+use crate::runtime::probe::{self, Probe, Verdict};
+use crate::runtime::{self, ContainerRuntime, ContainerSpec, RunState};
+use crate::secrets::{self, Secrets};
+use crate::snapshot;
+use crate::snapshot_id::SnapshotId;
+use crate::spot::SpotWatcher;
+use crate::{liveness, record};
 use crate::catalog::{self, HeadRead};
 use crate::manifest::ManifestError;
 
@@ -10,18 +30,18 @@ impl Daemon {
     /// backoff; nothing starts without its secrets, and nothing starts fresh on an error.
     pub(super) async fn start(&mut self) -> Result<(), DaemonError> {
         // A container left frozen by a crash of ours must not stay frozen.
-        match self.container.state().await? {
+        match self.workload.container.state().await? {
             RunState::Paused => {
-                tracing::warn!(container = %self.container.name, "container was left frozen; thawing it");
-                runtime::thaw(&self.container, THAW_ATTEMPTS).await?;
+                tracing::warn!(container = %self.workload.container.name, "container was left frozen; thawing it");
+                runtime::thaw(&self.workload.container, THAW_ATTEMPTS).await?;
             }
             RunState::Missing | RunState::Created | RunState::Running | RunState::Exited => {}
         }
         if self.config.spot.enabled {
             self.probe_instance().await;
         }
-        let identity = record::machine_identity(self.instance_id.as_deref());
-        self.writer = record::writer_id(&self.config.state.work_dir, &identity)?;
+        let identity = record::machine_identity(self.snapshots.instance_id.as_deref());
+        self.snapshots.writer = record::writer_id(&self.config.state.work_dir, &identity)?;
         if self.config.secrets.is_some() {
             self.say("reading secrets from SSM");
             self.load_secrets_with_retry().await?;
@@ -30,9 +50,13 @@ impl Daemon {
         self.say("deciding whether to restore");
         self.boot_restore().await?;
         self.say("preparing the container image");
-        self.notifier.extend(EXTEND_STEP);
-        let digest = self.container.ensure_image(&self.container_config.image).await?;
-        self.image = Some(ImageInfo {
+        self.edges.notifier.extend(EXTEND_STEP);
+        let digest = self
+            .workload
+            .container
+            .ensure_image(&self.container_config.image)
+            .await?;
+        self.workload.image = Some(ImageInfo {
             reference: self.container_config.image.clone(),
             digest: Some(digest.clone()),
         });
@@ -42,9 +66,9 @@ impl Daemon {
         self.say("waiting for the container to become healthy");
         self.wait_healthy().await?;
         self.update(|s| s.phase = "running".into());
-        let ready = format!("running; {} healthy", self.container.name);
+        let ready = format!("running; {} healthy", self.workload.container.name);
         tracing::info!("{ready}");
-        self.notifier.ready(&ready);
+        self.edges.notifier.ready(&ready);
         Ok(())
     }
 
@@ -60,9 +84,9 @@ impl Daemon {
         match watcher.instance_id().await {
             Ok(id) => {
                 tracing::info!(instance_id = %id, imds = watcher.endpoint(), "on EC2; watching for Spot notices");
-                self.metrics.add_dimension("InstanceId", &id);
+                self.edges.metrics.add_dimension("InstanceId", &id);
                 self.update(|s| s.instance_id = Some(id.clone()));
-                self.instance_id = Some(id);
+                self.snapshots.instance_id = Some(id);
             }
             Err(e) => {
                 tracing::info!(error = %e, "not on EC2 (IMDS unreachable); Spot notices will not be watched");
@@ -71,7 +95,7 @@ impl Daemon {
     }
 
     pub(super) async fn load_secrets_with_retry(&mut self) -> Result<(), DaemonError> {
-        let (Some(config), Some(client)) = (self.config.secrets.clone(), self.secrets_client.clone()) else {
+        let (Some(config), Some(client)) = (self.config.secrets.clone(), self.edges.secrets_client.clone()) else {
             return Ok(());
         };
         let mut delay = STARTUP_RETRY_MIN;
@@ -81,7 +105,7 @@ impl Daemon {
                 Err(e) if e.is_transient() => {
                     liveness::mark();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "SSM not reachable; the container waits for its secrets");
-                    self.notifier.extend(delay + EXTEND_STEP);
+                    self.edges.notifier.extend(delay + EXTEND_STEP);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(STARTUP_RETRY_MAX);
                 }
@@ -92,7 +116,7 @@ impl Daemon {
         tracing::info!(count = secrets.len(), keys = ?secrets.keys(), env_file = %config.env_file.display(), "secrets written");
         self.update(|s| s.secrets = Some(secrets.len()));
         self.remember_gateway_token(&secrets);
-        self.secrets = Some(secrets);
+        self.workload.secrets = Some(secrets);
         Ok(())
     }
 
@@ -106,13 +130,15 @@ impl Daemon {
             self.say("reading the repository password");
             let mut delay = STARTUP_RETRY_MIN;
             let password = loop {
-                match crate::format2::load_password(&repository, &self.sdk_config).await {
+                match crate::format2::load_password(&repository, &self.edges.sdk_config).await {
                     Ok(password) => break password,
                     Err(e @ crate::format2::PasswordError::Ssm { transient: true, .. }) => {
                         liveness::mark();
                         tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "repository password: SSM not reachable, retrying");
-                        self.notifier.status("reading the repository password: waiting for SSM");
-                        self.notifier.extend(delay + EXTEND_STEP);
+                        self.edges
+                            .notifier
+                            .status("reading the repository password: waiting for SSM");
+                        self.edges.notifier.extend(delay + EXTEND_STEP);
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(STARTUP_RETRY_MAX);
                     }
@@ -120,18 +146,18 @@ impl Daemon {
                 }
             };
             let cache = self.config.state.work_dir.join(REPO_CACHE_DIR);
-            self.engine = Some(crate::format2::Engine::new(self.store.clone(), password, Some(cache)));
+            self.edges.engine = Some(crate::format2::Engine::new(self.edges.store.clone(), password, Some(cache)));
         }
-        let store = self.store.clone();
+        let store = self.edges.store.clone();
         if !self
             .retry_s3("looking for latest.json", || repository::has_pointer(&store))
             .await?
         {
             return Ok(());
         }
-        let Some(engine) = self.engine.clone() else {
+        let Some(engine) = self.edges.engine.clone() else {
             return Err(RepositoryError::NeedsPassword {
-                repository: self.repository.clone(),
+                repository: self.snapshots.repository.clone(),
             }
             .into());
         };
@@ -156,8 +182,8 @@ impl Daemon {
                 Err(e) if e.is_transient() => {
                     liveness::mark();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "{what}: S3 not reachable, retrying (never starting fresh on an error)");
-                    self.notifier.status(&format!("{what}: waiting for S3"));
-                    self.notifier.extend(delay + EXTEND_STEP);
+                    self.edges.notifier.status(&format!("{what}: waiting for S3"));
+                    self.edges.notifier.extend(delay + EXTEND_STEP);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(STARTUP_RETRY_MAX);
                 }
@@ -176,10 +202,10 @@ impl Daemon {
         base: Option<SnapshotId>,
         origin: Option<SnapshotId>,
     ) -> Result<(boot::LatestView, Option<DateTime<Utc>>), DaemonError> {
-        let store = self.store.clone();
-        let engine = self.engine.clone();
+        let store = self.edges.store.clone();
+        let engine = self.edges.engine.clone();
         let descends = |lineage: (SnapshotId, Option<SnapshotId>, Option<&str>)| {
-            snapshot::check_lineage(Some(lineage), base, &self.writer, false).is_ok()
+            snapshot::check_lineage(Some(lineage), base, &self.snapshots.writer, false).is_ok()
         };
         let catalog = self
             .retry_s3("reading the repository", || {
@@ -279,14 +305,17 @@ impl Daemon {
         let record = record::load(&self.config.state.work_dir)?;
         let base = record
             .as_ref()
-            .and_then(|r| r.base_for_set(&self.repository, &self.config.state.dirs()));
+            .and_then(|r| r.base_for_set(&self.snapshots.repository, &self.config.state.dirs()));
         let origin = record
             .as_ref()
-            .filter(|r| r.base_for_set(&self.repository, &self.config.state.dirs()).is_some())
+            .filter(|r| {
+                r.base_for_set(&self.snapshots.repository, &self.config.state.dirs())
+                    .is_some()
+            })
             .map(|r| r.snapshot_id);
         let (latest, created_at) = self.latest_view(base, origin).await?;
-        self.last_complete_at = created_at;
-        let action = match boot::decide(local, &latest, &self.repository) {
+        self.snapshots.protection.head_found(created_at);
+        let action = match boot::decide(local, &latest, &self.snapshots.repository) {
             Ok(action) => action,
             Err(refusal) => {
                 self.refuse_boot(&refusal).await;
@@ -313,19 +342,22 @@ impl Daemon {
                 }
                 self.create_absent_paths()?;
                 if let boot::LatestView::Readable { id, .. } = latest {
-                    self.last_snapshot_id = Some(id);
+                    self.snapshots.protection.kept_local(id);
                 }
                 Ok(())
             }
             BootAction::StartFresh => self.create_absent_paths(),
             BootAction::Restore(id) | BootAction::DisplaceAndRestore(id) => {
-                if matches!(self.container.state().await?, RunState::Running | RunState::Paused) {
-                    self.supervision.stopping_on_purpose();
-                    runtime::thaw(&self.container, THAW_ATTEMPTS).await?;
-                    self.container.stop(self.container_config.stop_timeout).await?;
+                if matches!(
+                    self.workload.container.state().await?,
+                    RunState::Running | RunState::Paused
+                ) {
+                    self.workload.supervision.stopping_on_purpose();
+                    runtime::thaw(&self.workload.container, THAW_ATTEMPTS).await?;
+                    self.workload.container.stop(self.container_config.stop_timeout).await?;
                 }
                 self.say(&format!("restoring the state from snapshot {id}"));
-                self.notifier.extend(EXTEND_STEP);
+                self.edges.notifier.extend(EXTEND_STEP);
                 let report = self
                     .restore_into_state(Some(id), None, matches!(action, BootAction::DisplaceAndRestore(_)))
                     .await?;
@@ -357,14 +389,14 @@ impl Daemon {
             refusal,
             BootRefusal::LocalNewer { .. } | BootRefusal::HeadReplayed { .. } | BootRefusal::HeadUntrusted { .. }
         ) {
-            self.metrics.record(names::HEAD_REFUSED, 1.0, Unit::Count);
-            self.metrics.flush(Duration::from_secs(5)).await;
+            self.edges.metrics.record(names::HEAD_REFUSED, 1.0, Unit::Count);
+            self.edges.metrics.flush(Duration::from_secs(5)).await;
         }
         self.update(|s| {
             s.phase = "refused".into();
             s.warnings.push(text.clone());
         });
-        self.notifier.status(&format!("refused: {text}"));
+        self.edges.notifier.status(&format!("refused: {text}"));
     }
 
     /// Creates the state paths that do not exist, each with the owner and mode of the first
@@ -403,7 +435,7 @@ impl Daemon {
     /// the log and in `status` (Docker without journald, as on many hosts, would fail every start).
     pub(super) async fn choose_log_driver(&mut self) {
         let wanted = self.container_config.log_driver.clone();
-        let chosen = match self.container.log_drivers().await {
+        let chosen = match self.workload.container.log_drivers().await {
             Some(available) if !available.iter().any(|d| d == &wanted) => {
                 let text = format!(
                     "log driver {wanted:?} is not available on this Docker Engine (it offers {}); using {:?} instead. Set [container] log_driver to silence this",
@@ -417,7 +449,7 @@ impl Daemon {
             _ => wanted,
         };
         self.update(|s| s.container.log_driver = chosen.clone());
-        self.log_driver = chosen;
+        self.workload.log_driver = chosen;
     }
 
     /// Removes old copies of displaced local state (`displaced::KEEP` newest stay).
@@ -448,18 +480,18 @@ impl Daemon {
             only,
             force,
             origin: None,
-            repository: self.repository.clone(),
+            repository: self.snapshots.repository.clone(),
             now: Utc::now(),
         };
-        let store = self.store.clone();
+        let store = self.edges.store.clone();
         let mut delay = STARTUP_RETRY_MIN;
         let report = loop {
-            match restore::restore(&store, self.engine.as_ref(), &request).await {
+            match restore::restore(&store, self.edges.engine.as_ref(), &request).await {
                 Ok(report) => break report,
                 Err(RestoreError::Repository(e)) if e.is_transient() => {
                     liveness::mark();
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "restore: S3 not reachable, retrying");
-                    self.notifier.extend(delay + EXTEND_STEP);
+                    self.edges.notifier.extend(delay + EXTEND_STEP);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(STARTUP_RETRY_MAX);
                 }
@@ -473,13 +505,13 @@ impl Daemon {
             }
         };
         tracing::info!(snapshot_id = %report.id, files = report.files, duration_ms = report.duration_ms, "restored");
-        self.metrics
+        self.edges
+            .metrics
             .record(names::RESTORE_DURATION, report.duration_ms as f64, Unit::Milliseconds);
-        self.last_snapshot_id = report.latest.or(Some(report.id));
         // The mirror no longer matches the state, and a tracker watches the directory that was
         // moved aside.
-        self.pending_upload = true;
-        if self.tracker.is_some() {
+        self.protect(|p| p.restored(report.latest.unwrap_or(report.id)));
+        if self.snapshots.tracker.is_some() {
             self.start_tracker();
         }
         Ok(report)
@@ -488,27 +520,27 @@ impl Daemon {
     /// Creates the container afresh from the config and starts it (stopping a running one
     /// first): at start-up, when secrets change, and when it was removed behind our back.
     pub(super) async fn recreate_container(&mut self) -> Result<(), DaemonError> {
-        self.supervision.stopping_on_purpose();
+        self.workload.supervision.stopping_on_purpose();
         let result = self.recreate_steps().await;
         match &result {
             Ok(at) => {
-                self.supervision.started(*at);
-                self.health.started(self.container_config.start_timeout);
+                self.workload.supervision.started(*at);
+                self.workload.health.started(self.container_config.start_timeout);
                 self.update(|s| s.container.state = "running".into());
-                tracing::info!(container = %self.container.name, "container started");
+                tracing::info!(container = %self.workload.container.name, "container started");
             }
-            Err(_) => self.supervision.stop_abandoned(),
+            Err(_) => self.workload.supervision.stop_abandoned(),
         }
         result.map(|_| ())
     }
 
     async fn recreate_steps(&mut self) -> Result<DateTime<Utc>, DaemonError> {
-        match self.container.state().await? {
+        match self.workload.container.state().await? {
             RunState::Paused => {
-                runtime::thaw(&self.container, THAW_ATTEMPTS).await?;
-                self.container.stop(self.container_config.stop_timeout).await?;
+                runtime::thaw(&self.workload.container, THAW_ATTEMPTS).await?;
+                self.workload.container.stop(self.container_config.stop_timeout).await?;
             }
-            RunState::Running => self.container.stop(self.container_config.stop_timeout).await?,
+            RunState::Running => self.workload.container.stop(self.container_config.stop_timeout).await?,
             RunState::Missing | RunState::Created | RunState::Exited => {}
         }
         let env_file: Option<PathBuf> = self.config.secrets.as_ref().map(|s| s.env_file.clone());
@@ -520,17 +552,17 @@ impl Daemon {
             config: &self.container_config,
             paths: &self.config.state.paths,
             env_file: env_file.as_deref(),
-            log_driver: &self.log_driver,
+            log_driver: &self.workload.log_driver,
         };
-        self.container.create(&spec).await?;
+        self.workload.container.create(&spec).await?;
         let at = Utc::now();
-        self.container.start().await?;
+        self.workload.container.start().await?;
         Ok(at)
     }
 
     /// Keeps the gateway token for the readiness probe.
     pub(super) fn remember_gateway_token(&self, secrets: &Secrets) {
-        if let Ok(mut token) = self.probe_token.lock() {
+        if let Ok(mut token) = self.workload.probe_token.lock() {
             *token = secrets.get(GATEWAY_TOKEN_KEY).map(str::to_string);
         }
     }

@@ -1,12 +1,25 @@
 //! Watching the container (engine events, reconnecting; health probes) and carrying out what
 //! the pure policy (`policy.rs`) decides: restarts with backoff, recreation, the crash loop.
 
-use super::*;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use super::policy::{Decision, Observed};
+use super::timetable::THAW_RETRY;
+use super::{Daemon, Event, THAW_ATTEMPTS, UNHEALTHY_AFTER};
+use crate::metrics::{Unit, names};
+use crate::runtime::probe::{self, Probe, Verdict};
+use crate::runtime::{self, ContainerEvent, ContainerRuntime, RunState};
+use crate::spot::SpotWatcher;
 
 impl Daemon {
     pub(super) fn spawn_watchers(&self, events: mpsc::Sender<Event>) {
         // Docker events, reconnecting when the stream ends (engine restart).
-        let container = self.container.clone();
+        let container = self.workload.container.clone();
         let tx = events.clone();
         tokio::spawn(async move {
             use futures::StreamExt;
@@ -43,7 +56,7 @@ impl Daemon {
             }
         });
         // Spot notices, only when IMDS answered at start.
-        if self.instance_id.is_some()
+        if self.snapshots.instance_id.is_some()
             && let Ok(watcher) = SpotWatcher::new(&self.config.spot.imds_endpoint)
         {
             let poll = self.config.spot.poll;
@@ -82,8 +95,8 @@ impl Daemon {
         if let Some(url) = self.container_config.health_url.clone() {
             let interval = self.container_config.health_interval;
             let kind = self.container_config.probe;
-            let frozen = Arc::clone(&self.frozen);
-            let gate = Arc::clone(&self.health);
+            let frozen = Arc::clone(&self.workload.frozen);
+            let gate = Arc::clone(&self.workload.health);
             let events = events.clone();
             tokio::spawn(async move {
                 let mut failures = 0u32;
@@ -122,9 +135,9 @@ impl Daemon {
         if let Some(url) = self.container_config.ready_url.clone() {
             let interval = self.container_config.health_interval;
             let kind = self.container_config.probe;
-            let frozen = Arc::clone(&self.frozen);
-            let gate = Arc::clone(&self.health);
-            let token = Arc::clone(&self.probe_token);
+            let frozen = Arc::clone(&self.workload.frozen);
+            let gate = Arc::clone(&self.workload.health);
+            let token = Arc::clone(&self.workload.probe_token);
             tokio::spawn(async move {
                 let mut reported: Option<String> = None;
                 loop {
@@ -157,27 +170,29 @@ impl Daemon {
     /// The app's readiness changed: report it (journal, STATUS, `status`, a metric); a degraded
     /// app keeps running, as OpenClaw's gateway serves with a channel down.
     pub(super) fn on_readiness(&mut self, degraded: Option<String>) {
-        self.metrics.record(
+        self.edges.metrics.record(
             names::APP_DEGRADED,
             if degraded.is_some() { 1.0 } else { 0.0 },
             Unit::Count,
         );
         match &degraded {
             Some(reason) => {
-                let text = format!("running; {} degraded: {reason}", self.container.name);
-                tracing::warn!(container = %self.container.name, reason, "the app reports itself not ready (a channel, not a crash): kept running");
-                self.notifier.status(&text);
+                let text = format!("running; {} degraded: {reason}", self.workload.container.name);
+                tracing::warn!(container = %self.workload.container.name, reason, "the app reports itself not ready (a channel, not a crash): kept running");
+                self.edges.notifier.status(&text);
             }
             None => {
-                tracing::info!(container = %self.container.name, "the app reports itself ready again");
-                self.notifier.status(&format!("running; {} ready", self.container.name));
+                tracing::info!(container = %self.workload.container.name, "the app reports itself ready again");
+                self.edges
+                    .notifier
+                    .status(&format!("running; {} ready", self.workload.container.name));
             }
         }
         self.update(|s| s.container.degraded = degraded);
     }
 
     pub(super) async fn on_container_event(&mut self, event: ContainerEvent) {
-        tracing::debug!(container = %self.container.name, ?event, "container event");
+        tracing::debug!(container = %self.workload.container.name, ?event, "container event");
         let observed = match event {
             ContainerEvent::Started | ContainerEvent::Unpaused => {
                 self.update(|s| s.container.state = "running".into());
@@ -188,7 +203,7 @@ impl Daemon {
                 return;
             }
             ContainerEvent::OutOfMemory => {
-                tracing::warn!(container = %self.container.name, "the container ran out of memory");
+                tracing::warn!(container = %self.workload.container.name, "the container ran out of memory");
                 return;
             }
             ContainerEvent::Other => return,
@@ -201,14 +216,14 @@ impl Daemon {
                 Observed::Missing { at }
             }
         };
-        let decision = self.supervision.observe(observed, Utc::now());
+        let decision = self.workload.supervision.observe(observed, Utc::now());
         self.carry_out(decision, &format!("{event:?}")).await;
     }
 
     /// The event stream was down for a while: look at the container to catch a missed death.
     pub(super) async fn on_events_reconnected(&mut self) {
         tracing::info!("Docker events stream reconnected");
-        let observed = match self.container.state().await {
+        let observed = match self.workload.container.state().await {
             Ok(RunState::Running | RunState::Paused) => return,
             Ok(RunState::Missing) => Observed::Missing { at: Utc::now() },
             Ok(state) => {
@@ -223,20 +238,24 @@ impl Daemon {
                 return;
             }
         };
-        let decision = self.supervision.observe(observed, Utc::now());
+        let decision = self.workload.supervision.observe(observed, Utc::now());
         self.carry_out(decision, "found after the events stream reconnected")
             .await;
     }
 
     pub(super) async fn on_health(&mut self, healthy: bool, at: DateTime<Utc>) {
         self.update(|s| s.container.healthy = Some(healthy));
-        self.metrics
+        self.edges
+            .metrics
             .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
         if healthy {
-            tracing::info!(container = %self.container.name, "container healthy again");
+            tracing::info!(container = %self.workload.container.name, "container healthy again");
             return;
         }
-        let decision = self.supervision.observe(Observed::Unhealthy { at }, Utc::now());
+        let decision = self
+            .workload
+            .supervision
+            .observe(Observed::Unhealthy { at }, Utc::now());
         self.carry_out(decision, "health check failed").await;
     }
 
@@ -244,44 +263,45 @@ impl Daemon {
     pub(super) async fn carry_out(&mut self, decision: Decision, why: &str) {
         match decision {
             Decision::Ignore(reason) => {
-                tracing::debug!(container = %self.container.name, why, reason, "nothing to do");
+                tracing::debug!(container = %self.workload.container.name, why, reason, "nothing to do");
             }
             Decision::Restart { after, stop_first } => {
                 if stop_first {
-                    tracing::warn!(container = %self.container.name, why, "stopping the container to restart it");
-                    self.supervision.stopping_on_purpose();
-                    if let Err(e) = self.container.stop(self.container_config.stop_timeout).await {
+                    tracing::warn!(container = %self.workload.container.name, why, "stopping the container to restart it");
+                    self.workload.supervision.stopping_on_purpose();
+                    if let Err(e) = self.workload.container.stop(self.container_config.stop_timeout).await {
                         tracing::warn!(error = %e, "cannot stop the container");
                     }
-                    self.supervision.stop_abandoned();
+                    self.workload.supervision.stop_abandoned();
                 }
                 self.update(|s| s.container.state = "exited".into());
-                tracing::warn!(container = %self.container.name, why, restart_in_ms = after.as_millis() as u64, "container failed; restarting after backoff");
-                self.notifier
+                tracing::warn!(container = %self.workload.container.name, why, restart_in_ms = after.as_millis() as u64, "container failed; restarting after backoff");
+                self.edges
+                    .notifier
                     .status(&format!("container failed ({why}); restarting in {}s", after.as_secs()));
             }
             Decision::StartAgain => {
-                tracing::info!(container = %self.container.name, why, "the app exited cleanly on its own (a self-restart, such as OpenClaw's after a config change); starting it again");
+                tracing::info!(container = %self.workload.container.name, why, "the app exited cleanly on its own (a self-restart, such as OpenClaw's after a config change); starting it again");
                 self.update(|s| s.container.self_restarts += 1);
                 // A start that fails goes back to the policy, which may decide again.
                 Box::pin(self.start_container("self-restart")).await;
             }
             Decision::Recreate => {
-                tracing::warn!(container = %self.container.name, why, "the container is gone; creating it again from the config");
+                tracing::warn!(container = %self.workload.container.name, why, "the container is gone; creating it again from the config");
                 if let Err(e) = self.recreate_container().await {
                     tracing::error!(error = %e, "cannot recreate the container");
-                    let decision = self.supervision.observe(Observed::StartFailed, Utc::now());
+                    let decision = self.workload.supervision.observe(Observed::StartFailed, Utc::now());
                     Box::pin(self.carry_out(decision, "recreate failed")).await;
                 }
             }
             Decision::GiveUp { failures } => {
                 let text = format!(
                     "container {} failed {failures} times within {}; not restarting it (crash loop). Fix it, then `systemctl restart spotkeeper`",
-                    self.container.name,
+                    self.workload.container.name,
                     crate::duration::format(self.container_config.restart_window)
                 );
                 tracing::error!("{text}");
-                self.notifier.status(&text);
+                self.edges.notifier.status(&text);
                 self.update(|s| {
                     s.container.crash_loop = true;
                     s.phase = "crash-loop".into();
@@ -292,9 +312,9 @@ impl Daemon {
     }
 
     pub(super) async fn restart_container(&mut self, why: &str) {
-        tracing::info!(container = %self.container.name, why, "starting the container again");
+        tracing::info!(container = %self.workload.container.name, why, "starting the container again");
         self.update(|s| s.container.restarts += 1);
-        self.metrics.record(names::CONTAINER_RESTARTS, 1.0, Unit::Count);
+        self.edges.metrics.record(names::CONTAINER_RESTARTS, 1.0, Unit::Count);
         self.start_container(why).await;
     }
 
@@ -303,21 +323,21 @@ impl Daemon {
     /// container that is gone is recreated.
     pub(super) async fn start_container(&mut self, why: &str) {
         let at = Utc::now();
-        match self.container.start().await {
+        match self.workload.container.start().await {
             Ok(()) => {
-                self.supervision.started(at);
-                self.health.started(self.container_config.start_timeout);
+                self.workload.supervision.started(at);
+                self.workload.health.started(self.container_config.start_timeout);
                 self.update(|s| s.container.state = "running".into());
             }
             Err(e) => {
-                tracing::error!(container = %self.container.name, why, error = %e, "cannot start the container");
-                self.supervision.stop_abandoned();
+                tracing::error!(container = %self.workload.container.name, why, error = %e, "cannot start the container");
+                self.workload.supervision.stop_abandoned();
                 let observed = if e.is_missing() {
                     Observed::Missing { at: Utc::now() }
                 } else {
                     Observed::StartFailed
                 };
-                let decision = self.supervision.observe(observed, Utc::now());
+                let decision = self.workload.supervision.observe(observed, Utc::now());
                 self.carry_out(decision, why).await;
             }
         }
@@ -326,32 +346,32 @@ impl Daemon {
     /// Makes sure the container is not frozen (`runtime::thaw`). A failure is loud: an error in
     /// `status`, the ContainerFrozen metric, and a retry every few seconds from the main loop.
     pub(super) async fn thaw(&mut self) -> bool {
-        let result = runtime::thaw(&self.container, THAW_ATTEMPTS).await;
-        self.frozen.store(false, Ordering::Relaxed);
+        let result = runtime::thaw(&self.workload.container, THAW_ATTEMPTS).await;
+        self.workload.frozen.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => {
-                if self.stuck_frozen {
-                    tracing::warn!(container = %self.container.name, "container thawed at last");
-                    self.metrics.record(names::CONTAINER_FROZEN, 0.0, Unit::Count);
+                if self.workload.stuck_frozen {
+                    tracing::warn!(container = %self.workload.container.name, "container thawed at last");
+                    self.edges.metrics.record(names::CONTAINER_FROZEN, 0.0, Unit::Count);
                     self.update(|s| {
                         s.container.frozen_error = None;
                         s.container.state = "running".into();
                     });
                 }
-                self.stuck_frozen = false;
+                self.workload.stuck_frozen = false;
                 true
             }
             Err(e) => {
                 let text = format!("CONTAINER LEFT FROZEN: {e}; retrying every {}s", THAW_RETRY.as_secs());
                 tracing::error!("{text}");
-                self.notifier.status(&text);
-                self.metrics.record(names::CONTAINER_FROZEN, 1.0, Unit::Count);
+                self.edges.notifier.status(&text);
+                self.edges.metrics.record(names::CONTAINER_FROZEN, 1.0, Unit::Count);
                 self.update(|s| {
                     s.container.state = "paused".into();
                     s.container.frozen_error = Some(text.clone());
                     s.last_error = Some(text.clone());
                 });
-                self.stuck_frozen = true;
+                self.workload.stuck_frozen = true;
                 false
             }
         }

@@ -223,22 +223,67 @@ def test_both_buckets_block_public_access_and_are_encrypted(deploy):
     assert [o.inputs["rule"] for o in ownership] == [{"objectOwnership": "BucketOwnerEnforced"}] * 2
 
 
+ABORT_MULTIPART_RULE = {
+    "id": "abort-incomplete-multipart-uploads",
+    "status": "Enabled",
+    "filter": {},
+    "abortIncompleteMultipartUpload": {"daysAfterInitiation": 1},
+}
+
+
 def test_backup_bucket_aborts_incomplete_multipart_uploads_after_one_day(deploy):
     m = deploy().mocks
     lifecycle = m.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "backup-lifecycle")
     assert lifecycle["bucket"] == "openclaw-dev-backup-id"
-    assert lifecycle["rules"] == [
-        {
-            "id": "abort-incomplete-multipart-uploads",
-            "status": "Enabled",
-            "filter": {},
-            "abortIncompleteMultipartUpload": {"daysAfterInitiation": 1},
-        }
-    ]
-    # Retention is spotkeeper's job: no expiration rule anywhere, and backups survive `destroy`.
-    assert "expiration" not in json.dumps(lifecycle)
+    assert lifecycle["rules"][0] == ABORT_MULTIPART_RULE
+    artifacts = m.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "artifacts-lifecycle")
+    assert artifacts["rules"] == [ABORT_MULTIPART_RULE]
+    # Retention is spotkeeper's job: no rule expires a current object, and backups survive `destroy`.
+    for rule in lifecycle["rules"]:
+        assert set(rule.get("expiration", {})) <= {"expiredObjectDeleteMarker"}, rule
+        assert "transitions" not in rule
     backup = [b for b in m.of_type("aws:s3/bucket:Bucket") if b.name == "openclaw-dev-backup"][0]
     assert backup.inputs.get("forceDestroy") is False
+
+
+@pytest.mark.parametrize(("config", "days"), [({}, 30), ({"noncurrentVersionDays": "7"}, 7), ({"noncurrentVersionDays": 400}, 400)])
+def test_backup_bucket_is_versioned_and_keeps_old_versions_for_the_configured_days(deploy, config, days):
+    d = deploy(**config)
+    versioning = d.mocks.one("aws:s3/bucketVersioning:BucketVersioning")
+    assert versioning == {"bucket": "openclaw-dev-backup-id", "versioningConfiguration": {"status": "Enabled"}}
+    lifecycle = d.mocks.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "backup-lifecycle")
+    assert lifecycle["rules"] == [
+        ABORT_MULTIPART_RULE,
+        {
+            "id": "expire-noncurrent-versions",
+            "status": "Enabled",
+            "filter": {},
+            "noncurrentVersionExpiration": {"noncurrentDays": days},
+            # A delete marker left with nothing behind it; never a current object.
+            "expiration": {"expiredObjectDeleteMarker": True},
+        },
+    ]
+    # The rule is put after versioning is on.
+    registration = d.mocks.registrations[("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "openclaw-dev-backup-lifecycle")]
+    assert d.value(d.resources["backup_versioning"].urn) in registration.dependencies
+    # The artifacts bucket holds a binary Pulumi uploads again: no versioning there.
+    assert len(d.mocks.of_type("aws:s3/bucketVersioning:BucketVersioning")) == 1
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "thirty", "1.5"])
+def test_a_bad_noncurrent_version_time_is_refused_naming_the_key(deploy, days):
+    with pytest.raises(ValueError, match="spotkeeper:noncurrentVersionDays"):
+        deploy(noncurrentVersionDays=days)
+
+
+def test_an_existing_backup_bucket_is_not_touched_but_the_roles_still_may_not_rewrite_its_history(deploy):
+    d = deploy(backupBucket="team-backups")
+    assert not d.mocks.of_type("aws:s3/bucketVersioning:BucketVersioning")
+    assert [r.name for r in d.mocks.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")] == [
+        "openclaw-dev-artifacts-lifecycle"
+    ]
+    (deny,) = [s for s in d.policy()["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Resource"] == ["arn:aws:s3:::team-backups", "arn:aws:s3:::team-backups/*"]
 
 
 def test_binary_for_the_instance_architecture_is_uploaded(deploy, binaries):
@@ -304,6 +349,19 @@ BASE_STATEMENTS = [
         "Resource": ["arn:aws:s3:::openclaw-dev-backup-0123abcd/openclaw/dev/*"],
     },
     {
+        "Sid": "DenyRewritingHistory",
+        "Effect": "Deny",
+        "Action": [
+            "s3:DeleteBucket",
+            "s3:DeleteBucketPolicy",
+            "s3:DeleteObjectVersion",
+            "s3:PutBucketPolicy",
+            "s3:PutBucketVersioning",
+            "s3:PutLifecycleConfiguration",
+        ],
+        "Resource": ["arn:aws:s3:::openclaw-dev-backup-0123abcd", "arn:aws:s3:::openclaw-dev-backup-0123abcd/*"],
+    },
+    {
         "Sid": "ReadOwnBinary",
         "Effect": "Allow",
         "Action": ["s3:GetObject"],
@@ -352,6 +410,12 @@ BASE_STATEMENTS = [
         "Action": ["cloudwatch:PutMetricData"],
         "Resource": ["*"],
         "Condition": {"StringEquals": {"cloudwatch:namespace": "Spotkeeper"}},
+    },
+    {
+        "Sid": "WriteOwnLogStream",
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": ["arn:aws:logs:eu-west-1:123456789012:log-group:/spotkeeper/openclaw-dev:log-stream:dev"],
     },
     {
         "Sid": "SessionManagerAgent",
@@ -572,8 +636,10 @@ def test_alarm_fires_when_a_change_is_unprotected_for_ten_minutes_or_no_metrics_
     assert alarm["evaluationPeriods"] == 1
     # A dead daemon publishes nothing: that must alarm too.
     assert alarm["treatMissingData"] == "breaching"
-    assert not alarm.get("alarmActions")
-    assert not m.of_type("aws:sns/topic:Topic")
+    # The stack's one topic, with no subscription until alarmEmail (or one's own `aws sns subscribe`).
+    topic_arn = f"arn:aws:sns:{REGION}:{ACCOUNT}:openclaw-dev-alarms-0123abcd"
+    assert (alarm["alarmActions"], alarm["okActions"]) == ([topic_arn], [topic_arn])
+    assert not m.of_type("aws:sns/topicSubscription:TopicSubscription")
 
 
 def test_no_alarm_on_the_age_of_the_last_snapshot(deploy):
@@ -628,7 +694,13 @@ def test_second_stack_gets_disjoint_prefix_ssm_path_and_role(deploy):
 
     def resources(d):
         # Every ARN granted, except the shared bucket itself (ListBucket, limited by s3:prefix).
-        return {r for s in d.policy()["Statement"] for r in s["Resource"] if r not in ("*", f"arn:aws:s3:::{shared}")}
+        return {
+            r
+            for s in d.policy()["Statement"]
+            if s["Effect"] == "Allow"
+            for r in s["Resource"]
+            if r not in ("*", f"arn:aws:s3:::{shared}")
+        }
 
     def list_prefixes(d):
         (listing,) = [s for s in d.policy()["Statement"] if s["Sid"] == "ListOwnPrefix"]

@@ -5,9 +5,11 @@ Template syntax, deliberately small:
   {{name}}   replaced by the value of variable `name`. Every value is checked against its
              pattern below before it is inserted: none may hold a quote, a backslash, `#`, `{`, `}`
              or whitespace, so a value is safe inside a TOML string, a YAML block and a shell
-             single-quoted word alike. No expressions, no conditionals, no escaping rules.
+             single-quoted word alike. No expressions, no escaping rules, one conditional (below).
   A placeholder alone on its line (only spaces before it) may take a multi-line value (only
   `unit` does): every line of the value is indented like the placeholder.
+  A line holding an optional-line variable (only `tenant`) is left out when its value is empty:
+  the one conditional, so that a single-agent stack renders no tenant at all.
 An unknown placeholder, an unknown variable, a missing required value or a value that does not
 match its pattern is an error that names it.
 
@@ -38,7 +40,8 @@ _SHA256 = r"(|[0-9a-f]{64})"
 
 # name: (pattern the whole value must match, default or None when required, meaning)
 VARIABLES: dict[str, tuple[str, str | None, str]] = {
-    "stack": (_LABEL, None, "a label for this deployment (stack prefix and stack name), in comments and metric dimensions"),
+    "stack": (_LABEL, None, "a label for this deployment (stack prefix and stack name), in comments and the metric dimension Stack"),
+    "tenant": (r"(|[a-z]([a-z0-9-]*[a-z0-9])?)", "", "the tenant of a fleet stack (metric dimension Tenant); empty for a single-agent stack, whose user data then has no Tenant line"),
     "region": (r"[a-z]{2}(-[a-z]+)+-\d", None, "AWS region of the buckets and the instance"),
     "bucket": (r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", None, "backup bucket ([s3] bucket)"),
     "prefix": (r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", None, "key prefix of the repository in the bucket ([s3] prefix)"),
@@ -49,6 +52,8 @@ VARIABLES: dict[str, tuple[str, str | None, str]] = {
     "port": (r"[1-9][0-9]{0,4}", "18789", "gateway port (its --port in the container), published on 127.0.0.1 only (reach it through SSM port forwarding)"),
     "state_owner": (r"\d+:\d+", "1000:1000", "the container's user ([container] user), owner of each new, empty state directory"),
     "metrics_namespace": (r"[A-Za-z0-9_./-]+", "Spotkeeper", "CloudWatch namespace of the metrics (commented [metrics] section)"),
+    "log_group": (r"(/[A-Za-z0-9_.-]+)+", None, "CloudWatch Logs group of the container's output (Docker's awslogs driver, /etc/docker/daemon.json)"),
+    "log_stream": (r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", None, "this agent's stream in log_group, the only one its role may write"),
     "artifacts_bucket": (r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", None, "bucket holding the spotkeeper binaries"),
     "artifacts_prefix": (r"([A-Za-z0-9_.-]+/)*", "", "key prefix of the binaries, empty or ending in /; keys are PREFIXspotkeeper-$(uname -m)"),
     "sha256_x86_64": (_SHA256, "", "SHA-256 of spotkeeper-x86_64, checked after download when set"),
@@ -57,6 +62,8 @@ VARIABLES: dict[str, tuple[str, str | None, str]] = {
 }
 
 _PLACEHOLDER = re.compile(r"\{\{([a-z0-9_]+)\}\}")
+# A template line holding one of these is left out when the variable's value is empty.
+OPTIONAL_LINES = ("tenant",)
 _FORBIDDEN = re.compile(r"[\"'\\#{}\s`$]")
 
 
@@ -105,6 +112,8 @@ def render(values: dict[str, str], template: str | None = None) -> str:
         for name in names:
             if name not in checked:
                 raise RenderError(f"template line {number}: unknown placeholder {{{{{name}}}}}")
+        if any(name in OPTIONAL_LINES and not checked[name] for name in names):
+            continue
         alone = re.fullmatch(r"( *)\{\{([a-z0-9_]+)\}\}\n?", line)
         if alone and "\n" in checked[alone.group(2)].rstrip("\n"):
             indent = alone.group(1)

@@ -13,8 +13,13 @@
 #      spare, and [snapshot] follow = "60s" (the Pulumi alarm's basis),
 #      and passes `spotkeeper check-config` (binary:
 #      $SPOTKEEPER_BIN, default target/debug/spotkeeper; skipped with a message when there is none);
-#   6. render.py refuses an unsafe value, an unknown variable, a missing one and a repository
-#      password parameter under the secrets path (every parameter there reaches the container).
+#   6. the container's output goes to CloudWatch Logs: [container] log_driver = "awslogs" and
+#      /etc/docker/daemon.json, valid JSON, gives that driver its region, group and this agent's
+#      stream, non-blocking; the metric dimensions are Stack alone, and Stack and Tenant when a
+#      tenant is rendered (a line holding {{tenant}} is left out when it is empty);
+#   7. render.py refuses an unsafe value, an unknown variable, a missing one, a repository
+#      password parameter under the secrets path (every parameter there reaches the container)
+#      and a tenant name that is not lowercase letters, digits and -.
 # Installs cloud-init with apt-get when it is missing (as root). Exit 0 when everything passed.
 set -euo pipefail
 
@@ -45,6 +50,8 @@ cat >"$work/values.json" <<'EOF'
   "ssm_path": "/openclaw/dev/",
   "repository_password_ssm": "/openclaw-repository/dev/password",
   "image": "ghcr.io/openclaw/openclaw@sha256:0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
+  "log_group": "/spotkeeper/openclaw-dev",
+  "log_stream": "dev",
   "artifacts_bucket": "openclaw-dev-artifacts-1a2b3c4",
   "artifacts_prefix": "bin/",
   "sha256_aarch64": "5d41402abc4b2a76b9719d911017c592ae4e5c3b5e8b8a4b7e3b4f1c2d3e4f50"
@@ -200,6 +207,43 @@ else
   echo "skip   spotkeeper check-config: no binary at $bin (set SPOTKEEPER_BIN)"
 fi
 
+# Logs: the container's driver in spotkeeper.toml, its options in Docker's daemon.json.
+"$py" "$here/render.py" --extract /etc/docker/daemon.json <"$work/user-data.yaml" >"$work/daemon.json"
+"$py" "$here/render.py" --values "$work/values.json" --set tenant=alice --set log_stream=alice \
+  --set prefix=openclaw/dev-alice --set ssm_path=/openclaw/dev-alice/ \
+  --set repository_password_ssm=/openclaw-repository/dev-alice/password --out "$work/tenant.yaml"
+"$py" "$here/render.py" --extract /etc/spotkeeper/spotkeeper.toml <"$work/tenant.yaml" >"$work/tenant.toml"
+if out="$("$py" - "$work/spotkeeper.toml" "$work/daemon.json" "$work/tenant.toml" "$work/user-data.yaml" "$work/tenant.yaml" 2>&1 <<'PY'
+import json, sys, tomllib
+
+single, daemon, tenant = (tomllib.load(open(sys.argv[1], "rb")), json.load(open(sys.argv[2])),
+                          tomllib.load(open(sys.argv[3], "rb")))
+single_text, tenant_text = open(sys.argv[4]).read(), open(sys.argv[5]).read()
+problems = []
+if single["container"].get("log_driver") != "awslogs":
+    problems.append(f"[container] log_driver = {single['container'].get('log_driver')!r}, want 'awslogs'")
+want = {"log-driver": "awslogs", "log-opts": {"awslogs-region": "eu-west-1", "awslogs-group": "/spotkeeper/openclaw-dev",
+        "awslogs-stream": "dev", "mode": "non-blocking", "max-buffer-size": "4m"}}
+if daemon != want:
+    problems.append(f"daemon.json = {daemon}, want {want}")
+if single["metrics"].get("dimensions") != {"Stack": "openclaw-dev"}:
+    problems.append(f"single agent's dimensions = {single['metrics'].get('dimensions')}, want Stack alone")
+if "tenant" in single_text.lower():
+    problems.append("the single agent's user data mentions a tenant")
+if tenant["metrics"].get("dimensions") != {"Stack": "openclaw-dev", "Tenant": "alice"}:
+    problems.append(f"tenant's dimensions = {tenant['metrics'].get('dimensions')}, want Stack and Tenant")
+if "# Tenant alice of this stack's fleet." not in tenant_text:
+    problems.append("the tenant's user data does not say whose it is")
+print("\n".join(problems) or "log_driver awslogs, daemon.json's region, group, stream and non-blocking mode; "
+      "dimensions Stack, and Stack and Tenant for a tenant")
+sys.exit(1 if problems else 0)
+PY
+)"; then
+  ok "logs and dimensions: $out"
+else
+  bad "logs and dimensions:"; echo "$out" | sed 's/^/         /'
+fi
+
 refuse() {
   local what="$1"; shift
   if "$py" "$here/render.py" --values "$work/values.json" "$@" >/dev/null 2>"$work/err"; then
@@ -213,6 +257,8 @@ refuse "a space in a value" --set 'image=openclaw latest'
 refuse "an unknown variable" --set 'bukket=x'
 refuse "a .. prefix segment" --set 'prefix=lab/../other'
 refuse "a repository password under the secrets path" --set 'repository_password_ssm=/openclaw/dev/password'
+refuse "a tenant name with a capital" --set 'tenant=Alice'
+refuse "a tenant name ending in -" --set 'tenant=alice-'
 echo '{"stack": "x"}' >"$work/partial.json"
 if "$py" "$here/render.py" --values "$work/partial.json" >/dev/null 2>"$work/err"; then
   bad "render.py accepted missing required values"

@@ -8,6 +8,8 @@
 #   cloud-init/test.sh          the user data renders, passes `cloud-init schema`, its config passes
 #                               `spotkeeper check-config`
 #   pulumi/test.sh              the Pulumi program under Pulumi's mocks
+#   testing/undelete-prefix-check.sh  the script that brings a prefix of the versioned bucket back,
+#                               against moto's S3 (a real server on 127.0.0.1)
 #   testing/sandbox-check.sh    the binary's snapshot, restore and `run` inside an emulation of the
 #                               unit's sandbox (mounts, capabilities, system call filter)
 #   testing/systemd-check.sh    the unit under a real systemd as PID 1 (systemd-nspawn): READY,
@@ -176,6 +178,7 @@ run_suite() {
 }
 run_suite cloud-init/test.sh "$repo/cloud-init/test.sh"
 run_suite pulumi/test.sh "$repo/pulumi/test.sh"
+run_suite testing/undelete-prefix-check.sh "$repo/testing/undelete-prefix-check.sh"
 if [[ $have_bin == yes ]]; then
   run_suite testing/sandbox-check.sh "$repo/testing/sandbox-check.sh"
   run_suite testing/systemd-check.sh "$repo/testing/systemd-check.sh"

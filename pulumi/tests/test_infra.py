@@ -2,7 +2,7 @@
 
 Each test runs the whole program (`spotkeeper_infra.deploy()`) for a stack and config, records
 every resource it registers and every data-source call it makes, and asserts on the recorded
-inputs: what `pulumi up` would send to AWS.
+inputs: what `pulumi up` would send to AWS (harness.py, conftest.py).
 """
 
 from __future__ import annotations
@@ -11,149 +11,13 @@ import asyncio
 import base64
 import fnmatch
 import json
-import sys
 import tomllib
-from pathlib import Path
 
 import pulumi
 import pytest
 from pulumi.runtime import rpc
-from pulumi.runtime.mocks import MockMonitor
-from pulumi.runtime.stack import wait_for_rpcs
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-import spotkeeper_infra as infra  # noqa: E402
-import render  # noqa: E402  (put on sys.path by spotkeeper_infra)
-
-ACCOUNT = "123456789012"
-REGION = "eu-west-1"
-AZ = "eu-west-1b"
-SUBNET = "subnet-0pinned"
-# What the mocked RandomBytes "generates": recognisable, so the tests can follow it.
-PASSWORD_BASE64 = base64.b64encode(bytes(range(32))).decode()
-# What the mocked RandomPassword "generates" for the gateway token.
-GATEWAY_TOKEN = "Tok3nFromRandomPassword0123456789abcdefghijklmno"
-# OpenClaw's image pinned by digest (not a real release's digest: the program only passes it on).
-IMAGE = "ghcr.io/openclaw/openclaw@sha256:" + "0123456789abcdef" * 4
-
-
-class Recorder(pulumi.runtime.Mocks):
-    """Answers like AWS would, and remembers what was asked."""
-
-    def __init__(self, subnet_az: str | None = None) -> None:
-        self.resources: list[pulumi.runtime.MockResourceArgs] = []
-        self.calls: list[pulumi.runtime.MockCallArgs] = []
-        # (type, name) -> the engine's RegisterResourceRequest: protect, retainOnDelete,
-        # ignoreChanges and dependencies, which MockResourceArgs does not carry.
-        self.registrations: dict[tuple[str, str], object] = {}
-        self.subnet_az = subnet_az
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        self.resources.append(args)
-        state = dict(args.inputs)
-        physical = f"{args.name}-0123abcd"
-        if args.typ == "aws:s3/bucket:Bucket":
-            state.update(bucket=physical, arn=f"arn:aws:s3:::{physical}")
-        elif args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
-            kind = "role" if args.typ.endswith("Role") else "instance-profile"
-            state.setdefault("name", physical)
-            state["arn"] = f"arn:aws:iam::{ACCOUNT}:{kind}/{state['name']}"
-        elif args.typ == "aws:sns/topic:Topic":
-            state["arn"] = f"arn:aws:sns:{REGION}:{ACCOUNT}:{physical}"
-        elif args.typ == "aws:autoscaling/group:Group":
-            state.setdefault("name", physical)
-        elif args.typ == "random:index/randomBytes:RandomBytes":
-            assert args.inputs["length"] == 32, "PASSWORD_BASE64 is 32 bytes"
-            state.update(base64=PASSWORD_BASE64, hex=bytes(range(32)).hex())
-        elif args.typ == "random:index/randomPassword:RandomPassword":
-            assert len(GATEWAY_TOKEN) == args.inputs["length"], "GATEWAY_TOKEN has the requested length"
-            state.update(result=GATEWAY_TOKEN)
-        return f"{args.name}-id", state
-
-    def call(self, args: pulumi.runtime.MockCallArgs):
-        self.calls.append(args)
-        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "userId": "AIDA", "id": ACCOUNT}
-        if args.token == "aws:ec2/getSubnet:getSubnet":
-            return {
-                "id": args.args.get("id", SUBNET),
-                "vpcId": "vpc-0default",
-                "availabilityZone": self.subnet_az or args.args.get("availabilityZone", AZ),
-            }
-        if args.token == "aws:ec2/getAmi:getAmi":
-            return {"id": "ami-0debian12", "rootDeviceName": "/dev/xvda", "architecture": "arm64"}
-        raise AssertionError(f"unexpected call {args.token}")
-
-    def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
-        return [r for r in self.resources if r.typ == typ]
-
-    def one(self, typ: str, name_suffix: str = "") -> dict:
-        found = [r for r in self.of_type(typ) if r.name.endswith(name_suffix)]
-        assert len(found) == 1, f"expected one {typ} *{name_suffix}, got {[r.name for r in found]}"
-        return found[0].inputs
-
-
-class RecordingMonitor(MockMonitor):
-    """Pulumi's mock engine, also keeping each registration's resource options for the Recorder."""
-
-    def __init__(self, mocks: Recorder) -> None:
-        super().__init__(mocks)
-        self.recorder = mocks
-
-    def RegisterResource(self, request):
-        self.recorder.registrations[(request.type, request.name)] = request
-        return super().RegisterResource(request)
-
-
-class Deployment:
-    def __init__(self, resources: dict, mocks: Recorder) -> None:
-        self.resources = resources
-        self.mocks = mocks
-
-    def value(self, output):
-        return asyncio.get_event_loop().run_until_complete(output.future())
-
-    def policy(self) -> dict:
-        return json.loads(self.mocks.one("aws:iam/rolePolicy:RolePolicy")["policy"])
-
-    def user_data(self) -> str:
-        return base64.b64decode(self.mocks.one("aws:ec2/launchTemplate:LaunchTemplate")["userData"]).decode()
-
-
-@pytest.fixture
-def binaries(tmp_path):
-    """Fake release binaries for both architectures (the program only hashes and uploads them)."""
-    paths = {}
-    for arch in ("aarch64", "x86_64"):
-        path = tmp_path / f"spotkeeper-{arch}"
-        path.write_bytes(f"not really spotkeeper for {arch}\n".encode())
-        paths[arch] = path
-    return paths
-
-
-@pytest.fixture
-def deploy(binaries):
-    """deploy(stack="dev", **config) runs the program and returns a Deployment."""
-
-    def run(stack: str = "dev", _subnet_az: str | None = None, **config) -> Deployment:
-        config.setdefault("availabilityZone", AZ)
-        config.setdefault("image", IMAGE)
-        arch = infra.arch_of(config.get("instanceType", infra.DEFAULT_INSTANCE_TYPE))
-        config.setdefault("binary", str(binaries[arch]))
-        # A key given as None is left out of the stack's config.
-        config = {key: value for key, value in config.items() if value is not None}
-        mocks = Recorder(subnet_az=_subnet_az)
-        pulumi.runtime.set_mocks(mocks, project="spotkeeper", stack=stack, preview=False, monitor=RecordingMonitor(mocks))
-        values = {"aws:region": REGION}
-        for key, value in config.items():
-            values[f"spotkeeper:{key}"] = value if isinstance(value, str) else json.dumps(value)
-        pulumi.runtime.set_all_config(values)
-        resources = infra.deploy()
-        asyncio.get_event_loop().run_until_complete(wait_for_rpcs())
-        return Deployment(resources, mocks)
-
-    return run
+from harness import ACCOUNT, AZ, GATEWAY_TOKEN, IMAGE, PASSWORD_BASE64, REGION, SUBNET, infra, render
 
 
 # --- the launch template -----------------------------------------------------------------------
@@ -359,22 +223,67 @@ def test_both_buckets_block_public_access_and_are_encrypted(deploy):
     assert [o.inputs["rule"] for o in ownership] == [{"objectOwnership": "BucketOwnerEnforced"}] * 2
 
 
+ABORT_MULTIPART_RULE = {
+    "id": "abort-incomplete-multipart-uploads",
+    "status": "Enabled",
+    "filter": {},
+    "abortIncompleteMultipartUpload": {"daysAfterInitiation": 1},
+}
+
+
 def test_backup_bucket_aborts_incomplete_multipart_uploads_after_one_day(deploy):
     m = deploy().mocks
     lifecycle = m.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "backup-lifecycle")
     assert lifecycle["bucket"] == "openclaw-dev-backup-id"
-    assert lifecycle["rules"] == [
-        {
-            "id": "abort-incomplete-multipart-uploads",
-            "status": "Enabled",
-            "filter": {},
-            "abortIncompleteMultipartUpload": {"daysAfterInitiation": 1},
-        }
-    ]
-    # Retention is spotkeeper's job: no expiration rule anywhere, and backups survive `destroy`.
-    assert "expiration" not in json.dumps(lifecycle)
+    assert lifecycle["rules"][0] == ABORT_MULTIPART_RULE
+    artifacts = m.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "artifacts-lifecycle")
+    assert artifacts["rules"] == [ABORT_MULTIPART_RULE]
+    # Retention is spotkeeper's job: no rule expires a current object, and backups survive `destroy`.
+    for rule in lifecycle["rules"]:
+        assert set(rule.get("expiration", {})) <= {"expiredObjectDeleteMarker"}, rule
+        assert "transitions" not in rule
     backup = [b for b in m.of_type("aws:s3/bucket:Bucket") if b.name == "openclaw-dev-backup"][0]
     assert backup.inputs.get("forceDestroy") is False
+
+
+@pytest.mark.parametrize(("config", "days"), [({}, 30), ({"noncurrentVersionDays": "7"}, 7), ({"noncurrentVersionDays": 400}, 400)])
+def test_backup_bucket_is_versioned_and_keeps_old_versions_for_the_configured_days(deploy, config, days):
+    d = deploy(**config)
+    versioning = d.mocks.one("aws:s3/bucketVersioning:BucketVersioning")
+    assert versioning == {"bucket": "openclaw-dev-backup-id", "versioningConfiguration": {"status": "Enabled"}}
+    lifecycle = d.mocks.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "backup-lifecycle")
+    assert lifecycle["rules"] == [
+        ABORT_MULTIPART_RULE,
+        {
+            "id": "expire-noncurrent-versions",
+            "status": "Enabled",
+            "filter": {},
+            "noncurrentVersionExpiration": {"noncurrentDays": days},
+            # A delete marker left with nothing behind it; never a current object.
+            "expiration": {"expiredObjectDeleteMarker": True},
+        },
+    ]
+    # The rule is put after versioning is on.
+    registration = d.mocks.registrations[("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "openclaw-dev-backup-lifecycle")]
+    assert d.value(d.resources["backup_versioning"].urn) in registration.dependencies
+    # The artifacts bucket holds a binary Pulumi uploads again: no versioning there.
+    assert len(d.mocks.of_type("aws:s3/bucketVersioning:BucketVersioning")) == 1
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "thirty", "1.5"])
+def test_a_bad_noncurrent_version_time_is_refused_naming_the_key(deploy, days):
+    with pytest.raises(ValueError, match="spotkeeper:noncurrentVersionDays"):
+        deploy(noncurrentVersionDays=days)
+
+
+def test_an_existing_backup_bucket_is_not_touched_but_the_roles_still_may_not_rewrite_its_history(deploy):
+    d = deploy(backupBucket="team-backups")
+    assert not d.mocks.of_type("aws:s3/bucketVersioning:BucketVersioning")
+    assert [r.name for r in d.mocks.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")] == [
+        "openclaw-dev-artifacts-lifecycle"
+    ]
+    (deny,) = [s for s in d.policy()["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Resource"] == ["arn:aws:s3:::team-backups", "arn:aws:s3:::team-backups/*"]
 
 
 def test_binary_for_the_instance_architecture_is_uploaded(deploy, binaries):
@@ -440,6 +349,19 @@ BASE_STATEMENTS = [
         "Resource": ["arn:aws:s3:::openclaw-dev-backup-0123abcd/openclaw/dev/*"],
     },
     {
+        "Sid": "DenyRewritingHistory",
+        "Effect": "Deny",
+        "Action": [
+            "s3:DeleteBucket",
+            "s3:DeleteBucketPolicy",
+            "s3:DeleteObjectVersion",
+            "s3:PutBucketPolicy",
+            "s3:PutBucketVersioning",
+            "s3:PutLifecycleConfiguration",
+        ],
+        "Resource": ["arn:aws:s3:::openclaw-dev-backup-0123abcd", "arn:aws:s3:::openclaw-dev-backup-0123abcd/*"],
+    },
+    {
         "Sid": "ReadOwnBinary",
         "Effect": "Allow",
         "Action": ["s3:GetObject"],
@@ -488,6 +410,12 @@ BASE_STATEMENTS = [
         "Action": ["cloudwatch:PutMetricData"],
         "Resource": ["*"],
         "Condition": {"StringEquals": {"cloudwatch:namespace": "Spotkeeper"}},
+    },
+    {
+        "Sid": "WriteOwnLogStream",
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": ["arn:aws:logs:eu-west-1:123456789012:log-group:/spotkeeper/openclaw-dev:log-stream:dev"],
     },
     {
         "Sid": "SessionManagerAgent",
@@ -708,8 +636,10 @@ def test_alarm_fires_when_a_change_is_unprotected_for_ten_minutes_or_no_metrics_
     assert alarm["evaluationPeriods"] == 1
     # A dead daemon publishes nothing: that must alarm too.
     assert alarm["treatMissingData"] == "breaching"
-    assert not alarm.get("alarmActions")
-    assert not m.of_type("aws:sns/topic:Topic")
+    # The stack's one topic, with no subscription until alarmEmail (or one's own `aws sns subscribe`).
+    topic_arn = f"arn:aws:sns:{REGION}:{ACCOUNT}:openclaw-dev-alarms-0123abcd"
+    assert (alarm["alarmActions"], alarm["okActions"]) == ([topic_arn], [topic_arn])
+    assert not m.of_type("aws:sns/topicSubscription:TopicSubscription")
 
 
 def test_no_alarm_on_the_age_of_the_last_snapshot(deploy):
@@ -764,7 +694,13 @@ def test_second_stack_gets_disjoint_prefix_ssm_path_and_role(deploy):
 
     def resources(d):
         # Every ARN granted, except the shared bucket itself (ListBucket, limited by s3:prefix).
-        return {r for s in d.policy()["Statement"] for r in s["Resource"] if r not in ("*", f"arn:aws:s3:::{shared}")}
+        return {
+            r
+            for s in d.policy()["Statement"]
+            if s["Effect"] == "Allow"
+            for r in s["Resource"]
+            if r not in ("*", f"arn:aws:s3:::{shared}")
+        }
 
     def list_prefixes(d):
         (listing,) = [s for s in d.policy()["Statement"] if s["Sid"] == "ListOwnPrefix"]

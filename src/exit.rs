@@ -120,6 +120,7 @@ pub fn of_format2(error: &crate::format2::Format2Error) -> Exit {
     }
     match error {
         _ if error.is_wrong_password() => Exit::Config,
+        _ if error.is_damage() => Exit::Integrity,
         Format2Error::Check { .. }
         | Format2Error::Unsafe { .. }
         | Format2Error::Damaged { .. }

@@ -114,6 +114,26 @@ impl Format2Error {
     pub fn is_wrong_password(&self) -> bool {
         matches!(self, Format2Error::Repository { source, .. } if source.is_incorrect_password())
     }
+
+    /// The repository's bytes are damaged: a blob or file failed its MAC (rustic_core's `C001`)
+    /// or changed after decryption (`C003`). An integrity failure, never retried.
+    pub fn is_damage(&self) -> bool {
+        let (Format2Error::Repository { source, .. } | Format2Error::Check { source, .. }) = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(error) = cause {
+            // rustic_core wraps its own errors boxed or not.
+            let rustic = error
+                .downcast_ref::<RusticError>()
+                .or_else(|| error.downcast_ref::<Box<RusticError>>().map(AsRef::as_ref));
+            if rustic.is_some_and(|rustic| rustic.is_code("C001") || rustic.is_code("C003")) {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
 }
 
 fn store_error_in(error: &RusticError) -> Option<&crate::store::StoreError> {

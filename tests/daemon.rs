@@ -65,7 +65,7 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
     assert!(running, "daemon did not reach running; log:\n{}", daemon.log());
     assert!(
         t.world.state.join("agents/main/sessions/old.jsonl").exists(),
-        "restored from latest/ {seeded}"
+        "restored from the latest snapshot {seeded}"
     );
 
     // Secrets: a 0600 file the container reads; keys only, never values, in the container's view.
@@ -148,7 +148,7 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
         "the safety snapshot holds the replaced state"
     );
 
-    // Stop: exit 0, and latest/ is the state as the container left it.
+    // Stop: exit 0, and the latest snapshot is the state as the container left it.
     let code = daemon.stop();
     assert!(code.success(), "daemon exit {code:?}; log:\n{}", daemon.log());
     assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &t.container]), "false");
@@ -169,8 +169,8 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
         "every acknowledged write is in the final snapshot"
     );
 
-    // Restart with local state newer than latest/ (a change made while stopped): it descends from
-    // latest/, so nothing is restored over it.
+    // Restart with local state newer than the latest snapshot (a change made while stopped): it descends from
+    // the latest snapshot, so nothing is restored over it.
     common::write(
         &t.world.state.join("newer-than-latest.txt"),
         b"made while stopped",

@@ -12,30 +12,6 @@ use common::{
     failure, noise, remove_container, setup, shape, status, wait_for, write,
 };
 
-/// latest/manifest.json is the manifest of a complete snapshot, and that snapshot verifies; or
-/// there is no latest/ yet (a first snapshot killed before it moved latest/: the previous
-/// latest/, none, is intact, and the daemon's next start must carry on).
-fn assert_latest_complete(s3: &S3Server, world: &World) -> Option<String> {
-    let latest_path = s3
-        .root
-        .path()
-        .join(&world.bucket)
-        .join(world.key("latest/manifest.json"));
-    if !latest_path.exists() {
-        return None;
-    }
-    let latest: serde_json::Value =
-        serde_json::from_slice(&s3.object(&world.bucket, &world.key("latest/manifest.json"))).expect("latest");
-    let id = latest["id"].as_str().expect("id").to_string();
-    let own: serde_json::Value =
-        serde_json::from_slice(&s3.object(&world.bucket, &world.key(&format!("snapshots/{id}/manifest.json"))))
-            .expect("latest/ points at a complete snapshot");
-    assert_eq!(own, latest);
-    let verified = world.json(&["verify", "--json"]);
-    assert_eq!(verified["id"].as_str(), Some(id.as_str()));
-    Some(id)
-}
-
 fn running(world: &World, daemon: &Daemon) {
     let ok = wait_for(Duration::from_secs(120), || {
         status(world).is_some_and(|s| s["phase"] == "running")
@@ -83,7 +59,7 @@ fn drill_kill_9_during_snapshots_never_breaks_latest_or_leaves_the_container_fro
         // A fault injection point, not a synchronisation.
         std::thread::sleep(Duration::from_millis(delay_ms));
         daemon.kill();
-        assert_latest_complete(&t.s3, &t.world);
+        common::assert_head_verifies(&t.world);
     }
     // The last start after the last kill carries on.
     let mut daemon = Daemon::start(&t.world);
@@ -95,7 +71,7 @@ fn drill_kill_9_during_snapshots_never_breaks_latest_or_leaves_the_container_fro
     });
     assert!(carried_on, "no snapshot after the crashes; log:\n{}", daemon.log());
     assert!(daemon.stop().success());
-    assert_latest_complete(&t.s3, &t.world);
+    common::assert_head_verifies(&t.world);
     eprintln!("drill 2: {thawed_after_crash} restart(s) found the container frozen and thawed it");
     remove_container(&t.container);
 }
@@ -150,7 +126,7 @@ fn drill_s3_failing_never_starts_fresh_and_recovers() {
         b"must come back"
     );
 
-    // While running: S3 stalls; snapshots fail and are retried; latest/ stays complete.
+    // While running: S3 stalls; snapshots fail and are retried; the head stays complete.
     proxy.set(ProxyMode::Stall);
     let failed = wait_for(Duration::from_secs(90), || daemon.log().contains("snapshot failed"));
     assert!(failed, "no failed snapshot while S3 stalled; log:\n{}", daemon.log());
@@ -160,7 +136,7 @@ fn drill_s3_failing_never_starts_fresh_and_recovers() {
         count(&daemon.log(), "snapshot complete") > done
     });
     assert!(recovered, "no snapshot after S3 came back; log:\n{}", daemon.log());
-    let latest = assert_latest_complete(&s3, &previous);
+    let latest = common::assert_head_verifies(&previous);
     assert_ne!(latest.as_deref(), Some(seeded.as_str()));
     assert!(daemon.stop().success(), "log:\n{}", daemon.log());
     remove_container(&container);
@@ -242,7 +218,7 @@ fn drill_restore_onto_a_full_filesystem_fails_cleanly() {
 }
 
 /// Drill 6: two daemons on one prefix: the second writer is detected and refuses to replace
-/// latest/, with a clear error.
+/// latest.json, with a clear error.
 #[test]
 fn drill_two_daemons_on_one_prefix_the_second_writer_is_refused() {
     if !docker_available() {
@@ -269,7 +245,7 @@ fn drill_two_daemons_on_one_prefix_the_second_writer_is_refused() {
     .expect("config");
     let mut second = Daemon::start(&twin);
     running(&twin, &second);
-    // The first daemon moves latest/ on: the twin no longer descends from it.
+    // The first daemon moves latest.json on: the twin no longer descends from it.
     let base = status(&t.world).expect("status")["last_snapshot"]["id"].clone();
     let moved = wait_for(Duration::from_secs(60), || {
         status(&t.world).is_some_and(|s| s["last_snapshot"]["id"] != base)
@@ -277,17 +253,17 @@ fn drill_two_daemons_on_one_prefix_the_second_writer_is_refused() {
     assert!(moved, "log:\n{}", first.log());
     let (code, stderr) = failure(&twin.run(&["snapshot"]));
     assert_eq!(code, 7, "{stderr}");
-    assert!(stderr.contains("refusing to replace latest/"), "{stderr}");
+    assert!(stderr.contains("refusing to replace the latest snapshot"), "{stderr}");
     let latest: serde_json::Value =
-        serde_json::from_slice(&t.s3.object("daemon", &t.world.key("latest/manifest.json"))).expect("latest");
+        serde_json::from_slice(&t.s3.object("daemon", &t.world.key("latest.json"))).expect("latest");
     // writer-id: the id, then the machine identity it belongs to.
     let first_writer = fs::read_to_string(t.world.work.join("writer-id")).expect("writer id");
     assert_eq!(
-        latest["host"]["writer"],
+        latest["writer"],
         serde_json::json!(first_writer.lines().next().unwrap_or_default().trim()),
-        "latest/ is the first writer's"
+        "latest.json is the first writer's"
     );
-    assert_latest_complete(&t.s3, &t.world);
+    common::assert_head_verifies(&t.world);
     // Its final snapshot is refused too: it exits with the documented "refused" code.
     assert_eq!(second.stop().code(), Some(7), "log:\n{}", second.log());
     assert!(first.stop().success());
@@ -329,7 +305,7 @@ fn drill_docker_events_stream_cut_reconnects_and_supervision_resumes() {
     remove_container(&t.container);
 }
 
-/// A first snapshot killed between its manifest and latest/: with local state the daemon keeps it
+/// A first snapshot killed between its restic snapshot and latest.json: with local state the daemon keeps it
 /// and carries on; on an empty machine it refuses to guess rather than start fresh.
 #[test]
 fn drill_complete_snapshot_without_latest_keeps_local_state_and_never_starts_fresh() {
@@ -340,22 +316,22 @@ fn drill_complete_snapshot_without_latest_keeps_local_state_and_never_starts_fre
     t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
     write(&t.world.state.join("mine.txt"), b"local", 0o644);
     t.world.ok(&["snapshot"]);
-    // What the kill leaves: the snapshot is complete, latest/ was never written.
-    let latest_dir = t.s3.root.path().join(&t.world.bucket).join(t.world.key("latest"));
-    fs::remove_dir_all(&latest_dir).expect("remove latest/");
+    // What the kill leaves: the snapshot is complete, latest.json was never written.
+    let latest = t.s3.root.path().join(&t.world.bucket).join(t.world.key("latest.json"));
+    fs::remove_file(&latest).expect("remove latest.json");
     let mut daemon = Daemon::start(&t.world);
     running(&t.world, &daemon);
     assert_eq!(fs::read(t.world.state.join("mine.txt")).expect("kept"), b"local");
-    let published = wait_for(Duration::from_secs(60), || latest_dir.join("manifest.json").exists());
+    let published = wait_for(Duration::from_secs(60), || latest.exists());
     assert!(
         published,
-        "latest/ not written by the next snapshot; log:\n{}",
+        "latest.json not written by the next snapshot; log:\n{}",
         daemon.log()
     );
     assert!(daemon.stop().success());
 
-    // Another, empty machine on that prefix with latest/ gone again: refused, nothing started.
-    fs::remove_dir_all(&latest_dir).expect("remove latest/");
+    // Another, empty machine on that prefix with latest.json gone again: refused, nothing started.
+    fs::remove_file(&latest).expect("remove latest.json");
     let empty = World::with_endpoint(&t.world.endpoint, &t.world.bucket, &t.world.prefix);
     let (container, _) = configure_daemon(&empty, &t.moto, "nolatest2", "", "");
     t.moto.put_parameter("/openclaw/nolatest2/API_KEY", "x");

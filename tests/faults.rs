@@ -40,7 +40,7 @@ fn container_running(name: &str) -> bool {
     docker(&["inspect", "-f", "{{.State.Running}} {{.State.Paused}}", name]) == "true false"
 }
 
-/// The content of `relative` in what `latest/` restores to.
+/// The content of `relative` in what the latest snapshot restores to.
 fn latest_file(world: &World, relative: &str) -> Vec<u8> {
     let to = world.dir.path().join(format!("check-{}", common::free_port()));
     world.ok(&["restore", "--to", to.to_str().expect("utf-8")]);
@@ -49,8 +49,9 @@ fn latest_file(world: &World, relative: &str) -> Vec<u8> {
     body
 }
 
+/// The restic snapshots in the repository (format 2's `repo/snapshots/`, one object each).
 fn snapshot_count(t: &Setup) -> usize {
-    let dir = t.s3.root.path().join(&t.world.bucket).join(t.world.key("snapshots"));
+    let dir = t.s3.root.path().join(&t.world.bucket).join(t.world.key("repo/snapshots"));
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
@@ -79,7 +80,7 @@ fn stop_consistency_failed_start_loses_nothing_and_planned_stops_are_not_crashes
     assert_eq!(s["container"]["crash_loop"], false, "{s}");
     assert_eq!(s["container"]["restarts"], 0, "{s}");
 
-    // One failed start after the copy: the change still reaches latest/.
+    // One failed start after the copy: the change still reaches the latest snapshot.
     write(&t.world.state.join("marker.txt"), b"v2", 0o644);
     proxy.fail("POST", &format!("/containers/{}/start", t.container), 1);
     let out = t.world.json(&["snapshot", "--json"]);
@@ -182,9 +183,8 @@ fn docker_faults_never_lose_a_change_nor_leave_the_app_frozen() {
     assert!(made.success());
     let out = t.world.json(&["snapshot", "--json"]);
     assert!(out["skipped"].as_u64() >= Some(1), "{out}");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&t.s3.object(&t.world.bucket, &t.world.key("latest/manifest.json"))).expect("latest");
-    assert!(manifest["skipped"].to_string().contains("app.fifo"), "{manifest}");
+    let skipped = common::newest_skipped(&t.world);
+    assert!(skipped.iter().any(|(path, _)| path.ends_with("app.fifo")), "{skipped:?}");
     fs::remove_file(&fifo).expect("remove fifo");
 
     // 3: unpause fails more often than one thaw retries.
@@ -297,7 +297,7 @@ fn spotkeeper_displaced(state: &Path) -> std::path::PathBuf {
     state.with_file_name(format!("{name}.displaced"))
 }
 
-/// Item 10: a `latest/manifest.json` that cannot be read does not stop a machine with good local
+/// Item 10: a `latest.json` that cannot be read does not stop a machine with good local
 /// state (kept, and backups go on, replacing the damaged pointer), and an empty machine restores
 /// the newest complete snapshot instead of retrying forever.
 #[test]
@@ -309,8 +309,8 @@ fn an_unreadable_latest_falls_back_on_the_newest_complete_snapshot() {
     t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
     write(&t.world.state.join("mine.txt"), b"v1", 0o644);
     t.world.ok(&["snapshot"]);
-    let latest_key = t.world.key("latest/manifest.json");
-    // Through S3 itself: an object that reads back fine and is not a manifest.
+    let latest_key = t.world.key("latest.json");
+    // Through S3 itself: an object that reads back fine and is not a pointer.
     t.s3.put_object(&t.world.bucket, &latest_key, b"{ damaged");
 
     let mut daemon = Daemon::start(&t.world);
@@ -325,7 +325,7 @@ fn an_unreadable_latest_falls_back_on_the_newest_complete_snapshot() {
     assert_eq!(latest_file(&t.world, "mine.txt"), b"v2");
     remove_container(&t.container);
 
-    // An empty machine, latest/ damaged again: it restores the newest complete snapshot.
+    // An empty machine, latest.json damaged again: it restores the newest complete snapshot.
     t.s3.put_object(&t.world.bucket, &latest_key, b"{ damaged");
     let empty = World::with_endpoint(&t.world.endpoint, &t.world.bucket, &t.world.prefix);
     let (container, _) = configure_daemon(&empty, &t.moto, "badlatest2", "", "");

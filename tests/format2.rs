@@ -1,8 +1,8 @@
 //! Format 2: rustic_core writes a restic repository through spotkeeper's own `Store` onto s3s-fs;
 //! a snapshot after a small change uploads little; Debian's stock `restic` lists, checks
 //! (`--read-data`) and restores what spotkeeper wrote, byte for byte; and the commands (`snapshot`,
-//! `list`, `restore`, `verify`, `prune`, `init`, `key show`) work on it, migrate a format-1
-//! prefix, keep the lineage guard, refuse a hostile repository and never store plaintext.
+//! `list`, `restore`, `verify`, `prune`, `init`, `key show`) work on it (the migration from a
+//! format-1 prefix: tests/format1_forever.rs), keep the lineage guard, refuse a hostile repository and never store plaintext.
 
 mod common;
 
@@ -418,89 +418,6 @@ fn the_commands_snapshot_list_restore_verify_and_prune_format_2_and_store_no_pla
     assert!(stderr.contains("password is wrong"), "{stderr}");
     let (code, stderr) = failure(&world.run(&["init"]));
     assert!(code == 3 || code == 7, "{code}: {stderr}");
-}
-
-#[test]
-fn a_format_1_prefix_migrates_to_format_2_and_stays_readable() {
-    let s3 = S3Server::start();
-    let world = World::new(&s3, "migrate", "lab");
-    build_state(&world.state);
-    let old = world.json(&["snapshot", "--json"]);
-    assert!(old.get("restic_id").is_none(), "format 1 first: {old}");
-    assert!(s3.keys("migrate").contains(&world.key("latest/manifest.json")));
-
-    let password_file = world.dir.path().join("repository-password");
-    write(&password_file, format!("{PASSWORD}\n").as_bytes(), 0o600);
-    let with_password = format!("[repository]\npassword_file = {password_file:?}\n");
-    world.write_config(&with_password);
-
-    // Format 1 restores with the new config (what a boot restore of this version reads).
-    let restored = world.dir.path().join("from-format-1");
-    world.ok(&["restore", "--to", restored.to_str().expect("utf-8")]);
-    assert_eq!(shape(&restored), shape(&world.state));
-
-    // The first snapshot writes format 2 on top of format 1's latest, and retires latest/.
-    write(&world.state.join("memory/new.md"), b"after the upgrade", 0o644);
-    let new = world.json(&["snapshot", "--json"]);
-    assert!(new["restic_id"].is_string(), "{new}");
-    assert_eq!(new["parent"], old["id"], "the lineage crosses formats: {new}");
-    let keys = s3.keys("migrate");
-    assert!(
-        !keys.contains(&world.key("latest/manifest.json")),
-        "format 1's latest/ is retired: {keys:?}"
-    );
-    assert!(keys.contains(&world.key(&format!("snapshots/{}/manifest.json", old["id"].as_str().expect("id")))));
-
-    let list = world.json(&["list", "--json"]);
-    let formats: Vec<(String, u64, bool)> = list
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().expect("id").to_string(),
-                r["format"].as_u64().expect("format"),
-                r["latest"] == true,
-            )
-        })
-        .collect();
-    assert_eq!(
-        formats,
-        vec![
-            (new["id"].as_str().expect("id").to_string(), 2, true),
-            (old["id"].as_str().expect("id").to_string(), 1, false)
-        ]
-    );
-    // The old snapshot is still restorable by id.
-    let again = world.dir.path().join("old-by-id");
-    world.ok(&[
-        "restore",
-        "--snapshot",
-        old["id"].as_str().expect("id"),
-        "--to",
-        again.to_str().expect("utf-8"),
-    ]);
-    assert!(!again.join("memory/new.md").exists());
-
-    // Without the password, format 2 is refused with the way out, and nothing is written.
-    world.write_config("");
-    let before = s3.keys("migrate");
-    let (code, stderr) = failure(&world.run(&["snapshot"]));
-    assert_eq!(code, 3, "{stderr}");
-    assert!(stderr.contains("[repository]"), "{stderr}");
-    assert_eq!(s3.keys("migrate"), before);
-
-    // Prune judges both formats by one policy: a far future deletes the old format-1 snapshot
-    // and keeps the head.
-    world.write_config(&with_password);
-    let future = (chrono::Utc::now() + chrono::Duration::days(400)).to_rfc3339();
-    let plan = world.json(&["prune", "--dry-run", "--json", "--now", &future]);
-    let rows = plan.as_array().expect("decisions");
-    assert!(
-        rows.iter()
-            .any(|d| d["id"] == new["id"] && d["action"] == "keep" && d["format"] == 2),
-        "{plan}"
-    );
 }
 
 #[test]

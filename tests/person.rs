@@ -138,21 +138,21 @@ fn config_errors_keep_the_layout_name_the_key_and_suggest() {
     // A wrong type: the dotted key and the type in words.
     fs::write(
         &world.config,
-        format!("{base}\n[snapshot]\ncompression_level = \"high\"\n"),
+        format!("{base}\n[container]\nname = \"c\"\nimage = \"i\"\nrestart_limit = \"high\"\n"),
     )
     .expect("config");
     let (code, stderr) = failure(&world.run(&["check-config"]));
     assert_eq!(code, 3, "{stderr}");
-    assert!(stderr.contains("in `snapshot.compression_level`"), "{stderr}");
-    assert!(stderr.contains("expected an integer"), "{stderr}");
-    assert!(!stderr.contains("i32"), "{stderr}");
+    assert!(stderr.contains("in `container.restart_limit`"), "{stderr}");
+    assert!(stderr.contains("expected a whole number"), "{stderr}");
+    assert!(!stderr.contains("u32"), "{stderr}");
 
-    // A number out of range is shown as the number it is.
-    fs::write(&world.config, format!("{base}\n[snapshot]\ncompression_level = 25\n")).expect("config");
+    // A value out of range is shown as the value it is.
+    fs::write(&world.config, format!("{base}\n[spot]\npoll = \"2m\"\n")).expect("config");
     let (code, stderr) = failure(&world.run(&["check-config"]));
     assert_eq!(code, 3, "{stderr}");
     assert!(
-        stderr.contains("snapshot.compression_level = 25 is not valid: must be between 1 and 19"),
+        stderr.contains("spot.poll = 2m is not valid: must be between 1s and 60s"),
         "{stderr}"
     );
 

@@ -1,4 +1,5 @@
-//! `prune` against a real S3 server: exactly the right keys remain, latest/ is never touched.
+//! `prune` of a format-1 prefix against a real S3 server, with and without `[repository]`:
+//! exactly the right keys remain, latest/ is never touched. (Format 2's prune: tests/format2.rs.)
 
 mod common;
 
@@ -26,17 +27,16 @@ const SNAPSHOTS: &[(&str, bool, bool)] = &[
 
 const NOW: &str = "2026-03-10T12:05:00Z";
 
+/// A fabricated format-1 history: the frozen fixture's first snapshot (written by the last
+/// format-1 writer) copied under every id. Format 1 is no longer written, and prune of a
+/// format-1 prefix keeps working forever.
 fn seed(s3: &S3Server, world: &World) {
-    // One real snapshot gives a real manifest to copy under every id.
-    std::fs::write(world.state.join("a.txt"), b"a").expect("state");
-    let real = world.json(&["snapshot", "--json"]);
-    let real_id = real["id"].as_str().expect("id");
+    let fixture = common::repo_root().join("tests/fixtures/format1/objects/snapshots/2026-12-07-07-01");
     let template: serde_json::Value =
-        serde_json::from_slice(&s3.object("prune", &world.key(&format!("snapshots/{real_id}/manifest.json"))))
+        serde_json::from_slice(&std::fs::read(fixture.join("manifest.json")).expect("fixture manifest"))
             .expect("manifest");
-    let archive = s3.object("prune", &world.key(&format!("snapshots/{real_id}/state.tar.zst")));
-    // Replace the real snapshot by the fabricated history (s3s-fs keeps objects as plain files).
-    std::fs::remove_dir_all(s3.root.path().join("prune").join(world.key("snapshots"))).expect("reset");
+    let archive = std::fs::read(fixture.join("state.tar.zst")).expect("fixture archive");
+    s3.bucket("prune");
     for (id, complete, _) in SNAPSHOTS {
         let mut manifest = template.clone();
         manifest["id"] = serde_json::json!(id);
@@ -47,6 +47,7 @@ fn seed(s3: &S3Server, world: &World) {
             s3.put_object("prune", &world.key(&format!("snapshots/{id}/manifest.json")), &body);
             if *id == SNAPSHOTS[0].0 {
                 s3.put_object("prune", &world.key("latest/manifest.json"), &body);
+                s3.put_object("prune", &world.key("latest/state.tar.zst"), &archive);
             }
         }
     }
@@ -69,7 +70,8 @@ fn expected_keys(world: &World) -> Vec<String> {
 #[test]
 fn dry_run_explains_every_decision_and_deletes_nothing() {
     let s3 = S3Server::start();
-    let world = World::new(&s3, "prune", "lab");
+    let mut world = World::new(&s3, "prune", "lab");
+    world.without_repository();
     seed(&s3, &world);
     let before = s3.keys("prune");
     let decisions = world.json(&["prune", "--dry-run", "--now", NOW, "--json"]);

@@ -66,15 +66,18 @@ fn a_spot_notice_becomes_a_complete_final_snapshot_and_metrics_tell_the_operator
     // Not restarted: the instance is going away.
     assert!(http_get(t.port, "/healthz").is_none());
 
-    // latest/ holds every write acknowledged before the container stopped.
+    // The latest snapshot holds every write acknowledged before the container stopped.
     let final_dir = t.world.dir.path().join("final");
     t.world.ok(&["restore", "--to", final_dir.to_str().expect("utf8")]);
     let mut local = shape(&t.world.state);
     local.remove(".env");
     assert_eq!(shape(&final_dir), local);
-    let latest: serde_json::Value =
-        serde_json::from_slice(&t.s3.object("daemon", &t.world.key("latest/manifest.json"))).expect("latest");
-    assert_eq!(latest["host"]["instance_id"], "i-0123456789abcdef0");
+    // The head is the final snapshot the interrupted daemon took.
+    assert_eq!(
+        common::head_id(&t.world).as_deref(),
+        s["last_snapshot"]["id"].as_str(),
+        "the final snapshot is the head: {s}"
+    );
 
     // The daily drill, by hand.
     let drill = t.world.json(&["verify", "--deep", "--json"]);

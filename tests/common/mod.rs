@@ -76,8 +76,48 @@ pub fn head_id(world: &World) -> Option<String> {
 /// The head is a complete snapshot that `verify` passes; returns its id (`None`: no head yet).
 pub fn assert_head_verifies(world: &World) -> Option<String> {
     let id = head_id(world)?;
-    world.ok(&["verify", &id]);
+    world.ok(&["verify", "--snapshot", &id]);
     Some(id)
+}
+
+/// Stock restic (Debian's; .ci/run installs it) run on this world's repository, read-only.
+pub fn restic(world: &World, args: &[&str]) -> std::process::Output {
+    let password_file = world.password_file.as_ref().expect("a world with a repository");
+    let prefix = if world.prefix.is_empty() { String::new() } else { format!("{}/", world.prefix) };
+    let repository = format!("s3:{}/{}/{prefix}repo", world.endpoint, world.bucket);
+    let out = std::process::Command::new("restic")
+        .args(["-r", &repository, "--no-cache", "--no-lock"])
+        .args(args)
+        .env("RESTIC_PASSWORD_FILE", password_file)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", &world.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .output();
+    match out {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run restic ({e}): install Debian's restic (`apt-get install restic`; .ci/run does)"),
+    }
+}
+
+/// The entries (path, reason) the newest snapshot's description lists as skipped, read with
+/// stock restic: what an operator sees without spotkeeper.
+pub fn newest_skipped(world: &World) -> Vec<(String, String)> {
+    let out = restic(world, &["snapshots", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snapshots: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("restic snapshots --json");
+    // RFC 3339 times in one zone sort as text.
+    let newest = snapshots
+        .iter()
+        .max_by_key(|s| s["time"].as_str().unwrap_or_default().to_string())
+        .expect("a snapshot");
+    let description = newest["description"].as_str().unwrap_or_default().to_string();
+    description
+        .lines()
+        .skip_while(|line| !line.starts_with("skipped (could not be copied):"))
+        .skip(1)
+        .filter_map(|line| line.split_once(": "))
+        .map(|(path, reason)| (path.to_string(), reason.to_string()))
+        .collect()
 }
 
 /// s3s-fs serving a fresh directory until dropped.

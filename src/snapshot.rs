@@ -176,11 +176,7 @@ pub const FORMAT2_HOST: &str = "spotkeeper";
 /// `take`'s steps. In the steady state (this engine wrote the head last) it reads
 /// nothing from S3: the head and its ETag, the snapshots and the index listing are what the
 /// engine knows; the pointer's conditional write fails if anyone else moved the head.
-async fn take_steps(
-    store: &Store,
-    engine: &Engine,
-    request: SnapshotRequest,
-) -> Result<SnapshotReport, SnapshotError> {
+async fn take_steps(store: &Store, engine: &Engine, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let requests_before = store.requests();
     let counts_before = store.request_counts();
@@ -229,8 +225,8 @@ async fn take_steps(
     let now = request.now;
     let skipped: Vec<Skipped> = request.also_skipped.clone();
     // Each path's name, owner, mode and totals and the skipped entries go into the snapshot's
-    // description, which is encrypted like everything in the repository (`restic snapshots
-    // --json` shows it).
+    // description, which is encrypted like everything in the repository (`spotkeeper list --json`
+    // shows the skipped entries).
     let mut paths = Vec::with_capacity(request.paths.len());
     for path in &request.paths {
         paths.push(crate::format2::PathRecord {
@@ -244,6 +240,7 @@ async fn take_steps(
     // summary also counts links and other entries as files).
     let (files, bytes) = paths.iter().fold((0, 0), |(f, b), p| (f + p.files, b + p.bytes));
     let description = Some(crate::format2::description(&paths, &skipped));
+    let listed_skipped = crate::format2::skipped_of(description.as_deref());
     let parent = match &head {
         Some(Head::Two(pointer)) => Some(pointer.restic_id.clone()),
         _ => None,
@@ -290,6 +287,8 @@ async fn take_steps(
             data_added: Some(backup.data_added_packed),
             paths: None,
             follow: request.follow,
+            // As a listing reads them back from the description.
+            skipped: listed_skipped,
             parent: parent_restic_id,
             sealed_head: true,
         },

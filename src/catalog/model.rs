@@ -153,6 +153,15 @@ impl Snapshot {
             Snapshot::Two { listed, .. } => listed.paths.as_deref(),
         }
     }
+
+    /// Format 2: what the snapshot could not copy, and why. Format 1 lists them in its manifest,
+    /// which a listing does not read.
+    pub fn skipped(&self) -> &[crate::tree::Skipped] {
+        match self {
+            Snapshot::One { .. } => &[],
+            Snapshot::Two { listed, .. } => &listed.skipped,
+        }
+    }
 }
 
 /// What `find` found for an id.
@@ -493,6 +502,7 @@ mod tests {
             data_added: Some(7),
             paths: None,
             follow,
+            skipped: Vec::new(),
             parent: parent.map(restic),
             sealed_head: true,
         }

@@ -30,6 +30,10 @@ struct Row {
     paths: Vec<crate::mirror::PathTotals>,
     /// Taken to follow changes (`[snapshot] follow`), kept `retention.follow_keep`.
     follow: bool,
+    /// Format 2: the entries the snapshot could not copy, with the reason (from its encrypted
+    /// description). Format 1 lists them in snapshots/ID/manifest.json.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<crate::tree::Skipped>,
 }
 
 pub async fn run(
@@ -127,6 +131,7 @@ fn row(snapshot: &Snapshot, latest: bool) -> Row {
         bytes: snapshot.bytes(),
         format: snapshot.format().number(),
         restic_id: snapshot.restic_id().map(str::to_string),
+        skipped: snapshot.skipped().to_vec(),
         paths,
         follow: snapshot.follow(),
     }

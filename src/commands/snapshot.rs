@@ -27,7 +27,7 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
     config.writer_repository("snapshot")?;
     let cache = config.state.work_dir.join(crate::daemon::REPO_CACHE_DIR);
     let (store, engine) = super::open_with_cache(config, Some(cache)).await?;
-    let engine = engine.ok_or_else(|| crate::config::ConfigError::NoRepository { command: "snapshot" })?;
+    let engine = engine.ok_or(crate::config::ConfigError::NoRepository { command: "snapshot" })?;
     let store = &store;
     let repository = config.repository_url();
     // A restore killed between its swaps is completed first: never snapshot half a set.
@@ -157,7 +157,7 @@ fn print_outcome(outcome: &SnapshotOutcome, json: bool, how: &str) -> Result<(),
                         human_bytes(*archive_bytes),
                         &restic_id[..8]
                     ),
-                    "the snapshot's description (`restic snapshots --json`)",
+                    "`spotkeeper list --json`",
                 ),
                 None => (
                     format!("{} archive", human_bytes(*archive_bytes)),

@@ -107,6 +107,7 @@ mod tests {
             data_added: None,
             paths: None,
             follow: false,
+            skipped: Vec::new(),
             parent: parent.map(|p| p.to_string().repeat(64)),
             sealed_head: true,
         }

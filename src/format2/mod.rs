@@ -669,11 +669,15 @@ pub struct PathRecord {
     pub bytes: u64,
 }
 
+/// The description's line after which the skipped entries follow, one per line.
+const SKIPPED_LINE: &str = "skipped (could not be copied):";
+
 /// A snapshot's description: the paths, then the entries that were skipped.
 pub fn description(paths: &[PathRecord], skipped: &[crate::tree::Skipped]) -> String {
     let mut text = format!("{PATHS_LINE}{}", serde_json::to_string(paths).unwrap_or_default());
     if !skipped.is_empty() {
-        text.push_str("\nskipped (could not be copied):");
+        text.push('\n');
+        text.push_str(SKIPPED_LINE);
         // Names come from the app: escaped, so none can start a line of its own.
         for entry in skipped {
             text.push_str(&format!(
@@ -684,6 +688,25 @@ pub fn description(paths: &[PathRecord], skipped: &[crate::tree::Skipped]) -> St
         }
     }
     text
+}
+
+/// The entries a description lists as skipped (path and reason, escaped as the description holds
+/// them: a name from the app never starts a line of its own). Empty for a description without the
+/// list, or one spotkeeper did not write. Each line splits at its first `": "`, so a name that
+/// holds one shows part of itself in the reason: shown to people, never acted on.
+pub fn skipped_of(description: Option<&str>) -> Vec<crate::tree::Skipped> {
+    let Some(text) = description else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip_while(|line| *line != SKIPPED_LINE)
+        .skip(1)
+        .filter_map(|line| line.split_once(": "))
+        .map(|(path, reason)| crate::tree::Skipped {
+            path: path.to_string(),
+            reason: reason.to_string(),
+        })
+        .collect()
 }
 
 /// The paths a description records; a snapshot from before `[[state.paths]]` holds the one
@@ -866,6 +889,9 @@ pub struct Listed {
     pub paths: Option<Vec<PathRecord>>,
     /// Taken to follow changes (tag `follow`), not on the schedule: forgotten sooner.
     pub follow: bool,
+    /// What the snapshot could not copy, and why (from the description).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<crate::tree::Skipped>,
     /// restic's id of the snapshot it was taken on: the head at the time (see `head`).
     #[serde(skip)]
     pub parent: Option<String>,
@@ -904,6 +930,7 @@ impl Listed {
             restic_id: snapshot.id.to_hex().as_str().to_string(),
             id: snapshot.tags.iter().find_map(|tag| tag.parse().ok()),
             follow: snapshot.tags.contains(FOLLOW_TAG),
+            skipped: skipped_of(snapshot.description.as_deref()),
             parent: snapshot.parent.map(|p| p.to_hex().as_str().to_string()),
             sealed_head: snapshot.tags.contains(SEALED_HEAD_TAG),
             time,
@@ -976,13 +1003,27 @@ mod tests {
                 bytes: 10,
             },
         ];
-        let skipped = vec![crate::tree::Skipped {
-            path: "config/a/fifo".into(),
-            reason: "a FIFO".into(),
-        }];
+        let skipped = vec![
+            crate::tree::Skipped {
+                path: "config/a/fifo".into(),
+                reason: "a FIFO".into(),
+            },
+            // A hostile name cannot start a line, nor split the path from the reason wrongly.
+            crate::tree::Skipped {
+                path: "x\nskipped (could not be copied):\ny".into(),
+                reason: "Permission denied".into(),
+            },
+        ];
         let text = description(&paths, &skipped);
         assert_eq!(paths_of(Some(&text), Some(4), Some(310)), Some(paths));
         assert!(text.contains("config/a/fifo: a FIFO"));
+        let listed = skipped_of(Some(&text));
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert_eq!(listed[0], skipped[0]);
+        assert_eq!(listed[1].reason, "Permission denied");
+        assert_eq!(listed[1].path, skipped[1].path.escape_debug().to_string());
+        assert!(skipped_of(None).is_empty());
+        assert!(skipped_of(Some("written by someone else")).is_empty());
         assert_eq!(paths_of(Some("written by someone else"), None, None), None);
         assert_eq!(paths_of(None, None, None), None);
         // Before [[state.paths]]: one path, `state`, with the snapshot's totals.

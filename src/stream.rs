@@ -4,7 +4,6 @@ use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
-
 /// Hashes and counts everything read through it.
 pub struct HashingReader<R> {
     inner: R,

@@ -416,7 +416,11 @@ impl Daemon {
             follow,
         };
         // The engine is loaded at start-up, before the first snapshot can be due.
-        let engine = self.edges.engine.clone().ok_or_else(|| DaemonError::Task("the repository is not open yet".into()))?;
+        let engine = self
+            .edges
+            .engine
+            .clone()
+            .ok_or_else(|| DaemonError::Task("the repository is not open yet".into()))?;
         let report = snapshot::take(&self.edges.store, &engine, request).await?;
         record::remember(
             &self.config.state.work_dir,

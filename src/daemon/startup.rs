@@ -11,7 +11,9 @@ use super::{
     THAW_ATTEMPTS, show,
 };
 use crate::boot::{self, BootAction, BootRefusal};
+use crate::catalog::{self, HeadRead};
 use crate::manifest::ImageInfo;
+use crate::manifest::ManifestError;
 use crate::metrics::{Unit, names};
 use crate::repository::{self, RepositoryError};
 use crate::restore::{self, RestoreError, RestoreRequest};
@@ -22,8 +24,6 @@ use crate::snapshot;
 use crate::snapshot_id::SnapshotId;
 use crate::spot::SpotWatcher;
 use crate::{liveness, record};
-use crate::catalog::{self, HeadRead};
-use crate::manifest::ManifestError;
 
 impl Daemon {
     /// Start-up, in order. Every step that talks to S3 or SSM retries transient errors with
@@ -146,7 +146,11 @@ impl Daemon {
                 }
             };
             let cache = self.config.state.work_dir.join(REPO_CACHE_DIR);
-            self.edges.engine = Some(crate::format2::Engine::new(self.edges.store.clone(), password, Some(cache)));
+            self.edges.engine = Some(crate::format2::Engine::new(
+                self.edges.store.clone(),
+                password,
+                Some(cache),
+            ));
         }
         let store = self.edges.store.clone();
         if !self

@@ -700,7 +700,6 @@ impl Intercept for RetryLog {
 mod tests {
     use super::*;
 
-
     #[test]
     fn endpoints_are_shown_as_host_and_port() {
         assert_eq!(host_and_port("http://127.0.0.1:9000"), "127.0.0.1:9000");

@@ -321,7 +321,10 @@ fn a_tampered_pack_fails_verify_and_restore_and_touches_nothing() {
         .collect();
     let (code, stderr) = failure(&world.run(&["verify", "--deep"]));
     assert_eq!(code, 5, "{stderr}");
-    assert!(damaged.iter().any(|pack| stderr.contains(pack.as_str())), "names one of {damaged:?}: {stderr}");
+    assert!(
+        damaged.iter().any(|pack| stderr.contains(pack.as_str())),
+        "names one of {damaged:?}: {stderr}"
+    );
     assert_tamper_caught(&world, &["s3://tamper/lab/repo".to_string()]);
 }
 
@@ -469,10 +472,18 @@ fn a_snapshot_costs_a_handful_of_requests_whatever_its_file_count() {
     let s3 = S3Server::start();
     let (few_requests, few_keys) = first_snapshot_cost(&s3, "few", 3);
     let (many_requests, many_keys) = first_snapshot_cost(&s3, "many", 3000);
-    eprintln!("first snapshot: {few_requests} requests, {few_keys} objects for 3 files; {many_requests}, {many_keys} for 3000");
+    eprintln!(
+        "first snapshot: {few_requests} requests, {few_keys} objects for 3 files; {many_requests}, {many_keys} for 3000"
+    );
     // Small files share packs: 2,997 more files cost at most a tree pack and a data pack more.
-    assert!(many_requests <= few_requests + 4, "{many_requests} requests for 3000 files, {few_requests} for 3");
-    assert!(many_keys <= few_keys + 2, "{many_keys} objects for 3000 files, {few_keys} for 3");
+    assert!(
+        many_requests <= few_requests + 4,
+        "{many_requests} requests for 3000 files, {few_requests} for 3"
+    );
+    assert!(
+        many_keys <= few_keys + 2,
+        "{many_keys} objects for 3000 files, {few_keys} for 3"
+    );
     assert!(few_requests <= 40, "{few_requests} requests for a first snapshot");
 }
 

@@ -51,7 +51,11 @@ fn latest_file(world: &World, relative: &str) -> Vec<u8> {
 
 /// The restic snapshots in the repository (format 2's `repo/snapshots/`, one object each).
 fn snapshot_count(t: &Setup) -> usize {
-    let dir = t.s3.root.path().join(&t.world.bucket).join(t.world.key("repo/snapshots"));
+    let dir =
+        t.s3.root
+            .path()
+            .join(&t.world.bucket)
+            .join(t.world.key("repo/snapshots"));
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
@@ -184,7 +188,10 @@ fn docker_faults_never_lose_a_change_nor_leave_the_app_frozen() {
     let out = t.world.json(&["snapshot", "--json"]);
     assert!(out["skipped"].as_u64() >= Some(1), "{out}");
     let skipped = common::newest_skipped(&t.world);
-    assert!(skipped.iter().any(|(path, _)| path.ends_with("app.fifo")), "{skipped:?}");
+    assert!(
+        skipped.iter().any(|(path, _)| path.ends_with("app.fifo")),
+        "{skipped:?}"
+    );
     fs::remove_file(&fifo).expect("remove fifo");
 
     // 3: unpause fails more often than one thaw retries.

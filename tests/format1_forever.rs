@@ -9,7 +9,12 @@ use common::{S3Server, World, failure, format1_fixture_shape, load_format1_fixtu
 
 /// The way out the refusal names: both ways to add a repository.
 fn assert_names_the_way_out(stderr: &str) {
-    for needle in ["[repository]", "password_ssm", "init --create-password", "password_file"] {
+    for needle in [
+        "[repository]",
+        "password_ssm",
+        "init --create-password",
+        "password_file",
+    ] {
         assert!(stderr.contains(needle), "the refusal names `{needle}`: {stderr}");
     }
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
@@ -50,7 +55,11 @@ fn a_format_1_prefix_is_read_forever_with_and_without_a_repository() {
             world.without_repository();
         }
         let [first, second] = load_format1_fixture(&s3, "forever", "lab");
-        let case = if with_repository { "with [repository]" } else { "without [repository]" };
+        let case = if with_repository {
+            "with [repository]"
+        } else {
+            "without [repository]"
+        };
 
         // list: what the writer's own binary listed, field for field.
         let listed = world.json(&["list", "--json"]);
@@ -111,7 +120,11 @@ fn a_format_1_prefix_migrates_to_format_2_and_stays_readable() {
     write(&world.state.join("memory/new.md"), b"after the upgrade", 0o644);
     let new = world.json(&["snapshot", "--json"]);
     assert!(new["restic_id"].is_string(), "{new}");
-    assert_eq!(new["parent"].as_str(), Some(second.as_str()), "the lineage crosses formats: {new}");
+    assert_eq!(
+        new["parent"].as_str(),
+        Some(second.as_str()),
+        "the lineage crosses formats: {new}"
+    );
     let keys = s3.keys("migrate");
     assert!(
         !keys.iter().any(|k| k.starts_with("lab/latest/")),
@@ -161,6 +174,9 @@ fn a_format_1_prefix_migrates_to_format_2_and_stays_readable() {
         "{plan}"
     );
     for id in [&first, &second] {
-        assert!(rows.iter().any(|d| d["id"] == id.as_str() && d["format"] == 1), "{plan}");
+        assert!(
+            rows.iter().any(|d| d["id"] == id.as_str() && d["format"] == 1),
+            "{plan}"
+        );
     }
 }

@@ -275,14 +275,20 @@ fn verify_with_stock_restic(world: &World, restored: &Path) {
         &["restore", "latest", "--target", by_hand.to_str().expect("utf8")],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let found: Vec<_> = walkdir(&by_hand).into_iter().filter(|p| p.ends_with("big.sparse")).collect();
+    let found: Vec<_> = walkdir(&by_hand)
+        .into_iter()
+        .filter(|p| p.ends_with("big.sparse"))
+        .collect();
     assert_eq!(found.len(), 1, "{found:?}");
     let (a, b) = (
         fs::metadata(&found[0]).expect("restic restored it"),
         fs::metadata(restored).expect("restored"),
     );
     assert_eq!(a.len(), b.len());
-    let (x, y) = (fs::File::open(&found[0]).expect("x"), fs::File::open(restored).expect("y"));
+    let (x, y) = (
+        fs::File::open(&found[0]).expect("x"),
+        fs::File::open(restored).expect("y"),
+    );
     const WINDOW: usize = 1 << 16;
     let (mut p, mut q) = (vec![0u8; WINDOW], vec![0u8; WINDOW]);
     for offset in (0..a.len()).step_by(64 << 20) {
@@ -337,7 +343,9 @@ fn restore_drops_setuid_and_setgid() {
     // entries: tests/format2.rs, a_hostile_repository_...).
     let dropped = report["privilege_dropped"].as_array().expect("reported");
     assert!(
-        dropped.iter().all(|p| p.as_str().is_some_and(|p| p.starts_with("bin/tool") || p.starts_with("open"))),
+        dropped.iter().all(|p| p
+            .as_str()
+            .is_some_and(|p| p.starts_with("bin/tool") || p.starts_with("open"))),
         "{report}"
     );
     if rustix::process::geteuid().is_root() {
@@ -366,8 +374,16 @@ fn link_chains_leaving_the_tree_are_kept_as_links_and_never_followed() {
     assert_eq!(fs::read_link(restored.join("a/b")).expect("kept"), Path::new(".."));
     assert_eq!(fs::read_link(restored.join("c")).expect("kept"), Path::new("a/b/.."));
     assert_eq!(fs::read(restored.join("a/f.txt")).expect("f"), b"f");
-    let beside: Vec<_> = fs::read_dir(&outside).expect("dir").flatten().map(|e| e.file_name()).collect();
-    assert_eq!(beside, vec![std::ffi::OsString::from("restored")], "nothing written beside the target");
+    let beside: Vec<_> = fs::read_dir(&outside)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        beside,
+        vec![std::ffi::OsString::from("restored")],
+        "nothing written beside the target"
+    );
 }
 
 /// Item 8: a manifest past the cap is refused with an error naming the key and the cap,

@@ -276,7 +276,6 @@ fn a_new_machine_restored_from_a_running_gateway_reclaims_its_lease_and_serves_w
     // waits for the lease's TTL, and the start-up gives up on /startupz.
     let c = t.world.sibling();
     let (c_container, _) = common::configure_daemon(&c, &t.moto, "lease-c", "hostname = \"machine-c\"\n", "");
-    append_repository(&c, &t.world);
     let config = std::fs::read_to_string(&c.config).expect("config");
     std::fs::write(
         &c.config,
@@ -299,7 +298,6 @@ fn a_new_machine_restored_from_a_running_gateway_reclaims_its_lease_and_serves_w
     // hostname.
     let b = t.world.sibling();
     let (b_container, b_port) = common::configure_daemon(&b, &t.moto, "lease-b", "", "");
-    append_repository(&b, &t.world);
     std::fs::remove_dir(&b.state).expect("empty state");
     let began = Instant::now();
     let mut b_daemon = Daemon::start(&b);
@@ -340,15 +338,4 @@ fn lease_host(state: &std::path::Path) -> Option<String> {
         .ok()?;
     let payload: serde_json::Value = serde_json::from_str(&payload).ok()?;
     payload["owner"]["host"].as_str().map(str::to_string)
-}
-
-/// Gives `world` the repository (and password file) of `from`.
-fn append_repository(world: &common::World, from: &common::World) {
-    let password_file = from.dir.path().join("repository-password");
-    let config = std::fs::read_to_string(&world.config).expect("config");
-    std::fs::write(
-        &world.config,
-        format!("{config}\n[repository]\npassword_file = {password_file:?}\n"),
-    )
-    .expect("config");
 }

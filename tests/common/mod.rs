@@ -39,12 +39,20 @@ pub fn load_format1_fixture(s3: &S3Server, bucket: &str, prefix: &str) -> [Strin
         let body = fs::read(root.join("objects").join(key)).expect("fixture object");
         let metadata: BTreeMap<String, String> =
             serde_json::from_value(meta["metadata"].clone()).expect("fixture metadata");
-        let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}/{key}") };
+        let full = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}/{key}")
+        };
         s3.put_object_with(bucket, &full, &body, meta["content_type"].as_str(), &metadata);
     }
     let listed: Vec<serde_json::Value> =
         serde_json::from_slice(&fs::read(root.join("list.json")).expect("list.json")).expect("list.json");
-    let ids: Vec<String> = listed.iter().rev().map(|row| row["id"].as_str().expect("id").to_string()).collect();
+    let ids: Vec<String> = listed
+        .iter()
+        .rev()
+        .map(|row| row["id"].as_str().expect("id").to_string())
+        .collect();
     [ids[0].clone(), ids[1].clone()]
 }
 
@@ -83,7 +91,11 @@ pub fn assert_head_verifies(world: &World) -> Option<String> {
 /// Stock restic (Debian's; .ci/run installs it) run on this world's repository, read-only.
 pub fn restic(world: &World, args: &[&str]) -> std::process::Output {
     let password_file = world.password_file.as_ref().expect("a world with a repository");
-    let prefix = if world.prefix.is_empty() { String::new() } else { format!("{}/", world.prefix) };
+    let prefix = if world.prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", world.prefix)
+    };
     let repository = format!("s3:{}/{}/{prefix}repo", world.endpoint, world.bucket);
     let out = std::process::Command::new("restic")
         .args(["-r", &repository, "--no-cache", "--no-lock"])
@@ -99,25 +111,25 @@ pub fn restic(world: &World, args: &[&str]) -> std::process::Output {
     }
 }
 
-/// The entries (path, reason) the newest snapshot's description lists as skipped, read with
-/// stock restic: what an operator sees without spotkeeper.
+/// The entries (path, reason) the newest snapshot lists as skipped (`list --json`, which reads
+/// them from the snapshot's encrypted description).
 pub fn newest_skipped(world: &World) -> Vec<(String, String)> {
-    let out = restic(world, &["snapshots", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let snapshots: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("restic snapshots --json");
-    // RFC 3339 times in one zone sort as text.
-    let newest = snapshots
-        .iter()
-        .max_by_key(|s| s["time"].as_str().unwrap_or_default().to_string())
-        .expect("a snapshot");
-    let description = newest["description"].as_str().unwrap_or_default().to_string();
-    description
-        .lines()
-        .skip_while(|line| !line.starts_with("skipped (could not be copied):"))
-        .skip(1)
-        .filter_map(|line| line.split_once(": "))
-        .map(|(path, reason)| (path.to_string(), reason.to_string()))
-        .collect()
+    let listed = world.json(&["list", "--json"]);
+    let newest = &listed.as_array().expect("list --json is an array")[0];
+    newest["skipped"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    (
+                        e["path"].as_str().unwrap_or_default().to_string(),
+                        e["reason"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// s3s-fs serving a fresh directory until dropped.

@@ -62,7 +62,7 @@ def main():
     parser.add_argument("--scale", default="medium")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--idle-seconds", type=int, default=60)
-    parser.add_argument("--format2", action="store_true", help="a [repository] password: snapshots in format 2")
+    parser.add_argument("--format2", action="store_true", help="accepted for old command lines: format 2 is the only format written")
     args = parser.parse_args()
     image = subprocess.run([str(REPO / "testing/build-fake-image.sh")], capture_output=True, text=True, check=True).stdout.strip()
     work = Path(tempfile.mkdtemp(prefix="spotkeeper-daemon-bench."))
@@ -73,12 +73,10 @@ def main():
     s3 = subprocess.Popen([str(S3), str(s3_port), str(work / "s3"), "bench-bucket"], stderr=subprocess.DEVNULL)
     config = work / "spotkeeper.toml"
     container = f"spotkeeper-bench-{os.getpid()}"
-    repository = ""
-    if args.format2:
-        password = work / "repository-password"
-        password.write_text("spotkeeper-bench\n")
-        password.chmod(0o600)
-        repository = f'[repository]\npassword_file = "{password}"\n'
+    password = work / "repository-password"
+    password.write_text("spotkeeper-bench\n")
+    password.chmod(0o600)
+    repository = f'[repository]\npassword_file = "{password}"\n'
     config.write_text(f"""[state]
 dir = "{state}"
 work_dir = "{work / 'spotkeeper'}"
@@ -131,8 +129,8 @@ daily = false
     durations = [s["duration_ms"] for s in results["snapshots"]]
     out_dir = REPO / "bench/out"
     out_dir.mkdir(parents=True, exist_ok=True)
-    results["format"] = 2 if args.format2 else 1
-    suffix = "-format2" if args.format2 else ""
+    results["format"] = 2
+    suffix = "-format2"
     (out_dir / f"daemon-{datetime.date.today()}{suffix}.json").write_text(json.dumps(results, indent=2))
     print(f"| daemon figure ({args.scale}, format {results['format']}) | value |")
     print("|---|---|")

@@ -236,6 +236,7 @@ class Tool:
 
 
 class Spotkeeper(Tool):
+    """The binary as deployed: format 2 (a restic repository under repo/, [repository] password)."""
     key = name = "spotkeeper"
     kept = ALL_KEPT
 
@@ -246,37 +247,20 @@ class Spotkeeper(Tool):
         return os.path.join(ctx.work, f"spotkeeper-{ctx.tag}.toml")
 
     def setup(self, ctx):
+        password = os.path.join(ctx.work, "spotkeeper-password")
+        with open(password, "w") as f:
+            f.write("spotkeeper-bench\n")
+        os.chmod(password, 0o600)
         with open(self.config(ctx), "w") as f:
             f.write(f'[state]\ndir = "{ctx.state}"\nwork_dir = "{ctx.work}/spotkeeper-work-{ctx.tag}"\n'
                     f'[s3]\nbucket = "{BUCKET}"\nprefix = "{self.prefix(ctx)}"\nregion = "us-east-1"\n'
-                    f'endpoint = "{ctx.endpoint}"\n')
+                    f'endpoint = "{ctx.endpoint}"\n[repository]\npassword_file = "{password}"\n')
 
     def backup(self, ctx, second):
         return [self.binary, "--config", self.config(ctx), "snapshot", "--json"]
 
     def restore(self, ctx, dest):
         return [self.binary, "--config", self.config(ctx), "restore", "--to", dest, "--json"]
-
-
-class Spotkeeper2(Spotkeeper):
-    """Format 2: the same binary with a [repository] password (a restic repository under repo/)."""
-    key, name = "spotkeeper2", "spotkeeper format 2"
-
-    def config(self, ctx):
-        return os.path.join(ctx.work, f"spotkeeper2-{ctx.tag}.toml")
-
-    def prefix(self, ctx):
-        return f"spotkeeper2-{ctx.tag}"
-
-    def setup(self, ctx):
-        password = os.path.join(ctx.work, "spotkeeper2-password")
-        with open(password, "w") as f:
-            f.write("spotkeeper-bench\n")
-        os.chmod(password, 0o600)
-        with open(self.config(ctx), "w") as f:
-            f.write(f'[state]\ndir = "{ctx.state}"\nwork_dir = "{ctx.work}/spotkeeper2-work-{ctx.tag}"\n'
-                    f'[s3]\nbucket = "{BUCKET}"\nprefix = "{self.prefix(ctx)}"\nregion = "us-east-1"\n'
-                    f'endpoint = "{ctx.endpoint}"\n[repository]\npassword_file = "{password}"\n')
 
 
 class AwsSync(Tool):
@@ -660,8 +644,8 @@ def main():
                     help="comma-separated: small, medium, large (default small,medium; env BENCH_SCALES)")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")),
                     help="timed runs per scale, after one counting pass (default 3; env BENCH_RUNS)")
-    ap.add_argument("--tools", default="", help="comma-separated subset of: spotkeeper,spotkeeper2,aws,rclone,"
-                    "restic,tar (spotkeeper2 is format 2, aws is aws s3 sync, tar is tar|zstd|aws s3 cp)")
+    ap.add_argument("--tools", default="", help="comma-separated subset of: spotkeeper,aws,rclone,"
+                    "restic,tar (spotkeeper writes format 2, aws is aws s3 sync, tar is tar|zstd|aws s3 cp)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-count", action="store_true", help="skip the counting pass (no S3 request counts)")
     ap.add_argument("--fresh", action="store_true", help="regenerate the states even when cached")
@@ -680,7 +664,7 @@ def main():
     for need in (a.spotkeeper, a.s3_server):
         if not os.access(need, os.X_OK):
             sys.exit(f"missing {need}: make release (and the demo-s3 example) first, or use bench/run.sh")
-    tools = [Spotkeeper(a.spotkeeper), Spotkeeper2(a.spotkeeper), AwsSync(), Rclone(), Restic(), TarZstdAws()]
+    tools = [Spotkeeper(a.spotkeeper), AwsSync(), Rclone(), Restic(), TarZstdAws()]
     if a.tools:
         tools = [t for t in tools if t.key in a.tools.split(",")]
     missing = [b for b, used in (("aws", aws), ("rclone", "rclone"), ("restic", "restic"), ("zstd", "zstd"))

@@ -35,6 +35,11 @@ ssm.put_parameter(Name="/openclaw/demo/OPENCLAW_API_KEY", Value="demo-secret-val
 PY
 echo "== seeded secret /openclaw/demo/OPENCLAW_API_KEY in SSM"
 
+# The repository password (format 2 encrypts every snapshot). On EC2 it lives in SSM
+# (`[repository] password_ssm`, made by `spotkeeper init --create-password`); here a 0600 file.
+( umask 077; head -c 32 /dev/urandom | base64 > "$demo/repository-password" )
+echo "== repository password in $demo/repository-password (0600)"
+
 cat > "$demo/previous.toml" <<EOF2
 [state]
 dir = "$demo/previous-machine/state"
@@ -43,10 +48,12 @@ work_dir = "$demo/previous-machine/work"
 bucket = "demo-bucket"
 prefix = "lab"
 endpoint = "http://127.0.0.1:$s3_port"
+[repository]
+password_file = "$demo/repository-password"
 EOF2
 mkdir -p "$demo/previous-machine/state/agents/main/sessions"
 echo '{"seq":0,"text":"hello from the previous instance"}' > "$demo/previous-machine/state/agents/main/sessions/old.jsonl"
-echo "== a previous instance takes a snapshot before it is interrupted"
+echo "== a previous instance takes the first snapshot (it creates the encrypted repository) before it is interrupted"
 "$bin" --config "$demo/previous.toml" snapshot
 
 cat > "$demo/spotkeeper.toml" <<EOF2
@@ -57,6 +64,8 @@ work_dir = "$demo/spotkeeper"
 bucket = "demo-bucket"
 prefix = "lab"
 endpoint = "http://127.0.0.1:$s3_port"
+[repository]
+password_file = "$demo/repository-password"
 [snapshot]
 interval = "20s"
 [secrets]

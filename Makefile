@@ -46,7 +46,6 @@ BENCH_RUNS ?= 3
 bench:
 	./bench/run.sh --scales $(BENCH_SCALES) --runs $(BENCH_RUNS)
 	python3 bench/daemon.py --scale medium
-	python3 bench/daemon.py --scale medium --format2
 	python3 bench/follow.py --minutes 30
 	python3 bench/recovery.py --scales medium,large --runs $(BENCH_RUNS)
 

@@ -62,6 +62,9 @@ pub struct SnapshotRequest {
     /// Taken to follow changes (`[snapshot] follow`), not on the schedule: tagged `follow`,
     /// kept only `retention.follow_keep` unless the tiers keep it.
     pub follow: bool,
+    /// The image the app runs (the daemon knows it; the CLI alone does not): recorded in the
+    /// snapshot's description, so a state can be matched with the app version that wrote it.
+    pub image: Option<crate::manifest::ImageInfo>,
 }
 
 /// What a snapshot did.
@@ -239,7 +242,7 @@ async fn take_steps(store: &Store, engine: &Engine, request: SnapshotRequest) ->
     // The state's regular files and their bytes, as the description records them (restic's
     // summary also counts links and other entries as files).
     let (files, bytes) = paths.iter().fold((0, 0), |(f, b), p| (f + p.files, b + p.bytes));
-    let description = Some(crate::format2::description(&paths, &skipped));
+    let description = Some(crate::format2::description(&paths, request.image.as_ref(), &skipped));
     let listed_skipped = crate::format2::skipped_of(description.as_deref());
     let parent = match &head {
         Some(Head::Two(pointer)) => Some(pointer.restic_id.clone()),
@@ -289,6 +292,7 @@ async fn take_steps(store: &Store, engine: &Engine, request: SnapshotRequest) ->
             follow: request.follow,
             // As a listing reads them back from the description.
             skipped: listed_skipped,
+            image: request.image.clone(),
             parent: parent_restic_id,
             sealed_head: true,
         },

@@ -168,6 +168,14 @@ fn the_daemon_restores_supervises_snapshots_and_stops_with_a_final_snapshot() {
         sqlite_ok(&final_dir) >= acked,
         "every acknowledged write is in the final snapshot"
     );
+    // Each daemon snapshot names the image the app ran, as `status` showed it.
+    let listed = t.world.json(&["list", "--json"]);
+    let newest = &listed.as_array().expect("rows")[0];
+    assert_eq!(
+        newest["image"]["reference"].as_str(),
+        Some(common::fake_image().as_str()),
+        "{newest}"
+    );
 
     // Restart with local state newer than the latest snapshot (a change made while stopped): it descends from
     // the latest snapshot, so nothing is restored over it.

@@ -261,7 +261,7 @@ fn direct_snapshots(
                     "spotkeeper",
                     &[id.into()],
                     chrono::Utc::now(),
-                    Some(spotkeeper::format2::description(&paths, &[])),
+                    Some(spotkeeper::format2::description(&paths, None, &[])),
                     None,
                 )
                 .expect("backup")
@@ -946,7 +946,7 @@ fn crafted_snapshot(world: &World, id: &str, entries: &[(&str, &str)]) {
             .expect("index");
         let snap = rustic_core::SnapshotOptions::default()
             .host("spotkeeper".to_string())
-            .description(Some(spotkeeper::format2::description(&paths, &[])))
+            .description(Some(spotkeeper::format2::description(&paths, None, &[])))
             .add_tags(&format!("spotkeeper,{id}"))
             .expect("tags")
             .to_snapshot()

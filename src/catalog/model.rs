@@ -162,6 +162,15 @@ impl Snapshot {
             Snapshot::Two { listed, .. } => &listed.skipped,
         }
     }
+
+    /// Format 2: the image the app ran when the daemon took it. Format 1 records it in its
+    /// manifest, which a listing does not read.
+    pub fn image(&self) -> Option<&crate::manifest::ImageInfo> {
+        match self {
+            Snapshot::One { .. } => None,
+            Snapshot::Two { listed, .. } => listed.image.as_ref(),
+        }
+    }
 }
 
 /// What `find` found for an id.
@@ -503,6 +512,7 @@ mod tests {
             paths: None,
             follow,
             skipped: Vec::new(),
+            image: None,
             parent: parent.map(restic),
             sealed_head: true,
         }

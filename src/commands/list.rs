@@ -34,6 +34,9 @@ struct Row {
     /// description). Format 1 lists them in snapshots/ID/manifest.json.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     skipped: Vec<crate::tree::Skipped>,
+    /// Format 2, taken by the daemon: the image the app ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<crate::manifest::ImageInfo>,
 }
 
 pub async fn run(
@@ -132,6 +135,7 @@ fn row(snapshot: &Snapshot, latest: bool) -> Row {
         format: snapshot.format().number(),
         restic_id: snapshot.restic_id().map(str::to_string),
         skipped: snapshot.skipped().to_vec(),
+        image: snapshot.image().cloned(),
         paths,
         follow: snapshot.follow(),
     }

@@ -55,6 +55,7 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         force: args.force,
         now: Utc::now(),
         also_skipped,
+        image: None,
         follow: false,
     };
     let report = snapshot::take(store, &engine, request).await?;

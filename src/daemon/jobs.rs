@@ -405,6 +405,7 @@ impl Daemon {
             source,
             paths,
             also_skipped,
+            image: self.workload.image.clone(),
             host: Host {
                 hostname: self.snapshots.hostname.clone(),
                 instance_id: self.snapshots.instance_id.clone(),

@@ -108,6 +108,7 @@ mod tests {
             paths: None,
             follow: false,
             skipped: Vec::new(),
+            image: None,
             parent: parent.map(|p| p.to_string().repeat(64)),
             sealed_head: true,
         }

@@ -669,12 +669,36 @@ pub struct PathRecord {
     pub bytes: u64,
 }
 
+/// The description's line that names the image the app ran (the daemon's snapshots).
+const IMAGE_LINE: &str = "spotkeeper-image: ";
+
+/// The image a description names; only the lines before the skipped entries are read (their
+/// names come from the app).
+pub fn image_of(description: Option<&str>) -> Option<crate::manifest::ImageInfo> {
+    description?
+        .lines()
+        .take_while(|line| *line != SKIPPED_LINE)
+        .find_map(|line| line.strip_prefix(IMAGE_LINE))
+        .and_then(|json| serde_json::from_str(json).ok())
+}
+
 /// The description's line after which the skipped entries follow, one per line.
 const SKIPPED_LINE: &str = "skipped (could not be copied):";
 
 /// A snapshot's description: the paths, then the entries that were skipped.
-pub fn description(paths: &[PathRecord], skipped: &[crate::tree::Skipped]) -> String {
+pub fn description(
+    paths: &[PathRecord],
+    image: Option<&crate::manifest::ImageInfo>,
+    skipped: &[crate::tree::Skipped],
+) -> String {
     let mut text = format!("{PATHS_LINE}{}", serde_json::to_string(paths).unwrap_or_default());
+    if let Some(image) = image {
+        // JSON: a reference cannot break the line.
+        text.push_str(&format!(
+            "\n{IMAGE_LINE}{}",
+            serde_json::to_string(image).unwrap_or_default()
+        ));
+    }
     if !skipped.is_empty() {
         text.push('\n');
         text.push_str(SKIPPED_LINE);
@@ -892,6 +916,9 @@ pub struct Listed {
     /// What the snapshot could not copy, and why (from the description).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<crate::tree::Skipped>,
+    /// The image the app ran when the daemon took it (from the description).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::manifest::ImageInfo>,
     /// restic's id of the snapshot it was taken on: the head at the time (see `head`).
     #[serde(skip)]
     pub parent: Option<String>,
@@ -931,6 +958,7 @@ impl Listed {
             id: snapshot.tags.iter().find_map(|tag| tag.parse().ok()),
             follow: snapshot.tags.contains(FOLLOW_TAG),
             skipped: skipped_of(snapshot.description.as_deref()),
+            image: image_of(snapshot.description.as_deref()),
             parent: snapshot.parent.map(|p| p.to_hex().as_str().to_string()),
             sealed_head: snapshot.tags.contains(SEALED_HEAD_TAG),
             time,
@@ -1014,8 +1042,20 @@ mod tests {
                 reason: "Permission denied".into(),
             },
         ];
-        let text = description(&paths, &skipped);
-        assert_eq!(paths_of(Some(&text), Some(4), Some(310)), Some(paths));
+        let image = crate::manifest::ImageInfo {
+            reference: "ghcr.io/openclaw/openclaw@sha256:ab\nspotkeeper-paths: []".into(),
+            digest: Some("sha256:ab".into()),
+        };
+        let text = description(&paths, Some(&image), &skipped);
+        assert_eq!(paths_of(Some(&text), Some(4), Some(310)), Some(paths.clone()));
+        assert_eq!(image_of(Some(&text)), Some(image));
+        assert_eq!(image_of(Some(&description(&paths, None, &skipped))), None);
+        // A skipped name that looks like the image line is never read as one.
+        let planted = vec![crate::tree::Skipped {
+            path: "spotkeeper-image: {\"reference\":\"evil\",\"digest\":null}".into(),
+            reason: "a FIFO".into(),
+        }];
+        assert_eq!(image_of(Some(&description(&paths, None, &planted))), None);
         assert!(text.contains("config/a/fifo: a FIFO"));
         let listed = skipped_of(Some(&text));
         assert_eq!(listed.len(), 2, "{listed:?}");

@@ -572,6 +572,11 @@ impl Daemon {
                 .metrics
                 .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
         }
+        if let Some(dropped) = crate::logship::unreported_drops() {
+            self.edges
+                .metrics
+                .record(names::LOG_EVENTS_DROPPED, dropped as f64, Unit::Count);
+        }
     }
 }
 

@@ -111,9 +111,14 @@ fn with_cloudwatch_logs_unreachable_lines_are_dropped_and_counted_and_backups_go
         return;
     }
     let closed = free_port();
+    // The drops are published where the other metrics go.
+    let cloudwatch = LocalStack::start();
+    let stack = format!("logs-down-{}", std::process::id());
     let extra = format!(
         "\n[logs]\ngroup = \"/spotkeeper/nowhere\"\nstream = \"nowhere/spotkeeper\"\n\
-         endpoint = \"http://127.0.0.1:{closed}\"\nbuffer_events = 20\nflush = \"1s\"\n"
+         endpoint = \"http://127.0.0.1:{closed}\"\nbuffer_events = 20\nflush = \"1s\"\n\n\
+         [metrics]\nnamespace = \"SpotkeeperTest\"\nendpoint = {:?}\ndimensions = {{ Stack = {stack:?} }}\n",
+        cloudwatch.endpoint()
     );
     let t = setup("logs-down", "", &extra);
     t.moto.put_parameter(&format!("{}API_KEY", t.ssm_path), "x");
@@ -155,6 +160,9 @@ fn with_cloudwatch_logs_unreachable_lines_are_dropped_and_counted_and_backups_go
         daemon.log()
     );
 
+    // Gauges go out at start and every minute: wait for the second, with drops behind it.
+    std::thread::sleep(Duration::from_secs(65).saturating_sub(started.elapsed()));
+
     let stopping = Instant::now();
     let exit = daemon.stop();
     let took = stopping.elapsed();
@@ -167,4 +175,14 @@ fn with_cloudwatch_logs_unreachable_lines_are_dropped_and_counted_and_backups_go
         "stop took {took:?}; log:\n{}",
         daemon.log()
     );
+
+    // The stop flushed the metrics.
+    let mut sums = Default::default();
+    let published = wait_for(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(500));
+        sums = cloudwatch.metric_sums("SpotkeeperTest", &stack, &["LogEventsDropped"]);
+        sums.get("LogEventsDropped").is_some_and(|sum| *sum > 0.0)
+    });
+    assert!(published, "LogEventsDropped: {sums:?}; log:\n{}", daemon.log());
+    eprintln!("LogEventsDropped sum {sums:?}");
 }

@@ -245,6 +245,7 @@ impl Daemon {
             // not stay frozen after spotkeeper exits.
             self.thaw().await;
         }
+        self.publish_log_drops();
         self.edges.metrics.flush(Duration::from_secs(5)).await;
         self.remove_env_file();
         let result = match result {

@@ -15,7 +15,8 @@
 #      $SPOTKEEPER_BIN, default target/debug/spotkeeper; skipped with a message when there is none);
 #   6. the container's output goes to CloudWatch Logs: [container] log_driver = "awslogs" and
 #      /etc/docker/daemon.json, valid JSON, gives that driver its region, group and this agent's
-#      stream, non-blocking; the metric dimensions are Stack alone, and Stack and Tenant when a
+#      stream, non-blocking; spotkeeper's own [logs] go to that group, stream `<stream>/spotkeeper`;
+#      the metric dimensions are Stack alone, and Stack and Tenant when a
 #      tenant is rendered (a line holding {{tenant}} is left out when it is empty);
 #   7. render.py refuses an unsafe value, an unknown variable, a missing one, a repository
 #      password parameter under the secrets path (every parameter there reaches the container)
@@ -230,12 +231,16 @@ if single["metrics"].get("dimensions") != {"Stack": "openclaw-dev"}:
     problems.append(f"single agent's dimensions = {single['metrics'].get('dimensions')}, want Stack alone")
 if "tenant" in single_text.lower():
     problems.append("the single agent's user data mentions a tenant")
+for who, config, stream in (("single agent", single, "dev"), ("tenant", tenant, "alice")):
+    want_logs = {"group": "/spotkeeper/openclaw-dev", "stream": f"{stream}/spotkeeper", "region": "eu-west-1"}
+    if config.get("logs") != want_logs:
+        problems.append(f"{who}'s [logs] = {config.get('logs')}, want {want_logs}")
 if tenant["metrics"].get("dimensions") != {"Stack": "openclaw-dev", "Tenant": "alice"}:
     problems.append(f"tenant's dimensions = {tenant['metrics'].get('dimensions')}, want Stack and Tenant")
 if "# Tenant alice of this stack's fleet." not in tenant_text:
     problems.append("the tenant's user data does not say whose it is")
 print("\n".join(problems) or "log_driver awslogs, daemon.json's region, group, stream and non-blocking mode; "
-      "dimensions Stack, and Stack and Tenant for a tenant")
+      "[logs] to the agent's stream/spotkeeper; dimensions Stack, and Stack and Tenant for a tenant")
 sys.exit(1 if problems else 0)
 PY
 )"; then

@@ -550,11 +550,15 @@ def instance_policy(
         },
         {
             # Docker's awslogs driver (from the host, through the instance role): this agent's
-            # stream of the stack's group, nothing else; both actions take the stream's ARN.
+            # stream of the stack's group; and spotkeeper's own lines ([logs]) in the stream beside
+            # it, `<stream>/spotkeeper`. Nothing else; both actions take the stream's ARN.
             "Sid": "WriteOwnLogStream",
             "Effect": "Allow",
             "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": [f"arn:aws:logs:{region}:{account}:log-group:{log_group}:log-stream:{log_stream}"],
+            "Resource": [
+                f"arn:aws:logs:{region}:{account}:log-group:{log_group}:log-stream:{log_stream}",
+                f"arn:aws:logs:{region}:{account}:log-group:{log_group}:log-stream:{log_stream}/spotkeeper",
+            ],
         },
         {
             # Session Manager (no inbound rule, no SSH): the agent's own channel, nothing else of
@@ -655,7 +659,7 @@ def dashboard_body(s: Settings, account: str) -> dict:
                     "markdown": (
                         f"## spotkeeper {s.label}: {len(s.agents)} agent{'s' if len(s.agents) != 1 else ''} ({agents})\n"
                         f"Each agent's alarm fires when a change has waited over {ALARM_THRESHOLD_SECONDS // 60} "
-                        f"minutes for S3, or its spotkeeper publishes nothing. Logs: `{s.log_group}`, one stream per agent."
+                        f"minutes for S3, or its spotkeeper publishes nothing. Logs: `{s.log_group}`, one stream per agent, its spotkeeper's in `<stream>/spotkeeper`."
                     )
                 },
             },

@@ -21,6 +21,7 @@ pub mod format2;
 #[cfg(test)]
 mod layers;
 pub mod liveness;
+pub mod logship;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;

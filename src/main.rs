@@ -57,11 +57,13 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_env("SPOTKEEPER_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!(
             "{level},aws_config={sdk},aws_smithy_runtime={sdk},aws_smithy_runtime_api={sdk},aws_sdk_s3={sdk},\
-             aws_sdk_ssm={sdk},aws_sdk_cloudwatch={sdk},aws_sdk_ecr={sdk},hyper={sdk},hyper_util={sdk},bollard={sdk},\
+             aws_sdk_ssm={sdk},aws_sdk_cloudwatch={sdk},aws_sdk_cloudwatchlogs={sdk},aws_sdk_ecr={sdk},hyper={sdk},hyper_util={sdk},bollard={sdk},\
              rustic_core=warn"
         ))
     });
-    let registry = tracing_subscriber::registry().with(filter);
+    // The daemon's own lines also go to CloudWatch Logs when `[logs]` says where.
+    let ship = daemon.then(spotkeeper::logship::layer);
+    let registry = tracing_subscriber::registry().with(filter).with(ship);
     if spotkeeper::systemd::stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {

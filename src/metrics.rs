@@ -44,6 +44,9 @@ pub mod names {
     pub const APP_DEGRADED: &str = "AppDegraded";
     /// Entries of the state the last snapshot could not archive.
     pub const SKIPPED_ENTRIES: &str = "SkippedEntries";
+    /// spotkeeper's own log lines lost on the way to CloudWatch Logs since the last datum (a
+    /// full buffer while CloudWatch Logs was unreachable, or lines it refused).
+    pub const LOG_EVENTS_DROPPED: &str = "LogEventsDropped";
 }
 
 /// Units used here.

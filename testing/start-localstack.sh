@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# LocalStack (CloudWatch speaking the current SDK's protocol) for spotkeeper's tests.
+# LocalStack (CloudWatch and CloudWatch Logs; CloudWatch speaking the current SDK's protocol) for spotkeeper's tests.
 #
 #   testing/start-localstack.sh          create the venv if missing, then exit
 #   testing/start-localstack.sh PORT     ... then exec LocalStack on 127.0.0.1:PORT (no Docker)
@@ -29,6 +29,6 @@ fi
 [[ $# -eq 0 ]] && exit 0
 port="$1"
 data="$(mktemp -d)"
-export GATEWAY_LISTEN="127.0.0.1:$port" SERVICES=cloudwatch DNS_ADDRESS=0 DISABLE_EVENTS=1 \
+export GATEWAY_LISTEN="127.0.0.1:$port" SERVICES=cloudwatch,logs DNS_ADDRESS=0 DISABLE_EVENTS=1 \
   SKIP_SSL_CERT_DOWNLOAD=1 LOCALSTACK_VOLUME_DIR="$data" FILESYSTEM_ROOT="$data/fs"
 exec "$venv/bin/python" -m localstack.runtime.main

@@ -66,6 +66,9 @@ def own_requests(tenant: str | None) -> list[tuple[str, str, dict]]:
         ("kms:Decrypt", KEY_ARN, {**via_ssm, "kms:EncryptionContext:PARAMETER_ARN": password_arn}),
         ("logs:CreateLogStream", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:{a.log_stream}", {}),
         ("logs:PutLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:{a.log_stream}", {}),
+        # spotkeeper's own lines ([logs]), in the stream beside the container's.
+        ("logs:CreateLogStream", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:{a.log_stream}/spotkeeper", {}),
+        ("logs:PutLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:{a.log_stream}/spotkeeper", {}),
     ]
 
 
@@ -93,6 +96,8 @@ def never_requests(tenant: str | None) -> list[tuple[str, str, dict]]:
         ("kms:Decrypt", KEY_ARN, {"kms:EncryptionContext:PARAMETER_ARN": f"{parameter}{a.repository_password_parameter}"}),
         # The stack's log group as a whole.
         ("logs:PutLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:other", {}),
+        ("logs:PutLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:other/spotkeeper", {}),
+        ("logs:PutLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:{a.log_stream}/other", {}),
     ]
 
 
@@ -264,6 +269,7 @@ def test_each_tenants_config_names_only_its_own_prefix_paths_password_and_stream
         assert config["secrets"]["ssm_path"] == own.ssm_path
         assert config["repository"]["password_ssm"] == own.repository_password_parameter
         assert config["metrics"]["dimensions"] == {"Stack": "openclaw-dev", "Tenant": t}
+        assert config["logs"] == {"group": "/spotkeeper/openclaw-dev", "stream": f"{t}/spotkeeper", "region": REGION}
         daemon = json.loads(render.extract(user_data, "/etc/docker/daemon.json"))
         assert daemon["log-opts"]["awslogs-stream"] == t
         assert daemon["log-opts"]["awslogs-group"] == "/spotkeeper/openclaw-dev"
@@ -511,7 +517,10 @@ def test_each_tenants_role_writes_only_its_own_stream(deploy):
     d = deploy(tenants=TENANTS)
     for t in TENANTS:
         (statement,) = [s for s in policy_of(d, t)["Statement"] if s["Sid"] == "WriteOwnLogStream"]
-        assert statement["Resource"] == [f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:{t}"]
+        assert statement["Resource"] == [
+            f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:{t}",
+            f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/spotkeeper/openclaw-dev:log-stream:{t}/spotkeeper",
+        ]
 
 
 # --- outputs --------------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def test_user_data_contains_the_rendered_config_and_unit(deploy, binaries):
     assert config["secrets"]["ssm_path"] == "/openclaw/dev/"
     assert config["repository"] == {"password_ssm": "/openclaw-repository/dev/password"}
     assert config["container"]["image"] == IMAGE
+    # spotkeeper's own lines go beside the container's, in the stream its role may also write.
+    assert config["logs"] == {"group": "/spotkeeper/openclaw-dev", "stream": "dev/spotkeeper", "region": REGION}
     unit = render.extract(user_data, "/etc/systemd/system/spotkeeper.service")
     assert unit == (infra.REPO / "systemd" / "spotkeeper.service").read_text()
     assert f"'{infra.sha256_of(binaries['aarch64'])}'" in user_data
@@ -415,7 +417,10 @@ BASE_STATEMENTS = [
         "Sid": "WriteOwnLogStream",
         "Effect": "Allow",
         "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-        "Resource": ["arn:aws:logs:eu-west-1:123456789012:log-group:/spotkeeper/openclaw-dev:log-stream:dev"],
+        "Resource": [
+            "arn:aws:logs:eu-west-1:123456789012:log-group:/spotkeeper/openclaw-dev:log-stream:dev",
+            "arn:aws:logs:eu-west-1:123456789012:log-group:/spotkeeper/openclaw-dev:log-stream:dev/spotkeeper",
+        ],
     },
     {
         "Sid": "SessionManagerAgent",

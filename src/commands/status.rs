@@ -99,6 +99,12 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), CommandError>
             p.error.as_deref().map(|e| format!(" {e}")).unwrap_or_default()
         );
     }
+    if let Some(logs) = &status.logs {
+        println!(
+            "own logs:       {} shipped to CloudWatch Logs, {} dropped",
+            logs.shipped, logs.dropped
+        );
+    }
     for warning in &status.warnings {
         println!("warning:        {warning}");
     }

@@ -117,6 +117,12 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often IMDS is asked for Spot notices.
 pub const DEFAULT_SPOT_POLL: Duration = Duration::from_secs(5);
 pub const DEFAULT_METRICS_NAMESPACE: &str = "Spotkeeper";
+/// spotkeeper's own log lines held for CloudWatch Logs at most; past it the oldest are dropped.
+pub const DEFAULT_LOGS_BUFFER_EVENTS: usize = 10_000;
+/// The most `[logs] buffer_events` may be.
+pub const MAX_LOGS_BUFFER_EVENTS: usize = 100_000;
+/// How often spotkeeper's own log lines are sent to CloudWatch Logs.
+pub const DEFAULT_LOGS_FLUSH: Duration = Duration::from_secs(5);
 /// Between the :00 and :20 snapshots, at night in Europe and evening in America.
 pub const DEFAULT_VERIFY_AT: &str = "04:10";
 /// After this many failures within `restart_window`, stop restarting (crash loop).
@@ -138,6 +144,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub spot: SpotConfig,
     pub metrics: MetricsConfig,
+    /// spotkeeper's own log lines shipped to CloudWatch Logs; `None`: not shipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogsConfig>,
     pub verify: VerifyConfig,
     /// Format 2 (an encrypted restic repository under `PREFIX/repo/`) when present; without it
     /// spotkeeper reads and writes format 1 and says so.
@@ -182,6 +191,25 @@ pub struct MetricsConfig {
     pub dimensions: std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+}
+
+/// `[logs]`: where `spotkeeper run` ships its own log lines (the container's go through Docker's
+/// awslogs driver).
+#[derive(Debug, Clone, Serialize)]
+pub struct LogsConfig {
+    /// The CloudWatch Logs group (created beforehand, by Pulumi).
+    pub group: String,
+    /// The stream in it; spotkeeper creates it when missing.
+    pub stream: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Lines held while CloudWatch Logs is unreachable; past it the oldest are dropped (counted).
+    pub buffer_events: usize,
+    /// How often the held lines are sent.
+    #[serde(serialize_with = "serialize_duration")]
+    pub flush: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -465,6 +493,8 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    logs: RawLogs,
+    #[serde(default)]
     verify: RawVerify,
     repository: Option<RawRepository>,
 }
@@ -492,6 +522,17 @@ struct RawMetrics {
     namespace: Option<String>,
     dimensions: Option<std::collections::BTreeMap<String, String>>,
     endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    group: Option<String>,
+    stream: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    buffer_events: Option<i64>,
+    flush: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -631,6 +672,7 @@ impl Config {
         let daemon = v.daemon(raw.daemon)?;
         let spot = v.spot(raw.spot)?;
         let metrics = v.metrics(raw.metrics)?;
+        let logs = v.logs(raw.logs)?;
         let verify = v.verify(raw.verify)?;
         let repository = raw.repository.map(|r| v.repository(r, secrets.as_ref())).transpose()?;
         v.state_with(
@@ -679,6 +721,7 @@ impl Config {
             daemon,
             spot,
             metrics,
+            logs,
             verify,
             repository,
         })
@@ -1380,6 +1423,59 @@ impl Validator<'_> {
         })
     }
 
+    fn logs(&self, raw: RawLogs) -> Result<Option<LogsConfig>, ConfigError> {
+        let buffer_events = raw.buffer_events.unwrap_or(DEFAULT_LOGS_BUFFER_EVENTS as i64);
+        if !(1..=MAX_LOGS_BUFFER_EVENTS as i64).contains(&buffer_events) {
+            return Err(self.invalid_number("logs.buffer_events", buffer_events, "must be between 1 and 100000"));
+        }
+        let flush = self.duration("logs.flush", raw.flush, DEFAULT_LOGS_FLUSH)?;
+        if flush < Duration::from_secs(1) || flush > Duration::from_secs(60) {
+            return Err(self.invalid("logs.flush", duration::format(flush), "must be between 1s and 60s"));
+        }
+        if let Some(endpoint) = &raw.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(self.invalid("logs.endpoint", endpoint.clone(), "expected an http:// or https:// URL"));
+        }
+        if let Some(region) = &raw.region
+            && region.is_empty()
+        {
+            return Err(self.invalid("logs.region", region.clone(), "must not be empty"));
+        }
+        let group = match raw.group {
+            None if raw.stream.is_some() => {
+                return Err(self.missing("logs.group", "the CloudWatch Logs group `logs.stream` is in"));
+            }
+            None => return Ok(None),
+            Some(group) => group,
+        };
+        // CloudWatch Logs' own rules for names.
+        if group.is_empty()
+            || group.len() > 512
+            || !group.chars().all(|c| c.is_ascii_alphanumeric() || "_-/.#".contains(c))
+        {
+            return Err(self.invalid(
+                "logs.group",
+                group,
+                "must be 1-512 characters of letters, digits and _ - / . #",
+            ));
+        }
+        let Some(stream) = raw.stream else {
+            return Err(self.missing("logs.stream", "the log stream spotkeeper's lines go to"));
+        };
+        if stream.is_empty() || stream.len() > 512 || stream.contains(':') || stream.contains('*') {
+            return Err(self.invalid("logs.stream", stream, "must be 1-512 characters, without : or *"));
+        }
+        Ok(Some(LogsConfig {
+            group,
+            stream,
+            region: raw.region,
+            endpoint: raw.endpoint,
+            buffer_events: buffer_events as usize,
+            flush,
+        }))
+    }
+
     fn verify(&self, raw: RawVerify) -> Result<VerifyConfig, ConfigError> {
         let at = raw.at.unwrap_or_else(|| DEFAULT_VERIFY_AT.to_string());
         let parsed = at
@@ -1776,5 +1872,88 @@ mod tests {
         let again = parse(&rendered).expect("rendered config parses");
         assert_eq!(again.to_toml(), rendered);
         assert!(rendered.contains("weekly_within = \"42d\""), "{rendered}");
+    }
+
+    #[test]
+    fn logs_ship_only_with_a_group_and_take_their_defaults() {
+        let base = "[s3]\nbucket = \"backups\"\n";
+        assert!(parse(base).expect("valid").logs.is_none());
+        // Tuning without a group: shipping stays off.
+        assert!(
+            parse(&format!("{base}[logs]\nbuffer_events = 5\n"))
+                .expect("valid")
+                .logs
+                .is_none()
+        );
+        let config = parse(&format!(
+            "{base}[logs]\ngroup = \"/spotkeeper/dev\"\nstream = \"openclaw/spotkeeper\"\n"
+        ))
+        .expect("valid");
+        let logs = config.logs.as_ref().expect("shipping on");
+        assert_eq!(
+            (logs.group.as_str(), logs.stream.as_str()),
+            ("/spotkeeper/dev", "openclaw/spotkeeper")
+        );
+        assert_eq!(logs.buffer_events, DEFAULT_LOGS_BUFFER_EVENTS);
+        assert_eq!(logs.flush, DEFAULT_LOGS_FLUSH);
+        assert_eq!((logs.region.as_deref(), logs.endpoint.as_deref()), (None, None));
+        let shown = config.to_toml();
+        assert!(
+            shown.contains("[logs]") && shown.contains("flush = \"5s\"") && shown.contains("buffer_events = 10000"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn logs_settings_are_validated_by_key() {
+        let base = "[s3]\nbucket = \"backups\"\n[logs]\n";
+        let ok = "group = \"g\"\nstream = \"s\"\n";
+        // (the [logs] body, what the error says; "" when valid)
+        let table = [
+            (format!("{ok}buffer_events = 1\nflush = \"1s\"\n"), ""),
+            (
+                format!(
+                    "{ok}buffer_events = 100000\nflush = \"60s\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:4566\"\n"
+                ),
+                "",
+            ),
+            (
+                format!("{ok}buffer_events = 0\n"),
+                "logs.buffer_events = 0 is not valid: must be between 1 and 100000",
+            ),
+            (
+                format!("{ok}buffer_events = 100001\n"),
+                "logs.buffer_events = 100001 is not valid",
+            ),
+            (format!("{ok}flush = \"500ms\"\n"), "logs.flush"),
+            (
+                format!("{ok}flush = \"61s\"\n"),
+                "logs.flush = \"61s\" is not valid: must be between 1s and 60s",
+            ),
+            (format!("{ok}flush = \"soon\"\n"), "logs.flush = \"soon\" is not valid"),
+            (format!("{ok}endpoint = \"127.0.0.1:4566\"\n"), "logs.endpoint"),
+            (format!("{ok}region = \"\"\n"), "logs.region"),
+            ("group = \"g\"\n".to_string(), "logs.stream is required"),
+            ("stream = \"s\"\n".to_string(), "logs.group is required"),
+            (
+                "group = \"a b\"\nstream = \"s\"\n".to_string(),
+                "logs.group = \"a b\" is not valid",
+            ),
+            (
+                "group = \"g\"\nstream = \"a:b\"\n".to_string(),
+                "logs.stream = \"a:b\" is not valid",
+            ),
+            (format!("{ok}level = \"debug\"\n"), "level"),
+        ];
+        for (body, expected) in table {
+            let text = format!("{base}{body}");
+            match parse(&text) {
+                Ok(_) => assert_eq!(expected, "", "{body} should be refused"),
+                Err(e) => {
+                    assert!(!expected.is_empty(), "{body}: {e}");
+                    assert!(e.to_string().contains(expected), "{body}: {e}");
+                }
+            }
+        }
     }
 }

@@ -27,6 +27,9 @@ pub struct Status {
     /// When the oldest change not yet in the head happened (`None`: every change seen is in it).
     #[serde(default)]
     pub unprotected_since: Option<DateTime<Utc>>,
+    /// spotkeeper's own lines shipped to CloudWatch Logs and dropped; `None`: `[logs]` is off.
+    #[serde(default)]
+    pub logs: Option<crate::logship::LogsStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -573,6 +573,16 @@ impl Daemon {
                 .metrics
                 .record(names::CONTAINER_HEALTHY, if healthy { 1.0 } else { 0.0 }, Unit::Count);
         }
+        self.publish_log_drops();
+    }
+
+    /// spotkeeper's own log lines lost since the last datum (`[logs]` only).
+    pub(super) fn publish_log_drops(&self) {
+        if let Some(dropped) = crate::logship::unreported_drops() {
+            self.edges
+                .metrics
+                .record(names::LOG_EVENTS_DROPPED, dropped as f64, Unit::Count);
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use crate::config::{Config, ContainerConfig};
 use crate::control::{self, ContainerStatus, Reply, Request, Status};
 use crate::exit::{self, Exit};
 use crate::liveness;
+use crate::logship::LogShipper;
 use crate::manifest::ImageInfo;
 use crate::metrics::Metrics;
 use crate::mirror::{MirrorError, MirrorSet, TrackerSet};
@@ -63,6 +64,8 @@ const MAX_NAP: Duration = Duration::from_secs(30);
 /// Retry bounds for start-up calls to S3 and SSM: never start fresh on an error.
 const STARTUP_RETRY_MIN: Duration = Duration::from_secs(1);
 const STARTUP_RETRY_MAX: Duration = Duration::from_secs(60);
+/// The last flush of spotkeeper's own lines to CloudWatch Logs never delays the exit longer.
+const LOGS_FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Extra start/stop time asked of systemd before each long step.
 const EXTEND_STEP: Duration = Duration::from_secs(300);
 /// The secret OpenClaw's gateway authenticates with; its probes give details to its holder.
@@ -194,6 +197,7 @@ pub async fn run(config: Config, notifier: Notifier) -> Result<(), DaemonError> 
             let _ = daemon.workload.container.stop(daemon.container_config.stop_timeout).await;
             daemon.remove_env_file();
             let _ = std::fs::remove_file(&daemon.config.daemon.socket);
+            daemon.flush_logs().await;
             return Ok(());
         }
     };
@@ -300,7 +304,8 @@ fn spawn_control(
                 }
                 let response = match call.request {
                     Request::Status => {
-                        let snapshot = status.lock().map(|s| s.clone()).unwrap_or_default();
+                        let mut snapshot = status.lock().map(|s| s.clone()).unwrap_or_default();
+                        snapshot.logs = crate::logship::counters();
                         Reply::Status(Box::new(snapshot))
                     }
                     request => {
@@ -341,6 +346,8 @@ struct Edges {
     secrets_client: Option<aws_sdk_ssm::Client>,
     notifier: Notifier,
     metrics: Metrics,
+    /// spotkeeper's own lines to CloudWatch Logs (`[logs]`); flushed once on the way out.
+    logs: Option<LogShipper>,
     status: Arc<Mutex<Status>>,
 }
 
@@ -394,6 +401,7 @@ impl Daemon {
         let docker = runtime::connect(config.daemon.docker_host.as_deref()).await?;
         let container = Container::new(docker, &container_config.name);
         let metrics = Metrics::start(&config.metrics, sdk_config);
+        let logs = crate::logship::start(config.logs.as_ref(), sdk_config);
         let secrets_client = config
             .secrets
             .as_ref()
@@ -406,6 +414,7 @@ impl Daemon {
                 secrets_client,
                 notifier,
                 metrics,
+                logs,
                 status,
             },
             workload: Workload {
@@ -436,6 +445,13 @@ impl Daemon {
     fn update(&self, f: impl FnOnce(&mut Status)) {
         if let Ok(mut status) = self.edges.status.lock() {
             f(&mut status);
+        }
+    }
+
+    /// Sends spotkeeper's buffered lines to CloudWatch Logs, within `LOGS_FINAL_FLUSH`.
+    async fn flush_logs(&self) {
+        if let Some(logs) = &self.edges.logs {
+            logs.flush(LOGS_FINAL_FLUSH).await;
         }
     }
 

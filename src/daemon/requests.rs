@@ -245,9 +245,10 @@ impl Daemon {
             // not stay frozen after spotkeeper exits.
             self.thaw().await;
         }
+        self.publish_log_drops();
         self.edges.metrics.flush(Duration::from_secs(5)).await;
         self.remove_env_file();
-        match result {
+        let result = match result {
             Ok(outcome) => {
                 tracing::info!(outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "final snapshot done; exiting");
                 Ok(())
@@ -256,6 +257,9 @@ impl Daemon {
                 tracing::error!(error = %e, "the final snapshot FAILED; changes since the last snapshot exist only on this disk");
                 Err(e)
             }
-        }
+        };
+        // After the final snapshot's outcome is logged, so that CloudWatch Logs has it too.
+        self.flush_logs().await;
+        result
     }
 }

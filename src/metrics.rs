@@ -220,3 +220,27 @@ impl Sink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every metric the daemon can publish has a row in the README's table (as `exit.rs` holds
+    /// the exit codes): read from this file's own `names`, so a new metric without a row fails.
+    #[test]
+    fn every_metric_is_in_the_readme() {
+        let source = include_str!("metrics.rs");
+        let readme = include_str!("../README.md");
+        let names: Vec<&str> = source
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("pub const "))
+            .filter(|line| line.contains(": &str = \""))
+            .filter_map(|line| line.split('"').nth(1))
+            .collect();
+        assert!(names.len() > 10, "{names:?}");
+        for name in names {
+            assert!(
+                readme.contains(&format!("| `{name}` |")),
+                "README's metric table has no row for {name}"
+            );
+        }
+    }
+}

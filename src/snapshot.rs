@@ -200,7 +200,9 @@ async fn take_steps(store: &Store, engine: &Engine, request: SnapshotRequest) ->
             origin,
         }
     })?;
-    let _progress = crate::progress::begin("snapshot", head.as_ref().map(Head::bytes), None);
+    // The mirrors' totals are what the backup reads (rustic_core reports its bytes as it goes).
+    let total: u64 = request.paths.iter().map(|p| p.bytes).sum();
+    let _progress = crate::progress::begin("snapshot", Some(total), None);
     let listed = match known_listed {
         Some(listed) => listed,
         None => ensure_format2(engine).await?,

@@ -48,6 +48,7 @@ BUCKET=systemd-check
 # Paths inside the box, as the unit and the default config have them.
 BOX_BIN=/usr/local/bin/spotkeeper
 BOX_CONFIG=/etc/spotkeeper/spotkeeper.toml
+BOX_PASSWORD=/etc/spotkeeper/repository-password
 BOX_DROPIN=/etc/systemd/system/spotkeeper.service.d/test.conf
 ENV_DIR=/run/openclaw
 ENV_FILE=$ENV_DIR/.env
@@ -343,10 +344,15 @@ box_within() {
 box() { box_within 60 "$@"; }
 prop() { box systemctl show -p "$1" --value spotkeeper.service; }
 journal() { box journalctl --no-pager -u spotkeeper.service "$@"; }
-snapshot_count() { find "$s3_root/$BUCKET/$prefix/snapshots" -name manifest.json 2>/dev/null | wc -l; }
+# Format 2: one object per restic snapshot under repo/snapshots/.
+snapshot_count() { find "$s3_root/$BUCKET/$prefix/repo/snapshots" -type f 2>/dev/null | wc -l; }
 
 write_config() {
   local extra="${1:-}"
+  # Format 2 (the only format written): the repository password in a 0600 file under /etc,
+  # which the unit's sandbox keeps readable (on EC2 it comes from SSM: password_ssm).
+  mkdir -p "$box_root$(dirname "$BOX_PASSWORD")"
+  ( umask 077; [[ -s "$box_root$BOX_PASSWORD" ]] || echo "systemd-check-password" >"$box_root$BOX_PASSWORD" )
   cat >"$box_root$BOX_CONFIG" <<EOF
 # Written by testing/systemd-check.sh for one run.
 [state]
@@ -360,6 +366,9 @@ region = "$REGION"
 endpoint = "$s3_endpoint"
 # Check 4's upload is throttled on purpose: give each request room.
 timeout = "120s"
+
+[repository]
+password_file = "$BOX_PASSWORD"
 
 [snapshot]
 # Scheduled snapshots stay out of the way; the checks ask for theirs.

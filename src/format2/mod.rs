@@ -252,7 +252,7 @@ impl Repo {
         let wrap = wrap(&location);
         let watch = backend.clone();
         let backends = RepositoryBackends::new(Arc::new(backend) as Arc<dyn WriteBackend>, None);
-        let repo = Repository::new(&options(cache), &backends).map_err(&wrap)?;
+        let repo = Repository::new_with_progress(&options(cache), &backends, ToStatus).map_err(&wrap)?;
         if repo.config_id().map_err(&wrap)?.is_some() {
             return Err(Format2Error::Exists { location });
         }
@@ -324,7 +324,8 @@ impl Repo {
             return Ok(repo);
         }
         let wrap = wrap(&self.location);
-        let repo = Repository::new(&options(self.cache.as_deref()), &self.backends).map_err(&wrap)?;
+        let repo =
+            Repository::new_with_progress(&options(self.cache.as_deref()), &self.backends, ToStatus).map_err(&wrap)?;
         if repo.config_id().map_err(&wrap)?.is_none() {
             if let Some(found) = holds_repository(&self.s3).map_err(&wrap)? {
                 return Err(config_missing(&self.s3, found));
@@ -751,6 +752,38 @@ pub fn paths_of(description: Option<&str>, files: Option<u64>, bytes: Option<u64
         files: files.unwrap_or(0),
         bytes: bytes.unwrap_or(0),
     }])
+}
+
+/// rustic_core's byte progress (a backup's bytes read) fed into spotkeeper's own progress, which
+/// the daemon shows in STATUS= (a snapshot longer than the watchdog shows that it moves) and the
+/// CLI on a terminal; every other progress of rustic_core is hidden.
+#[derive(Debug, Clone, Copy)]
+struct ToStatus;
+
+impl rustic_core::ProgressBars for ToStatus {
+    fn progress(&self, kind: rustic_core::ProgressType, _prefix: &str) -> rustic_core::Progress {
+        match kind {
+            rustic_core::ProgressType::Bytes => rustic_core::Progress::new(BytesToStatus),
+            _ => rustic_core::Progress::hidden(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BytesToStatus;
+
+impl rustic_core::RusticProgress for BytesToStatus {
+    /// Hidden to rustic_core: it then skips its own scan of the source for a total (the mirror's
+    /// totals are the snapshot's total already), yet still counts what it reads.
+    fn is_hidden(&self) -> bool {
+        true
+    }
+    fn set_length(&self, _len: u64) {}
+    fn set_title(&self, _title: &str) {}
+    fn inc(&self, inc: u64) {
+        crate::progress::add_bytes(inc);
+    }
+    fn finish(&self) {}
 }
 
 /// chrono's UTC time as rustic_core's.

@@ -11,18 +11,6 @@ use std::time::Duration;
 
 use common::{ACCESS_KEY, Moto, SECRET_KEY, World, repo_root, shape, wait_for, write};
 
-fn client(endpoint: &str) -> aws_sdk_s3::Client {
-    let credentials = aws_credential_types::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "tests");
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -32,7 +20,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A versioned bucket, as the Pulumi program makes it.
 fn versioned_bucket(endpoint: &str, bucket: &str) {
-    let s3 = client(endpoint);
+    let s3 = common::s3_client(endpoint);
     runtime().block_on(async {
         s3.create_bucket().bucket(bucket).send().await.expect("create bucket");
         s3.put_bucket_versioning()
@@ -51,7 +39,7 @@ fn versioned_bucket(endpoint: &str, bucket: &str) {
 /// What a compromised or buggy instance can do with its role: overwrite some objects, delete
 /// every object of its prefix (DeleteObject only: a delete marker over each). Returns the count.
 fn wipe(endpoint: &str, bucket: &str, prefix: &str) -> usize {
-    let s3 = client(endpoint);
+    let s3 = common::s3_client(endpoint);
     runtime().block_on(async {
         let mut keys = Vec::new();
         let mut pages = s3

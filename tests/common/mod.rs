@@ -132,6 +132,20 @@ pub fn newest_skipped(world: &World) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// An S3 client of the SDK for `endpoint` (path-style, the tests' credentials): for what a test
+/// does to a bucket behind spotkeeper's back.
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let credentials = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "tests");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 /// s3s-fs serving a fresh directory until dropped.
 pub struct S3Server {
     pub port: u16,
@@ -236,15 +250,7 @@ impl S3Server {
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let credentials = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "tests");
-            let config = aws_sdk_s3::config::Builder::new()
-                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-                .region(aws_sdk_s3::config::Region::new("us-east-1"))
-                .credentials_provider(credentials)
-                .endpoint_url(endpoint)
-                .force_path_style(true)
-                .build();
-            aws_sdk_s3::Client::from_conf(config)
+            s3_client(&endpoint)
                 .put_object()
                 .bucket(bucket)
                 .key(key)

@@ -55,6 +55,7 @@ const EDGES: &[&str] = &[
     "ecr.rs",
     "format2/mod.rs",
     "format2/backend.rs",
+    "format2/keyfile.rs",
     "format2/restorer.rs",
     "format2/source.rs",
     "metrics.rs",

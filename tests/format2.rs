@@ -123,6 +123,25 @@ fn stock_restic_reads_what_spotkeeper_wrote_and_a_small_change_costs_little() {
         let wrong = Password::new("not-the-password", "test").expect("password");
         assert!(Repo::open(S3Backend::new(store_b, handle), &wrong, None).is_err());
     });
+    // One key, spotkeeper's own, with restic's scrypt parameters (32 MiB to open, not 128 MiB).
+    let keys_dir = format!("{}/repo/keys/", world.prefix);
+    let keys: Vec<String> = s3
+        .keys(&world.bucket)
+        .into_iter()
+        .filter(|k| k.starts_with(&keys_dir))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key: serde_json::Value = serde_json::from_slice(&s3.object(&world.bucket, &keys[0])).expect("json");
+    assert_eq!(
+        (&key["kdf"], &key["N"], &key["r"], &key["p"]),
+        (&"scrypt".into(), &32768.into(), &8.into(), &3.into()),
+        "{key}"
+    );
+    assert_eq!(
+        (&key["hostname"], &key["username"]),
+        (&"spotkeeper".into(), &"spotkeeper".into()),
+        "{key}"
+    );
 
     // A 20-minute change: one session grows, one small file appears.
     let mut session = fs::read(state.join("agents/main/sessions/3.jsonl")).expect("session");

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod head;
+pub mod keyfile;
 pub mod password;
 pub mod pointer;
 pub mod restorer;
@@ -16,10 +17,10 @@ pub mod source;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustic_core::repofile::{NodeType, SnapshotFile, SnapshotId};
+use rustic_core::repofile::{MasterKey, NodeType, SnapshotFile, SnapshotId};
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, FileType, KeyOptions, OpenStatus, PathList, PruneOptions,
-    Repository, RepositoryBackends, RepositoryOptions, RusticError, SnapshotOptions, WriteBackend,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, ErrorKind, FileType, KeyOptions, OpenStatus, PathList,
+    PruneOptions, Repository, RepositoryBackends, RepositoryOptions, RusticError, SnapshotOptions, WriteBackend,
 };
 
 pub use backend::S3Backend;
@@ -260,13 +261,21 @@ impl Repo {
         if let Some(found) = holds_repository(&watch).map_err(&wrap)? {
             return Err(config_missing(&watch, found));
         }
-        // A password key, never a bare master key: restic opens the repository with it.
+        // A password key, never a bare master key: restic opens the repository with it. The key
+        // is spotkeeper's (restic's scrypt parameters: 32 MiB to open, not rustic_core's 128 MiB,
+        // see `keyfile`), written before the config as rustic_core would: a config is never
+        // without a key that opens it.
+        let master = MasterKey::new();
+        keyfile::write(&watch, &master, password.expose().as_bytes()).map_err(|e| {
+            wrap(RusticError::with_source(
+                ErrorKind::Key,
+                "writing the repository's key failed",
+                e,
+            ))
+        })?;
         let credentials = Credentials::password(password.expose());
-        let key = KeyOptions::default()
-            .hostname("spotkeeper".to_string())
-            .username("spotkeeper".to_string())
-            .with_created(true);
-        let repo = match repo.init(&credentials, &key, &ConfigOptions::default()) {
+        let key = KeyOptions::default();
+        let repo = match repo.init(&Credentials::Masterkey(master), &key, &ConfigOptions::default()) {
             Ok(repo) => repo,
             Err(e) => {
                 // Lost the race for `config` (or failed before it): a key of ours would open a

@@ -188,6 +188,31 @@ fn generate(dir: BorrowedFd<'_>, depth: u32, rng: &mut Rng, made: &mut Made) {
                 )
                 .expect("device");
             }
+            11 if !files.is_empty() => {
+                // The same bytes under another name: the same blobs twice in one read of a pack.
+                let first = &files[rng.below(files.len() as u64) as usize];
+                let mut body = Vec::new();
+                if let Ok(fd) = rustix::fs::openat(
+                    dir,
+                    c(first).as_c_str(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                ) {
+                    std::fs::File::from(fd)
+                        .read_to_end(&mut body)
+                        .expect("read the first copy");
+                }
+                write_file(dir, &entry, &body);
+                finish_file(dir, &entry, rng);
+                files.push(entry);
+            }
+            12 => {
+                // Two empty directories: both are the one empty tree, read once for both.
+                let twin = name(rng, made);
+                for name in [&entry, &twin] {
+                    rustix::fs::mkdirat(dir, c(name).as_c_str(), Mode::from_raw_mode(0o700)).expect("mkdir empty");
+                }
+            }
             _ if depth > 0 => {
                 rustix::fs::mkdirat(dir, cname.as_c_str(), Mode::from_raw_mode(0o700)).expect("mkdir");
                 let child = open_dir(dir, &entry);

@@ -177,6 +177,17 @@ impl S3Backend {
         key_of(&self.root, tpe, id)
     }
 
+    /// `length` bytes of pack `id` from `offset`, for spotkeeper's own restorer, which bounds
+    /// what it holds by itself (`READ_BUDGET` is for rustic_core's reads). A whole body, not a
+    /// shared buffer: the restorer decrypts it in place.
+    pub fn read_pack_range(&self, id: &Id, offset: u64, length: u64) -> RusticResult<Vec<u8>> {
+        let key = self.key(FileType::Pack, id);
+        match self.block("get", &key, self.store.get_range(&key, offset, length))? {
+            Some(body) => Ok(Vec::from(body)),
+            None => Err(self.missing(&key)),
+        }
+    }
+
     fn block<T>(
         &self,
         op: &'static str,

@@ -523,7 +523,12 @@ impl Repo {
         targets: &[(String, PathBuf)],
     ) -> Result<Vec<restorer::Restored>, Format2Error> {
         let wrap = wrap(&self.location);
+        let started = std::time::Instant::now();
         let repo = self.take()?.to_indexed().map_err(&wrap)?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "restore: repository open, index read"
+        );
         let result = (|| {
             let no_snapshot = || Format2Error::NoSnapshot {
                 location: self.location.clone(),
@@ -537,6 +542,7 @@ impl Repo {
                 return Err(no_snapshot());
             }
             let failed = |name: &str, error: restorer::RestorerError| self.restorer_error(id, name, error);
+            let cipher = restorer::cipher(&repo).map_err(|e| failed("", e))?;
             let mut plans = Vec::with_capacity(targets.len());
             for (name, dest) in targets {
                 let node = repo
@@ -551,12 +557,15 @@ impl Repo {
                         },
                     ));
                 };
-                let plan = restorer::Plan::read(&repo, tree).map_err(|e| failed(name, e))?;
+                let plan = restorer::Plan::read(&repo, &self.s3, &cipher, tree).map_err(|e| failed(name, e))?;
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, path = %name, files = plan.files(), "restore: trees read and checked");
                 plans.push((name, plan, dest));
             }
             let mut restored = Vec::with_capacity(plans.len());
             for (name, plan, dest) in plans {
-                restored.push(restorer::restore(&repo, &self.s3, &plan, dest).map_err(|e| failed(name, e))?);
+                let done = restorer::restore(&repo, &self.s3, &cipher, &plan, dest).map_err(|e| failed(name, e))?;
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, path = %name, read_bytes = done.read_bytes, reads = done.reads, "restore: contents written");
+                restored.push(done);
             }
             Ok(restored)
         })();

@@ -2,8 +2,13 @@
 //! written, then written through directory descriptors (one name at a time, never following a
 //! link, so no path is ever longer than one name and no link the snapshot holds is ever
 //! followed), with the file contents read from the packs in large ranges by several readers at
-//! once, decrypted, decompressed and checked against their ids, and written in file order; blocks
-//! of zeros are never read or written, so holes stay holes.
+//! once, decrypted in place, decompressed and checked against their ids, and written in the
+//! order the packs hold them; blocks of zeros are never read or written, so holes stay holes.
+//!
+//! What a new machine waits for (issue 22): the trees of one depth are read together (a round
+//! of GETs per depth, not one GET per directory); what is held is bounded in bytes (`BUDGET`),
+//! not in reads; the ids of blobs of zeros cost one pass over the longest of them; and the
+//! write-back starts while the restore goes on (`FLUSH_EVERY`), so the final `syncfs` is short.
 //!
 //! rustic_core's own restorer joins names onto the target as path strings (a path past PATH_MAX
 //! fails, a crafted tree could write through a link), writes every zero, and panics on some
@@ -20,9 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
 use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
-use aes256ctr_poly1305aes::aead::{Aead, generic_array::GenericArray};
+use aes256ctr_poly1305aes::aead::{AeadInPlace, generic_array::GenericArray};
 use rustic_core::repofile::{Metadata, Node, NodeType};
-use rustic_core::{DataId, FileType, IndexedFullStatus, ReadBackend, Repository, TreeId};
+use rustic_core::{DataId, IndexedFullStatus, Repository, TreeId};
 use rustix::fs::{AtFlags, Mode, Timespec, Timestamps};
 use sha2::{Digest, Sha256};
 
@@ -36,9 +41,14 @@ const READERS: usize = 8;
 const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
 /// ...skipping at most this many bytes between two of them (cheaper than a second request).
 const MAX_READ_GAP: u64 = 256 * 1024;
-/// Reads done but not yet written, at most: with `MAX_READ_BYTES` the bound on what a restore
-/// holds in memory, about 16 x (4 + 4) MiB at worst.
-const WINDOW: usize = 16;
+/// Bytes a restore holds at most for file contents: what readers fetched (encrypted) and what
+/// they decompressed, until the writer has written it. A read is taken only when its bytes fit
+/// (or when nothing is held: a single read larger than the budget still goes, alone).
+const BUDGET: u64 = 40 * 1024 * 1024;
+/// Written bytes after which the file system is asked to write back what is dirty, while the
+/// restore goes on: the device works from the start, and the final `syncfs` (which makes the
+/// restore durable before it is swapped in) waits only for the last of it.
+const FLUSH_EVERY: u64 = 32 * 1024 * 1024;
 /// No blob of restic's is larger (its chunker stops at 8 MiB); a larger length in the index is
 /// damage, and must not become an allocation of up to 4 GiB.
 const MAX_BLOB_BYTES: u32 = 64 * 1024 * 1024;
@@ -74,6 +84,8 @@ pub struct Restored {
     pub privilege_dropped: Vec<String>,
     /// Bytes read from packs.
     pub read_bytes: u64,
+    /// Ranged GETs of packs for the contents.
+    pub reads: u64,
 }
 
 /// One directory of the plan: its parent's index (`None`: the target itself) and name.
@@ -113,7 +125,16 @@ impl Plan {
     /// Reads the tree `root` (a state path's directory) and checks every entry: a plain name
     /// (not empty, `.` or `..`, no `/` or NUL), once per directory, only directories, regular
     /// files and links. Links are data: any target is kept as it is (restore never follows one).
-    pub fn read(repo: &Repository<IndexedFullStatus>, root: TreeId) -> Result<Plan, RestorerError> {
+    ///
+    /// The trees of one depth are read together: the blobs that lie close in one pack in one
+    /// ranged GET, the GETs by several readers at once (a tree's depth costs one round of
+    /// requests, not each directory one).
+    pub fn read(
+        repo: &Repository<IndexedFullStatus>,
+        backend: &S3Backend,
+        cipher: &Aes256CtrPoly1305Aes,
+        root: TreeId,
+    ) -> Result<Plan, RestorerError> {
         let mut plan = Plan::default();
         plan.dirs.push(DirPlan {
             parent: None,
@@ -121,26 +142,30 @@ impl Plan {
             rel: String::new(),
             meta: Metadata::default(),
         });
-        let mut pending = vec![(root, 0usize)];
-        while let Some((tree_id, dir)) = pending.pop() {
-            crate::liveness::mark();
-            let tree = repo.get_tree(&tree_id).map_err(RestorerError::Repository)?;
-            let mut seen = HashSet::with_capacity(tree.nodes.len());
-            for node in tree.nodes {
-                let name = node.name().into_owned();
-                let rel = join(&plan.dirs[dir].rel, &name);
-                let c_name = checked_name(&name).ok_or_else(|| RestorerError::Unsafe {
-                    path: rel.clone(),
-                    reason: "a name that is empty, `.` or `..`, or holds `/` or NUL",
-                })?;
-                if !seen.insert(name.clone()) {
-                    return Err(RestorerError::Unsafe {
-                        path: rel,
-                        reason: "two entries with one name",
-                    });
+        let mut level = vec![(root, 0usize)];
+        while !level.is_empty() {
+            let ids: Vec<TreeId> = level.iter().map(|(id, _)| *id).collect();
+            let trees = read_trees(repo, backend, cipher, &ids)?;
+            let mut next = Vec::new();
+            for ((_, dir), nodes) in level.into_iter().zip(trees) {
+                let mut seen = HashSet::with_capacity(nodes.len());
+                for node in nodes {
+                    let name = node.name().into_owned();
+                    let rel = join(&plan.dirs[dir].rel, &name);
+                    let c_name = checked_name(&name).ok_or_else(|| RestorerError::Unsafe {
+                        path: rel.clone(),
+                        reason: "a name that is empty, `.` or `..`, or holds `/` or NUL",
+                    })?;
+                    if !seen.insert(name.clone()) {
+                        return Err(RestorerError::Unsafe {
+                            path: rel,
+                            reason: "two entries with one name",
+                        });
+                    }
+                    plan.add(node, dir, c_name, rel, &mut next)?;
                 }
-                plan.add(node, dir, c_name, rel, &mut pending)?;
             }
+            level = next;
         }
         Ok(plan)
     }
@@ -333,54 +358,112 @@ struct FileLayout {
     size: u64,
 }
 
-/// The reads of every file's content in file order, neighbouring blobs of a pack in one read,
-/// blobs of zeros left out (their places stay holes).
+/// Where a blob is: its pack, its offset and length there (encrypted, maybe compressed), and its
+/// length once decompressed when it is compressed.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    pack: rustic_core::Id,
+    offset: u64,
+    length: u64,
+    uncompressed: Option<u32>,
+}
+
+impl Located {
+    /// Where the index says blob `id` is; `what` names it in the error.
+    fn find<T: rustic_core::PackedId>(
+        repo: &Repository<IndexedFullStatus>,
+        id: &T,
+        what: impl FnOnce() -> String,
+    ) -> Result<Located, RestorerError> {
+        let entry = repo.get_index_entry(id).map_err(|_| RestorerError::Damaged {
+            what: format!("{} is in no pack the index names", what()),
+        })?;
+        let location = entry.location;
+        Ok(Located {
+            pack: *entry.pack,
+            offset: u64::from(location.offset),
+            length: u64::from(location.length),
+            uncompressed: location.uncompressed_length.map(std::num::NonZeroU32::get),
+        })
+    }
+
+    /// Its length once decrypted and decompressed, or why it cannot be one of restic's blobs.
+    fn data_length(&self) -> Result<u32, &'static str> {
+        let length = match self.uncompressed {
+            Some(length) => length,
+            None => u32::try_from(self.length)
+                .ok()
+                .and_then(|l| l.checked_sub(32))
+                .ok_or("is shorter than its encryption")?,
+        };
+        if length > MAX_BLOB_BYTES {
+            return Err("claims more bytes than any chunk");
+        }
+        Ok(length)
+    }
+}
+
+/// The order files are written in: by where their content starts (pack, then offset), so that
+/// the reads go through each pack front to back whatever order the trees list the files in.
+fn write_order(repo: &Repository<IndexedFullStatus>, files: &[FilePlan]) -> Result<Vec<usize>, RestorerError> {
+    let mut keyed = Vec::with_capacity(files.len());
+    for (index, file) in files.iter().enumerate() {
+        let key = match file.content.first() {
+            Some(id) => {
+                let at = Located::find(repo, id, || format!("{}: blob {}", file.rel, id.to_hex().as_str()))?;
+                Some((at.pack, at.offset))
+            }
+            None => None,
+        };
+        keyed.push((key, index));
+    }
+    keyed.sort_unstable();
+    Ok(keyed.into_iter().map(|(_, index)| index).collect())
+}
+
+/// The reads of every file's content in the order `order`, neighbouring blobs of a pack in one
+/// read, blobs of zeros left out (their places stay holes).
 fn read_jobs(
     repo: &Repository<IndexedFullStatus>,
     files: &[FilePlan],
+    order: &[usize],
 ) -> Result<(Vec<ReadJob>, Vec<FileLayout>), RestorerError> {
     let mut jobs: Vec<ReadJob> = Vec::new();
-    let mut layouts = Vec::with_capacity(files.len());
-    let mut zero_ids: HashMap<u32, DataId> = HashMap::new();
-    for (index, file) in files.iter().enumerate() {
+    let mut layouts: Vec<FileLayout> = files.iter().map(|_| FileLayout { size: 0 }).collect();
+    let mut lengths = std::collections::BTreeSet::new();
+    for file in files {
+        for id in &file.content {
+            if let Ok(length) = Located::find(repo, id, String::new).and_then(|at| {
+                at.data_length()
+                    .map_err(|_| RestorerError::Damaged { what: String::new() })
+            }) {
+                lengths.insert(length);
+            }
+        }
+    }
+    let zero_ids = zero_ids(lengths);
+    for &index in order {
+        let file = &files[index];
         let mut offset = 0u64;
         for id in &file.content {
-            let entry = repo.get_index_entry(id).map_err(|_| RestorerError::Damaged {
-                what: format!(
-                    "{}: blob {} of its content is in no pack the index names",
-                    file.rel,
-                    id.to_hex().as_str()
-                ),
+            let blob = || format!("{}: blob {}", file.rel, id.to_hex().as_str());
+            let location = Located::find(repo, id, blob)?;
+            let data_length = location.data_length().map_err(|why| RestorerError::Damaged {
+                what: format!("{} {why}", blob()),
             })?;
-            let location = entry.location;
-            let data_length = match location.uncompressed_length {
-                Some(length) => length.get(),
-                None => location.length.checked_sub(32).ok_or_else(|| RestorerError::Damaged {
-                    what: format!("blob {} is shorter than its encryption", id.to_hex().as_str()),
-                })?,
-            };
-            if data_length > MAX_BLOB_BYTES {
-                return Err(RestorerError::Damaged {
-                    what: format!(
-                        "{}: blob {} claims {data_length} bytes, more than any chunk",
-                        file.rel,
-                        id.to_hex().as_str()
-                    ),
-                });
-            }
             let place = Place { file: index, offset };
             offset += u64::from(data_length);
-            if is_zero_blob(id, data_length, &mut zero_ids) {
+            if zero_ids.get(&data_length) == Some(id) {
                 continue;
             }
             let read = BlobRead {
                 id: *id,
-                offset: u64::from(location.offset),
-                length: u64::from(location.length),
-                uncompressed: location.uncompressed_length.map(std::num::NonZeroU32::get),
+                offset: location.offset,
+                length: location.length,
+                uncompressed: location.uncompressed,
                 place,
             };
-            let pack: rustic_core::Id = *entry.pack;
+            let pack = location.pack;
             let start = read.offset;
             let end = read.offset + read.length;
             match jobs.last_mut() {
@@ -412,26 +495,34 @@ fn read_jobs(
                 ),
             });
         }
-        layouts.push(FileLayout { size: offset });
+        layouts[index] = FileLayout { size: offset };
     }
     Ok((jobs, layouts))
 }
 
-/// True when `id` is the id of `length` zero bytes (ids are content hashes, so such a blob is
-/// known without reading it).
-fn is_zero_blob(id: &DataId, length: u32, known: &mut HashMap<u32, DataId>) -> bool {
-    let zero = known.entry(length).or_insert_with(|| {
-        let mut hasher = Sha256::new();
-        let block = [0u8; 64 * 1024];
-        let mut left = length as usize;
+/// The id of `length` zero bytes for each length (ids are content hashes, so a blob of zeros is
+/// known without reading it). One hasher runs through zeros up to the longest, and each length's
+/// id is a copy of it finished there: the work is the longest length, not the sum of them (a
+/// state of 3,000 files of distinct sizes would otherwise hash its whole size in zeros).
+fn zero_ids(lengths: std::collections::BTreeSet<u32>) -> HashMap<u32, DataId> {
+    let block = [0u8; 64 * 1024];
+    let mut hasher = Sha256::new();
+    let mut at = 0u64;
+    let mut ids = HashMap::with_capacity(lengths.len());
+    for length in lengths {
+        let mut left = u64::from(length) - at;
         while left > 0 {
-            let n = left.min(block.len());
+            let n = left.min(block.len() as u64) as usize;
             hasher.update(&block[..n]);
-            left -= n;
+            left -= n as u64;
         }
-        DataId::from(rustic_core::Id::new(hasher.finalize().into()))
-    });
-    zero == id
+        at = u64::from(length);
+        ids.insert(
+            length,
+            DataId::from(rustic_core::Id::new(hasher.clone().finalize().into())),
+        );
+    }
+    ids
 }
 
 /// The key that decrypts the repository's blobs.
@@ -455,17 +546,19 @@ fn read_job(
     cipher: &Aes256CtrPoly1305Aes,
     job: &ReadJob,
 ) -> Result<Vec<(Place, Vec<u8>)>, RestorerError> {
-    let length = u32::try_from(job.end - job.start).map_err(|_| RestorerError::Damaged {
-        what: format!("a read of pack {} is larger than 4 GiB", job.pack.to_hex().as_str()),
-    })?;
-    let start = u32::try_from(job.start).map_err(|_| RestorerError::Damaged {
-        what: format!("a blob offset past 4 GiB in pack {}", job.pack.to_hex().as_str()),
-    })?;
-    let bytes = backend
-        .read_partial(FileType::Pack, &job.pack, false, start, length)
+    let mut bytes = backend
+        .read_pack_range(&job.pack, job.start, job.end - job.start)
         .map_err(RestorerError::Repository)?;
-    let mut out = Vec::with_capacity(job.blobs.len());
+    let mut out: Vec<(Place, Vec<u8>)> = Vec::with_capacity(job.blobs.len());
+    // A blob is decrypted in place once: one that comes again (two files, or one file, holding
+    // the same chunk) is a copy of the first.
+    let mut opened: HashMap<u64, usize> = HashMap::new();
     for blob in &job.blobs {
+        if let Some(&first) = opened.get(&blob.offset) {
+            let data = out[first].1.clone();
+            out.push((blob.place, data));
+            continue;
+        }
         let from = (blob.offset - job.start) as usize;
         let to = from + blob.length as usize;
         let damaged = |why: &str| RestorerError::Damaged {
@@ -475,39 +568,176 @@ fn read_job(
                 job.pack.to_hex().as_str()
             ),
         };
-        let Some(sealed) = bytes.get(from..to) else {
+        let Some(sealed) = bytes.get_mut(from..to) else {
             return Err(damaged("lies past the end of the pack"));
         };
-        if sealed.len() < 32 {
-            return Err(damaged("is too short to be encrypted"));
-        }
-        let nonce = GenericArray::from_slice(&sealed[..16]);
-        let plain = cipher
-            .decrypt(nonce, &sealed[16..])
-            .map_err(|_| damaged("fails its MAC (damaged or not of this repository)"))?;
-        let data = match blob.uncompressed {
-            Some(length) => zstd::bulk::decompress(&plain, length as usize)
-                .map_err(|e| damaged(&format!("does not decompress: {e}")))?,
-            None => plain,
-        };
-        if blob.uncompressed.is_some_and(|l| l as usize != data.len()) {
-            return Err(damaged("decompresses to another length than the index says"));
-        }
-        let hash: [u8; 32] = Sha256::digest(&data).into();
-        if DataId::from(rustic_core::Id::new(hash)) != blob.id {
-            return Err(damaged("does not hash to its id"));
-        }
+        let data = open_blob(cipher, sealed, blob.uncompressed, &blob.id).map_err(|why| damaged(&why))?;
+        opened.insert(blob.offset, out.len());
         out.push((blob.place, data));
     }
     crate::liveness::mark();
     Ok(out)
 }
 
+/// One blob as read from its pack (`nonce | ciphertext | MAC`): decrypted in place,
+/// decompressed when `uncompressed` gives its length, and checked against `id`.
+fn open_blob(
+    cipher: &Aes256CtrPoly1305Aes,
+    sealed: &mut [u8],
+    uncompressed: Option<u32>,
+    id: &rustic_core::Id,
+) -> Result<Vec<u8>, String> {
+    if sealed.len() < 32 {
+        return Err("is too short to be encrypted".into());
+    }
+    let (nonce, rest) = sealed.split_at_mut(16);
+    let (body, tag) = rest.split_at_mut(rest.len() - 16);
+    cipher
+        .decrypt_in_place_detached(
+            GenericArray::from_slice(nonce),
+            b"",
+            body,
+            GenericArray::from_slice(tag),
+        )
+        .map_err(|_| "fails its MAC (damaged or not of this repository)".to_string())?;
+    let data = match uncompressed {
+        Some(length) => {
+            let data =
+                zstd::bulk::decompress(body, length as usize).map_err(|e| format!("does not decompress: {e}"))?;
+            if data.len() != length as usize {
+                return Err("decompresses to another length than the index says".into());
+            }
+            data
+        }
+        None => body.to_vec(),
+    };
+    let hash: [u8; 32] = Sha256::digest(&data).into();
+    if rustic_core::Id::new(hash) != *id {
+        return Err("does not hash to its id".into());
+    }
+    Ok(data)
+}
+
+/// The trees `ids`, in that order: read with as few GETs as their places allow (blobs close
+/// together in one pack in one read), by up to `READERS` readers at once, each decrypted,
+/// decompressed, checked against its id and parsed.
+fn read_trees(
+    repo: &Repository<IndexedFullStatus>,
+    backend: &S3Backend,
+    cipher: &Aes256CtrPoly1305Aes,
+    ids: &[TreeId],
+) -> Result<Vec<Vec<Node>>, RestorerError> {
+    crate::liveness::mark();
+    let mut located = Vec::with_capacity(ids.len());
+    for (index, id) in ids.iter().enumerate() {
+        let at = Located::find(repo, id, || format!("tree {}", id.to_hex().as_str()))?;
+        at.data_length().map_err(|why| RestorerError::Damaged {
+            what: format!("tree {} {why}", id.to_hex().as_str()),
+        })?;
+        located.push((at, index));
+    }
+    located.sort_unstable_by_key(|(at, _)| (at.pack, at.offset));
+    // Neighbouring trees of one pack in one read.
+    let mut reads: Vec<(Located, Vec<(Located, usize)>)> = Vec::new();
+    for (at, index) in located {
+        match reads.last_mut() {
+            Some((range, members))
+                if range.pack == at.pack
+                    && at.offset <= range.offset + range.length + MAX_READ_GAP
+                    && (at.offset + at.length).max(range.offset + range.length) - range.offset <= MAX_READ_BYTES =>
+            {
+                range.length = (at.offset + at.length).max(range.offset + range.length) - range.offset;
+                members.push((at, index));
+            }
+            _ => reads.push((at, vec![(at, index)])),
+        }
+    }
+    let trees: Vec<Mutex<Option<Vec<Node>>>> = ids.iter().map(|_| Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed: Mutex<Option<RestorerError>> = Mutex::new(None);
+    let read_one = |(range, members): &(Located, Vec<(Located, usize)>)| -> Result<(), RestorerError> {
+        let mut bytes = backend
+            .read_pack_range(&range.pack, range.offset, range.length)
+            .map_err(RestorerError::Repository)?;
+        // A tree that comes twice (two identical directories) is parsed once.
+        let mut parsed: HashMap<u64, usize> = HashMap::new();
+        for (at, index) in members {
+            if let Some(&first) = parsed.get(&at.offset) {
+                let slot = trees[first].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let nodes = slot.clone();
+                drop(slot);
+                *trees[*index].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = nodes;
+                continue;
+            }
+            let id = &ids[*index];
+            let damaged = |why: &str| RestorerError::Damaged {
+                what: format!(
+                    "tree {} in pack {} {why}",
+                    id.to_hex().as_str(),
+                    at.pack.to_hex().as_str()
+                ),
+            };
+            let from = (at.offset - range.offset) as usize;
+            let sealed = bytes
+                .get_mut(from..from + at.length as usize)
+                .ok_or_else(|| damaged("lies past the end of the pack"))?;
+            let json = open_blob(cipher, sealed, at.uncompressed, id).map_err(|why| damaged(&why))?;
+            let tree: TreeNodes = serde_json::from_slice(&json).map_err(|e| damaged(&format!("is not a tree: {e}")))?;
+            *trees[*index].lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(tree.nodes.unwrap_or_default());
+            parsed.insert(at.offset, *index);
+        }
+        crate::liveness::mark();
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..READERS.min(reads.len()) {
+            scope.spawn(|| {
+                loop {
+                    let taken = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(read) = reads.get(taken) else { break };
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_one(read)))
+                        .unwrap_or_else(|_| {
+                            Err(RestorerError::Damaged {
+                                what: format!("reading trees of pack {} failed (a bug)", read.0.pack.to_hex().as_str()),
+                            })
+                        });
+                    if let Err(e) = result {
+                        failed
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .get_or_insert(e);
+                        // The others stop at their next read.
+                        next.store(reads.len(), std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        return Err(e);
+    }
+    trees
+        .into_iter()
+        .map(|tree| tree.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| RestorerError::Damaged {
+            what: "a tree was not read (a bug)".into(),
+        })
+}
+
+/// A tree as restic writes it: its nodes (`null` for none).
+#[derive(serde::Deserialize)]
+struct TreeNodes {
+    nodes: Option<Vec<Node>>,
+}
+
 /// A job's blobs, each with where it goes, or why it could not be read.
 type JobResult = Result<Vec<(Place, Vec<u8>)>, RestorerError>;
 
-/// Reads done and not yet written, in job order; readers wait while `WINDOW` are ahead of the
-/// writer.
+/// Reads done and not yet written, in job order; a reader takes the next job only when its bytes
+/// fit in `BUDGET` beside what is held (taken and not yet written).
 struct Shared {
     state: Mutex<Window>,
     changed: Condvar,
@@ -516,9 +746,16 @@ struct Shared {
 #[derive(Default)]
 struct Window {
     next: usize,
-    written: usize,
+    held: u64,
     done: BTreeMap<usize, JobResult>,
     stop: bool,
+}
+
+impl ReadJob {
+    /// What a job holds at most: the encrypted range and the decompressed blobs.
+    fn cost(&self) -> u64 {
+        (self.end - self.start) + self.data_bytes
+    }
 }
 
 impl Shared {
@@ -527,13 +764,15 @@ impl Shared {
     }
 
     /// The next job for a reader, or `None` when all are taken or the restore stopped.
-    fn take(&self, jobs: usize) -> Option<usize> {
+    fn take(&self, jobs: &[ReadJob]) -> Option<usize> {
         let mut window = self.lock();
         loop {
-            if window.stop || window.next >= jobs {
+            if window.stop || window.next >= jobs.len() {
                 return None;
             }
-            if window.next < window.written + WINDOW {
+            let cost = jobs[window.next].cost();
+            if window.held == 0 || window.held + cost <= BUDGET {
+                window.held += cost;
                 window.next += 1;
                 return Some(window.next - 1);
             }
@@ -555,8 +794,6 @@ impl Shared {
         let mut window = self.lock();
         loop {
             if let Some(result) = window.done.remove(&job) {
-                window.written = job + 1;
-                self.changed.notify_all();
                 return result;
             }
             window = self
@@ -564,6 +801,13 @@ impl Shared {
                 .wait(window)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+    }
+
+    /// A job's bytes are written (or dropped): readers may take more.
+    fn release(&self, cost: u64) {
+        let mut window = self.lock();
+        window.held = window.held.saturating_sub(cost);
+        self.changed.notify_all();
     }
 
     fn stop(&self) {
@@ -577,6 +821,7 @@ impl Shared {
 pub fn restore(
     repo: &Repository<IndexedFullStatus>,
     backend: &S3Backend,
+    cipher: &Aes256CtrPoly1305Aes,
     plan: &Plan,
     target: &Path,
 ) -> Result<Restored, RestorerError> {
@@ -617,19 +862,21 @@ pub fn restore(
                 .map_err(|e| write_error(&link.rel)(e.into()))?;
         }
     }
-    let (jobs, layouts) = read_jobs(repo, &plan.files)?;
-    let cipher = cipher(repo)?;
+    let order = write_order(repo, &plan.files)?;
+    let (jobs, layouts) = read_jobs(repo, &plan.files, &order)?;
     let shared = Shared {
         state: Mutex::new(Window::default()),
         changed: Condvar::new(),
     };
+    let flusher = Flusher::default();
     let written = std::thread::scope(|scope| {
+        scope.spawn(|| flusher.run(&root));
         for _ in 0..READERS.min(jobs.len()) {
             scope.spawn(|| {
-                while let Some(job) = shared.take(jobs.len()) {
+                while let Some(job) = shared.take(&jobs) {
                     // A reader that panicked must still hand in a result: the writer waits for it.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        read_job(backend, &cipher, &jobs[job])
+                        read_job(backend, cipher, &jobs[job])
                     }))
                     .unwrap_or_else(|_| {
                         Err(RestorerError::Damaged {
@@ -644,12 +891,24 @@ pub fn restore(
                 }
             });
         }
-        let result = write_files(plan, &layouts, &jobs, &shared, &mut dirs, target, &mut restored);
+        let result = write_files(
+            plan,
+            &order,
+            &layouts,
+            &jobs,
+            &shared,
+            &mut dirs,
+            target,
+            &mut restored,
+            &flusher,
+        );
         shared.stop();
+        flusher.stop();
         result
     });
     written?;
     restored.read_bytes = jobs.iter().map(|j| j.end - j.start).sum();
+    restored.reads = jobs.len() as u64;
     // Directories' own metadata last, the deepest first (a read-only directory is filled first).
     for (index, dir) in plan.dirs.iter().enumerate().skip(1).rev() {
         let fd = dirs.fd(index).map_err(write_error(&dir.rel))?;
@@ -671,14 +930,17 @@ fn write_failed(target: &Path, rel: &str, source: io::Error) -> RestorerError {
 }
 
 /// Writes every file in plan order, taking each job's blobs as the readers finish them.
+#[allow(clippy::too_many_arguments)]
 fn write_files(
     plan: &Plan,
+    order: &[usize],
     layouts: &[FileLayout],
     jobs: &[ReadJob],
     shared: &Shared,
     dirs: &mut Dirs<'_>,
     target: &Path,
     restored: &mut Restored,
+    flusher: &Flusher,
 ) -> Result<(), RestorerError> {
     let write_error = |rel: &str| {
         let rel = rel.to_string();
@@ -686,17 +948,22 @@ fn write_files(
     };
     let mut next_job = 0usize;
     let mut pending: std::collections::VecDeque<(Place, Vec<u8>)> = std::collections::VecDeque::new();
-    for (index, (file, layout)) in plan.files.iter().zip(layouts).enumerate() {
+    // The bytes of the job whose blobs are in `pending`, given back once they are all written.
+    let mut pending_cost = 0u64;
+    for &index in order {
+        let (file, layout) = (&plan.files[index], &layouts[index]);
         let parent = dirs.fd(file.dir).map_err(|e| write_error(&file.rel)(e))?;
         let out: File = fd::create_file_at(parent, &file.name, true).map_err(|e| write_error(&file.rel)(e))?;
         // The size first: what is never written stays a hole.
         out.set_len(layout.size).map_err(|e| write_error(&file.rel)(e))?;
         loop {
             if pending.is_empty() && next_job < jobs.len() && jobs[next_job].blobs[0].place.file == index {
+                shared.release(std::mem::take(&mut pending_cost));
                 match shared.wait_for(next_job) {
                     Ok(blobs) => pending.extend(blobs),
                     Err(e) => return Err(e),
                 }
+                pending_cost = jobs[next_job].cost();
                 next_job += 1;
             }
             match pending.front() {
@@ -715,8 +982,52 @@ fn write_files(
         }
         restored.files += 1;
         restored.bytes += layout.size;
+        flusher.wrote(layout.size);
     }
     Ok(())
+}
+
+/// Starts the write-back of what the restore wrote every `FLUSH_EVERY` bytes, on a thread of
+/// its own (a `syncfs` of the target's file system; its result does not matter: the final one,
+/// after the restore, is the one that is checked).
+#[derive(Default)]
+struct Flusher {
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl Flusher {
+    fn wrote(&self, bytes: u64) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.0 += bytes;
+        if state.0 >= FLUSH_EVERY {
+            self.changed.notify_all();
+        }
+    }
+
+    fn stop(&self) {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1 = true;
+        self.changed.notify_all();
+    }
+
+    fn run(&self, root: &OwnedFd) {
+        loop {
+            {
+                let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                while state.0 < FLUSH_EVERY && !state.1 {
+                    state = self
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if state.1 {
+                    return;
+                }
+                state.0 = 0;
+            }
+            let _ = rustix::fs::syncfs(root);
+        }
+    }
 }
 
 /// The block size below which zeros are written rather than left as a hole.
@@ -733,7 +1044,8 @@ fn write_sparse(out: &File, data: &[u8], offset: u64) -> io::Result<()> {
         let block_end = ((at / HOLE_BLOCK) + 1) * HOLE_BLOCK;
         let next = block_end.min(end);
         let slice = &data[(at - offset) as usize..(next - offset) as usize];
-        let zero = slice.iter().all(|b| *b == 0);
+        // An OR over the block, not a search that stops early: the compiler makes it SIMD.
+        let zero = slice.iter().fold(0u8, |acc, b| acc | b) == 0;
         match (zero, run) {
             (false, None) => run = Some(at),
             (true, Some(start)) => {
@@ -878,13 +1190,18 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_blob_is_known_by_its_id() {
-        let mut known = HashMap::new();
-        let zeros: [u8; 32] = Sha256::digest(vec![0u8; 1000]).into();
-        let zeros = DataId::from(rustic_core::Id::new(zeros));
-        assert!(is_zero_blob(&zeros, 1000, &mut known));
-        assert!(!is_zero_blob(&zeros, 999, &mut known));
+    fn a_zero_blob_is_known_by_its_id_at_every_length() {
+        // Lengths around the hash's 64-byte blocks and the generator's 64 KiB blocks.
+        let lengths: std::collections::BTreeSet<u32> =
+            [0, 1, 55, 56, 63, 64, 65, 1000, 65_535, 65_536, 65_537, 200_000]
+                .into_iter()
+                .collect();
+        let ids = zero_ids(lengths.clone());
+        for length in lengths {
+            let want: [u8; 32] = Sha256::digest(vec![0u8; length as usize]).into();
+            assert_eq!(ids[&length], DataId::from(rustic_core::Id::new(want)), "{length} zeros");
+        }
         let other: [u8; 32] = Sha256::digest(b"data").into();
-        assert!(!is_zero_blob(&DataId::from(rustic_core::Id::new(other)), 4, &mut known));
+        assert_ne!(ids[&1], DataId::from(rustic_core::Id::new(other)), "data is not zeros");
     }
 }

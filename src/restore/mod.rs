@@ -506,9 +506,14 @@ async fn stage(
             restore_format2(need_engine(engine, &request.repository)?, two, &staged).await?
         }
     };
+    let syncing = Instant::now();
     for staging in stagings {
         sync_filesystem(staging)?;
     }
+    tracing::debug!(
+        ms = syncing.elapsed().as_millis() as u64,
+        "restore: staged files durable (syncfs)"
+    );
     Ok(unpacked)
 }
 

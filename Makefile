@@ -38,16 +38,19 @@ release:
 demo: release
 	./demo/run.sh
 
-BENCH_SCALES ?= small,medium
+BENCH_SCALES ?= medium,large
 BENCH_RUNS ?= 3
 
 # Figures only, never asserted (docs/performance.md): the tools side by side, then the daemon's
-# freeze window and idle footprint, then the recovery time (empty machine to READY).
-bench:
-	./bench/run.sh --scales $(BENCH_SCALES) --runs $(BENCH_RUNS)
-	python3 bench/daemon.py --scale medium
+# freeze window and footprint 30 s after a tick, then the recovery time (empty machine to READY),
+# then issue 22's table of all of them beside restic. `release` builds the binary and the local
+# S3 server first, so a fresh clone needs nothing else.
+bench: release
+	BENCH_NO_BUILD=1 ./bench/run.sh --scales $(BENCH_SCALES) --runs $(BENCH_RUNS)
+	python3 bench/daemon.py --scale medium --idle-seconds 30
 	python3 bench/follow.py --minutes 30
-	python3 bench/recovery.py --scales medium,large --runs $(BENCH_RUNS)
+	python3 bench/recovery.py --scales $(BENCH_SCALES) --runs $(BENCH_RUNS)
+	python3 bench/summary.py
 
 # Graviton (t4g) cross build; needs `rustup target add aarch64-unknown-linux-gnu` and
 # gcc-aarch64-linux-gnu (docs/deployment.md).

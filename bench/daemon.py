@@ -27,6 +27,19 @@ ENV = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="testsecr
            AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true")
 
 
+def unit_environment():
+    """The Environment= lines of the shipped unit (GLIBC_TUNABLES): the daemon runs as deployed."""
+    env = {}
+    for line in (REPO / "systemd/spotkeeper.service").read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line[len("Environment="):].strip().strip('"').partition("=")
+            env[key] = value
+    return env
+
+
+DAEMON_ENV = dict(ENV, **unit_environment())
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,8 +118,10 @@ enabled = false
 daily = false
 {repository}""")
     log = open(work / "daemon.log", "w")
-    daemon = subprocess.Popen([str(BIN), "--config", str(config), "run"], env=ENV, stderr=log, stdout=subprocess.DEVNULL)
-    results = {"scale": args.scale, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "snapshots": []}
+    daemon = subprocess.Popen([str(BIN), "--config", str(config), "run"], env=DAEMON_ENV, stderr=log,
+                              stdout=subprocess.DEVNULL)
+    results = {"scale": args.scale, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "snapshots": [],
+               "unit_environment": unit_environment()}
     try:
         wait(lambda: "mirror warmed up" in (work / "daemon.log").read_text(), 300, "the daemon to start")
         first = json.loads(spotkeeper(config, "snapshot", "--json"))
@@ -119,7 +134,12 @@ daily = false
         cpu0, _ = proc_stat(daemon.pid)
         time.sleep(args.idle_seconds)
         cpu1, rss = proc_stat(daemon.pid)
-        results["idle"] = {"seconds": args.idle_seconds, "cpu_seconds": round(cpu1 - cpu0, 3), "rss_kib": rss}
+        status = {l.split(":")[0]: l.split()[1] for l in Path(f"/proc/{daemon.pid}/status").read_text().splitlines()
+                  if l.startswith(("RssAnon:", "RssFile:", "Threads:"))}
+        results["idle"] = {"seconds": args.idle_seconds, "cpu_seconds": round(cpu1 - cpu0, 3), "rss_kib": rss,
+                           # heap and stacks apart from the binary's own pages
+                           "rss_anon_kib": int(status["RssAnon"]), "rss_file_kib": int(status["RssFile"]),
+                           "threads": int(status["Threads"])}
     finally:
         daemon.terminate()
         daemon.wait(timeout=120)
@@ -138,7 +158,10 @@ daily = false
     print(f"| freeze window after a 20-minute change, median (min-max) of {args.runs} | {statistics.median(freezes)} ms ({min(freezes)}-{max(freezes)}) |")
     print(f"| snapshot after a 20-minute change, median (min-max) | {statistics.median(durations)} ms ({min(durations)}-{max(durations)}) |")
     print(f"| S3 requests per snapshot | {results['snapshots'][-1]['requests']} |")
-    print(f"| idle RSS | {results['idle']['rss_kib'] / 1024:.1f} MiB |")
+    idle = results["idle"]
+    print(f"| RSS {5 + args.idle_seconds} s after the last tick (unit's environment) | {idle['rss_kib'] / 1024:.1f} MiB "
+          f"(heap and stacks {idle['rss_anon_kib'] / 1024:.1f} MiB, binary {idle['rss_file_kib'] / 1024:.1f} MiB, "
+          f"{idle['threads']} threads) |")
     print(f"| idle CPU over {args.idle_seconds} s | {results['idle']['cpu_seconds']} s |")
 
 

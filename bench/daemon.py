@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = REPO / "target/release/spotkeeper"
+BIN = Path(os.environ.get("SPOTKEEPER_BIN", REPO / "target/release/spotkeeper"))
 S3 = REPO / "target/release/examples/demo-s3"
 ENV = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="testsecret", AWS_REGION="us-east-1",
            AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true")

@@ -891,7 +891,10 @@ pub fn restore(
                 }
             });
         }
-        let result = write_files(
+        // Readers and the flusher stop when the writer is done, also when it panics (the scope
+        // waits for them before it hands the panic on).
+        let _stop = StopOnDrop(&shared, &flusher);
+        write_files(
             plan,
             &order,
             &layouts,
@@ -901,10 +904,7 @@ pub fn restore(
             target,
             &mut restored,
             &flusher,
-        );
-        shared.stop();
-        flusher.stop();
-        result
+        )
     });
     written?;
     restored.read_bytes = jobs.iter().map(|j| j.end - j.start).sum();
@@ -985,6 +985,16 @@ fn write_files(
         flusher.wrote(layout.size);
     }
     Ok(())
+}
+
+/// Stops the readers and the flusher when dropped.
+struct StopOnDrop<'a>(&'a Shared, &'a Flusher);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
+        self.1.stop();
+    }
 }
 
 /// Starts the write-back of what the restore wrote every `FLUSH_EVERY` bytes, on a thread of

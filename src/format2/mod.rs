@@ -274,8 +274,12 @@ impl Repo {
             ))
         })?;
         let credentials = Credentials::password(password.expose());
-        let key = KeyOptions::default();
-        let repo = match repo.init(&Credentials::Masterkey(master), &key, &ConfigOptions::default()) {
+        // No key options: with the master key given, rustic_core writes no key of its own.
+        let repo = match repo.init(
+            &Credentials::Masterkey(master),
+            &KeyOptions::default(),
+            &ConfigOptions::default(),
+        ) {
             Ok(repo) => repo,
             Err(e) => {
                 // Lost the race for `config` (or failed before it): a key of ours would open a

@@ -403,54 +403,48 @@ impl Located {
     }
 }
 
-/// The order files are written in: by where their content starts (pack, then offset), so that
-/// the reads go through each pack front to back whatever order the trees list the files in.
-fn write_order(repo: &Repository<IndexedFullStatus>, files: &[FilePlan]) -> Result<Vec<usize>, RestorerError> {
-    let mut keyed = Vec::with_capacity(files.len());
-    for (index, file) in files.iter().enumerate() {
-        let key = match file.content.first() {
-            Some(id) => {
-                let at = Located::find(repo, id, || format!("{}: blob {}", file.rel, id.to_hex().as_str()))?;
-                Some((at.pack, at.offset))
-            }
-            None => None,
-        };
-        keyed.push((key, index));
+/// Every file's blobs as the index places them, and the order files are written in: by where
+/// their content starts (pack, then offset), so that the reads go through each pack front to
+/// back whatever order the trees list the files in.
+#[allow(clippy::type_complexity)]
+fn locate_all(
+    repo: &Repository<IndexedFullStatus>,
+    files: &[FilePlan],
+) -> Result<(Vec<Vec<(Located, u32)>>, Vec<usize>), RestorerError> {
+    let mut located = Vec::with_capacity(files.len());
+    for file in files {
+        let mut blobs = Vec::with_capacity(file.content.len());
+        for id in &file.content {
+            let blob = || format!("{}: blob {}", file.rel, id.to_hex().as_str());
+            let at = Located::find(repo, id, blob)?;
+            let length = at.data_length().map_err(|why| RestorerError::Damaged {
+                what: format!("{} {why}", blob()),
+            })?;
+            blobs.push((at, length));
+        }
+        located.push(blobs);
     }
-    keyed.sort_unstable();
-    Ok(keyed.into_iter().map(|(_, index)| index).collect())
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by_key(|&index| located[index].first().map(|(at, _)| (at.pack, at.offset)));
+    Ok((located, order))
 }
 
-/// The reads of every file's content in the order `order`, neighbouring blobs of a pack in one
-/// read, blobs of zeros left out (their places stay holes).
+/// The reads of every file's content in the order files are written in (`locate_all`),
+/// neighbouring blobs of a pack in one read, blobs of zeros left out (their places stay holes).
+#[allow(clippy::type_complexity)]
 fn read_jobs(
     repo: &Repository<IndexedFullStatus>,
     files: &[FilePlan],
-    order: &[usize],
-) -> Result<(Vec<ReadJob>, Vec<FileLayout>), RestorerError> {
+) -> Result<(Vec<usize>, Vec<ReadJob>, Vec<FileLayout>), RestorerError> {
+    let (located, order) = locate_all(repo, files)?;
     let mut jobs: Vec<ReadJob> = Vec::new();
     let mut layouts: Vec<FileLayout> = files.iter().map(|_| FileLayout { size: 0 }).collect();
-    let mut lengths = std::collections::BTreeSet::new();
-    for file in files {
-        for id in &file.content {
-            if let Ok(length) = Located::find(repo, id, String::new).and_then(|at| {
-                at.data_length()
-                    .map_err(|_| RestorerError::Damaged { what: String::new() })
-            }) {
-                lengths.insert(length);
-            }
-        }
-    }
+    let lengths = located.iter().flatten().map(|(_, length)| *length).collect();
     let zero_ids = zero_ids(lengths);
-    for &index in order {
+    for &index in &order {
         let file = &files[index];
         let mut offset = 0u64;
-        for id in &file.content {
-            let blob = || format!("{}: blob {}", file.rel, id.to_hex().as_str());
-            let location = Located::find(repo, id, blob)?;
-            let data_length = location.data_length().map_err(|why| RestorerError::Damaged {
-                what: format!("{} {why}", blob()),
-            })?;
+        for (id, &(location, data_length)) in file.content.iter().zip(&located[index]) {
             let place = Place { file: index, offset };
             offset += u64::from(data_length);
             if zero_ids.get(&data_length) == Some(id) {
@@ -497,7 +491,7 @@ fn read_jobs(
         }
         layouts[index] = FileLayout { size: offset };
     }
-    Ok((jobs, layouts))
+    Ok((order, jobs, layouts))
 }
 
 /// The id of `length` zero bytes for each length (ids are content hashes, so a blob of zeros is
@@ -862,8 +856,7 @@ pub fn restore(
                 .map_err(|e| write_error(&link.rel)(e.into()))?;
         }
     }
-    let order = write_order(repo, &plan.files)?;
-    let (jobs, layouts) = read_jobs(repo, &plan.files, &order)?;
+    let (order, jobs, layouts) = read_jobs(repo, &plan.files)?;
     let shared = Shared {
         state: Mutex::new(Window::default()),
         changed: Condvar::new(),

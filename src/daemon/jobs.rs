@@ -302,6 +302,38 @@ impl Daemon {
                 return Err(e);
             }
         };
+        // What changed so far is copied while the app runs: what it then leaves alone (a SQLite
+        // database after a checkpoint) costs the freeze a stat, not a copy.
+        let mut presynced = SyncStats::default();
+        if running
+            && consistency != Consistency::None
+            && let Some(changes) = self.snapshots.tracker.as_ref().map(TrackerSet::peek)
+            && changes.iter().flatten().any(|set| !set.is_empty())
+        {
+            let presync = tokio::task::spawn_blocking(move || {
+                let stats = mirror.presync(&changes, &AtomicBool::new(false));
+                (mirror, stats)
+            })
+            .await;
+            match presync {
+                Ok((synced, stats)) => {
+                    mirror = synced;
+                    match stats {
+                        Ok(stats) => {
+                            tracing::debug!(?stats, "changes copied before the freeze");
+                            presynced = stats;
+                        }
+                        Err(e) => {
+                            // Nothing is lost: the frozen sync copies every path named here.
+                            tracing::warn!(error = %e, "copying the changes before the freeze failed; the freeze copies them");
+                            presynced.copied += 1; // the mirror may have changed
+                        }
+                    }
+                }
+                // The mirror is lost with the task: the next sync opens it again from disk.
+                Err(e) => return Err(DaemonError::Task(e.to_string())),
+            }
+        }
         let cancel = Arc::new(AtomicBool::new(false));
         let cap = self.config.snapshot.freeze_cap;
         let started = Instant::now();
@@ -372,6 +404,7 @@ impl Daemon {
             Err(e) => Err(DaemonError::Task(e.to_string())),
         };
         drop(restore_lock);
+        let synced = synced.map(|stats| stats.after(presynced));
         // Anything that may have changed the mirror makes an upload pending.
         let changed = synced.as_ref().map_or(true, |stats| stats.changed());
         self.protect(|p| p.synced(changed));

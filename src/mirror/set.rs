@@ -13,6 +13,7 @@ use super::{Mirror, MirrorError, SyncStats};
 use crate::config::StatePath;
 use crate::exclude::Excludes;
 use crate::tree::Skipped;
+use crate::walk::ChangeSet;
 use crate::walk::tracker::{ChangeTracker, Changes};
 
 /// The failpoint after each path's mirror is synced (`crate::failpoint`).
@@ -111,7 +112,7 @@ impl MirrorSet {
         for ((name, mirror), changes) in self.mirrors.iter_mut().zip(changes) {
             let stats = match changes {
                 Some(Changes::Paths(set)) if set.is_empty() => SyncStats::default(),
-                Some(Changes::Paths(set)) => mirror.sync_changes(&set, cancel)?,
+                Some(Changes::Paths(set)) => mirror.sync_changes(&set, cancel, None)?,
                 Some(Changes::FullWalk { reason }) => {
                     tracing::info!(path = %name, reason, "walking the whole state path");
                     mirror.sync(cancel, None)?
@@ -120,6 +121,23 @@ impl MirrorSet {
             };
             add(&mut total, stats);
             crate::failpoint::hit(PATH_SYNCED);
+        }
+        Ok(total)
+    }
+
+    /// Copies what the trackers saw change so far (`TrackerSet::peek`) while the app runs, so
+    /// that the frozen sync after it finds most of it done: a file the app last changed more
+    /// than a second before this started, and did not change while it was copied, is recorded
+    /// as copied (as in `sync` with `unfrozen_since`), and the frozen sync skips it while its
+    /// fingerprint holds. Anything else is copied again frozen: the frozen sync takes every path
+    /// named here again. A path whose tracker asks for a full walk is left to the frozen sync.
+    pub fn presync(&mut self, changes: &[Option<ChangeSet>], cancel: &AtomicBool) -> Result<SyncStats, MirrorError> {
+        let since = SystemTime::now();
+        let mut total = SyncStats::default();
+        for ((_, mirror), changes) in self.mirrors.iter_mut().zip(changes) {
+            if let Some(set) = changes.as_ref().filter(|set| !set.is_empty()) {
+                add(&mut total, mirror.sync_changes(set, cancel, Some(since))?);
+            }
         }
         Ok(total)
     }
@@ -237,10 +255,180 @@ impl TrackerSet {
             .collect()
     }
 
+    /// Each path's changes so far, left for the next `take` (`None` for an untracked path or
+    /// one whose next take is a full walk).
+    pub fn peek(&self) -> Vec<Option<ChangeSet>> {
+        self.trackers
+            .iter()
+            .map(|t| t.as_ref().and_then(ChangeTracker::peek))
+            .collect()
+    }
+
     /// Makes the next sync of every path a full walk.
     pub fn request_full_walk(&self, reason: &str) {
         for tracker in self.trackers.iter().flatten() {
             tracker.request_full_walk(reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::super::tests::Rng;
+    use super::*;
+
+    /// Every file under `root` (relative path, bytes) and every directory (no bytes).
+    fn tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+        let mut found = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).expect("list") {
+                let path = entry.expect("entry").path();
+                let rel = path.strip_prefix(root).expect("under").display().to_string();
+                if path.is_dir() {
+                    found.insert(rel, None);
+                    stack.push(path);
+                } else {
+                    found.insert(rel, Some(fs::read(&path).expect("read")));
+                }
+            }
+        }
+        found
+    }
+
+    /// Waits until everything written so far is more than a second old to the presync (whose
+    /// clock is the system's), bounded.
+    fn age_past_a_second(written: SystemTime) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while SystemTime::now() < written + Duration::from_millis(1100) {
+            assert!(Instant::now() < deadline, "the clock did not move");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One write of the app: a page of the database rewritten, a log appended, a file replaced,
+    /// created or removed.
+    fn app_write(state: &Path, rng: &mut Rng) {
+        let db = state.join("memory/main.sqlite");
+        match rng.below(5) {
+            0 | 1 => {
+                let file = fs::OpenOptions::new().write(true).open(&db).expect("db");
+                let pages = file.metadata().expect("meta").len() / 4096;
+                file.write_all_at(&rng.bytes(4096), rng.below(pages) * 4096)
+                    .expect("page");
+            }
+            2 => {
+                use std::io::Write;
+                let mut log = fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(state.join("sessions/a.jsonl"))
+                    .expect("log");
+                log.write_all(&rng.bytes(100)).expect("append");
+            }
+            3 => {
+                let temp = state.join("creds.json.tmp");
+                let len = 1 + rng.below(300) as usize;
+                fs::write(&temp, rng.bytes(len)).expect("write");
+                fs::rename(&temp, state.join("creds.json")).expect("replace");
+            }
+            _ => {
+                let name = state.join(format!("sessions/{}.jsonl", rng.below(4)));
+                if name.exists() {
+                    fs::remove_file(&name).expect("remove");
+                } else {
+                    fs::write(&name, rng.bytes(50)).expect("create");
+                }
+            }
+        }
+    }
+
+    /// The presync copies while the app writes; the frozen sync after it (the app held still)
+    /// must leave the mirror equal to the state whatever the app did during the presync, and a
+    /// large file the app left alone before the presync is not copied again in the freeze.
+    #[test]
+    fn a_presync_under_a_writing_app_leaves_the_frozen_sync_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        fs::create_dir_all(state.join("memory")).expect("dir");
+        fs::create_dir_all(state.join("sessions")).expect("dir");
+        let mut rng = Rng(7);
+        fs::write(state.join("memory/main.sqlite"), rng.bytes(3 << 20)).expect("db");
+        let path = StatePath {
+            name: "state".into(),
+            dir: state.clone(),
+            mount: None,
+            exclude: Vec::new(),
+        };
+        let mut mirrors = MirrorSet::open(
+            std::slice::from_ref(&path),
+            &dir.path().join("mirror"),
+            &dir.path().join("index"),
+        )
+        .expect("open");
+        let trackers = TrackerSet::start(std::slice::from_ref(&path));
+        let cancel = AtomicBool::new(false);
+        mirrors.sync_changes(trackers.take(), &cancel).expect("first sync");
+        for round in 0..16u64 {
+            // The app writes, then (one round in four) leaves everything alone for over a second.
+            for _ in 0..1 + rng.below(6) {
+                app_write(&state, &mut rng);
+            }
+            let quiet = round % 4 == 0;
+            if quiet {
+                age_past_a_second(SystemTime::now());
+            }
+            // In the other rounds the app goes on writing while the presync copies.
+            let stop = Arc::new(AtomicBool::new(false));
+            let writer = (!quiet).then(|| {
+                let (state, stop) = (state.clone(), Arc::clone(&stop));
+                let mut rng = Rng(round);
+                std::thread::spawn(move || {
+                    let mut writes = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && writes < 10_000 {
+                        app_write(&state, &mut rng);
+                        writes += 1;
+                    }
+                })
+            });
+            let presynced = mirrors.presync(&trackers.peek(), &cancel).expect("presync");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(writer) = writer {
+                writer.join().expect("writer");
+            }
+            // Frozen: the app is still from here.
+            let frozen = mirrors.sync_changes(trackers.take(), &cancel).expect("frozen sync");
+            let context = format!("round {round}: presync {presynced:?}, frozen {frozen:?}");
+            assert!(presynced.changed(), "{context}");
+            assert!(
+                tree(&state) == tree(&dir.path().join("mirror/state")),
+                "{context}: the mirror differs from the state"
+            );
+            if quiet {
+                assert_eq!(frozen.copied, 0, "{context}: what was left alone was copied again");
+            }
+        }
+        // A presync that fails (here: cancelled before it copied anything) loses nothing: the
+        // frozen sync still has every change.
+        for _ in 0..5 {
+            app_write(&state, &mut rng);
+        }
+        let failed = mirrors.presync(&trackers.peek(), &AtomicBool::new(true));
+        assert!(
+            matches!(failed, Err(MirrorError::Cancelled)),
+            "{:?}",
+            failed.map(|_| ())
+        );
+        let frozen = mirrors.sync_changes(trackers.take(), &cancel).expect("frozen sync");
+        assert!(frozen.changed(), "{frozen:?}");
+        assert!(
+            tree(&state) == tree(&dir.path().join("mirror/state")),
+            "after a failed presync, the mirror differs from the state"
+        );
     }
 }

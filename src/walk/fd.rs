@@ -70,6 +70,17 @@ pub fn create_file_at(parent: BorrowedFd<'_>, name: &CStr, exclusive: bool) -> i
     Ok(File::from(open_at(parent, name, flags, Mode::from_raw_mode(0o600))?))
 }
 
+/// Opens the existing regular file `name` in `parent` for reading and writing, keeping its
+/// content (the mirror's update of a large file in place); never a link.
+pub fn open_file_rw_at(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+    Ok(File::from(open_at(
+        parent,
+        name,
+        OFlags::RDWR | ENTRY_FLAGS,
+        Mode::empty(),
+    )?))
+}
+
 /// Opens the directory at `path` (operator-given: the state dir, the mirror, a restore target).
 pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(

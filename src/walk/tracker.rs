@@ -161,6 +161,18 @@ impl ChangeTracker {
         }
     }
 
+    /// What the next `take` would report, without taking it; `None` when it would ask for a
+    /// full walk. The daemon copies these paths before it freezes the app (see
+    /// `mirror::MirrorSet::presync`); the frozen sync then takes them all again.
+    pub fn peek(&self) -> Option<ChangeSet> {
+        let mut inner = lock(&self.inner);
+        inner.drain();
+        if inner.full_walk.is_some() {
+            return None;
+        }
+        Some(inner.changes.clone())
+    }
+
     /// Whether the next `take` would report anything (draining the kernel queue first), without
     /// taking it: the daemon freezes the app only when there is something to copy.
     pub fn has_changes(&self) -> bool {

@@ -70,6 +70,41 @@ def proc_stat(pid):
     return cpu, rss_kib
 
 
+def anon_by_kind(pid):
+    """Anonymous RSS (KiB) of `pid` by what holds it, from /proc/PID/smaps: glibc's main arena
+    (`[heap]`), its other arenas (64 MiB reservations), thread stacks (2 MiB mappings behind a
+    guard page), and the rest (allocations above the mmap threshold, the runtime's own maps)."""
+    maps = []
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            start, end = (int(x, 16) for x in head[0].split("-"))
+            maps.append({"size": (end - start) // 1024, "perms": head[1], "name": head[5] if len(head) > 5 else "",
+                         "anon": 0})
+        elif head and head[0] == "Anonymous:":
+            maps[-1]["anon"] = int(head[1])
+    kinds = {"main arena": 0, "other arenas": 0, "thread stacks": 0, "main stack": 0, "other": 0}
+    for i, m in enumerate(maps):
+        if not m["anon"]:
+            continue
+        after_guard = i > 0 and maps[i - 1]["perms"].startswith("---") and maps[i - 1]["size"] == 4
+        arena_part = i + 1 < len(maps) and maps[i + 1]["perms"].startswith("---") and \
+            (m["size"] + maps[i + 1]["size"]) % 65536 == 0
+        if m["name"] == "[heap]":
+            kinds["main arena"] += m["anon"]
+        elif m["name"] == "[stack]":
+            kinds["main stack"] += m["anon"]
+        elif m["name"]:
+            kinds["other"] += m["anon"]
+        elif arena_part or m["size"] == 65536:
+            kinds["other arenas"] += m["anon"]
+        elif after_guard:
+            kinds["thread stacks"] += m["anon"]
+        else:
+            kinds["other"] += m["anon"]
+    return kinds
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", default="medium")
@@ -139,7 +174,7 @@ daily = false
         results["idle"] = {"seconds": args.idle_seconds, "cpu_seconds": round(cpu1 - cpu0, 3), "rss_kib": rss,
                            # heap and stacks apart from the binary's own pages
                            "rss_anon_kib": int(status["RssAnon"]), "rss_file_kib": int(status["RssFile"]),
-                           "threads": int(status["Threads"])}
+                           "threads": int(status["Threads"]), "anon_by_kind_kib": anon_by_kind(daemon.pid)}
     finally:
         daemon.terminate()
         daemon.wait(timeout=120)
@@ -162,6 +197,8 @@ daily = false
     print(f"| RSS {5 + args.idle_seconds} s after the last tick (unit's environment) | {idle['rss_kib'] / 1024:.1f} MiB "
           f"(heap and stacks {idle['rss_anon_kib'] / 1024:.1f} MiB, binary {idle['rss_file_kib'] / 1024:.1f} MiB, "
           f"{idle['threads']} threads) |")
+    kinds = ", ".join(f"{kind} {kib / 1024:.1f}" for kind, kib in idle["anon_by_kind_kib"].items())
+    print(f"| of which heap and stacks, MiB | {kinds} |")
     print(f"| idle CPU over {args.idle_seconds} s | {results['idle']['cpu_seconds']} s |")
 
 

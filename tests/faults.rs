@@ -426,6 +426,24 @@ fn a_quiet_app_is_never_frozen_and_a_change_is_copied() {
     assert_eq!(changed["outcome"], "uploaded", "{changed}");
     assert_eq!(proxy.requests("POST", "/pause"), pauses + 1);
     assert_eq!(latest_file(&t.world, "agents/new.jsonl"), b"{\"seq\":1}\n");
+
+    // A change left alone for over a second is copied before the freeze (the presync), so the
+    // frozen sync finds nothing left to copy: the snapshot must still be uploaded, with it.
+    let settled = vec![7u8; 2 << 20];
+    write(&t.world.state.join("agents/settled.bin"), &settled, 0o644);
+    let written = std::time::SystemTime::now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::SystemTime::now() < written + Duration::from_millis(1200) {
+        assert!(std::time::Instant::now() < deadline, "the clock did not move");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let presynced = t.world.json(&["snapshot", "--json"]);
+    assert_eq!(presynced["outcome"], "uploaded", "{presynced}\nlog:\n{}", daemon.log());
+    assert_eq!(proxy.requests("POST", "/pause"), pauses + 2);
+    assert!(
+        latest_file(&t.world, "agents/settled.bin") == settled,
+        "the presynced file is in the snapshot"
+    );
     assert!(daemon.stop().success(), "log:\n{}", daemon.log());
     remove_container(&t.container);
 }

@@ -705,6 +705,16 @@ fn copy_content(source: &File, target: &File, stat: &Stat) -> Result<u64, CopyEr
     let size = u64::try_from(stat.st_size).unwrap_or(0);
     let segments =
         sparse::data_segments(source, size, u64::try_from(stat.st_blocks).unwrap_or(0)).map_err(CopyError::Read)?;
+    copy_segments(source, target, size, segments)
+}
+
+/// `copy_content` once the data segments are known (`None`: no hole, the whole file).
+fn copy_segments(
+    source: &File,
+    target: &File,
+    size: u64,
+    segments: Option<Vec<sparse::Segment>>,
+) -> Result<u64, CopyError> {
     let Some(segments) = segments else {
         return copy_range(source, target, 0, None);
     };
@@ -725,12 +735,9 @@ fn update_content(source: &File, target: &File, stat: &Stat) -> Result<u64, Copy
     use std::os::unix::fs::FileExt;
     let size = u64::try_from(stat.st_size).unwrap_or(0);
     let blocks = u64::try_from(stat.st_blocks).unwrap_or(0);
-    if sparse::data_segments(source, size, blocks)
-        .map_err(CopyError::Read)?
-        .is_some()
-    {
+    if let Some(segments) = sparse::data_segments(source, size, blocks).map_err(CopyError::Read)? {
         target.set_len(0).map_err(CopyError::Write)?;
-        return copy_content(source, target, stat);
+        return copy_segments(source, target, size, Some(segments));
     }
     let mut theirs = vec![0u8; UPDATE_CHUNK];
     let mut ours = vec![0u8; UPDATE_CHUNK];

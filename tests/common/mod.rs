@@ -949,10 +949,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(world: &World) -> Daemon {
+        Daemon::start_with(world, &[])
+    }
+
+    /// `start` with more environment variables (the unit's `Environment=`, say).
+    pub fn start_with(world: &World, env: &[(String, String)]) -> Daemon {
         let log = world.dir.path().join(format!("daemon-{}.log", free_port()));
         let file = fs::File::create(&log).expect("log file");
         let child = world
             .command(&["run"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -965,6 +971,18 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|child| child.id())
+    }
+
+    /// A line of /proc/PID/status in KiB (`VmHWM`, `RssAnon`), if the daemon still runs.
+    pub fn status_kib(&self, field: &str) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// SIGKILL, as a power cut of the daemon alone; waits for it to be gone.

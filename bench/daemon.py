@@ -73,7 +73,9 @@ def proc_stat(pid):
 def anon_by_kind(pid):
     """Anonymous RSS (KiB) of `pid` by what holds it, from /proc/PID/smaps: glibc's main arena
     (`[heap]`), its other arenas (64 MiB reservations), thread stacks (2 MiB mappings behind a
-    guard page), and the rest (allocations above the mmap threshold, the runtime's own maps)."""
+    guard page), and the rest: jemalloc's heap (the daemon's allocator since 2026-12-07, whose
+    mappings carry no name), the C libraries' allocations above glibc's mmap threshold, the
+    runtime's own maps."""
     maps = []
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         head = line.split()
@@ -83,7 +85,8 @@ def anon_by_kind(pid):
                          "anon": 0})
         elif head and head[0] == "Anonymous:":
             maps[-1]["anon"] = int(head[1])
-    kinds = {"main arena": 0, "other arenas": 0, "thread stacks": 0, "main stack": 0, "other": 0}
+    kinds = {"glibc main arena": 0, "glibc other arenas": 0, "thread stacks": 0, "main stack": 0,
+             "jemalloc and other": 0}
     for i, m in enumerate(maps):
         if not m["anon"]:
             continue
@@ -91,17 +94,17 @@ def anon_by_kind(pid):
         arena_part = i + 1 < len(maps) and maps[i + 1]["perms"].startswith("---") and \
             (m["size"] + maps[i + 1]["size"]) % 65536 == 0
         if m["name"] == "[heap]":
-            kinds["main arena"] += m["anon"]
+            kinds["glibc main arena"] += m["anon"]
         elif m["name"] == "[stack]":
             kinds["main stack"] += m["anon"]
         elif m["name"]:
-            kinds["other"] += m["anon"]
+            kinds["jemalloc and other"] += m["anon"]
         elif arena_part or m["size"] == 65536:
-            kinds["other arenas"] += m["anon"]
+            kinds["glibc other arenas"] += m["anon"]
         elif after_guard:
             kinds["thread stacks"] += m["anon"]
         else:
-            kinds["other"] += m["anon"]
+            kinds["jemalloc and other"] += m["anon"]
     return kinds
 
 

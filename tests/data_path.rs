@@ -492,15 +492,10 @@ const UNIT_GLIBC_TUNABLES: &str = "glibc.malloc.mmap_threshold=1048576:glibc.mal
 
 /// The peak RSS (KiB) of `child` until it exits successfully, sampled from /proc.
 fn peak_kib_of(mut child: std::process::Child, what: &str) -> u64 {
-    let status_path = format!("/proc/{}/status", child.id());
+    let pid = child.id();
     let mut peak_kib = 0u64;
     let finished = common::wait_for(Duration::from_secs(300), || {
-        if let Ok(status) = fs::read_to_string(&status_path)
-            && let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:"))
-        {
-            let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-            peak_kib = peak_kib.max(kib);
-        }
+        peak_kib = peak_kib.max(common::proc_status_kib(pid, "VmHWM").unwrap_or(0));
         matches!(child.try_wait(), Ok(Some(_)))
     });
     assert!(finished, "{what} finished");

@@ -404,14 +404,10 @@ fn a_huge_manifest_is_refused_with_bounded_memory() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let status_path = format!("/proc/{}/status", child.id());
+    let pid = child.id();
     let mut peak_kib = 0u64;
     let finished = common::wait_for(HANG_LIMIT, || {
-        if let Ok(status) = fs::read_to_string(&status_path)
-            && let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:"))
-        {
-            peak_kib = peak_kib.max(line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0));
-        }
+        peak_kib = peak_kib.max(common::proc_status_kib(pid, "VmHWM").unwrap_or(0));
         matches!(child.try_wait(), Ok(Some(_)))
     });
     assert!(finished, "verify finished");

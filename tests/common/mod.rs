@@ -941,6 +941,13 @@ fn serve_imds(stream: std::net::TcpStream, state: &std::sync::Mutex<ImdsState>) 
     }
 }
 
+/// A field of /proc/PID/status in KiB (`VmHWM`, `RssAnon`), if the process is still there.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// A running daemon; stopped (SIGTERM) or killed when dropped.
 pub struct Daemon {
     child: Option<Child>,
@@ -978,11 +985,9 @@ impl Daemon {
         self.child.as_ref().map(|child| child.id())
     }
 
-    /// A line of /proc/PID/status in KiB (`VmHWM`, `RssAnon`), if the daemon still runs.
+    /// `proc_status_kib` of the daemon, if it still runs.
     pub fn status_kib(&self, field: &str) -> Option<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        proc_status_kib(self.pid()?, field)
     }
 
     /// SIGKILL, as a power cut of the daemon alone; waits for it to be gone.

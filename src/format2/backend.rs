@@ -177,31 +177,48 @@ impl S3Backend {
         key_of(&self.root, tpe, id)
     }
 
-    /// `length` bytes of pack `id` from `offset`, for spotkeeper's own restorer, which bounds
-    /// what it holds by itself (`READ_BUDGET` is for rustic_core's reads). A whole body, not a
-    /// shared buffer: the restorer decrypts it in place.
-    pub fn read_pack_range(&self, id: &Id, offset: u64, length: u64) -> RusticResult<Vec<u8>> {
+    /// `length` bytes of pack `id` from `offset`, gathered into `buffer` (see
+    /// `Store::get_range_into`), for spotkeeper's own restorer, which bounds what it holds by
+    /// itself (`READ_BUDGET` is for rustic_core's reads).
+    pub fn read_pack_range_into(&self, id: &Id, offset: u64, length: u64, buffer: Vec<u8>) -> RusticResult<Vec<u8>> {
         let key = self.key(FileType::Pack, id);
-        match self.block("get", &key, self.store.get_range(&key, offset, length))? {
-            Some(body) => Ok(Vec::from(body)),
-            None => Err(self.missing(&key)),
+        let read = self.block("get", &key, move |store, key| async move {
+            store.get_range_into(&key, offset, length, buffer).await
+        })?;
+        read.ok_or_else(|| self.missing(&key))
+    }
+
+    /// Runs one request, `call(store, key)`, as a task of the runtime and waits for it.
+    ///
+    /// Not on the calling thread: a body's chunks then pass between the runtime's own tasks, and
+    /// the caller is woken once, when the request is done. Driven from the caller, a 4 MiB read
+    /// woke it for every chunk (a medium restore: 18,000 context switches instead of 6,000, and a
+    /// sixth more CPU).
+    fn block<T, F>(&self, op: &'static str, key: &str, call: impl FnOnce(Store, String) -> F) -> RusticResult<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let task = self.handle.spawn(call(self.store.clone(), key.to_string()));
+        crate::liveness::mark();
+        let joined = self.handle.block_on(task);
+        crate::liveness::mark();
+        match joined {
+            Ok(result) => result.map_err(|e| self.failed(op, key, e)),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(RusticError::new(
+                ErrorKind::Backend,
+                "S3 {op} of {key} stopped: spotkeeper is shutting down",
+            )
+            .attach_context("op", op)
+            .attach_context("key", self.store.url(key))),
         }
     }
 
-    fn block<T>(
-        &self,
-        op: &'static str,
-        key: &str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> RusticResult<T> {
-        crate::liveness::mark();
-        let result = self.handle.block_on(call);
-        crate::liveness::mark();
-        result.map_err(|e| {
-            RusticError::with_source(ErrorKind::Backend, "S3 {op} of {key} failed", e)
-                .attach_context("op", op)
-                .attach_context("key", self.store.url(key))
-        })
+    fn failed(&self, op: &'static str, key: &str, e: StoreError) -> Box<RusticError> {
+        RusticError::with_source(ErrorKind::Backend, "S3 {op} of {key} failed", e)
+            .attach_context("op", op)
+            .attach_context("key", self.store.url(key))
     }
 
     fn missing(&self, key: &str) -> Box<RusticError> {
@@ -229,7 +246,7 @@ impl ReadBackend for S3Backend {
         if tpe == FileType::Config {
             // rustic_core expects the config as one entry with the zero id, or none.
             let key = self.key(tpe, &Id::default());
-            let listed = self.block("list", &key, self.store.list(&key))?;
+            let listed = self.block("list", &key, |store, key| async move { store.list(&key).await })?;
             return Ok(listed
                 .iter()
                 .find(|o| o.key == key)
@@ -247,7 +264,11 @@ impl ReadBackend for S3Backend {
         }
         // The trailing slash keeps `data/` from matching `database/`; packs sit one level down.
         let prefix = format!("{}/{}/", self.root, tpe.dirname());
-        let listed = self.block("list", &prefix, self.store.list(&prefix))?;
+        let listed = self.block(
+            "list",
+            &prefix,
+            |store, prefix| async move { store.list(&prefix).await },
+        )?;
         let listed: Vec<(Id, u32)> = listed
             .into_iter()
             .filter_map(|o| {
@@ -267,7 +288,7 @@ impl ReadBackend for S3Backend {
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
         let key = self.key(tpe, id);
-        match self.block("get", &key, self.store.get_bytes(&key))? {
+        match self.block("get", &key, |store, key| async move { store.get_bytes(&key).await })? {
             Some((body, _)) => Ok(body),
             None => Err(self.missing(&key)),
         }
@@ -277,11 +298,10 @@ impl ReadBackend for S3Backend {
         let key = self.key(tpe, id);
         // Held until rustic_core drops what it read (see `READ_BUDGET`).
         let lease = self.budget.take(u64::from(length));
-        match self.block(
-            "get",
-            &key,
-            self.store.get_range(&key, u64::from(offset), u64::from(length)),
-        )? {
+        let (offset, length) = (u64::from(offset), u64::from(length));
+        match self.block("get", &key, move |store, key| async move {
+            store.get_range(&key, offset, length).await
+        })? {
             Some(body) => Ok(Bytes::from_owner(Leased { body, _lease: lease })),
             None => Err(self.missing(&key)),
         }
@@ -317,7 +337,7 @@ impl WriteBackend for S3Backend {
                 Ok(_) => {}
                 // Ours, if a retry of a PUT whose answer was lost found our own bytes.
                 Err(e) if e.problem() == Some(&crate::store::Problem::PreconditionFailed) => {
-                    let existing = self.block("get", &key, self.store.get_bytes(&key))?;
+                    let existing = self.block("get", &key, |store, key| async move { store.get_bytes(&key).await })?;
                     if existing.map(|(bytes, _)| bytes) != Some(body) {
                         return Err(RusticError::new(
                             ErrorKind::Backend,
@@ -340,12 +360,11 @@ impl WriteBackend for S3Backend {
             return Ok(());
         }
         let size = u32::try_from(body.len()).unwrap_or(u32::MAX);
-        self.block(
-            "put",
-            &key,
-            self.store
-                .put_bytes(&key, body, "application/octet-stream", &[], PutCondition::None),
-        )?;
+        self.block("put", &key, |store, key| async move {
+            store
+                .put_bytes(&key, body, "application/octet-stream", &[], PutCondition::None)
+                .await
+        })?;
         if tpe == FileType::Index
             && let Some(listed) = &mut self.memo().listed
             && !listed.iter().any(|(known, _)| known == id)
@@ -369,7 +388,9 @@ impl WriteBackend for S3Backend {
         {
             listed.retain(|(known, _)| known != id);
         }
-        let refused = self.block("delete", &key, self.store.delete(std::slice::from_ref(&key)))?;
+        let refused = self.block("delete", &key, |store, key| async move {
+            store.delete(std::slice::from_ref(&key)).await
+        })?;
         match refused.into_iter().next() {
             None => Ok(()),
             Some((key, why)) => Err(

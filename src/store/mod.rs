@@ -354,34 +354,87 @@ impl Store {
             return Err(too_large());
         }
         let etag = output.e_tag().map(str::to_string);
-        let mut buffer = bytes::BytesMut::with_capacity(usize::try_from(announced.unwrap_or(0)).unwrap_or(0));
-        loop {
-            let chunk = output
-                .body
-                .try_next()
-                .await
-                .map_err(|e| self.interrupted(relative, &e))?;
-            let Some(chunk) = chunk else { break };
-            if (buffer.len() + chunk.len()) as u64 > cap {
-                return Err(too_large());
+        let mut buffer = Vec::with_capacity(usize::try_from(announced.unwrap_or(0)).unwrap_or(0));
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        if !self.gather(relative, &mut output.body, &mut buffer, cap).await? {
+            return Err(too_large());
+        }
+        Ok(Some((Bytes::from(buffer), etag)))
+    }
+
+    /// Appends `body` to `buffer` as it arrives; `false` (and the rest left unread) as soon as
+    /// `buffer` would pass `cap` bytes.
+    async fn gather(
+        &self,
+        relative: &str,
+        body: &mut ByteStream,
+        buffer: &mut Vec<u8>,
+        cap: usize,
+    ) -> Result<bool, StoreError> {
+        while let Some(chunk) = body.try_next().await.map_err(|e| self.interrupted(relative, &e))? {
+            if buffer.len() + chunk.len() > cap {
+                return Ok(false);
             }
             buffer.extend_from_slice(&chunk);
         }
-        Ok(Some((buffer.freeze(), etag)))
+        Ok(true)
     }
 
     /// `length` bytes of the object from `offset` (a ranged GET), or `None` when the key does not
     /// exist. Fewer bytes than asked (the object is shorter) is an error: a reader of packs asks
     /// for exactly what its index says is there.
     pub async fn get_range(&self, relative: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
-        self.again_if_broken(|| self.get_range_once(relative, offset, length))
-            .await
+        let read = self.get_range_into(relative, offset, length, Vec::new()).await?;
+        Ok(read.map(Bytes::from))
     }
 
-    async fn get_range_once(&self, relative: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
+    /// `get_range`, the bytes gathered into `buffer` (emptied first): a reader that gives its
+    /// buffers back and takes them again faults their pages in once, not once per read. Only
+    /// `length` bytes are ever taken: a body longer than asked is an error, not a larger buffer.
+    pub async fn get_range_into(
+        &self,
+        relative: &str,
+        offset: u64,
+        length: u64,
+        buffer: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        // The buffer goes to the first attempt; a retry (rare) gathers into a new one.
+        let buffer = std::sync::Mutex::new(Some(buffer));
+        self.again_if_broken(|| {
+            let buffer = buffer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .unwrap_or_default();
+            self.get_range_once(relative, offset, length, buffer)
+        })
+        .await
+    }
+
+    async fn get_range_once(
+        &self,
+        relative: &str,
+        offset: u64,
+        length: u64,
+        mut buffer: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        buffer.clear();
         if length == 0 {
-            return Ok(Some(Bytes::new()));
+            return Ok(Some(buffer));
         }
+        let wrong_length = |got: String| {
+            StoreError::request(
+                Problem::Other {
+                    status: None,
+                    code: None,
+                    message: format!(
+                        "asked for {length} bytes at offset {offset}, got {got}: the object is shorter than its index says"
+                    ),
+                },
+                self.context("get", relative),
+            )
+        };
+        let wanted = usize::try_from(length).map_err(|_| wrong_length("more than this machine can hold".into()))?;
         let range = format!("bytes={offset}-{}", offset + length - 1);
         let request = self
             .client
@@ -390,31 +443,19 @@ impl Store {
             .key(self.full_key(relative))
             .range(range)
             .send();
-        let output = match crate::liveness::alive_while(self.request_bound, request).await {
+        let mut output = match crate::liveness::alive_while(self.request_bound, request).await {
             Ok(output) => output,
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(err) => return Err(self.error("get", relative, err)),
         };
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.interrupted(relative, &e))?
-            .into_bytes();
-        if body.len() as u64 != length {
-            return Err(StoreError::request(
-                Problem::Other {
-                    status: None,
-                    code: None,
-                    message: format!(
-                        "asked for {length} bytes at offset {offset}, got {}: the object is shorter than its index says",
-                        body.len()
-                    ),
-                },
-                self.context("get", relative),
-            ));
+        buffer.reserve_exact(wanted);
+        if !self.gather(relative, &mut output.body, &mut buffer, wanted).await? {
+            return Err(wrong_length("more".into()));
         }
-        Ok(Some(body))
+        if buffer.len() != wanted {
+            return Err(wrong_length(buffer.len().to_string()));
+        }
+        Ok(Some(buffer))
     }
 
     /// A streaming body, or `None` when the key does not exist.

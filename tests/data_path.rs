@@ -539,9 +539,9 @@ fn snapshot_and_restore_peak_kib(blobs: u64) -> (u64, u64) {
 /// (a snapshot that held the state, or a share of every file, would). Measured on 2026-12-07 in
 /// the debug build with jemalloc (src/main.rs, .cargo/config.toml): 216 MiB for 100 MiB, 304 MiB
 /// for 400 MiB; what grows is rustic_core's packer and index. A restore holds its contents within
-/// a budget, so it grows less: 116 MiB and 127 MiB. (glibc, before: 205 and 294 MiB, 151 and
-/// 170 MiB; jemalloc without its 1 MiB oversize threshold: a restore of 174 and 251 MiB, which
-/// failed here.)
+/// a budget, so it grows less: 116 MiB and 127 MiB; 103 MiB and 110 MiB since it reuses its
+/// buffers (2026-12-08). (glibc, before: 205 and 294 MiB, 151 and 170 MiB; jemalloc without its
+/// 1 MiB oversize threshold: a restore of 174 and 251 MiB, which failed here.)
 #[test]
 fn memory_stays_bounded_for_a_large_state() {
     let unit = fs::read_to_string(common::repo_root().join("systemd/spotkeeper.service")).expect("unit");

@@ -8,7 +8,9 @@
 //! What a new machine waits for (issue 22): the trees of one depth are read together (a round
 //! of GETs per depth, not one GET per directory); what is held is bounded in bytes (`BUDGET`),
 //! not in reads; the ids of blobs of zeros cost one pass over the longest of them; and the
-//! write-back starts while the restore goes on (`FLUSH_EVERY`), so the final `syncfs` is short.
+//! write-back starts while the restore goes on (`FLUSH_EVERY`), so the final `syncfs` is short;
+//! the buffers of reads and blobs are reused (`Buffers`), and each read wakes its reader once
+//! (`S3Backend::block`).
 //!
 //! rustic_core's own restorer joins names onto the target as path strings (a path past PATH_MAX
 //! fails, a crafted tree could write through a link), writes every zero, and panics on some

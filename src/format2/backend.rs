@@ -199,9 +199,12 @@ impl S3Backend {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let task = self.handle.spawn(call(self.store.clone(), key.to_string()));
+        // Aborted if this thread unwinds before the request is done (`block_on` called from
+        // async code panics): no request runs on for a caller that is gone.
+        let mut task =
+            tokio_util::task::AbortOnDropHandle::new(self.handle.spawn(call(self.store.clone(), key.to_string())));
         crate::liveness::mark();
-        let joined = self.handle.block_on(task);
+        let joined = self.handle.block_on(&mut task);
         crate::liveness::mark();
         match joined {
             Ok(result) => result.map_err(|e| self.failed(op, key, e)),

@@ -390,7 +390,13 @@ impl Located {
     }
 
     /// Its length once decrypted and decompressed, or why it cannot be one of restic's blobs.
+    /// Its length in the pack is bounded too: a read is allocated at that length before its
+    /// bytes arrive, so a damaged index must not ask for 4 GiB of it.
     fn data_length(&self) -> Result<u32, &'static str> {
+        let largest_sealed = zstd::zstd_safe::compress_bound(MAX_BLOB_BYTES as usize) as u64 + 32;
+        if self.length > largest_sealed {
+            return Err("claims more bytes in its pack than any chunk takes");
+        }
         let length = match self.uncompressed {
             Some(length) => length,
             None => u32::try_from(self.length)
@@ -551,9 +557,9 @@ fn read_job(
     let mut out: Vec<(Place, Vec<u8>)> = Vec::with_capacity(job.blobs.len());
     // A blob is decrypted in place once: one that comes again (two files, or one file, holding
     // the same chunk) is a copy of the first.
-    let mut opened: HashMap<u64, usize> = HashMap::new();
+    let mut opened: HashMap<(u64, u64, DataId), usize> = HashMap::new();
     for blob in &job.blobs {
-        if let Some(&first) = opened.get(&blob.offset) {
+        if let Some(&first) = opened.get(&(blob.offset, blob.length, blob.id)) {
             let mut data = buffers.take(out[first].1.len());
             data.extend_from_slice(&out[first].1);
             out.push((blob.place, data));
@@ -574,7 +580,7 @@ fn read_job(
         let length = blob.uncompressed.map_or(sealed.len(), |length| length as usize);
         let mut data = buffers.take(length);
         open_blob(cipher, sealed, blob.uncompressed, &blob.id, decompressor, &mut data).map_err(|why| damaged(&why))?;
-        opened.insert(blob.offset, out.len());
+        opened.insert((blob.offset, blob.length, blob.id), out.len());
         out.push((blob.place, data));
     }
     buffers.give(bytes);
@@ -666,10 +672,10 @@ fn read_trees(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed: Mutex<Option<RestorerError>> = Mutex::new(None);
     let read_one = |(range, members): &(Located, Vec<(Located, usize)>)| -> Result<(), RestorerError> {
+        let mut decompressor = new_decompressor()?;
         let mut bytes = backend
             .read_pack_range_into(&range.pack, range.offset, range.length, Vec::new())
             .map_err(RestorerError::Repository)?;
-        let mut decompressor = new_decompressor()?;
         // A tree that comes twice (two identical directories) is parsed once.
         let mut parsed: HashMap<u64, usize> = HashMap::new();
         for (at, index) in members {
@@ -1030,9 +1036,10 @@ fn new_decompressor() -> Result<zstd::bulk::Decompressor<'static>, RestorerError
 /// unmapped again: 90,000 page faults for a medium restore, a fifth of its system time.
 ///
 /// A buffer's capacity is a power of two, so that one fits the next read or blob of its class
-/// whatever its exact length; the pages past what it ever held are never touched. What is kept
-/// unused is bounded (`KEPT_BUFFER_BYTES`); with what is in flight (`BUDGET`) that is all a
-/// restore holds of contents. Small buffers are not kept: the allocator reuses those anyway.
+/// whatever its exact length. A kept buffer is given only for a length of at least half its
+/// capacity, so what a buffer in flight holds is at most twice what the budget counts for it
+/// (`BUDGET`), and what is kept unused is bounded (`KEPT_BUFFER_BYTES`), the largest going
+/// first. Small buffers are not kept: the allocator reuses those anyway.
 #[derive(Default)]
 struct Buffers {
     free: Mutex<Vec<Vec<u8>>>,
@@ -1045,7 +1052,7 @@ const SMALLEST_KEPT_BUFFER: usize = 64 * 1024;
 
 impl Buffers {
     /// An empty buffer that holds `length` bytes without growing: the smallest kept one that
-    /// does, else a new one.
+    /// does and is at most twice as large, else a new one.
     fn take(&self, length: usize) -> Vec<u8> {
         if length < SMALLEST_KEPT_BUFFER {
             return Vec::with_capacity(length);
@@ -1054,7 +1061,7 @@ impl Buffers {
         let fitting = free
             .iter()
             .enumerate()
-            .filter(|(_, buffer)| buffer.capacity() >= length)
+            .filter(|(_, buffer)| buffer.capacity() >= length && buffer.capacity() / 2 <= length)
             .min_by_key(|(_, buffer)| buffer.capacity())
             .map(|(index, _)| index);
         match fitting {
@@ -1071,7 +1078,7 @@ impl Buffers {
     }
 
     /// Keeps `buffer` for later, unless that keeps more than `KEPT_BUFFER_BYTES`: then the
-    /// smallest kept buffers go (`buffer` itself if it is the smallest).
+    /// largest kept buffers go (`buffer` itself if it is the largest).
     fn give(&self, buffer: Vec<u8>) {
         if buffer.capacity() < SMALLEST_KEPT_BUFFER {
             return;
@@ -1080,15 +1087,15 @@ impl Buffers {
         free.push(buffer);
         let mut kept: usize = free.iter().map(Vec::capacity).sum();
         while kept > KEPT_BUFFER_BYTES {
-            let Some(smallest) = free
+            let Some(largest) = free
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, buffer)| buffer.capacity())
+                .max_by_key(|(_, buffer)| buffer.capacity())
                 .map(|(index, _)| index)
             else {
                 break;
             };
-            kept -= free.swap_remove(smallest).capacity();
+            kept -= free.swap_remove(largest).capacity();
         }
     }
 }
@@ -1362,6 +1369,29 @@ mod tests {
     }
 
     #[test]
+    fn an_index_entry_larger_than_any_chunk_is_refused_before_a_read_is_allocated() {
+        let at = |length: u64, uncompressed: Option<u32>| Located {
+            pack: rustic_core::Id::default(),
+            offset: 0,
+            length,
+            uncompressed,
+        };
+        let largest_sealed = zstd::zstd_safe::compress_bound(MAX_BLOB_BYTES as usize) as u64 + 32;
+        assert_eq!(at(1056, Some(4096)).data_length(), Ok(4096));
+        assert_eq!(at(1056, None).data_length(), Ok(1024));
+        assert_eq!(
+            at(largest_sealed, Some(MAX_BLOB_BYTES)).data_length(),
+            Ok(MAX_BLOB_BYTES)
+        );
+        // 4 GiB in the pack for 1 KiB of data: a read of that length would be allocated first.
+        assert!(at(4 << 30, Some(1024)).data_length().is_err());
+        assert!(at(largest_sealed + 1, Some(1024)).data_length().is_err());
+        assert!(at(u64::from(u32::MAX), None).data_length().is_err());
+        assert!(at(1056, Some(MAX_BLOB_BYTES + 1)).data_length().is_err());
+        assert!(at(31, None).data_length().is_err(), "shorter than its encryption");
+    }
+
+    #[test]
     fn buffers_fit_what_is_asked_are_reused_and_keep_a_bounded_amount() {
         let buffers = Buffers::default();
         // Lengths from a fixed generator: small ones, and restic's chunks of 512 KiB to 8 MiB.
@@ -1385,6 +1415,13 @@ mod tests {
                 buffer.is_empty() && buffer.capacity() >= length,
                 "round {round}: {length} bytes fit"
             );
+            if length >= SMALLEST_KEPT_BUFFER {
+                assert!(
+                    buffer.capacity() / 2 <= length,
+                    "round {round}: {length} bytes in {}",
+                    buffer.capacity()
+                );
+            }
             if before.contains(&buffer.as_ptr()) {
                 reused += 1;
             }

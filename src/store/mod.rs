@@ -32,6 +32,10 @@ const DELETE_BATCH: usize = 1000;
 const MAX_ATTEMPTS: u32 = 5;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A body's buffer is allocated at its announced or asked length up to this, and grows with the
+/// bytes that come beyond it: a lying `Content-Length` or a damaged index must not become one
+/// allocation of gigabytes.
+const PREALLOCATED_AT_MOST: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -354,7 +358,9 @@ impl Store {
             return Err(too_large());
         }
         let etag = output.e_tag().map(str::to_string);
-        let mut buffer = Vec::with_capacity(usize::try_from(announced.unwrap_or(0)).unwrap_or(0));
+        // The announced length is the server's word: allocated up to a bound, grown beyond it.
+        let announced = usize::try_from(announced.unwrap_or(0)).unwrap_or(0);
+        let mut buffer = Vec::with_capacity(announced.min(PREALLOCATED_AT_MOST));
         let cap = usize::try_from(cap).unwrap_or(usize::MAX);
         if !self.gather(relative, &mut output.body, &mut buffer, cap).await? {
             return Err(too_large());
@@ -422,19 +428,17 @@ impl Store {
         if length == 0 {
             return Ok(Some(buffer));
         }
-        let wrong_length = |got: String| {
+        let wrong_length = |why: String| {
             StoreError::request(
                 Problem::Other {
                     status: None,
                     code: None,
-                    message: format!(
-                        "asked for {length} bytes at offset {offset}, got {got}: the object is shorter than its index says"
-                    ),
+                    message: format!("asked for {length} bytes at offset {offset}, {why}"),
                 },
                 self.context("get", relative),
             )
         };
-        let wanted = usize::try_from(length).map_err(|_| wrong_length("more than this machine can hold".into()))?;
+        let wanted = usize::try_from(length).map_err(|_| wrong_length("more than this machine can address".into()))?;
         let range = format!("bytes={offset}-{}", offset + length - 1);
         let request = self
             .client
@@ -448,12 +452,18 @@ impl Store {
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(err) => return Err(self.error("get", relative, err)),
         };
-        buffer.reserve_exact(wanted);
+        // What was asked for, up to a bound: a length beyond it grows with the bytes that come.
+        buffer.reserve_exact(wanted.min(PREALLOCATED_AT_MOST));
         if !self.gather(relative, &mut output.body, &mut buffer, wanted).await? {
-            return Err(wrong_length("more".into()));
+            return Err(wrong_length(
+                "got more: the server sent more than the range (did it ignore `Range`?)".into(),
+            ));
         }
         if buffer.len() != wanted {
-            return Err(wrong_length(buffer.len().to_string()));
+            return Err(wrong_length(format!(
+                "got {}: the object is shorter than its index says",
+                buffer.len()
+            )));
         }
         Ok(Some(buffer))
     }

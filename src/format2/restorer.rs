@@ -1425,7 +1425,7 @@ mod tests {
             if before.contains(&buffer.as_ptr()) {
                 reused += 1;
             }
-            buffer.resize(length, 1);
+            buffer.push(1);
             held.push(buffer);
             // Given back in another order than taken, a few at a time.
             if held.len() > (next() % 8) as usize {

@@ -164,7 +164,26 @@ pub fn check_lineage(
 /// prefix, or on one that held only format 1), then moves `latest.json` to it under the lineage
 /// guard. Format 2 is the only format written: the CLI and the daemon both come here.
 pub async fn take(store: &Store, engine: &Engine, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
-    let taken = take_steps(store, engine, request).await;
+    let writer = request.host.writer.clone();
+    let prepared = prepare(store, engine, request.base, writer.as_deref(), request.force).await;
+    match prepared {
+        Ok(prepared) => take_prepared(store, engine, prepared, request).await,
+        Err(e) => {
+            engine.forget_known();
+            Err(e)
+        }
+    }
+}
+
+/// `take` once `prepare` has read what it needs from S3 (`spotkeeper snapshot` prepares while
+/// it fills the mirrors).
+pub async fn take_prepared(
+    store: &Store,
+    engine: &Engine,
+    prepared: Prepared,
+    request: SnapshotRequest,
+) -> Result<SnapshotReport, SnapshotError> {
+    let taken = take_steps(store, engine, prepared, request).await;
     if taken.is_err() {
         // Whatever failed, the next snapshot trusts nothing it knew: it reads the head again.
         engine.forget_known();
@@ -176,37 +195,89 @@ pub async fn take(store: &Store, engine: &Engine, request: SnapshotRequest) -> R
 /// host (and paths), and Spot machines' hostnames change. The real hostname is in `latest.json`.
 pub const FORMAT2_HOST: &str = "spotkeeper";
 
-/// `take`'s steps. In the steady state (this engine wrote the head last) it reads
-/// nothing from S3: the head and its ETag, the snapshots and the index listing are what the
-/// engine knows; the pointer's conditional write fails if anyone else moved the head.
-async fn take_steps(store: &Store, engine: &Engine, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
+/// What a snapshot reads before its backup: the head with its ETag and format 2's snapshots,
+/// the repository opened (its key derived) or created on the way. None of it depends on the
+/// state, so it can be read while the mirrors are filled.
+#[derive(Debug)]
+pub struct Prepared {
+    head: Option<Head>,
+    etag: Option<String>,
+    listed: Vec<crate::format2::Listed>,
+    /// This engine wrote the head last: nothing was read from S3.
+    steady: bool,
+}
+
+/// The first steps of a snapshot. In the steady state (this engine wrote the head last) it reads
+/// nothing from S3: the head and its ETag and the snapshots are what the engine knows; the
+/// pointer's conditional write fails if anyone else moved the head. Otherwise it reads the head,
+/// refuses a state that does not descend from it (before any repository is created), then lists
+/// format 2's snapshots, creating the repository when there is none.
+pub async fn prepare(
+    store: &Store,
+    engine: &Engine,
+    base: Option<SnapshotId>,
+    writer: Option<&str>,
+    force: bool,
+) -> Result<Prepared, SnapshotError> {
+    if let Some(((pointer, etag), listed)) = engine.known_head().zip(engine.known_snapshots()) {
+        return Ok(Prepared {
+            head: Some(Head::Two(pointer)),
+            etag: Some(etag),
+            listed,
+            steady: true,
+        });
+    }
+    let (head, etag) = head_for_writer(store, engine).await?;
+    lineage(store, head.as_ref(), base, writer.unwrap_or_default(), force)?;
+    let listed = ensure_format2(engine).await?;
+    Ok(Prepared {
+        head,
+        etag,
+        listed,
+        steady: false,
+    })
+}
+
+/// `check_lineage` as the error a snapshot returns.
+fn lineage(
+    store: &Store,
+    head: Option<&Head>,
+    base: Option<SnapshotId>,
+    writer: &str,
+    force: bool,
+) -> Result<(), SnapshotError> {
+    let Some(head) = head else {
+        return Ok(());
+    };
+    check_lineage(Some(head.lineage()), base, writer, force).map_err(|origin| SnapshotError::Diverged {
+        repository: repository_url(store),
+        latest: head.id(),
+        origin,
+    })
+}
+
+/// `take`'s steps after `prepare`.
+async fn take_steps(
+    store: &Store,
+    engine: &Engine,
+    prepared: Prepared,
+    request: SnapshotRequest,
+) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let requests_before = store.requests();
     let counts_before = store.request_counts();
-    let known = engine.known_head().zip(engine.known_snapshots());
-    let steady = known.is_some();
-    let (head, etag, known_listed) = match known {
-        Some(((pointer, etag), listed)) => (Some(Head::Two(pointer)), Some(etag), Some(listed)),
-        None => {
-            let (head, etag) = head_for_writer(store, engine).await?;
-            (head, etag, None)
-        }
-    };
+    let Prepared {
+        head,
+        etag,
+        listed,
+        steady,
+    } = prepared;
+    // Checked again with the request's own lineage (a prepared head is only ever this request's).
     let writer = request.host.writer.as_deref().unwrap_or_default();
-    check_lineage(head.as_ref().map(Head::lineage), request.base, writer, request.force).map_err(|origin| {
-        SnapshotError::Diverged {
-            repository: repository_url(store),
-            latest: head.as_ref().map_or(SnapshotId::new(request.now, 1), Head::id),
-            origin,
-        }
-    })?;
+    lineage(store, head.as_ref(), request.base, writer, request.force)?;
     // The mirrors' totals are what the backup reads (rustic_core reports its bytes as it goes).
     let total: u64 = request.paths.iter().map(|p| p.bytes).sum();
     let _progress = crate::progress::begin("snapshot", Some(total), None);
-    let listed = match known_listed {
-        Some(listed) => listed,
-        None => ensure_format2(engine).await?,
-    };
     let minute = SnapshotId::new(request.now, 1);
     // Format 1's ids in this minute: only a prefix whose head this engine did not write can
     // have them (a format-1 writer moves `latest/`, never `latest.json`).

@@ -40,16 +40,26 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
     let base = local
         .as_ref()
         .and_then(|r| r.base_for_set(&repository, &config.state.dirs()));
+    let writer = record::current_writer_id(&config.state.work_dir)?;
     // The engine walks by path: it reads mirrors that spotkeeper's own walker (by descriptor, no
-    // link followed) filled, never the live state directories.
-    let (source, paths, also_skipped, _lock) = fill_mirrors(config).await?;
+    // link followed) filled, never the live state directories. The head and the snapshots are
+    // read (and the key derived) meanwhile: they do not depend on the state. The lock comes
+    // first, so that two of these never create one repository twice.
+    let lock = lock_mirrors(config)?;
+    let (filled, prepared) = tokio::join!(
+        fill_mirrors(config, &lock),
+        snapshot::prepare(store, &engine, base, Some(&writer), args.force)
+    );
+    // As when the two ran one after the other: the state's error first.
+    let (paths, also_skipped) = filled?;
+    let prepared = prepared?;
     let request = SnapshotRequest {
-        source,
+        source: lock.mirror_dir.clone(),
         paths,
         host: Host {
             hostname: snapshot::hostname(),
             instance_id: None,
-            writer: Some(record::current_writer_id(&config.state.work_dir)?),
+            writer: Some(writer),
         },
         base,
         force: args.force,
@@ -58,7 +68,8 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         image: None,
         follow: false,
     };
-    let report = snapshot::take(store, &engine, request).await?;
+    let report = snapshot::take_prepared(store, &engine, prepared, request).await?;
+    drop(lock);
     record::remember(&config.state.work_dir, &repository, &primary.dir, report.id, report.id)?;
     print_outcome(&report.outcome(0), args.json, "")
 }
@@ -71,20 +82,17 @@ const CLI_MIRROR_INDEX_DIR: &str = "snapshot-mirror-indexes";
 /// The one mirror of before `[[state.paths]]`, removed when found.
 const LEGACY_CLI_MIRROR_DIR: &str = "snapshot-mirror";
 
-/// Brings `work_dir/snapshot-mirrors/` up to date with the state paths (copying only what
-/// changed since the last such snapshot), holding a lock so that two of these never share it.
-/// Returns the mirrors' directory, each path's totals and what was skipped.
-async fn fill_mirrors(
-    config: &Config,
-) -> Result<
-    (
-        std::path::PathBuf,
-        Vec<crate::mirror::PathTotals>,
-        Vec<crate::tree::Skipped>,
-        std::fs::File,
-    ),
-    CommandError,
-> {
+/// The CLI's mirrors, held: `work_dir/snapshot-mirrors/` and the locks that keep two
+/// `spotkeeper snapshot`s (this version's or an older one's) from sharing them.
+struct MirrorsLock {
+    mirror_dir: std::path::PathBuf,
+    _lock: std::fs::File,
+    _legacy_lock: std::fs::File,
+}
+
+/// Takes the mirrors' locks (refusing while another snapshot holds them) and removes the mirror
+/// of before `[[state.paths]]`.
+fn lock_mirrors(config: &Config) -> Result<MirrorsLock, CommandError> {
     let work_dir = &config.state.work_dir;
     let mirror_dir = work_dir.join(CLI_MIRROR_DIR);
     crate::private_fs::create_dir_all(work_dir)?;
@@ -114,11 +122,25 @@ async fn fill_mirrors(
             std::fs::remove_file(&legacy)
         };
     }
+    Ok(MirrorsLock {
+        mirror_dir,
+        _lock: lock,
+        _legacy_lock: legacy_lock,
+    })
+}
+
+/// Brings the locked mirrors up to date with the state paths (copying only what changed since
+/// the last such snapshot). Returns each path's totals and what was skipped.
+async fn fill_mirrors(
+    config: &Config,
+    held: &MirrorsLock,
+) -> Result<(Vec<crate::mirror::PathTotals>, Vec<crate::tree::Skipped>), CommandError> {
+    let work_dir = &config.state.work_dir;
     let paths = config.state.paths.clone();
     let index_dir = work_dir.join(CLI_MIRROR_INDEX_DIR);
-    let root = mirror_dir.clone();
+    let root = held.mirror_dir.clone();
     let state_work_dir = work_dir.clone();
-    let (totals, skipped) = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         // No restore swaps a path in while the paths are copied: the mirrors hold one moment.
         let _restore_lock = crate::state_lock::hold(&state_work_dir, "snapshot", crate::state_lock::COMMAND_WAIT)?;
         let mut mirrors = crate::mirror::MirrorSet::open(&paths, &root, &index_dir)?;
@@ -128,8 +150,7 @@ async fn fill_mirrors(
         Ok::<_, CommandError>((mirrors.totals(), mirrors.skipped()))
     })
     .await
-    .map_err(|e| CommandError::Output(std::io::Error::other(e.to_string())))??;
-    Ok((mirror_dir, totals, skipped, lock))
+    .map_err(|e| CommandError::Output(std::io::Error::other(e.to_string())))?
 }
 
 /// The result, once: the same schema with or without the daemon.

@@ -1065,6 +1065,35 @@ pub async fn engine_for(
 mod tests {
     use super::*;
 
+    /// The vendored chunker keeps the tables it built last (vendor/README.md). Whatever polynom
+    /// came before, a `Rabin64`'s hash of each 64-byte window must be that window read as a
+    /// polynom and reduced by this one's polynom: tables kept for another polynom break it.
+    #[test]
+    fn the_chunker_hashes_each_window_by_its_own_polynom_whatever_came_before() {
+        use rustic_cdc::{Polynom, Polynom64, Rabin64, RollingHash64};
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // restic's polynoms have degree 53; the reference below shifts a reduced hash by 8 bits.
+        let mut polynom = || (next() & ((1 << 53) - 1)) | (1 << 53) | 1;
+        let polynoms: Vec<Polynom64> = (0..6).map(|_| polynom()).collect();
+        let bytes: Vec<u8> = (0..400).map(|_| (next() >> 56) as u8).collect();
+        // Each polynom in turn, then again: every one after a different one, and after itself.
+        for &p in polynoms.iter().chain(polynoms.iter().rev()).chain(polynoms.iter()) {
+            let mut rabin = Rabin64::new_with_polynom(6, &p);
+            for (at, &byte) in bytes.iter().enumerate() {
+                rabin.slide(byte);
+                let window = &bytes[(at + 1).saturating_sub(64)..=at];
+                let expected = window.iter().fold(0u64, |h, &b| ((h << 8) | u64::from(b)).modulo(&p));
+                assert_eq!(*rabin.get_hash(), expected, "polynom {p:#x}, byte {at}");
+            }
+        }
+    }
+
     #[test]
     fn the_paths_round_trip_through_the_description() {
         let owner = |mode| crate::tree::Owner {

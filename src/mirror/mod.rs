@@ -716,11 +716,11 @@ fn copy_segments(
     segments: Option<Vec<sparse::Segment>>,
 ) -> Result<u64, CopyError> {
     let Some(segments) = segments else {
-        return copy_range(source, target, 0, None);
+        return copy_range(source, target, 0, None, size);
     };
     let mut copied = 0;
     for (offset, len) in segments {
-        copied += copy_range(source, target, offset, Some(len))?;
+        copied += copy_range(source, target, offset, Some(len), len)?;
     }
     target.set_len(size).map_err(CopyError::Write)?;
     Ok(copied)
@@ -795,10 +795,19 @@ fn differing_blocks(new: &[u8], old: &[u8]) -> Vec<(usize, usize)> {
     runs
 }
 
+/// The largest buffer `copy_range` reads into.
+const COPY_BUFFER: usize = 256 * 1024;
+
 /// Copies `len` bytes (to the end when `None`) at `offset` of `source` to the same offset.
-fn copy_range(source: &File, target: &File, offset: u64, len: Option<u64>) -> Result<u64, CopyError> {
+/// `expected`: how many bytes that should be, which sizes the buffer: most of a state's files
+/// are small, and a zeroed 256 KiB buffer for each of them was 0.7 GB of memset per 2,950 files.
+fn copy_range(source: &File, target: &File, offset: u64, len: Option<u64>, expected: u64) -> Result<u64, CopyError> {
     use std::os::unix::fs::FileExt;
-    let mut buffer = vec![0u8; 256 * 1024];
+    // One page at least: a file that grew since it was looked at is still read to its end.
+    let size = usize::try_from(expected)
+        .unwrap_or(COPY_BUFFER)
+        .clamp(4096, COPY_BUFFER);
+    let mut buffer = vec![0u8; size];
     let mut done = 0u64;
     loop {
         let want = len.map_or(buffer.len() as u64, |l| (l - done).min(buffer.len() as u64));

@@ -223,6 +223,34 @@ fn a_second_writer_cannot_replace_latest() {
     assert_eq!(taken["parent"], second["id"]);
 }
 
+/// `spotkeeper snapshot` reads the head and opens the repository while it fills the mirrors.
+/// When both go wrong, the state's side is the error a person gets, as when the two ran in turn,
+/// and nothing moves; with the mirrors mended, the repository's error is the one named.
+#[test]
+fn a_snapshot_whose_mirrors_and_repository_both_fail_names_the_mirrors_and_moves_nothing() {
+    let s3 = S3Server::start();
+    let world = World::new(&s3, "both-fail", "lab");
+    build_state(&world.state, 4);
+    world.ok(&["snapshot"]);
+    let latest_before = s3.object("both-fail", "lab/latest.json");
+    let password_file = world.password_file.clone().expect("a world has a password");
+    write(&password_file, b"not the repository's password\n", 0o600);
+    // The mirrors' directory is a file: the walk cannot fill it.
+    let mirrors = world.work.join("snapshot-mirrors");
+    fs::remove_dir_all(&mirrors).expect("remove the mirrors");
+    write(&mirrors, b"in the way", 0o600);
+    write(&world.state.join("later.txt"), b"later", 0o644);
+    let (_, stderr) = failure(&world.run(&["snapshot"]));
+    assert!(stderr.contains("snapshot-mirrors"), "{stderr}");
+    assert!(!stderr.contains("password"), "{stderr}");
+    assert_eq!(s3.object("both-fail", "lab/latest.json"), latest_before);
+
+    fs::remove_file(&mirrors).expect("remove the file");
+    let (_, stderr) = failure(&world.run(&["snapshot"]));
+    assert!(stderr.contains("password"), "{stderr}");
+    assert_eq!(s3.object("both-fail", "lab/latest.json"), latest_before);
+}
+
 #[test]
 fn snapshots_in_one_minute_get_suffixes_and_list_shows_them_newest_first() {
     let s3 = S3Server::start();

@@ -205,6 +205,11 @@ pub struct Prepared {
     listed: Vec<crate::format2::Listed>,
     /// This engine wrote the head last: nothing was read from S3.
     steady: bool,
+    /// When `prepare` started, and the store's request counts then: a snapshot's duration and
+    /// requests count its reads and the repository's creation too.
+    started: Instant,
+    requests_before: u64,
+    counts_before: crate::store::RequestCounts,
 }
 
 /// The first steps of a snapshot. In the steady state (this engine wrote the head last) it reads
@@ -219,12 +224,18 @@ pub async fn prepare(
     writer: Option<&str>,
     force: bool,
 ) -> Result<Prepared, SnapshotError> {
+    let started = Instant::now();
+    let requests_before = store.requests();
+    let counts_before = store.request_counts();
     if let Some(((pointer, etag), listed)) = engine.known_head().zip(engine.known_snapshots()) {
         return Ok(Prepared {
             head: Some(Head::Two(pointer)),
             etag: Some(etag),
             listed,
             steady: true,
+            started,
+            requests_before,
+            counts_before,
         });
     }
     let (head, etag) = head_for_writer(store, engine).await?;
@@ -235,6 +246,9 @@ pub async fn prepare(
         etag,
         listed,
         steady: false,
+        started,
+        requests_before,
+        counts_before,
     })
 }
 
@@ -263,14 +277,14 @@ async fn take_steps(
     prepared: Prepared,
     request: SnapshotRequest,
 ) -> Result<SnapshotReport, SnapshotError> {
-    let started = Instant::now();
-    let requests_before = store.requests();
-    let counts_before = store.request_counts();
     let Prepared {
         head,
         etag,
         listed,
         steady,
+        started,
+        requests_before,
+        counts_before,
     } = prepared;
     // Checked again with the request's own lineage (a prepared head is only ever this request's).
     let writer = request.host.writer.as_deref().unwrap_or_default();

@@ -512,6 +512,15 @@ fn a_snapshot_costs_a_handful_of_requests_whatever_its_file_count() {
         "{many_keys} objects for 3000 files, {few_keys} for 3"
     );
     assert!(few_requests <= 40, "{few_requests} requests for a first snapshot");
+    // Every object in the bucket was written by this snapshot, and it also read the head and
+    // listed the prefix before creating the repository: a count that left out those first steps
+    // (the config's and the key's PUTs among them) would be smaller.
+    for (requests, keys) in [(few_requests, few_keys), (many_requests, many_keys)] {
+        assert!(
+            requests >= keys as u64 + 2,
+            "{requests} requests counted for {keys} objects written"
+        );
+    }
 }
 
 /// systemd/spotkeeper.service's `GLIBC_TUNABLES` (`memory_stays_bounded_for_a_large_state`

@@ -69,7 +69,6 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
         follow: false,
     };
     let report = snapshot::take_prepared(store, &engine, prepared, request).await?;
-    drop(lock);
     record::remember(&config.state.work_dir, &repository, &primary.dir, report.id, report.id)?;
     print_outcome(&report.outcome(0), args.json, "")
 }

@@ -40,12 +40,13 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> Result<(), CommandErro
     let base = local
         .as_ref()
         .and_then(|r| r.base_for_set(&repository, &config.state.dirs()));
-    let writer = record::current_writer_id(&config.state.work_dir)?;
     // The engine walks by path: it reads mirrors that spotkeeper's own walker (by descriptor, no
     // link followed) filled, never the live state directories. The head and the snapshots are
     // read (and the key derived) meanwhile: they do not depend on the state. The lock comes
     // first, so that two of these never create one repository twice.
     let lock = lock_mirrors(config)?;
+    // After the lock, which makes work_dir: a first snapshot writes the writer id there.
+    let writer = record::current_writer_id(&config.state.work_dir)?;
     let (filled, prepared) = tokio::join!(
         fill_mirrors(config, &lock),
         snapshot::prepare(store, &engine, base, Some(&writer), args.force)

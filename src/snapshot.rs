@@ -164,8 +164,8 @@ pub fn check_lineage(
 /// prefix, or on one that held only format 1), then moves `latest.json` to it under the lineage
 /// guard. Format 2 is the only format written: the CLI and the daemon both come here.
 pub async fn take(store: &Store, engine: &Engine, request: SnapshotRequest) -> Result<SnapshotReport, SnapshotError> {
-    let writer = request.host.writer.clone();
-    let prepared = prepare(store, engine, request.base, writer.as_deref(), request.force).await;
+    let writer = request.host.writer.as_deref();
+    let prepared = prepare(store, engine, request.base, writer, request.force).await;
     match prepared {
         Ok(prepared) => take_prepared(store, engine, prepared, request).await,
         Err(e) => {

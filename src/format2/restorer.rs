@@ -54,6 +54,8 @@ const FLUSH_EVERY: u64 = 32 * 1024 * 1024;
 /// No blob of restic's is larger (its chunker stops at 8 MiB); a larger length in the index is
 /// damage, and must not become an allocation of up to 4 GiB.
 const MAX_BLOB_BYTES: u32 = 64 * 1024 * 1024;
+/// What restic's encryption adds to a blob: a 16-byte IV before it, a 16-byte MAC after it.
+const SEALING: u32 = 32;
 
 /// Go's `os.FileMode` bits that restic stores (rustic_core maps them the same way).
 const GO_MODE_SETUID: u32 = 1 << 23;
@@ -370,6 +372,11 @@ struct Located {
     uncompressed: Option<u32>,
 }
 
+/// The most bytes a blob takes in its pack: the largest chunk compressed at its worst, sealed.
+fn largest_sealed() -> u64 {
+    zstd::zstd_safe::compress_bound(MAX_BLOB_BYTES as usize) as u64 + u64::from(SEALING)
+}
+
 impl Located {
     /// Where the index says blob `id` is; `what` names it in the error.
     fn find<T: rustic_core::PackedId>(
@@ -393,15 +400,14 @@ impl Located {
     /// Its length in the pack is bounded too: a read is allocated at that length before its
     /// bytes arrive, so a damaged index must not ask for 4 GiB of it.
     fn data_length(&self) -> Result<u32, &'static str> {
-        let largest_sealed = zstd::zstd_safe::compress_bound(MAX_BLOB_BYTES as usize) as u64 + 32;
-        if self.length > largest_sealed {
+        if self.length > largest_sealed() {
             return Err("claims more bytes in its pack than any chunk takes");
         }
         let length = match self.uncompressed {
             Some(length) => length,
             None => u32::try_from(self.length)
                 .ok()
-                .and_then(|l| l.checked_sub(32))
+                .and_then(|l| l.checked_sub(SEALING))
                 .ok_or("is shorter than its encryption")?,
         };
         if length > MAX_BLOB_BYTES {
@@ -599,7 +605,7 @@ fn open_blob(
     decompressor: &mut zstd::bulk::Decompressor<'static>,
     data: &mut Vec<u8>,
 ) -> Result<(), String> {
-    if sealed.len() < 32 {
+    if sealed.len() < SEALING as usize {
         return Err("is too short to be encrypted".into());
     }
     let (nonce, rest) = sealed.split_at_mut(16);
@@ -1376,7 +1382,7 @@ mod tests {
             length,
             uncompressed,
         };
-        let largest_sealed = zstd::zstd_safe::compress_bound(MAX_BLOB_BYTES as usize) as u64 + 32;
+        let largest_sealed = largest_sealed();
         assert_eq!(at(1056, Some(4096)).data_length(), Ok(4096));
         assert_eq!(at(1056, None).data_length(), Ok(1024));
         assert_eq!(

@@ -106,6 +106,22 @@ fn a_format_1_prefix_is_read_forever_with_and_without_a_repository() {
     }
 }
 
+/// `spotkeeper snapshot` reads the head while it fills the mirrors, and creates format 2's
+/// repository only after the lineage guard: a state that does not descend from format 1's
+/// latest is refused with nothing written, no `repo/` among it.
+#[test]
+fn a_diverged_snapshot_on_a_format_1_prefix_is_refused_before_a_repository_is_created() {
+    let s3 = S3Server::start();
+    let world = World::new(&s3, "diverged", "lab");
+    let [_, latest] = load_format1_fixture(&s3, "diverged", "lab");
+    write(&world.state.join("mine.txt"), b"never restored from this prefix", 0o644);
+    let before = s3.keys("diverged");
+    let (code, stderr) = failure(&world.run(&["snapshot"]));
+    assert_eq!(code, 7, "{stderr}");
+    assert!(stderr.contains(&latest), "{stderr}");
+    assert_eq!(s3.keys("diverged"), before, "nothing written");
+}
+
 #[test]
 fn a_format_1_prefix_migrates_to_format_2_and_stays_readable() {
     let s3 = S3Server::start();
